@@ -1,0 +1,1 @@
+"""S-TLLR / BPTT learning engine for spiking neural networks."""
