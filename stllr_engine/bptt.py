@@ -1,0 +1,127 @@
+r"""BPTT baseline: the same network and forward pass, autograd through time (DESIGN §3).
+
+Loss ``CE(Σ_t o[t], label)``; the spike's derivative is the same Ψ that S-TLLR uses, so
+the two rules differ only in time. Speed comes from two things:
+
+* feed-forward currents of all steps are one GEMM / convolution over ``T·B`` rows (and
+  so are their weight gradients in the backward);
+* the LIF scan of a layer is one autograd node (:class:`LIFScan`) with a hand-written
+  backward through time. It saves only ``v = u − θ`` and the spikes (which the next
+  layer's GEMM saves anyway), and it accumulates the recurrent-weight gradient as one
+  GEMM over all steps. :mod:`stllr_engine.reference` holds the plainly unrolled autograd
+  network the tests compare it with.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from stllr_engine.network import Network
+from stllr_engine.neurons import LIFParameters, get_surrogate, heaviside
+from stllr_engine.stllr import Probe, StepStats, _NoProbe
+
+__all__ = ["LIFScan", "lif_scan", "bptt_forward", "bptt_step"]
+
+
+class LIFScan(torch.autograd.Function):
+    """Spikes ``[T, B, ...]`` of a LIF layer for currents ``[T, B, ...]`` (zero initial state).
+
+    Backward, with ``g_u`` the gradient w.r.t. the post-reset membrane carried from t+1:
+
+    * soft reset: ``g_y = ĝ_y[t] − θ g_u``, ``g_I[t] = g_u + g_y Ψ(v[t])``
+    * hard reset: ``g_y = ĝ_y[t] − u_pre g_u``, ``g_I[t] = g_u (1 − y[t]) + g_y Ψ(v[t])``
+    * ``g_u ← γ g_I[t]``; recurrent: ``ĝ_y[t−1] += g_I[t] W_rec``.
+    """
+
+    @staticmethod
+    def forward(ctx, current: Tensor, w_rec: Tensor | None, p: LIFParameters) -> Tensor:  # type: ignore[override]
+        T = current.shape[0]
+        spikes = torch.empty_like(current)
+        vs = torch.empty_like(current)
+        u = torch.zeros_like(current[0])
+        y_prev = torch.zeros_like(current[0]) if w_rec is not None else None
+        wt = w_rec.t() if w_rec is not None else None
+        for t in range(T):
+            cur = current[t] if wt is None else torch.addmm(current[t], y_prev, wt)
+            u = torch.add(cur, u, alpha=p.gamma)
+            v = torch.sub(u, p.theta, out=vs[t])
+            y = spikes[t]
+            y.copy_(v >= 0)
+            u = u - p.theta * y if p.reset == "soft" else u * (1.0 - y)
+            y_prev = y
+        ctx.save_for_backward(vs, spikes, w_rec)
+        ctx.p = p
+        return spikes
+
+    @staticmethod
+    def backward(ctx, g_spikes: Tensor):  # type: ignore[override]
+        vs, spikes, w_rec = ctx.saved_tensors
+        p: LIFParameters = ctx.p
+        psi_fn = get_surrogate(p.surrogate)
+        T = vs.shape[0]
+        g_cur = torch.empty_like(vs)
+        g_u = torch.zeros_like(vs[0])
+        g_rec = None
+        for t in range(T - 1, -1, -1):
+            v = vs[t]
+            g_y = g_spikes[t] if g_rec is None else g_spikes[t] + g_rec
+            if p.reset == "soft":
+                g_y = g_y - p.theta * g_u
+                g_i = torch.addcmul(g_u, g_y, psi_fn(v), out=g_cur[t])
+            else:
+                g_y = g_y - (v + p.theta) * g_u
+                g_i = torch.addcmul(g_u * (1.0 - heaviside(v)), g_y, psi_fn(v), out=g_cur[t])
+            g_u = p.gamma * g_i
+            if w_rec is not None and t > 0:
+                g_rec = g_i @ w_rec
+        g_w = None
+        if w_rec is not None and ctx.needs_input_grad[1]:
+            n = w_rec.shape[0]
+            g_w = g_cur[1:].reshape(-1, n).t() @ spikes[:-1].reshape(-1, n)
+        return g_cur, g_w, None
+
+
+def lif_scan(current: Tensor, w_rec: Tensor | None, p: LIFParameters) -> Tensor:
+    """Differentiable spikes of a layer over time; see :class:`LIFScan`."""
+    return LIFScan.apply(current, w_rec, p)
+
+
+def bptt_forward(net: Network, x: Tensor, weights: list[Tensor] | None = None) -> Tensor:
+    """``Σ_t o[t]`` ``[B, C]`` for time-major ``x`` ``[T, B, ...]``, with autograd."""
+    T, batch = x.shape[0], x.shape[1]
+    if weights is None:
+        weights = [layer.effective_weight() for layer in net.hidden_layers]
+    inp = x
+    for layer, w in zip(net.hidden_layers, weights):
+        xs = layer.pre(inp.reshape(T * batch, *inp.shape[2:]))
+        current = layer.add_bias(layer.synapse(xs, w)).view(T, batch, *layer.out_shape)
+        inp = lif_scan(current, layer.rec_weight, layer.lif)
+    ro = net.readout
+    j = F.linear(ro.pre(inp.reshape(T * batch, *inp.shape[2:])), ro.weight, ro.bias).view(T, batch, -1)
+    # Σ_t o[t] with o[t] = Σ_{s<=t} γ_o^{t-s} j[s]  =  Σ_s j[s] · Σ_{k=0}^{T-1-s} γ_o^k
+    steps = torch.arange(T - 1, -1, -1, device=x.device, dtype=x.dtype)  # T-1-s
+    g = ro.gamma_o
+    k = steps + 1.0 if g == 1.0 else (1.0 - g ** (steps + 1.0)) / (1.0 - g)
+    return torch.einsum("t,tbc->bc", k, j)
+
+
+def bptt_step(net: Network, x: Tensor, labels: Tensor, probe: Probe | None = None) -> StepStats:
+    """One BPTT training step: loss ``CE(Σ_t o[t], label)``, gradients into ``.grad``.
+
+    Args:
+        net: the network.
+        x: input ``[T, B, ...]`` (time-major).
+        labels: ``[B]`` (or ``[T, B]``: the last step's labels are used).
+    """
+    probe = probe or _NoProbe()
+    labels = labels if labels.dim() == 1 else labels[-1]
+    weights = [layer.effective_weight() for layer in net.hidden_layers]
+    with probe.phase("forward"):
+        o_sum = bptt_forward(net, x, weights)
+        loss = F.cross_entropy(o_sum, labels)
+    with probe.phase("learning"):
+        loss.backward()
+    correct = int((o_sum.detach().argmax(-1) == labels).sum())
+    return StepStats(float(loss.detach()), correct, x.shape[1])

@@ -1,0 +1,98 @@
+"""The sample container shared by every dataset: frames ``[N, T, ...]`` plus labels.
+
+Frames are held as compact counts (a read-only memory map of a cache entry, or
+a small in-memory array for the embedded datasets) and converted to float32 on
+access, so a sample costs one slice and one cast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset split.
+
+    Attributes:
+        name: Registry name, e.g. ``"shd"``.
+        split: ``"train"`` or ``"test"``.
+        input_shape: Shape of one time step, e.g. ``(700,)`` or ``(2, 32, 32)``.
+        num_classes: Labels are ``0 .. num_classes - 1``.
+        T: Number of time steps per sample.
+        bin_ms: Bin width in milliseconds; ``None`` when each sample is split
+            into ``T`` equal bins, or when time steps are not milliseconds.
+        params: Every parameter the frames were made with (for provenance).
+        cache_entry: Path of the on-disk cache entry, ``None`` for embedded data.
+    """
+
+    name: str
+    split: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    T: int
+    bin_ms: float | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    cache_entry: str | None = None
+
+
+class FrameDataset(Dataset):
+    """Indexable samples ``(frames: FloatTensor[T, *input_shape], label: int)``.
+
+    Args:
+        frames: Array ``[N, T, *input_shape]`` of any numeric dtype (counts or 0/1).
+        labels: Integer array ``[N]``.
+        info: Description of the split.
+    """
+
+    def __init__(self, frames: np.ndarray, labels: np.ndarray, info: DatasetInfo) -> None:
+        if len(frames) != len(labels):
+            raise ValueError(f"{len(frames)} frames but {len(labels)} labels")
+        self._frames = frames
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self.info = info
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        frames = np.asarray(self._frames[index], dtype=np.float32)
+        return torch.from_numpy(frames), int(self._labels[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+        """Fetch many samples with one read; ``DataLoader`` uses this for batches."""
+        index = np.asarray(indices, dtype=np.int64)
+        block = torch.from_numpy(np.asarray(self._frames[index], dtype=np.float32))
+        labels = self._labels[index].tolist()
+        return [(block[j], labels[j]) for j in range(len(index))]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """All labels, in sample order (read-only view)."""
+        view = self._labels.view()
+        view.flags.writeable = False
+        return view
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A memory map is sent to worker processes as its path, not its bytes.
+        state = dict(self.__dict__)
+        if isinstance(self._frames, np.memmap):
+            state["_frames"] = ("memmap", str(self._frames.filename))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        frames = state["_frames"]
+        if isinstance(frames, tuple) and frames[0] == "memmap":
+            state["_frames"] = np.load(frames[1], mmap_mode="r")
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        info = self.info
+        return (f"FrameDataset({info.name!r}, split={info.split!r}, n={len(self)}, "
+                f"T={info.T}, input_shape={info.input_shape}, num_classes={info.num_classes})")

@@ -1,0 +1,215 @@
+"""Networks built from a plain spec: ``rsnn``, ``mlp`` and ``vgg``, with width and depth.
+
+* ``rsnn``: input → ``depth`` recurrent dense layers of ``width`` → readout
+  (the paper's SHD net is 700 → 450 recurrent → 20: preset ``shd_rsnn``).
+* ``mlp``: the same without recurrence.
+* ``vgg``: ``depth`` conv blocks of two 3×3 conv layers, each block ending in a 2×2
+  pooling, then global average pooling and the readout. Conv ``k`` has
+  ``width`` channels for ``k = 0`` and ``min(width·2^(block+1), 8·width)`` otherwise, so
+  ``width=64, depth=4`` is exactly VGG-9 (64C3-128C3-AP-256C3-256C3-AP-512C3-512C3-AP-
+  512C3-512C3-AP-GAP-FC): preset ``vgg9``.
+
+>>> net = build_network(NetworkSpec(kind="rsnn", input_shape=(700,), num_classes=20, width=450))
+>>> [layer.synaptic_macs() for layer in net.layers], net.readout.synaptic_macs()
+([517500], 9000)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from stllr_engine.errors import StllrError
+from stllr_engine.layers import Readout, SpikingLayer, Transform
+from stllr_engine.neurons import SURROGATES, LIFParameters, sigmoid_leak
+
+__all__ = ["NetworkSpec", "Network", "build_network", "PRESETS", "preset"]
+
+KINDS = ("rsnn", "mlp", "vgg")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Everything needed to rebuild a network (saved with every checkpoint and result).
+
+    Attributes:
+        kind: ``"rsnn"``, ``"mlp"`` or ``"vgg"``.
+        input_shape: per-step sample shape, e.g. ``(700,)`` or ``(2, 32, 32)``.
+        num_classes: readout size.
+        width: neurons per hidden layer (``rsnn``/``mlp``) or base channels (``vgg``).
+        depth: hidden layers (``rsnn``/``mlp``) or conv blocks (``vgg``).
+        gamma, theta, reset, surrogate: LIF constants (DESIGN §2).
+        gamma_o: readout leak.
+        weight_standardization: scaled WS on feed-forward weights (official VGG uses it).
+        pool: ``"avg"`` or ``"max"`` pooling between vgg blocks.
+        seed: initialisation seed.
+    """
+
+    kind: str = "mlp"
+    input_shape: tuple[int, ...] = (64,)
+    num_classes: int = 10
+    width: int = 128
+    depth: int = 1
+    gamma: float = 0.5
+    theta: float = 0.8
+    reset: str = "soft"
+    surrogate: str = "triangle"
+    gamma_o: float = 0.0
+    weight_standardization: bool = False
+    pool: str = "avg"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        if self.kind not in KINDS:
+            raise StllrError(f"unknown network kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        if self.width < 1 or self.depth < 1:
+            raise StllrError(f"width ({self.width}) and depth ({self.depth}) must be >= 1")
+        if self.num_classes < 2:
+            raise StllrError(f"num_classes={self.num_classes} must be >= 2")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise StllrError(f"gamma={self.gamma} must lie in [0, 1]")
+        if self.theta <= 0:
+            raise StllrError(f"theta={self.theta} must be > 0")
+        if self.reset not in ("soft", "hard"):
+            raise StllrError(f"reset={self.reset!r}: use 'soft' or 'hard'")
+        if self.surrogate not in SURROGATES:
+            raise StllrError(f"surrogate={self.surrogate!r}: use one of {', '.join(SURROGATES)}")
+        if self.pool not in ("avg", "max"):
+            raise StllrError(f"pool={self.pool!r}: use 'avg' or 'max'")
+        if self.kind == "vgg" and len(self.input_shape) != 3:
+            raise StllrError(f"vgg needs a [C, H, W] input_shape, got {self.input_shape}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NetworkSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise StllrError(f"unknown network keys {sorted(unknown)}: valid keys are {sorted(names)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "NetworkSpec":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, NetworkSpec] = {
+    # The paper's SHD net (700 → 450 recurrent → 20); official leak 5 → γ = sigmoid(5).
+    "shd_rsnn": NetworkSpec(
+        kind="rsnn", input_shape=(700,), num_classes=20, width=450, depth=1, gamma=0.99,
+        theta=0.8, surrogate="inverse_square", gamma_o=sigmoid_leak(5.0),
+    ),
+    # VGG-9 on 2×32×32 DVS Gesture frames (11 classes), weight standardisation, avg pooling.
+    "vgg9": NetworkSpec(
+        kind="vgg", input_shape=(2, 32, 32), num_classes=11, width=64, depth=4, gamma=0.5,
+        theta=0.8, surrogate="triangle", gamma_o=0.0, weight_standardization=True, pool="avg",
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> NetworkSpec:
+    """A named spec (``shd_rsnn``, ``vgg9``), optionally with fields replaced."""
+    if name not in PRESETS:
+        raise StllrError(f"unknown network preset {name!r}: use one of {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**overrides)
+
+
+class Network(nn.Module):
+    """Hidden spiking layers followed by the leaky readout.
+
+    The module holds parameters only; all dynamics live in the rule functions
+    (:mod:`stllr_engine.stllr`, :mod:`stllr_engine.bptt`). ``forward`` runs inference.
+    """
+
+    def __init__(self, spec: NetworkSpec, layers: list[SpikingLayer], readout: Readout):
+        super().__init__()
+        self.spec = spec
+        self.layers = nn.ModuleList(layers)
+        self.readout = readout
+
+    @property
+    def hidden_layers(self) -> list[SpikingLayer]:
+        return list(self.layers)  # type: ignore[arg-type]
+
+    def num_neurons(self) -> int:
+        """Spiking neurons per step (readout excluded), the N of DESIGN §4."""
+        return sum(layer.num_neurons for layer in self.hidden_layers)
+
+    def synaptic_macs(self) -> int:
+        """Synaptic MACs of one step for one sample, readout included (Σ_l S_l)."""
+        return sum(layer.synaptic_macs() for layer in self.hidden_layers) + self.readout.synaptic_macs()
+
+    def feedback_matrix(self, index: int) -> Tensor:
+        """The fixed random DFA matrix ``[num_classes, N_l]`` of hidden layer ``index``.
+
+        Drawn once from ``spec.seed`` (normal, std 1/sqrt(num_classes)) and kept as a
+        buffer so checkpoints carry it.
+        """
+        name = f"dfa_feedback_{index}"
+        if not hasattr(self, name):
+            g = torch.Generator().manual_seed(self.spec.seed * 1000 + 17 + index)
+            n = self.hidden_layers[index].num_neurons
+            c = self.readout.num_classes
+            m = torch.randn(c, n, generator=g) / math.sqrt(c)
+            ref = self.readout.weight
+            self.register_buffer(name, m.to(device=ref.device, dtype=ref.dtype))
+        return getattr(self, name)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        """Readout trajectory ``o`` of shape ``[T, B, classes]`` for input ``[B, T, ...]``."""
+        from stllr_engine.forward import run_inference
+
+        return run_inference(self, x.transpose(0, 1))
+
+
+def build_network(spec: NetworkSpec) -> Network:
+    """Build (and initialise, seeded by ``spec.seed``) the network ``spec`` describes."""
+    lif = LIFParameters(gamma=spec.gamma, theta=spec.theta, reset=spec.reset, surrogate=spec.surrogate)
+    devnull_state = torch.random.get_rng_state()
+    torch.manual_seed(spec.seed)
+    try:
+        layers: list[SpikingLayer] = []
+        shape = spec.input_shape
+        if spec.kind in ("rsnn", "mlp"):
+            pre = Transform(("flatten",) if len(shape) > 1 else ())
+            for _ in range(spec.depth):
+                layer = SpikingLayer(
+                    "dense", shape, spec.width, lif, pre=pre, recurrent=spec.kind == "rsnn",
+                    weight_standardization=spec.weight_standardization,
+                )
+                layers.append(layer)
+                shape, pre = layer.out_shape, Transform()
+            readout = Readout(shape, spec.num_classes, spec.gamma_o)
+        else:
+            pool = "avgpool" if spec.pool == "avg" else "maxpool"
+            h, w = spec.input_shape[1:]
+            if h % (2**spec.depth) or w % (2**spec.depth):
+                raise StllrError(
+                    f"vgg depth {spec.depth} halves {h}x{w} {spec.depth} times: use an input size "
+                    f"divisible by {2**spec.depth} or a smaller depth"
+                )
+            pre = Transform()
+            for k in range(2 * spec.depth):
+                block = k // 2
+                channels = spec.width if k == 0 else min(spec.width * 2 ** (block + 1), 8 * spec.width)
+                layer = SpikingLayer(
+                    "conv", shape, channels, lif, pre=pre,
+                    weight_standardization=spec.weight_standardization,
+                )
+                layers.append(layer)
+                shape = layer.out_shape
+                pre = Transform((pool,)) if k % 2 == 1 else Transform()
+            readout = Readout(shape, spec.num_classes, spec.gamma_o, pre=Transform((pool, "gap")))
+    finally:
+        torch.random.set_rng_state(devnull_state)
+    return Network(spec, layers, readout)

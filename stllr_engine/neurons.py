@@ -1,0 +1,191 @@
+r"""Leaky integrate-and-fire neurons, the leaky readout, and the surrogate Ψ.
+
+Discrete time ``t = 1..T``, per layer (DESIGN §2):
+
+.. math::
+
+    u[t] &= \gamma\, u[t-1] + I[t] \qquad (u[t-1] \text{ is the value after the reset}) \\
+    y[t] &= H(u[t] - \theta) \\
+    u[t] &\leftarrow u[t] - \theta\, y[t] \quad \text{(soft)} \qquad
+    u[t] \leftarrow u[t]\,(1 - y[t]) \quad \text{(hard)}
+
+``H(v) = 1`` for ``v >= 0``. The readout is a non-spiking leaky integrator
+``o[t] = γ_o o[t-1] + W x[t] + b``.
+
+The surrogate Ψ(v), ``v = u[t] − θ``, is both the secondary activation of S-TLLR and the
+surrogate derivative of H for BPTT, so the two rules differ only in how they handle time.
+
+Steps are pure functions over small immutable state tuples (Norse style)::
+
+    >>> import torch
+    >>> p = LIFParameters(gamma=0.5, theta=1.0)
+    >>> y, v, s = lif_step(torch.tensor([0.6]), LIFState(u=torch.tensor([0.8])), p)
+    >>> y.item(), round(v.item(), 6), round(s.u.item(), 6)
+    (1.0, 0.0, 0.0)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from stllr_engine.errors import StllrError
+
+__all__ = [
+    "SURROGATES",
+    "LIFParameters",
+    "LIFState",
+    "ReadoutState",
+    "get_surrogate",
+    "heaviside",
+    "lif_step",
+    "readout_step",
+    "spike",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Surrogates Ψ(v). Each is a plain elementwise function of v = u − θ.
+# ---------------------------------------------------------------------------------------
+
+
+def _inverse_square(v: Tensor) -> Tensor:
+    # 1 / (100|v| + 1)^2 : the official default for linear (SHD) layers.
+    return (100.0 * v.abs() + 1.0).reciprocal().square()
+
+
+def _triangle(v: Tensor) -> Tensor:
+    # 0.3 · max(0, 1 − |v|) : the official default for conv layers.
+    return 0.3 * (1.0 - v.abs()).clamp_min(0.0)
+
+
+def _sigmoid_derivative(v: Tensor) -> Tensor:
+    # 4 σ(v)(1 − σ(v)) : peak 1 at v = 0.
+    s = torch.sigmoid(v)
+    return 4.0 * s * (1.0 - s)
+
+
+def _arctan(v: Tensor) -> Tensor:
+    # 1 / (1 + (10 v)^2)
+    return (1.0 + (10.0 * v).square()).reciprocal()
+
+
+SURROGATES: dict[str, Callable[[Tensor], Tensor]] = {
+    "inverse_square": _inverse_square,
+    "triangle": _triangle,
+    "sigmoid": _sigmoid_derivative,
+    "arctan": _arctan,
+}
+"""The paper's four choices of Ψ, by name."""
+
+
+def get_surrogate(name: str) -> Callable[[Tensor], Tensor]:
+    """Return the surrogate Ψ called ``name`` (one of :data:`SURROGATES`).
+
+    Raises:
+        StllrError: for an unknown name.
+    """
+    try:
+        return SURROGATES[name]
+    except KeyError:
+        raise StllrError(
+            f"unknown surrogate {name!r}: choose one of {', '.join(sorted(SURROGATES))}"
+        ) from None
+
+
+def heaviside(v: Tensor) -> Tensor:
+    """H(v): 1 where ``v >= 0``, else 0, in v's dtype."""
+    return (v >= 0).to(v.dtype)
+
+
+class _Spike(torch.autograd.Function):
+    """H(v) forward, Ψ(v) as its derivative backward (saves v only)."""
+
+    @staticmethod
+    def forward(ctx, v: Tensor, surrogate: str) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(v)
+        ctx.surrogate = surrogate
+        return heaviside(v)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (v,) = ctx.saved_tensors
+        return grad * SURROGATES[ctx.surrogate](v), None
+
+
+def spike(v: Tensor, surrogate: str) -> Tensor:
+    """Heaviside spike of ``v = u − θ`` whose autograd derivative is Ψ(v)."""
+    return _Spike.apply(v, surrogate)
+
+
+# ---------------------------------------------------------------------------------------
+# LIF step
+# ---------------------------------------------------------------------------------------
+
+
+class LIFParameters(NamedTuple):
+    """Constants of one LIF layer.
+
+    Attributes:
+        gamma: membrane leak γ in [0, 1] (paper: 0.5 for VGG-9, 0.99 for SHD).
+        theta: firing threshold θ > 0 (paper: 0.8; official code 0.6).
+        reset: ``"soft"`` (subtract θ) or ``"hard"`` (to zero).
+        surrogate: name of Ψ, a key of :data:`SURROGATES`.
+    """
+
+    gamma: float = 0.5
+    theta: float = 0.8
+    reset: str = "soft"
+    surrogate: str = "triangle"
+
+
+class LIFState(NamedTuple):
+    """State of a LIF layer: membrane ``u`` after the reset of the previous step."""
+
+    u: Tensor
+
+
+class ReadoutState(NamedTuple):
+    """State of the leaky readout: its last output ``o``."""
+
+    o: Tensor
+
+
+def lif_step(current: Tensor, state: LIFState, p: LIFParameters) -> tuple[Tensor, Tensor, LIFState]:
+    """Advance a LIF layer by one step.
+
+    Differentiable: with autograd the spike's derivative is Ψ(v) (BPTT surrogate).
+
+    Args:
+        current: input current ``I[t]``.
+        state: ``LIFState(u[t-1])``.
+        p: layer constants.
+
+    Returns:
+        ``(y[t], v[t], LIFState(u[t]))`` with ``v[t] = u[t] − θ`` before the reset, the
+        argument of Ψ.
+    """
+    u = p.gamma * state.u + current
+    v = u - p.theta
+    y = spike(v, p.surrogate)
+    if p.reset == "soft":
+        u = u - p.theta * y
+    elif p.reset == "hard":
+        u = u * (1.0 - y)
+    else:
+        raise StllrError(f"unknown reset {p.reset!r}: use 'soft' or 'hard'")
+    return y, v, LIFState(u)
+
+
+def readout_step(current: Tensor, state: ReadoutState, gamma_o: float) -> tuple[Tensor, ReadoutState]:
+    """Leaky non-spiking readout ``o[t] = γ_o o[t-1] + current``; returns ``(o[t], state)``."""
+    o = gamma_o * state.o + current
+    return o, ReadoutState(o)
+
+
+def sigmoid_leak(leak: float) -> float:
+    """The official code's parametrisation γ = sigmoid(leak) (0 → 0.5, 5 → 0.9933)."""
+    return 1.0 / (1.0 + math.exp(-leak))

@@ -1,0 +1,307 @@
+r"""S-TLLR: the STDP-inspired temporally local learning rule (DESIGN §3, exact discrete form).
+
+For a layer with input ``x`` and neurons ``i``, over the learning window
+(the last ``learn_steps`` steps of a sample):
+
+.. math::
+
+    e_{ij}[t] &= α_{pre}\, ψ_i[t]\, tr^{pre}_j[t] + α_{post}\, tr^{post}_i[t-1]\, x_j[t] \\
+    ΔW_{ij} &= \sum_t δ_i[t]\, e_{ij}[t], \qquad Δb_i = \sum_t δ_i[t]\, ψ_i[t]
+
+``e`` is never built: the update is two GEMMs over all (window step, sample) rows,
+``α_pre (δ⊙ψ)ᵀ tr_pre + α_post (δ⊙tr_post[t−1])ᵀ x`` (convolutions: two conv weight
+gradients). Recurrent weights use ``y[t−1]`` and its own pre-trace as the input.
+The readout is learned with ``δ_o[t] ⊗ tr[t]``, ``tr`` its input trace with
+λ = ``readout_lambda`` (default γ_o, which makes it the exact online gradient).
+
+The learning signal ``δ[t] = ∂L[t]/∂y[t]``, ``L[t] = CE(o[t], label)`` (batch mean), is
+computed within step ``t`` only: back-propagated through the layers above at that step
+(``"bp"``) or sent by a fixed random matrix from the output error (``"dfa"``).
+
+The resulting update is written to ``.grad`` of the parameters (it is the quantity a
+gradient-descent optimiser subtracts), so any ``torch.optim`` optimiser applies it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ContextManager, NamedTuple, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from stllr_engine.errors import StllrError
+from stllr_engine.forward import (
+    LayerFactors,
+    LayerRecord,
+    NetState,
+    ReadoutRecord,
+    initial_state,
+    run_chunk,
+)
+from stllr_engine.network import Network
+
+__all__ = ["STLLRConfig", "STLLR_PRESETS", "StepStats", "stllr_step", "apply_gradients"]
+
+_FACTOR_KEYS = ("lambda_pre", "lambda_post", "alpha_pre", "alpha_post")
+
+
+@dataclass(frozen=True)
+class STLLRConfig:
+    """Settings of S-TLLR.
+
+    Attributes:
+        learn_steps: number of final steps in which δ is non-zero (paper: Gesture 5, SHD 90).
+        lambda_pre, lambda_post: trace decays in [0, 1].
+        alpha_pre, alpha_post: weights of the causal and non-causal terms
+            (α_post < 0 favours causality, > 0 synchrony, 0 drops the non-causal term).
+        learning_signal: ``"bp"`` (through the layers, within a step) or ``"dfa"``.
+        readout_lambda: λ of the readout's input trace; ``None`` means γ_o (exact).
+        mode: ``"window"`` (the window's steps are one large batch: fast, memory
+            O(T·n) for the hoisted forward) or ``"streaming"`` (one step at a time,
+            memory O(n) independent of T).
+        layer_factors: per-layer overrides ``{layer_index: {"alpha_post": 1.0, ...}}``.
+    """
+
+    learn_steps: int = 5
+    lambda_pre: float = 0.5
+    lambda_post: float = 0.2
+    alpha_pre: float = 1.0
+    alpha_post: float = -1.0
+    learning_signal: str = "bp"
+    readout_lambda: float | None = None
+    mode: str = "window"
+    layer_factors: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.learn_steps < 1:
+            raise StllrError(f"learn_steps={self.learn_steps} must be >= 1")
+        if self.learning_signal not in ("bp", "dfa"):
+            raise StllrError(f"learning_signal={self.learning_signal!r}: use 'bp' or 'dfa'")
+        if self.mode not in ("window", "streaming"):
+            raise StllrError(f"mode={self.mode!r}: use 'window' or 'streaming'")
+        lam = {"lambda_pre": self.lambda_pre, "lambda_post": self.lambda_post}
+        if self.readout_lambda is not None:
+            lam["readout_lambda"] = self.readout_lambda
+        for idx, over in self.layer_factors.items():
+            bad = set(over) - set(_FACTOR_KEYS)
+            if bad:
+                raise StllrError(
+                    f"layer_factors[{idx}] has unknown keys {sorted(bad)}: use {', '.join(_FACTOR_KEYS)}"
+                )
+            lam.update({f"layer_factors[{idx}].{k}": v for k, v in over.items() if k.startswith("lambda")})
+        for k, v in lam.items():
+            if not 0.0 <= v <= 1.0:
+                raise StllrError(f"{k}={v} must lie in [0, 1]")
+
+    def factors(self, num_layers: int) -> list[LayerFactors]:
+        """The factors of each hidden layer, network defaults with per-layer overrides."""
+        for idx in self.layer_factors:
+            if not 0 <= int(idx) < num_layers:
+                raise StllrError(f"layer_factors names layer {idx}, but the network has {num_layers} hidden layers")
+        out = []
+        for i in range(num_layers):
+            d = {k: getattr(self, k) for k in _FACTOR_KEYS}
+            d.update(self.layer_factors.get(i, {}))
+            out.append(LayerFactors(**d))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["layer_factors"] = {str(k): dict(v) for k, v in self.layer_factors.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "STLLRConfig":
+        d = dict(d)
+        d["layer_factors"] = {int(k): dict(v) for k, v in d.get("layer_factors", {}).items()}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise StllrError(f"unknown S-TLLR keys {sorted(unknown)}: valid keys are {sorted(names)}")
+        return cls(**d)
+
+
+STLLR_PRESETS: dict[str, STLLRConfig] = {
+    # The official code's per-task factors [λ_post, λ_pre, α_post, α_pre] and windows.
+    "dvs_gesture": STLLRConfig(learn_steps=5, lambda_post=0.2, lambda_pre=0.75, alpha_post=-1.0, alpha_pre=1.0),
+    "cifar10_dvs": STLLRConfig(learn_steps=5, lambda_post=0.2, lambda_pre=0.5, alpha_post=-1.0, alpha_pre=1.0),
+    "shd": STLLRConfig(learn_steps=90, lambda_post=0.5, lambda_pre=1.0, alpha_post=1.0, alpha_pre=1.0),
+}
+
+
+class StepStats(NamedTuple):
+    """What one training step reports (sums over the batch, for averaging)."""
+
+    loss: float  # training objective of the rule, batch mean
+    correct: int  # argmax Σ_t o[t] == label
+    batch: int
+
+
+class Probe(Protocol):
+    """Optional instrumentation: entered around the ``forward`` and ``learning`` phases."""
+
+    def phase(self, name: str) -> ContextManager[Any]: ...
+
+    def observe(self, tensors: list[Tensor]) -> None: ...
+
+
+class _NoProbe:
+    def phase(self, name: str) -> ContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def observe(self, tensors: list[Tensor]) -> None:
+        pass
+
+
+def _window_labels(labels: Tensor, T: int, t_start: int, t_end: int) -> Tensor:
+    """Labels of steps ``[t_start, t_end)`` as ``[n, B]``; ``labels`` is ``[B]`` or ``[T, B]``."""
+    if labels.dim() == 1:
+        return labels.expand(t_end - t_start, labels.shape[0])
+    if labels.shape[0] != T:
+        raise ValueError(f"per-step labels must be [T={T}, B], got {tuple(labels.shape)}")
+    return labels[t_start:t_end]
+
+
+def _learn(
+    net: Network,
+    weights: list[Tensor],
+    records: list[LayerRecord],
+    ro_rec: ReadoutRecord,
+    labels: Tensor,
+    factors: list[LayerFactors],
+    signal: str,
+    grads: list[Tensor],
+) -> float:
+    """Accumulate the S-TLLR update of a window (or one step) into ``grads``; return Σ_t L[t]."""
+    n, batch, classes = ro_rec.o.shape
+    rows = n * batch
+    logp = F.log_softmax(ro_rec.o, dim=-1)
+    loss = -logp.gather(-1, labels.unsqueeze(-1)).sum().item() / batch
+    err = logp.exp_()
+    err.scatter_add_(-1, labels.unsqueeze(-1), torch.full_like(err[..., :1], -1.0))
+    err = err.reshape(rows, classes) / batch  # ∂L[t]/∂o[t], per step
+    ro = net.readout
+    gi = 0
+    grads[gi].add_(err.t() @ ro_rec.tr.reshape(rows, -1))
+    grads[gi + 1].add_((err.view(n, batch, classes) * ro_rec.c[:, None, None]).sum((0, 1)))
+    gi += 2
+    layers = net.hidden_layers
+    delta = None
+    if signal == "bp":
+        delta = ro.pre.adjoint(err @ ro.weight, ro.in_shape, _flat(ro_rec.x_raw))
+    for i in reversed(range(len(layers))):
+        layer, rec, f, w = layers[i], records[i], factors[i], weights[i]
+        if signal == "dfa":
+            delta = err @ net.feedback_matrix(i)
+        d = delta.reshape(rows, *layer.out_shape)  # type: ignore[union-attr]
+        g = d * rec.psi.reshape(rows, *layer.out_shape)
+        gw, gb = grads[gi + 3 * i], grads[gi + 3 * i + 1]
+        if f.alpha_pre != 0:
+            gw.add_(layer.weight_grad(g, rec.tr_pre.reshape(rows, *layer.x_shape)), alpha=f.alpha_pre)  # type: ignore[union-attr]
+        h = None
+        if f.alpha_post != 0:
+            h = d * rec.tr_post_prev.reshape(rows, *layer.out_shape)  # type: ignore[union-attr]
+            gw.add_(layer.weight_grad(h, rec.x.reshape(rows, *layer.x_shape)), alpha=f.alpha_post)  # type: ignore[union-attr]
+        if layer.bias is not None:
+            gb.add_(layer.bias_grad(g))
+        if layer.recurrent:
+            gr = grads[gi + 3 * i + 2]
+            if f.alpha_pre != 0:
+                gr.add_(layer.weight_grad(g, rec.tr_rec.reshape(rows, -1)), alpha=f.alpha_pre)  # type: ignore[union-attr]
+            if h is not None:
+                gr.add_(layer.weight_grad(h, rec.y_prev.reshape(rows, -1)), alpha=f.alpha_post)  # type: ignore[union-attr]
+        if signal == "bp" and i > 0:
+            delta = layer.pre.adjoint(layer.input_grad(g, w), layer.in_shape, _flat(rec.x_raw))
+    return loss
+
+
+def _flat(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
+
+
+def learnable(net: Network) -> list[Tensor | None]:
+    """Parameters in the order of the update buffers: readout W, b, then per layer W, b, W_rec."""
+    out: list[Tensor | None] = [net.readout.weight, net.readout.bias]
+    for layer in net.hidden_layers:
+        out += [layer.weight, layer.bias, layer.rec_weight]
+    return out
+
+
+def apply_gradients(net: Network, w_graph: list[Tensor], grads: list[Tensor]) -> None:
+    """Add updates to ``.grad``; feed-forward weights go back through weight standardisation."""
+    params = learnable(net)
+    for k, (p, g) in enumerate(zip(params, grads)):
+        if p is None:
+            continue
+        layer_weight = k >= 2 and (k - 2) % 3 == 0
+        if layer_weight:
+            i = (k - 2) // 3
+            if net.hidden_layers[i].weight_standardization:
+                torch.autograd.backward(w_graph[i], g)
+                continue
+        p.grad = g if p.grad is None else p.grad + g
+
+
+def stllr_step(
+    net: Network,
+    x: Tensor,
+    labels: Tensor,
+    cfg: STLLRConfig,
+    probe: Probe | None = None,
+    state: NetState | None = None,
+) -> tuple[StepStats, NetState]:
+    """One S-TLLR training step on a batch: writes the update into ``.grad``.
+
+    Args:
+        net: the network.
+        x: input ``[T, B, *input_shape]`` (time-major).
+        labels: ``[B]`` class labels, or ``[T, B]`` per-step targets.
+        cfg: rule settings.
+        probe: optional instrumentation (costs); see :mod:`stllr_engine.costs`.
+        state: start from this state instead of zeros (continue a sequence); the window
+            is the last ``learn_steps`` steps of ``x``.
+
+    Returns:
+        ``(stats, final_state)``.
+    """
+    probe = probe or _NoProbe()
+    T, batch = x.shape[0], x.shape[1]
+    layers = net.hidden_layers
+    factors = cfg.factors(len(layers))
+    n_learn = min(cfg.learn_steps, T)
+    readout_lambda = cfg.readout_lambda if cfg.readout_lambda is not None else net.readout.gamma_o
+    t_win = T - n_learn
+    with torch.enable_grad():
+        w_graph = [layer.effective_weight() for layer in layers]
+    weights = [w.detach() for w in w_graph]
+    grads = [torch.zeros_like(p) if p is not None else torch.empty(0) for p in learnable(net)]
+    if state is None:
+        state = initial_state(net, batch, factors, readout_lambda, device=x.device, dtype=x.dtype)
+    chunks = [(0, T)] if cfg.mode == "window" else [(t, t + 1) for t in range(T)]
+    o_sum = torch.zeros(batch, net.readout.num_classes, device=x.device, dtype=x.dtype)
+    loss = 0.0
+    probe.observe(state.tensors())
+    for a, b in chunks:
+        k = max(0, b - max(a, t_win))  # window steps in this chunk
+        with probe.phase("forward"):
+            o, records, ro_rec, state = run_chunk(net, x[a:b], state, weights, k, factors, readout_lambda)
+            o_sum += o.sum(0)
+        held = state.tensors()
+        if b - a > 1 and k:  # a multi-step chunk keeps its window records until learning
+            held += [t for r in records for t in r if isinstance(t, Tensor)]
+            held += [t for t in ro_rec if isinstance(t, Tensor)]  # type: ignore[union-attr]
+        probe.observe(held)
+        if k:
+            with probe.phase("learning"):
+                loss += _learn(net, weights, records, ro_rec, _window_labels(labels, T, b - k, b),  # type: ignore[arg-type]
+                               factors, cfg.learning_signal, grads)
+        del records, ro_rec
+    with probe.phase("learning"):
+        apply_gradients(net, w_graph, grads)
+    final_labels = labels if labels.dim() == 1 else labels[-1]
+    correct = int((o_sum.argmax(-1) == final_labels).sum())
+    return StepStats(loss / n_learn, correct, batch), state
