@@ -96,7 +96,7 @@ def bptt_forward(net: Network, x: Tensor, weights: list[Tensor] | None = None) -
     inp = x
     for layer, w in zip(net.hidden_layers, weights):
         xs = layer.pre(inp.reshape(T * batch, *inp.shape[2:]))
-        current = layer.add_bias(layer.synapse(xs, w)).view(T, batch, *layer.out_shape)
+        current = layer.synapse(xs, w, layer.bias).view(T, batch, *layer.out_shape)
         inp = lif_scan(current, layer.rec_weight, layer.lif)
     ro = net.readout
     j = F.linear(ro.pre(inp.reshape(T * batch, *inp.shape[2:])), ro.weight, ro.bias).view(T, batch, -1)

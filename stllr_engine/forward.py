@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from stllr_engine.network import Network
@@ -133,13 +134,70 @@ def initial_state(
     return NetState(tuple(layers), readout)
 
 
-def _scan_trace(x: Tensor, tr: Tensor, lam: float, t0: int, rec: Tensor | None) -> Tensor:
-    """``tr ← λ tr + x[t]`` over the chunk; record steps ``t >= t0`` into ``rec``."""
-    for t in range(x.shape[0]):
-        tr = x[t] if lam == 0.0 else torch.add(x[t], tr, alpha=lam)
-        if rec is not None and t >= t0:
+def _trace(x: Tensor, tr: Tensor, lam: float, t0: int, record: str | None,
+           first: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """``tr ← λ tr + x[t]`` over a chunk ``x`` ``[c, ...]``.
+
+    Steps before ``t0`` collapse into one weighted sum over time (a GEMV:
+    ``λ^{t0} tr + Σ_{s<t0} λ^{t0-1-s} x[s]``); steps from ``t0`` on are scanned. With
+    ``record="after"`` the trace after each of those steps is returned stacked
+    (``tr[t]``), with ``"before"`` the trace before it (``tr[t-1]``). With ``first`` the
+    sequence is ``[first, x[0], x[1], ...]`` cut to ``len(x)`` steps (the recurrent
+    input ``y[t-1]`` without building a shifted copy).
+
+    Returns:
+        ``(final trace, records or None)``.
+    """
+    c = x.shape[0]
+
+    def step(t: int) -> Tensor:
+        return x[t] if first is None else (first if t == 0 else x[t - 1])
+
+    if t0 == 1:
+        tr = torch.add(step(0), tr, alpha=lam)
+    elif t0 > 1:
+        if lam == 0.0:
+            tr = step(t0 - 1).clone()
+        else:
+            decay = lam ** torch.arange(t0 - 1, -1, -1, dtype=x.dtype, device=x.device)
+            if first is None:
+                summed = decay @ x[:t0].reshape(t0, -1)
+            else:
+                summed = torch.add(decay[1:] @ x[: t0 - 1].reshape(t0 - 1, -1), first.reshape(-1), alpha=float(decay[0]))
+            tr = torch.add(summed.view_as(tr), tr, alpha=lam**t0)
+    rec = x.new_empty(c - t0, *x.shape[1:]) if record and c > t0 else None
+    for t in range(t0, c):
+        if rec is not None and record == "before":
             rec[t - t0] = tr
-    return tr
+        tr = torch.add(step(t), tr, alpha=lam)
+        if rec is not None and record == "after":
+            rec[t - t0] = tr
+    return tr, rec
+
+
+_WORKSPACE: dict[tuple, Tensor] = {}
+
+
+def _workspace(role: tuple, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """A persistent forward buffer, reused across calls.
+
+    Freshly allocated multi-MB buffers cost page faults on every training step (the
+    CPU allocator returns them to the OS); reusing them keeps the forward scan at GEMM
+    speed. Only forward activations that are consumed within one training step live
+    here: nothing returned to callers aliases these buffers beyond that step.
+    """
+    key = (role, tuple(shape), like.dtype, like.device)
+    buf = _WORKSPACE.get(key)
+    if buf is None:
+        if len(_WORKSPACE) > 64:  # shapes changed a lot (e.g. a sweep): start over
+            _WORKSPACE.clear()
+        buf = _WORKSPACE[key] = like.new_empty(shape)
+    return buf
+
+
+def _window(t: Tensor, t0: int) -> Tensor:
+    """Steps ``t0:`` of a chunk tensor, copied unless they are the whole tensor."""
+    return t if t0 == 0 else t[t0:].clone()
 
 
 def run_chunk(
@@ -178,7 +236,8 @@ def run_chunk(
             p = layer.lif
             psi_fn = get_surrogate(p.surrogate)
             xs = layer.pre(inp.reshape(c * batch, *inp.shape[2:]))
-            current = layer.add_bias(layer.synapse(xs, w)).view(c, batch, *layer.out_shape)
+            current = layer.synapse(xs, w, layer.bias, out=_workspace(('current', i), (c * batch, *layer.out_shape), xs))
+            current = current.view(c, batch, *layer.out_shape)
             xs = xs.view(c, batch, *layer.x_shape)
             rec = n_learn > 0
 
@@ -189,53 +248,56 @@ def run_chunk(
             x_raw = None
             if rec and f is not None:
                 if f.alpha_post != 0:
-                    # Keep a view of the data when this is the raw input; else a compact copy.
-                    x_rec = xs[t0:] if (i == 0 and not layer.pre.steps) else xs[t0:].clone()
+                    # A view of the data when this is the raw input; else a compact copy.
+                    x_rec = xs[t0:] if (i == 0 and not layer.pre.steps) else _window(xs, t0)
                 if layer.pre.needs_input_for_adjoint:
-                    x_raw = inp[t0:].clone()
-            tr_pre_rec = buf(layer.x_shape) if rec and st.tr_pre is not None else None
-            tr_pre = st.tr_pre
+                    x_raw = _window(inp, t0)
+            tr_pre, tr_pre_rec = st.tr_pre, None
             if tr_pre is not None:
-                tr_pre = _scan_trace(xs, tr_pre, f.lambda_pre, t0, tr_pre_rec)  # type: ignore[union-attr]
+                tr_pre, tr_pre_rec = _trace(xs, tr_pre, f.lambda_pre, t0, "after" if rec else None)  # type: ignore[union-attr]
             del xs
 
-            psi_rec = buf(layer.out_shape) if rec else None
-            trpost_rec = buf(layer.out_shape) if rec and st.tr_post is not None else None
-            yprev_rec = buf(layer.out_shape) if rec and layer.recurrent and learning else None
-            trrec_rec = buf(layer.out_shape) if rec and st.tr_rec is not None else None
-            w_rec = layer.rec_weight
-            u, y_prev, tr_post, tr_rec = st.u, st.y, st.tr_post, st.tr_rec
-            spikes = torch.empty_like(current)
+            # LIF scan: only what the forward itself needs, per step.
+            # LIF scan with in-place, cache-resident per-step work; window steps recorded.
+            w_rec_t = layer.rec_weight.t() if layer.recurrent else None
+            u = st.u.clone()
+            y_prev = st.y
+            tr_post = st.tr_post.clone() if st.tr_post is not None else None
+            tr_rec = st.tr_rec.clone() if st.tr_rec is not None else None
+            spikes = _workspace(('spikes', i), current.shape, current)
+            v = torch.empty_like(u)
+            one = u.new_ones(())
+            psi_rec = u.new_empty(n_learn, *u.shape) if rec else None
+            trpost_rec = u.new_empty(n_learn, *u.shape) if rec and tr_post is not None else None
+            yprev_rec = u.new_empty(n_learn, *u.shape) if rec and layer.recurrent and learning else None
+            trrec_rec = u.new_empty(n_learn, *u.shape) if rec and tr_rec is not None else None
+            scratch = torch.empty_like(u)
             for t in range(c):
-                cur = current[t]
-                if w_rec is not None:
-                    cur = torch.addmm(cur, y_prev, w_rec.t())
-                u = torch.add(cur, u, alpha=p.gamma)
-                v = u - p.theta
-                y = spikes[t]
-                y.copy_(v >= 0)
-                if p.reset == "soft":
-                    u = u - p.theta * y
-                else:
-                    u = u * (1.0 - y)
-                psi = None
-                if tr_post is not None:
-                    psi = psi_fn(v)
-                    if rec and t >= t0:
-                        trpost_rec[t - t0] = tr_post  # type: ignore[index]
-                    tr_post = torch.add(psi, tr_post, alpha=f.lambda_post)  # type: ignore[union-attr]
-                if rec and t >= t0:
-                    psi_rec[t - t0] = psi if psi is not None else psi_fn(v)  # type: ignore[index]
-                if layer.recurrent:
+                k = t - t0  # window index (records when >= 0)
+                torch.add(current[t], u, alpha=p.gamma, out=u)
+                if w_rec_t is not None:
+                    if yprev_rec is not None and k >= 0:
+                        yprev_rec[k] = y_prev
                     if tr_rec is not None:
-                        tr_rec = torch.add(y_prev, tr_rec, alpha=f.lambda_pre)  # type: ignore[union-attr,arg-type]
-                        if rec and t >= t0:
-                            trrec_rec[t - t0] = tr_rec  # type: ignore[index]
-                    if yprev_rec is not None and t >= t0:
-                        yprev_rec[t - t0] = y_prev
-                    y_prev = y
+                        torch.add(y_prev, tr_rec, alpha=f.lambda_pre, out=tr_rec)  # type: ignore[union-attr]
+                        if trrec_rec is not None and k >= 0:
+                            trrec_rec[k] = tr_rec
+                    u.addmm_(y_prev, w_rec_t)
+                torch.sub(u, p.theta, out=v)
+                y = torch.heaviside(v, one, out=spikes[t])  # H(0) = 1
+                if p.reset == "soft":
+                    u.sub_(y, alpha=p.theta)
+                else:
+                    u.mul_(1.0 - y)
+                y_prev = y
+                if tr_post is not None or (rec and k >= 0):
+                    psi = psi_fn(v, out=psi_rec[k] if rec and k >= 0 else scratch)  # type: ignore[index]
+                    if trpost_rec is not None and k >= 0:
+                        trpost_rec[k] = tr_post
+                    if tr_post is not None:
+                        torch.add(psi, tr_post, alpha=f.lambda_post, out=tr_post)  # type: ignore[union-attr]
             if layer.recurrent:
-                y_prev = y_prev.clone()  # detach from the spikes buffer
+                y_prev = spikes[-1].clone()
             new_layers.append(LayerState(u, y_prev, tr_pre, tr_rec, tr_post))
             if rec:
                 records.append(LayerRecord(x_rec, x_raw, tr_pre_rec, psi_rec, trpost_rec, yprev_rec, trrec_rec))  # type: ignore[arg-type]
@@ -244,7 +306,7 @@ def run_chunk(
         ro = net.readout
         ro_raw = inp[t0:].clone() if n_learn and ro.pre.needs_input_for_adjoint else None
         xo = ro.pre(inp.reshape(c * batch, *inp.shape[2:]))
-        j = (xo @ ro.weight.t() + ro.bias).view(c, batch, -1)
+        j = F.linear(xo, ro.weight, ro.bias).view(c, batch, -1)
         xo = xo.view(c, batch, -1)
         o = state.readout.o
         o_traj = torch.empty_like(j)
@@ -256,8 +318,7 @@ def run_chunk(
         readout_record = None
         if tr is not None:
             lam = readout_lambda if readout_lambda is not None else ro.gamma_o
-            tr_rec_o = x.new_empty(n_learn, batch, ro.x_shape[0]) if n_learn else None
-            tr = _scan_trace(xo, tr, lam, t0, tr_rec_o)
+            tr, tr_rec_o = _trace(xo, tr, lam, t0, "after" if n_learn else None)
             cs = []
             for t in range(c):
                 cb = lam * cb + 1.0

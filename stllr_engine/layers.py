@@ -208,11 +208,18 @@ class SpikingLayer(nn.Module):
         """``W`` as the synapse uses it (standardised if enabled; differentiable)."""
         return standardize_weight(self.weight) if self.weight_standardization else self.weight
 
-    def synapse(self, x: Tensor, w: Tensor) -> Tensor:
-        """Input current (without bias or recurrence) for ``x`` of shape ``[N, *x_shape]``."""
+    def synapse(self, x: Tensor, w: Tensor, bias: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+        """Input current ``W x (+ b)`` (no recurrence) for ``x`` of shape ``[N, *x_shape]``.
+
+        ``out`` (dense layers, no autograd) receives the result in place.
+        """
         if self.kind == "dense":
-            return x @ w.t()
-        return F.conv2d(x, w, padding=self.padding)
+            if out is not None and bias is not None:
+                return torch.addmm(bias, x, w.t(), out=out)
+            if out is not None:
+                return torch.mm(x, w.t(), out=out)
+            return F.linear(x, w, bias)
+        return F.conv2d(x, w, bias, padding=self.padding)
 
     def input_grad(self, g: Tensor, w: Tensor) -> Tensor:
         """Adjoint of :meth:`synapse`: ``∂(g·I)/∂x`` for ``g`` of shape ``[N, *out_shape]``."""

@@ -52,37 +52,37 @@ __all__ = [
 # ---------------------------------------------------------------------------------------
 
 
-def _inverse_square(v: Tensor) -> Tensor:
+def _inverse_square(v: Tensor, out: Tensor | None = None) -> Tensor:
     # 1 / (100|v| + 1)^2 : the official default for linear (SHD) layers.
-    return (100.0 * v.abs() + 1.0).reciprocal().square()
+    return torch.abs(v, out=out).mul_(100.0).add_(1.0).reciprocal_().square_()
 
 
-def _triangle(v: Tensor) -> Tensor:
+def _triangle(v: Tensor, out: Tensor | None = None) -> Tensor:
     # 0.3 · max(0, 1 − |v|) : the official default for conv layers.
-    return 0.3 * (1.0 - v.abs()).clamp_min(0.0)
+    return torch.abs(v, out=out).neg_().add_(1.0).clamp_min_(0.0).mul_(0.3)
 
 
-def _sigmoid_derivative(v: Tensor) -> Tensor:
+def _sigmoid_derivative(v: Tensor, out: Tensor | None = None) -> Tensor:
     # 4 σ(v)(1 − σ(v)) : peak 1 at v = 0.
-    s = torch.sigmoid(v)
-    return 4.0 * s * (1.0 - s)
+    s = torch.sigmoid(v, out=out)
+    return s.mul_(s.neg().add_(1.0)).mul_(4.0)
 
 
-def _arctan(v: Tensor) -> Tensor:
+def _arctan(v: Tensor, out: Tensor | None = None) -> Tensor:
     # 1 / (1 + (10 v)^2)
-    return (1.0 + (10.0 * v).square()).reciprocal()
+    return torch.mul(v, 10.0, out=out).square_().add_(1.0).reciprocal_()
 
 
-SURROGATES: dict[str, Callable[[Tensor], Tensor]] = {
+SURROGATES: dict[str, Callable[..., Tensor]] = {
     "inverse_square": _inverse_square,
     "triangle": _triangle,
     "sigmoid": _sigmoid_derivative,
     "arctan": _arctan,
 }
-"""The paper's four choices of Ψ, by name."""
+"""The paper's four choices of Ψ, by name: ``Ψ(v, out=None)``, elementwise."""
 
 
-def get_surrogate(name: str) -> Callable[[Tensor], Tensor]:
+def get_surrogate(name: str) -> Callable[..., Tensor]:
     """Return the surrogate Ψ called ``name`` (one of :data:`SURROGATES`).
 
     Raises:

@@ -296,7 +296,7 @@ def stllr_step(
             held += [t for t in ro_rec if isinstance(t, Tensor)]  # type: ignore[union-attr]
         probe.observe(held)
         if k:
-            with probe.phase("learning"):
+            with probe.phase("learning"), torch.no_grad():
                 loss += _learn(net, weights, records, ro_rec, _window_labels(labels, T, b - k, b),  # type: ignore[arg-type]
                                factors, cfg.learning_signal, grads)
         del records, ro_rec

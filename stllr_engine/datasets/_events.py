@@ -140,9 +140,10 @@ def load_events(
     out_shape = source.out_shape(params)
     T = params["T"]
     bin_us = None if params["bin_ms"] is None else params["bin_ms"] * 1000.0
+    # Open both splits before binning either, so a bad file fails before any work.
+    opened = {split: source.open_split(root, split) for split in SPLITS}
     pair = []
-    for split in SPLITS:
-        events = source.open_split(root, split)
+    for split, events in opened.items():
         key = {"params": params, "t_start": source.t_start,
                "source": _cache.fingerprint(events.files, root)}
         name = _cache.entry_name(source.name, split, key)
