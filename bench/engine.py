@@ -1,0 +1,183 @@
+"""``stllr bench engine``: step time, learning memory and FLOP efficiency of both rules.
+
+Cases (DESIGN §5, issue #2 item 9):
+
+* SHD net (700 → 450 rec → 20, batch 128, T = 100): S-TLLR with learn_steps 10 and 90
+  (window and streaming modes), the engine's BPTT, the plainly unrolled autograd BPTT
+  (:func:`stllr_engine.reference.reference_bptt_loss`) and S-TLLR through the naive
+  outer-product reference (:func:`stllr_engine.reference.reference_stllr_grads`, one
+  timed repetition);
+* memory scan: S-TLLR (streaming) and BPTT at T = 25 and T = 400;
+* a small VGG (width 16, 3 blocks) on 2×32×32 frames, T = 20.
+
+``--quick`` uses batch 32 and fewer repetitions (the ratios are still measured within
+one run, on one configuration). Figures: ``step_time_s`` is the median of interleaved
+repetitions; ``learning_memory_bytes`` is measured exactly for the whole batch
+(:class:`stllr_engine.costs.CostProbe`); ``*_macs`` fields are per-sample formulas;
+``achieved_gflops`` = 2 · batch · (forward + learning MACs) / step time (dense MAC
+accounting); ``gemm_peak_gflops`` is a 4096² fp32 GEMM timed in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable
+
+import torch
+
+from bench.common import emit, gemm_peak_gflops, target, time_round_robin
+from stllr_engine.bptt import bptt_step
+from stllr_engine.costs import CostProbe, formula_costs
+from stllr_engine.network import Network, NetworkSpec, build_network, preset
+from stllr_engine.reference import reference_bptt_loss, reference_stllr_grads
+from stllr_engine.stllr import STLLRConfig, stllr_step
+
+COLUMNS = ["model", "rule", "impl", "mode", "T", "learn_steps", "batch", "step_time_s",
+           "learning_memory_bytes", "learning_macs", "achieved_gflops", "efficiency"]
+
+
+def _inputs(spec: NetworkSpec, T: int, batch: int, device: torch.device, density: float) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(T, batch, *spec.input_shape, generator=g) < density).float().to(device)
+    labels = torch.randint(0, spec.num_classes, (batch,), generator=g).to(device)
+    return x, labels
+
+
+def _measured_memory(net: Network, fn: Callable[..., Any], x: torch.Tensor) -> int:
+    probe = CostProbe(exclude=[*net.parameters(), x], count_flops=False)
+    fn(probe)
+    net.zero_grad(set_to_none=True)
+    return probe.peak_bytes
+
+
+class _Case:
+    def __init__(self, model: str, net: Network, x: torch.Tensor, labels: torch.Tensor, rule: str, impl: str,
+                 mode: str, cfg: STLLRConfig | None):
+        self.model, self.net, self.x, self.labels = model, net, x, labels
+        self.rule, self.impl, self.mode, self.cfg = rule, impl, mode, cfg
+
+    @property
+    def T(self) -> int:
+        return self.x.shape[0]
+
+    def run(self, probe: Any = None) -> None:
+        net, x, y = self.net, self.x, self.labels
+        net.zero_grad(set_to_none=True)
+        if self.rule == "stllr" and self.impl == "engine":
+            stllr_step(net, x, y, self.cfg, probe=probe)  # type: ignore[arg-type]
+        elif self.rule == "stllr":
+            reference_stllr_grads(net, x, y, self.cfg)  # type: ignore[arg-type]
+        elif self.impl == "engine":
+            bptt_step(net, x, y, probe=probe)
+        else:
+            reference_bptt_loss(net, x, y).backward()
+
+    def record(self, step_time: float | None, peak: float) -> dict[str, Any]:
+        f = formula_costs(self.net, self.rule, self.T, self.cfg)
+        batch = self.x.shape[1]
+        mem = _measured_memory(self.net, self.run, self.x) if self.impl == "engine" else None
+        rec: dict[str, Any] = {
+            "model": self.model, "rule": self.rule, "impl": self.impl, "mode": self.mode, "T": self.T,
+            "learn_steps": self.cfg.learn_steps if self.cfg else None, "batch": batch,
+            "step_time_s": step_time,
+            "learning_memory_bytes": mem,
+            "learning_memory_bytes_per_sample": mem / batch if mem is not None else None,
+            "learning_memory_bytes_formula": f["learning_memory_bytes_formula"],
+            "learning_macs": f["learning_macs"], "forward_macs": f["forward_macs"],
+            "gemm_peak_gflops": peak,
+        }
+        if step_time:
+            gflops = 2 * batch * (f["forward_macs"] + f["learning_macs"]) / step_time / 1e9
+            rec["achieved_gflops"] = gflops
+            rec["efficiency"] = gflops / peak
+        return rec
+
+
+def run(quick: bool = False, device: str = "cpu") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    dev = torch.device(device)
+    peak = gemm_peak_gflops(dev)
+    batch = 32 if quick else 128
+    reps = 3 if quick else 7
+
+    shd_spec = preset("shd_rsnn")
+    shd = build_network(shd_spec).to(dev)
+    x, y = _inputs(shd_spec, 100, batch, dev, density=0.05)
+    cases: dict[str, _Case] = {}
+    for ls in (10, 90):
+        for mode in ("window", "streaming"):
+            cases[f"stllr{ls}_{mode}"] = _Case("shd_rsnn", shd, x, y, "stllr", "engine", mode,
+                                               STLLRConfig(learn_steps=ls, mode=mode))
+    cases["bptt"] = _Case("shd_rsnn", shd, x, y, "bptt", "engine", "fused_scan", None)
+    cases["bptt_unrolled"] = _Case("shd_rsnn", shd, x, y, "bptt", "reference", "unrolled", None)
+    times = time_round_robin({k: c.run for k, c in cases.items()}, reps, dev)
+    ref = _Case("shd_rsnn", shd, x, y, "stllr", "reference", "outer_product", STLLRConfig(learn_steps=90))
+    times["stllr90_reference"] = time_round_robin({"r": ref.run}, 1, dev, warmup=0)["r"]
+    cases["stllr90_reference"] = ref
+
+    records = {k: cases[k].record(times[k], peak) for k in cases}
+
+    # Memory scan: T = 25 and 400 (T = 100 above).
+    for T in (25, 400):
+        xt, yt = _inputs(shd_spec, T, batch, dev, density=0.05)
+        for key, case in (
+            (f"stllr_streaming_T{T}", _Case("shd_rsnn", shd, xt, yt, "stllr", "engine", "streaming",
+                                             STLLRConfig(learn_steps=10, mode="streaming"))),
+            (f"bptt_T{T}", _Case("shd_rsnn", shd, xt, yt, "bptt", "engine", "fused_scan", None)),
+        ):
+            t = time_round_robin({"c": case.run}, 1, dev, warmup=0)["c"]
+            records[key] = case.record(t, peak)
+
+    # Small VGG on 2×32×32 frames, T = 20.
+    vgg_spec = preset("vgg9", width=16, depth=3)
+    vgg = build_network(vgg_spec).to(dev)
+    xv, yv = _inputs(vgg_spec, 20, 8 if quick else 16, dev, density=0.1)
+    vcases = {
+        "vgg_stllr_window": _Case("vgg_w16_d3", vgg, xv, yv, "stllr", "engine", "window", STLLRConfig(learn_steps=5)),
+        "vgg_stllr_streaming": _Case("vgg_w16_d3", vgg, xv, yv, "stllr", "engine", "streaming",
+                                     STLLRConfig(learn_steps=5, mode="streaming")),
+        "vgg_bptt": _Case("vgg_w16_d3", vgg, xv, yv, "bptt", "engine", "fused_scan", None),
+    }
+    vt = time_round_robin({k: c.run for k, c in vcases.items()}, 2 if quick else 3, dev)
+    records.update({k: c.record(vt[k], peak) for k, c in vcases.items()})
+
+    r = records
+    targets = [
+        target("S-TLLR(learn_steps=10, window) / BPTT step time, SHD net",
+               r["stllr10_window"]["step_time_s"] / r["bptt"]["step_time_s"], "<=", 0.5),
+        target("BPTT engine / unrolled reference step time, SHD net",
+               r["bptt"]["step_time_s"] / r["bptt_unrolled"]["step_time_s"], "<=", 0.9),
+        target("outer-product reference / S-TLLR(learn_steps=90, window) step time",
+               r["stllr90_reference"]["step_time_s"] / r["stllr90_window"]["step_time_s"], ">=", 50.0),
+        target("BPTT / S-TLLR(streaming) measured learning memory, SHD net T=100",
+               r["bptt"]["learning_memory_bytes"] / r["stllr10_streaming"]["learning_memory_bytes"], ">=", 30.0),
+        target("S-TLLR(streaming) memory T=400 / T=25",
+               r["stllr_streaming_T400"]["learning_memory_bytes"] / r["stllr_streaming_T25"]["learning_memory_bytes"],
+               "<=", 1.05),
+        target("S-TLLR(learn_steps=10, window) efficiency vs GEMM peak",
+               r["stllr10_window"]["efficiency"], ">=", 0.65),
+        target("BPTT efficiency vs GEMM peak", r["bptt"]["efficiency"], ">=", 0.65),
+    ]
+    return list(records.values()), targets
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="stllr bench engine", description=__doc__.split("\n")[0])
+    add_arguments(ap)
+    return execute(ap.parse_args(argv))
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--quick", action="store_true", help="batch 32, fewer repetitions (~1 min)")
+    ap.add_argument("--json", action="store_true", help="one JSON object per line")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+
+
+def execute(args: argparse.Namespace) -> int:
+    records, targets = run(quick=args.quick, device=args.device)
+    emit(records, targets, args.json, COLUMNS)
+    return 1 if args.check and not all(t["pass"] for t in targets) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

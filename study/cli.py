@@ -1,0 +1,43 @@
+"""The ``stllr`` command line.
+
+Subcommands grow with the project; each user mistake ends in one line on stderr and a
+non-zero exit (``StllrError``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from stllr_engine.errors import StllrError
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="stllr", description="Study S-TLLR against BPTT on spiking networks.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("bench", help="benchmarks (speed, memory, learning)")
+    bsub = bench.add_subparsers(dest="what", required=True)
+
+    from bench import engine
+
+    p = bsub.add_parser("engine", help="step time, learning memory and FLOP efficiency of S-TLLR and BPTT")
+    engine.add_arguments(p)
+    p.set_defaults(run=engine.execute)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except StllrError as exc:
+        print(f"stllr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stllr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
