@@ -282,7 +282,7 @@ def run_chunk(
                         torch.add(y_prev, tr_rec, alpha=f.lambda_pre, out=tr_rec)  # type: ignore[union-attr]
                         if trrec_rec is not None and k >= 0:
                             trrec_rec[k] = tr_rec
-                    u.addmm_(y_prev, w_rec_t)
+                    torch.addmm(u, y_prev, w_rec_t, out=u)  # (FlopCounterMode misses addmm_)
                 torch.sub(u, p.theta, out=v)
                 y = torch.heaviside(v, one, out=spikes[t])  # H(0) = 1
                 if p.reset == "soft":
@@ -313,7 +313,7 @@ def run_chunk(
         for t in range(c):
             o = torch.add(j[t], o, alpha=ro.gamma_o)
             o_traj[t] = o
-        o_rec = o_traj[t0:] if n_learn else None
+        o_rec = _window(o_traj, t0) if n_learn else None
         tr, cb = state.readout.tr, state.readout.c
         readout_record = None
         if tr is not None:

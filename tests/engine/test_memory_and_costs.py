@@ -1,0 +1,93 @@
+"""Measured learning memory and FLOPs (item 8d and 7): exact, so asserted exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stllr_engine.bptt import bptt_step
+from stllr_engine.costs import CostProbe, measure_costs
+from stllr_engine.network import NetworkSpec, build_network
+from stllr_engine.stllr import STLLRConfig, stllr_step
+
+SPEC = NetworkSpec(kind="rsnn", input_shape=(50,), num_classes=5, width=40, depth=1, gamma=0.9, theta=0.5,
+                   surrogate="inverse_square", gamma_o=0.95)
+B = 8
+
+
+def _data(T: int):
+    g = torch.Generator().manual_seed(T)
+    return (torch.rand(T, B, 50, generator=g) < 0.2).float(), torch.randint(0, 5, (B,), generator=g)
+
+
+def _stllr(mode: str, ls: int = 5):
+    cfg = STLLRConfig(learn_steps=ls, mode=mode)
+    return (lambda n, x, y, probe=None: stllr_step(n, x, y, cfg, probe=probe)[0]), cfg
+
+
+def _memory(step, T: int) -> int:
+    net = build_network(SPEC)
+    x, y = _data(T)
+    return measure_costs(net, step, x, y, "stllr")["learning_memory_bytes"]
+
+
+def test_stllr_streaming_memory_is_independent_of_T():
+    step, _ = _stllr("streaming")
+    m25, m200 = _memory(step, 25), _memory(step, 200)
+    assert abs(m200 / m25 - 1) <= 0.05
+    # Exactly the carried state, by hand: u, y, tr_pre (input), tr_rec, tr_post, o, readout trace.
+    assert m25 == m200 == 4 * B * (40 + 40 + 50 + 40 + 40 + 5 + 40)
+
+
+def test_bptt_memory_grows_in_proportion_to_T():
+    m25, m200 = _memory(bptt_step, 25), _memory(bptt_step, 200)
+    assert m200 / m25 == pytest.approx(8.0, rel=0.05)
+    # v = u - θ and the spikes for every step; beyond them only the readout's T decay
+    # weights and the loss's [B, C] logits and labels.
+    assert 0 < m200 - 2 * 200 * B * 40 * 4 <= 200 * 4 + 2 * B * 5 * 4 + B * 8 + 4
+
+
+def test_window_mode_holds_its_records_until_learning():
+    step_w, _ = _stllr("window", ls=10)
+    step_s, _ = _stllr("streaming", ls=10)
+    mw, ms = _memory(step_w, 50), _memory(step_s, 50)
+    assert mw > ms
+    # records per window step: tr_pre(50) psi, tr_post(t-1), y(t-1), tr_rec (4·40), readout tr(40), o(5)
+    # (x is a view of the input batch, not counted); c is a [10] vector
+    assert mw - ms == 4 * (10 * B * (50 + 4 * 40 + 40 + 5) + 10)
+
+
+def test_measured_macs_of_the_learning_phase():
+    net = build_network(SPEC)
+    x, y = _data(30)
+    step, cfg = _stllr("window", ls=6)
+    c = measure_costs(net, step, x, y, "stllr", cfg)
+    # per window step and sample: readout ΔW (40·5) and δ down (5·40); input layer: two
+    # weight GEMMs (2·50·40); recurrent: two (2·40·40)
+    assert c["learning_macs_measured"] == 6 * (2 * 40 * 5 + 2 * 50 * 40 + 2 * 40 * 40)
+    assert c["forward_macs"] == 30 * (50 * 40 + 40 * 40 + 40 * 5)
+    # measured forward also holds the traces' prefix sums over the 24 steps before the
+    # window (one GEMV each for the input trace and the readout's trace)
+    assert c["forward_macs_measured"] == c["forward_macs"] + 24 * (50 + 40)
+    assert c["learning_macs"] == 3 * 6 * (50 * 40 + 40 * 40 + 40 * 5)
+    b = measure_costs(net, bptt_step, x, y, "bptt")
+    # backward: input weights (no input gradient needed) and readout input+weight at all 30
+    # steps; recurrent input+weight at the 29 steps that have a y[t-1]; Σ_t o[t] spreads
+    # its gradient over the 30 steps (30·5)
+    assert b["learning_macs_measured"] == 30 * (50 * 40 + 2 * 40 * 5) + 29 * 2 * 40 * 40 + 30 * 5
+
+
+def test_measure_costs_leaves_gradients_alone():
+    net = build_network(SPEC)
+    x, y = _data(10)
+    for p in net.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    measure_costs(net, bptt_step, x, y, "bptt")
+    assert all(torch.all(p.grad == 3.0) for p in net.parameters())
+
+
+def test_probe_counts_unique_storages_once():
+    probe = CostProbe(count_flops=False)
+    a = torch.zeros(100)
+    probe.observe([a, a[:10], a.view(10, 10)])
+    assert probe.peak_bytes == 400

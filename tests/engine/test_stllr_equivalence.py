@@ -1,0 +1,173 @@
+"""S-TLLR fast path == the naive explicit-eligibility reference (DESIGN §3), float64, rtol 1e-5."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from engine_cases import SPECS, grads_of, make_case, rel_err
+
+from stllr_engine.forward import initial_state, run_chunk
+from stllr_engine.reference import reference_stllr_grads
+from stllr_engine.stllr import STLLRConfig, learnable, stllr_step
+
+RTOL = 1e-5
+
+
+def _compare(net, x, labels, cfg):
+    net.zero_grad(set_to_none=True)
+    stllr_step(net, x, labels, cfg)
+    got = grads_of(net)
+    ref = reference_stllr_grads(net, x, labels, cfg)
+    for k, (g, r) in enumerate(zip(got, ref)):
+        if r is None:
+            assert g is None
+            continue
+        assert torch.isfinite(r).all()
+        assert rel_err(g, r) <= RTOL, f"parameter {k}: relative error {rel_err(g, r):.3g}"
+    return got, ref
+
+
+@pytest.mark.parametrize("mode", ["window", "streaming"])
+@pytest.mark.parametrize("signal", ["bp", "dfa"])
+@pytest.mark.parametrize("alpha_post", [-1.0, 0.0, 0.5])
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_stllr_matches_explicit_eligibility(name, reset, alpha_post, signal, mode):
+    net, x, labels = make_case(name, reset)
+    cfg = STLLRConfig(learn_steps=4, lambda_pre=0.7, lambda_post=0.4, alpha_pre=1.0, alpha_post=alpha_post,
+                      learning_signal=signal, mode=mode)
+    got, ref = _compare(net, x, labels, cfg)
+    # Not a vacuous match: every hidden weight and the readout receive a non-zero update.
+    params = learnable(net)
+    weights = [0] + [k for i in range(len(net.layers)) for k in (2 + 3 * i, 4 + 3 * i)]
+    for k in weights:  # feed-forward, recurrent and readout weights
+        if params[k] is not None:
+            assert float(ref[k].abs().max()) > 1e-8, f"parameter {k} got no update"
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_the_case_spikes_and_alpha_post_matters(name):
+    net, x, labels = make_case(name)
+    with torch.no_grad():
+        o = net(x.transpose(0, 1))
+    assert o.abs().sum() > 0
+    updates = []
+    for a in (-1.0, 0.0, 0.5):
+        net.zero_grad(set_to_none=True)
+        stllr_step(net, x, labels, STLLRConfig(learn_steps=4, alpha_post=a, lambda_post=0.4))
+        updates.append(net.layers[0].weight.grad.clone())
+    assert rel_err(updates[0], updates[1]) > 1e-3
+    assert rel_err(updates[2], updates[1]) > 1e-3
+
+
+@pytest.mark.parametrize("learn_steps", [1, 7, 20])  # 7 == T, 20 > T: the whole sequence
+def test_window_lengths(learn_steps):
+    net, x, labels = make_case("recurrent")
+    _compare(net, x, labels, STLLRConfig(learn_steps=learn_steps, lambda_pre=0.9, lambda_post=0.5))
+
+
+def test_per_layer_factors_and_readout_lambda():
+    net, x, labels = make_case("recurrent")
+    cfg = STLLRConfig(learn_steps=5, lambda_pre=0.6, lambda_post=0.3, alpha_post=-1.0, readout_lambda=0.5,
+                      layer_factors={1: {"alpha_post": 1.0, "lambda_pre": 1.0, "alpha_pre": 0.5}})
+    _compare(net, x, labels, cfg)
+    _compare(net, x, labels, STLLRConfig(learn_steps=5, alpha_pre=0.0, alpha_post=1.0))
+
+
+def test_per_step_labels():
+    net, x, labels = make_case("dense")
+    per_step = torch.stack([labels.roll(t) for t in range(x.shape[0])])
+    _compare(net, x, per_step, STLLRConfig(learn_steps=5))
+
+
+@pytest.mark.parametrize("name", ["recurrent", "conv_avg"])
+def test_window_and_streaming_agree(name):
+    net, x, labels = make_case(name, T=9)
+    out = []
+    for mode in ("window", "streaming"):
+        net.zero_grad(set_to_none=True)
+        stats, state = stllr_step(net, x, labels, STLLRConfig(learn_steps=3, mode=mode))
+        out.append((grads_of(net), stats, state))
+    for a, b in zip(out[0][0], out[1][0]):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert out[0][1].loss == pytest.approx(out[1][1].loss, rel=1e-12)
+    for a, b in zip(out[0][2].tensors(), out[1][2].tensors()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+# -- the learning window (item 8b) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["window", "streaming"])
+def test_loss_before_the_window_changes_nothing(mode):
+    net, x, labels = make_case("recurrent", T=8)
+    T, ls = x.shape[0], 3
+    cfg = STLLRConfig(learn_steps=ls, mode=mode)
+    base = torch.stack([labels] * T)
+    net.zero_grad(set_to_none=True)
+    stllr_step(net, x, base, cfg)
+    g0 = grads_of(net)
+
+    changed_before = base.clone()
+    changed_before[: T - ls] = (labels + 1) % 4  # another loss at every step before the window
+    net.zero_grad(set_to_none=True)
+    stllr_step(net, x, changed_before, cfg)
+    for a, b in zip(g0, grads_of(net)):
+        if a is not None:
+            assert torch.equal(a, b)
+
+    changed_inside = base.clone()
+    changed_inside[T - ls] = (labels + 1) % 4  # the first step of the window
+    net.zero_grad(set_to_none=True)
+    stllr_step(net, x, changed_inside, cfg)
+    assert not torch.equal(g0[0], grads_of(net)[0])
+
+
+@pytest.mark.parametrize("name", ["recurrent", "conv_max"])
+def test_inputs_before_the_window_act_only_through_state_and_traces(name):
+    net, x, labels = make_case(name, T=9)
+    ls = 3
+    t0 = x.shape[0] - ls
+    cfg = STLLRConfig(learn_steps=ls, lambda_pre=0.8, lambda_post=0.6)
+    net.zero_grad(set_to_none=True)
+    stllr_step(net, x, labels, cfg)
+    full = grads_of(net)
+
+    # Run the prefix without learning, keep only its state and traces, then learn on the window.
+    factors = cfg.factors(len(net.layers))
+    lam = net.readout.gamma_o
+    state = initial_state(net, x.shape[1], factors, lam)
+    weights = [layer.effective_weight().detach() for layer in net.layers]
+    _, _, _, state = run_chunk(net, x[:t0], state, weights, 0, factors, lam)
+    net.zero_grad(set_to_none=True)
+    stllr_step(net, x[t0:], labels, cfg, state=state)
+    for a, b in zip(full, grads_of(net)):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+    # ... and they do act through them: another prefix gives another update.
+    x2 = x.clone()
+    x2[:t0] = 1.0 - x2[:t0]
+    net.zero_grad(set_to_none=True)
+    stllr_step(net, x2, labels, cfg)
+    assert rel_err(grads_of(net)[2], full[2]) > 1e-6
+
+
+def test_no_batch_by_out_by_in_tensor_is_built(monkeypatch):
+    """The fast path never materialises e_ij: no tensor of B·out·in elements is created."""
+    net, x, labels = make_case("recurrent", batch=6)
+    layer = net.layers[0]
+    limit = x.shape[1] * layer.out_shape[0] * layer.x_shape[0]
+    seen = []
+
+    class Spy(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor):
+                seen.append(out.numel())
+            return out
+
+    with Spy():
+        stllr_step(net, x, labels, STLLRConfig(learn_steps=x.shape[0]))
+    assert max(seen) < limit
