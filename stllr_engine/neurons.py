@@ -54,7 +54,8 @@ __all__ = [
 
 def _inverse_square(v: Tensor, out: Tensor | None = None) -> Tensor:
     # 1 / (100|v| + 1)^2 : the official default for linear (SHD) layers.
-    return torch.abs(v, out=out).mul_(100.0).add_(1.0).reciprocal_().square_()
+    a = torch.abs(v, out=out)
+    return torch.add(1.0, a, alpha=100.0, out=a).pow_(-2)
 
 
 def _triangle(v: Tensor, out: Tensor | None = None) -> Tensor:
