@@ -1,0 +1,100 @@
+"""The frame cache on its own: keys, compact dtypes, clean failure, pickling."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stllr_engine.datasets import DatasetInfo, FrameDataset, _cache
+
+
+def _samples(values: list[int]) -> Iterator[tuple[np.ndarray, int]]:
+    for i, value in enumerate(values):
+        counts = np.zeros((2, 3), dtype=np.int64)
+        counts[1, 2] = value
+        counts[0, 0] = i
+        yield counts, i % 2
+
+
+def _build(root: Path, values: list[int], name: str = "toy-train-0") -> tuple:
+    return _cache.open_or_build(root, name, {"why": "test"}, len(values), (2, 3),
+                                lambda: _samples(values))
+
+
+def test_counts_use_the_smallest_dtype_and_widen_on_overflow(tmp_path: Path) -> None:
+    frames, _, _ = _build(tmp_path / "a", [1, 2, 3])
+    assert frames.dtype == np.uint8
+    values = [5, 300, 7, 70_000, 9]
+    frames, labels, entry = _build(tmp_path / "b", values)
+    assert frames.dtype == np.uint32 and isinstance(frames, np.memmap)
+    assert frames[:, 1, 2].tolist() == values and frames[:, 0, 0].tolist() == [0, 1, 2, 3, 4]
+    assert labels.tolist() == [0, 1, 0, 1, 0]
+    assert sorted(p.name for p in entry.iterdir()) == ["frames.npy", "labels.npy", "meta.json"]
+
+
+def test_failed_build_leaves_nothing_but_the_lock(tmp_path: Path) -> None:
+    def broken() -> Iterator[tuple[np.ndarray, int]]:
+        yield from _samples([1, 2])
+        raise OSError("disk on fire")
+
+    with pytest.raises(OSError, match="disk on fire"):
+        _cache.open_or_build(tmp_path, "toy-train-0", {}, 4, (2, 3), broken)
+    assert [p.name for p in tmp_path.iterdir()] == ["toy-train-0.lock"]
+    frames, _, _ = _build(tmp_path, [1, 2, 3, 4])  # the next try builds normally
+    assert len(frames) == 4
+
+
+def test_temporary_folder_of_a_killed_builder_is_removed(tmp_path: Path) -> None:
+    stale = tmp_path / ".toy-train-0.tmp-dead"
+    stale.mkdir()
+    (stale / "frames.npy").write_bytes(b"half")
+    _build(tmp_path, [1])
+    assert not stale.exists()
+
+
+def test_existing_entry_is_read_not_rebuilt(tmp_path: Path) -> None:
+    _build(tmp_path, [1, 2])
+
+    def must_not_run() -> Iterator[tuple[np.ndarray, int]]:
+        raise AssertionError("rebuilt a cached entry")
+
+    frames, _, _ = _cache.open_or_build(tmp_path, "toy-train-0", {}, 2, (2, 3), must_not_run)
+    assert frames[:, 1, 2].tolist() == [1, 2]
+
+
+def test_entry_name_covers_every_key_field() -> None:
+    base = {"params": {"T": 20, "bin_ms": 75.0}, "t_start": "first", "source": "abc"}
+    name = _cache.entry_name("dvs_gesture", "train", base)
+    assert name.startswith("dvs_gesture-train-") and name == _cache.entry_name(
+        "dvs_gesture", "train", dict(base))
+    variants = [("dvs_gesture", "test", base), ("nmnist", "train", base),
+                ("dvs_gesture", "train", {**base, "params": {"T": 21, "bin_ms": 75.0}}),
+                ("dvs_gesture", "train", {**base, "params": {"T": 20, "bin_ms": 70.0}}),
+                ("dvs_gesture", "train", {**base, "source": "abd"})]
+    assert len({_cache.entry_name(*v) for v in variants} | {name}) == len(variants) + 1
+
+
+def test_fingerprint_follows_sizes_and_names_not_times(tmp_path: Path) -> None:
+    file = tmp_path / "a.bin"
+    file.write_bytes(b"12345")
+    first = _cache.fingerprint([file], tmp_path)
+    os.utime(file, (1, 1))
+    assert _cache.fingerprint([file], tmp_path) == first
+    file.write_bytes(b"1234512345")
+    assert _cache.fingerprint([file], tmp_path) != first
+
+
+def test_memory_mapped_dataset_pickles_as_a_path(tmp_path: Path) -> None:
+    frames, labels, entry = _build(tmp_path, [3] * 50)
+    info = DatasetInfo("toy", "train", (3,), 2, 2)
+    dataset = FrameDataset(frames, labels, info)
+    blob = pickle.dumps(dataset)
+    assert len(blob) < 2000
+    copy = pickle.loads(blob)
+    assert isinstance(copy._frames, np.memmap)
+    assert copy[7][0].tolist() == dataset[7][0].tolist() and copy[7][1] == dataset[7][1]
