@@ -19,7 +19,8 @@ Concurrency (several processes, possibly on several nodes sharing the folder):
 * a builder takes an exclusive ``fcntl.flock`` on the entry's lock file, checks
   again (a waiter finds the first builder's entry and just reads it), builds
   into a temporary directory in the same folder, fsyncs and ``os.replace``\\ s it
-  into place, so no reader ever sees a torn entry;
+  into place, so no reader ever sees a torn entry (across nodes the shared
+  filesystem must support flock: NFSv4, or Lustre mounted with ``-o flock``);
 * if building fails (corrupt source file) the temporary directory is removed,
   so no partial entry is left; temporary directories left by a killed builder
   are removed by the next builder of the same entry (it holds the lock).
@@ -44,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from stllr_engine.errors import StllrError
 
 FORMAT_VERSION = 1
 _DTYPES = (np.uint8, np.uint16, np.uint32)
@@ -88,8 +91,7 @@ def open_or_build(
     """
     entry = cache_dir / name
     if not (entry / "meta.json").exists():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with _exclusive(cache_dir / f"{name}.lock"):
+        with _exclusive(cache_dir, f"{name}.lock"):
             if not (entry / "meta.json").exists():
                 for stale in cache_dir.glob(f".{name}.tmp-*"):
                     shutil.rmtree(stale, ignore_errors=True)
@@ -106,8 +108,14 @@ def open_or_build(
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a+b") as handle:
+def _exclusive(cache_dir: Path, lock_name: str) -> Iterator[None]:
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(cache_dir / lock_name, "a+b")
+    except OSError as exc:
+        raise StllrError(f"{cache_dir}: cannot write the frame cache there "
+                         f"({exc.strerror or exc}); pass cache_dir=<a writable folder>") from exc
+    with handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield

@@ -96,6 +96,11 @@ class EventSource(ABC):
                           f"layout {self.layout}; get it from {self.source} "
                           "(stllr never downloads)")
 
+    def misplaced(self, path: Path, why: str) -> StllrError:
+        """The one-line error for a file that does not fit the layout."""
+        return StllrError(f"{path}: does not fit the {self.name} layout ({why}); expected "
+                          f"{self.layout}: move or remove it")
+
     def corrupt(self, path: Path, exc: BaseException) -> StllrError:
         """The one-line error for a file that cannot be read."""
         reason = " ".join(str(exc).split()) or type(exc).__name__

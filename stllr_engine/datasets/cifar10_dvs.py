@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from stllr_engine.datasets._binning import TStart
 from stllr_engine.datasets._events import EventSource, EventSplit, natural_key, no_download
 from stllr_engine.errors import StllrError
 
@@ -42,7 +43,7 @@ class CIFAR10DVSSource(EventSource):
     folder: ClassVar[str] = "CIFAR10DVS"
     num_classes: ClassVar[int] = 10
     sensor_shape: ClassVar[tuple[int, ...]] = (2, 128, 128)
-    t_start: ClassVar[str] = "first"
+    t_start: ClassVar[TStart] = "first"
     layout: ClassVar[str] = "CIFAR10DVS/<class>/*.aedat4 for the classes " + ", ".join(CLASSES)
     source: ClassVar[str] = ("https://figshare.com/ndownloader/files/38023437 (CIFAR10DVS.zip,"
                              " then unzip each <class>.zip inside CIFAR10DVS/)")
@@ -58,7 +59,7 @@ class CIFAR10DVSSource(EventSource):
                 raise self.missing(root, what)
         for path in folder.rglob("*.aedat4"):
             if path.parent.parent != folder or path.parent.name not in CLASSES:
-                raise self.corrupt(path, ValueError("must sit in CIFAR10DVS/<class>/"))
+                raise self.misplaced(path, "it must sit in CIFAR10DVS/<class>/")
         try:
             import aedat  # noqa: F401  (tonic imports it lazily, per file)
         except ImportError as exc:

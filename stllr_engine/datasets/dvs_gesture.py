@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from stllr_engine.datasets._binning import TStart
 from stllr_engine.datasets._events import EventSource, EventSplit, no_download
 
 _FOLDERS = {"train": "ibmGestureTrain", "test": "ibmGestureTest"}
@@ -38,7 +39,7 @@ class DVSGestureSource(EventSource):
     folder: ClassVar[str] = "DVSGesture"
     num_classes: ClassVar[int] = 11
     sensor_shape: ClassVar[tuple[int, ...]] = (2, 128, 128)
-    t_start: ClassVar[str] = "first"
+    t_start: ClassVar[TStart] = "first"
     layout: ClassVar[str] = ("DVSGesture/ibmGestureTrain/userNN_<lighting>/<label>.npy and "
                              "DVSGesture/ibmGestureTest/...")
     source: ClassVar[str] = ("https://figshare.com/ndownloader/files/38022171 (train) and "
@@ -59,7 +60,7 @@ class DVSGestureSource(EventSource):
                 raise self.missing(root, f"no user*_*/<label>.npy files in {folder}/")
             for path in files:
                 if not _SAMPLE.fullmatch(path.name) or int(path.stem) >= self.num_classes:
-                    raise self.corrupt(path, ValueError("file name must be <label 0..10>.npy"))
+                    raise self.misplaced(path, "the file name must be <label 0..10>.npy")
 
     def open_split(self, root: Path, split: str) -> EventSplit:
         import tonic.datasets

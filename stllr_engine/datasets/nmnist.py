@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from stllr_engine.datasets._binning import TStart
 from stllr_engine.datasets._events import EventSource, EventSplit, no_download
 
 _FOLDERS = {"train": "Train", "test": "Test"}
@@ -34,7 +35,7 @@ class NMNISTSource(EventSource):
     folder: ClassVar[str] = "NMNIST"
     num_classes: ClassVar[int] = 10
     sensor_shape: ClassVar[tuple[int, ...]] = (2, 34, 34)
-    t_start: ClassVar[str] = "first"
+    t_start: ClassVar[TStart] = "first"
     layout: ClassVar[str] = "NMNIST/Train/<digit>/*.bin and NMNIST/Test/<digit>/*.bin"
     source: ClassVar[str] = ("https://data.mendeley.com/datasets/468j46mzdv (train.zip, "
                              "test.zip, unzipped into NMNIST/)")
@@ -53,7 +54,7 @@ class NMNISTSource(EventSource):
                 raise self.missing(root, f"no <digit>/*.bin files in {folder}/")
             for path in files:
                 if path.parent.parent != split_dir or path.parent.name not in _DIGITS:
-                    raise self.corrupt(path, ValueError(f"must sit in {folder}/<digit 0..9>/"))
+                    raise self.misplaced(path, f"it must sit in {folder}/<digit 0..9>/")
 
     def open_split(self, root: Path, split: str) -> EventSplit:
         import tonic.datasets

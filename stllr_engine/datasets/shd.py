@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from stllr_engine.datasets._binning import TStart
 from stllr_engine.datasets._events import EventSource, EventSplit, no_download
 
 
@@ -33,7 +34,7 @@ class SHDSource(EventSource):
     folder: ClassVar[str] = "SHD"
     num_classes: ClassVar[int] = 20
     sensor_shape: ClassVar[tuple[int, ...]] = (700,)
-    t_start: ClassVar[str] = "zero"
+    t_start: ClassVar[TStart] = "zero"
     layout: ClassVar[str] = "SHD/shd_train.h5 and SHD/shd_test.h5"
     source: ClassVar[str] = ("https://zenkelab.org/datasets/ (shd_train.h5.zip, "
                              "shd_test.h5.zip, then unzip both)")

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch.utils.data import DataLoader, default_collate
 
 from stllr_engine.datasets import DatasetInfo, FrameDataset, _cache
+from stllr_engine.errors import StllrError
 
 
 def _samples(values: list[int]) -> Iterator[tuple[np.ndarray, int]]:
@@ -98,3 +101,27 @@ def test_memory_mapped_dataset_pickles_as_a_path(tmp_path: Path) -> None:
     copy = pickle.loads(blob)
     assert isinstance(copy._frames, np.memmap)
     assert copy[7][0].tolist() == dataset[7][0].tolist() and copy[7][1] == dataset[7][1]
+
+
+def test_collate_returns_a_getitems_block_without_copying(tmp_path: Path) -> None:
+    frames, labels, _ = _build(tmp_path, list(range(10)))
+    dataset = FrameDataset(frames, labels, DatasetInfo("toy", "train", (3,), 2, 2))
+    batch = dataset.__getitems__([4, 1, 7])
+    x, y = FrameDataset.collate(batch)
+    assert x.data_ptr() == batch[0][0].data_ptr() and y.tolist() == [0, 1, 1]
+    want_x, want_y = default_collate(batch)
+    assert torch.equal(x, want_x) and torch.equal(y, want_y)
+    single = [dataset[4], dataset[1]]  # separate tensors: stacked
+    x, y = FrameDataset.collate(single)
+    assert torch.equal(x, torch.stack([s[0] for s in single])) and y.tolist() == [0, 1]
+    x, _ = FrameDataset.collate(batch[:2])  # part of a block: stacked, not the whole block
+    assert x.shape[0] == 2
+    loaded = next(iter(DataLoader(dataset, batch_size=4, collate_fn=FrameDataset.collate)))
+    assert torch.equal(loaded[0], default_collate([dataset[i] for i in range(4)])[0])
+
+
+def test_unwritable_cache_folder_is_a_user_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StllrError, match="pass cache_dir="):
+        _build(blocker / "cache", [1])

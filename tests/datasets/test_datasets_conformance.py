@@ -257,7 +257,7 @@ BAD_PARAMS = [
     ("dvs_gesture", {"resolution": (32, 0)}), ("nmnist", {"T": 2.5}),
     ("cifar10_dvs", {"bin_ms": float("nan")}), ("synthetic_temporal", {"noise": 1.0}),
     ("synthetic_temporal", {"num_classes": 1}), ("synthetic_temporal", {"seed": "x"}),
-    ("digits", {"test_fraction": 0.0}), ("digits", {"T": True}),
+    ("digits", {"test_fraction": 0.0}), ("digits", {"T": True}), ("digits", {"colour": 1}),
 ]
 
 
@@ -268,6 +268,11 @@ def test_bad_parameter_is_a_one_line_user_error(name: str, params: dict[str, Any
         load_dataset(name, data_dir=tmp_path, **params)
     message = str(info.value)
     assert next(iter(params)) in message and "\n" not in message
+
+
+def test_numpy_integers_are_accepted() -> None:
+    train, _ = load_dataset("synthetic_temporal", T=np.int64(12), seed=np.int32(3))
+    assert train.info.T == 12 and train[0][0].shape == (12, 32)
 
 
 def test_unknown_dataset_lists_the_choices() -> None:

@@ -10,7 +10,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from stllr_engine.datasets import load_dataset
+from stllr_engine.datasets import FrameDataset, load_dataset
 from stllr_engine.datasets.digits import latency_code
 from stllr_engine.datasets.synthetic_temporal import class_spike_times
 
@@ -26,7 +26,7 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
-def _arrays(ds) -> tuple[np.ndarray, np.ndarray]:
+def _arrays(ds: FrameDataset) -> tuple[np.ndarray, np.ndarray]:
     samples = ds.__getitems__(list(range(len(ds))))
     return np.stack([x.numpy() for x, _ in samples]), np.array([y for _, y in samples])
 
