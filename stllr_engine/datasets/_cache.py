@@ -27,8 +27,8 @@ Concurrency (several processes, possibly on several nodes sharing the folder):
 
 Lock files are left in place: deleting one could let two builders lock
 different inodes.  Counts are stored in the smallest unsigned dtype that holds
-them (checked per sample, widened on overflow), so SHD (8156 x 100 x 700) takes
-about 0.57 GB as uint8 instead of 2.3 GB as float32.
+them (checked per sample; uint8, widened to uint16 and up on overflow), so SHD
+(8156 x 100 x 700) takes about 0.57 GB as uint8 instead of 2.3 GB as float32.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ import numpy as np
 from stllr_engine.errors import StllrError
 
 FORMAT_VERSION = 1
-_DTYPES = (np.uint8, np.uint16, np.uint32)
+_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
 _COPY_ROWS = 256
 
 
@@ -97,6 +97,7 @@ def open_or_build(
                     shutil.rmtree(stale, ignore_errors=True)
                 tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=cache_dir))
                 try:
+                    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide it from others
                     _write_entry(tmp, meta, n_samples, frame_shape, produce())
                     os.replace(tmp, entry)
                 except BaseException:
@@ -165,6 +166,12 @@ def _widen(frames: np.memmap, path: Path, dtype: type, rows: int) -> np.memmap:
     del frames
     os.replace(wider_path, path)
     return wider
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:

@@ -125,3 +125,12 @@ def test_unwritable_cache_folder_is_a_user_error(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(StllrError, match="pass cache_dir="):
         _build(blocker / "cache", [1])
+
+
+def test_entry_is_readable_by_others_sharing_the_folder(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        _, _, entry = _build(tmp_path, [1])
+    finally:
+        os.umask(previous)
+    assert entry.stat().st_mode & 0o777 == 0o755
