@@ -17,7 +17,7 @@ import math
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -46,9 +46,7 @@ class Fixture:
 
     root: Path
     splits: dict[str, list[Sample]]
-    folder: Path
     corrupt_target: Path
-    files: list[Path] = field(default_factory=list)
 
 
 @pytest.fixture(autouse=True)
@@ -111,8 +109,7 @@ def write_shd(root: Path, order_seed: int) -> Fixture:
         splits[split] = [
             Sample(np.floor(t.astype(np.float64) * 1e6).astype(np.int64), (u.astype(np.int64),),
                    int(lab)) for (t, u), lab in zip(raw, labels, strict=True)]
-    return Fixture(root, splits, folder, folder / "shd_train.h5",
-                   [folder / "shd_train.h5", folder / "shd_test.h5"])
+    return Fixture(root, splits, folder / "shd_train.h5")
 
 
 # ------------------------------------------------------- DVS Gesture (.npy)
@@ -150,8 +147,7 @@ def write_dvs_gesture(root: Path, order_seed: int) -> Fixture:
     splits: dict[str, list[Sample]] = {"train": [], "test": []}
     for split, user, lighting, label, path, arr in sorted(jobs, key=lambda j: j[:4]):
         splits[split].append(Sample(arr[:, 3] * 1000, (arr[:, 2], arr[:, 1], arr[:, 0]), label))
-    files = [job[4] for job in jobs]
-    return Fixture(root, splits, folder, jobs[0][4], files)
+    return Fixture(root, splits, jobs[0][4])
 
 
 # ------------------------------------------------------------ N-MNIST (.bin)
@@ -189,7 +185,7 @@ def write_nmnist(root: Path, order_seed: int) -> Fixture:
     splits: dict[str, list[Sample]] = {"train": [], "test": []}
     for split, digit, name, path, (t, x, y, p) in sorted(jobs, key=lambda j: j[:3]):
         splits[split].append(Sample(t, (p, y, x), digit))
-    return Fixture(root, splits, folder, jobs[0][3], [job[3] for job in jobs])
+    return Fixture(root, splits, jobs[0][3])
 
 
 # ----------------------------------------------------- CIFAR10-DVS (.aedat4)
@@ -265,7 +261,7 @@ def write_cifar10_dvs(root: Path, order_seed: int) -> Fixture:
         n_train = len(members) * 9 // 10
         for k, (_, _, _, (t, x, y, p)) in enumerate(members):
             splits["train" if k < n_train else "test"].append(Sample(t, (p, y, x), label))
-    return Fixture(root, splits, folder, jobs[0][2], [job[2] for job in jobs])
+    return Fixture(root, splits, jobs[0][2])
 
 
 WRITERS = {"shd": write_shd, "dvs_gesture": write_dvs_gesture,

@@ -105,7 +105,7 @@ def test_getitems_and_dataloader_match_getitem(dataset: tuple) -> None:
     assert torch.equal(batch_x[1], train[1][0]) and int(batch_y[1]) == train[1][1]
 
 
-def test_same_samples_on_every_load(dataset: tuple, tmp_path: Path) -> None:
+def test_same_samples_on_every_load(dataset: tuple) -> None:
     name, train, test, fixture = dataset
     again_train, again_test = _load(name, fixture.root if fixture else None)
     assert _digest(train) == _digest(again_train) and _digest(test) == _digest(again_test)
