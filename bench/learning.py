@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from bench.common import emit, target
 from stllr_engine import NetworkSpec, STLLRConfig, TrainConfig, build_network, fit
-from stllr_engine.datasets import load_dataset
+from stllr_engine.datasets import FrameDataset, load_dataset
 
 COLUMNS = ["dataset", "rule", "test_accuracy", "best_test_accuracy", "chance", "epochs", "wall_time_s", "samples_per_s"]
 
@@ -55,8 +55,8 @@ def train_task(name: str, rule: str, epochs: int | None = None, seed: int = 0) -
     n_epochs = epochs or task["epochs"]
     cfg = TrainConfig(rule=rule, stllr=task["stllr"], lr=task["lr"], epochs=n_epochs, seed=seed)
     g = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train, batch_size=task["batch"], shuffle=True, generator=g)
-    test_loader = DataLoader(test, batch_size=256)
+    loader = DataLoader(train, batch_size=task["batch"], shuffle=True, generator=g, collate_fn=FrameDataset.collate)
+    test_loader = DataLoader(test, batch_size=256, collate_fn=FrameDataset.collate)
     t0 = time.perf_counter()
     history = list(fit(net, loader, cfg, test_loader=test_loader))
     total = time.perf_counter() - t0

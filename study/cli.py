@@ -18,11 +18,14 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (speed, memory, learning)")
     bsub = bench.add_subparsers(dest="what", required=True)
 
-    from bench import engine, learning
+    from bench import data, engine, learning
 
     p = bsub.add_parser("engine", help="step time, learning memory and FLOP efficiency of S-TLLR and BPTT")
     engine.add_arguments(p)
     p.set_defaults(run=engine.execute)
+    p = bsub.add_parser("data", help="SHD-format loading: first epoch, cached epoch, vs S-TLLR step time")
+    data.add_arguments(p)
+    p.set_defaults(run=data.execute)
     p = bsub.add_parser("learning", help="both rules on the embedded digits and synthetic temporal tasks")
     learning.add_arguments(p)
     p.set_defaults(run=learning.execute)

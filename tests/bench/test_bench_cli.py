@@ -1,0 +1,57 @@
+"""The benchmarks run end to end through the ``stllr`` command and print the promised fields."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _stllr(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _lines(out: str) -> tuple[list[dict], list[dict]]:
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [r for r in rows if "target" not in r], [r for r in rows if "target" in r]
+
+
+@pytest.mark.slow
+def test_bench_data_json():
+    p = _stllr("bench", "data", "--samples", "150", "--json")
+    assert p.returncode == 0, p.stderr
+    records, targets = _lines(p.stdout)
+    assert {r["learn_steps"] for r in records} == {10, 90}
+    for r in records:
+        assert r["samples"] == 150 and r["batch"] == 128
+        assert 0 < r["cached_data_time_s"] < r["first_epoch_time_s"]
+        assert r["step_time_s"] > 0 and r["data_to_step_ratio"] == pytest.approx(r["cached_data_time_s"] / r["step_time_s"])
+    assert len(targets) == 2 and all("pass" in t for t in targets)
+
+
+@pytest.mark.slow
+def test_bench_engine_quick_json():
+    p = _stllr("bench", "engine", "--quick", "--json")
+    assert p.returncode == 0, p.stderr
+    records, targets = _lines(p.stdout)
+    fields = {"model", "rule", "impl", "mode", "T", "learn_steps", "batch", "step_time_s", "learning_memory_bytes",
+              "learning_macs", "achieved_gflops", "gemm_peak_gflops"}
+    for r in records:
+        assert fields <= set(r)
+    by = {(r["model"], r["rule"], r["impl"], r["mode"], r["T"], r["learn_steps"]): r for r in records}
+    stream25 = by[("shd_rsnn", "stllr", "engine", "streaming", 25, 10)]
+    stream400 = by[("shd_rsnn", "stllr", "engine", "streaming", 400, 10)]
+    assert stream25["learning_memory_bytes"] == stream400["learning_memory_bytes"]  # exact, load-independent
+    bptt25 = by[("shd_rsnn", "bptt", "engine", "fused_scan", 25, None)]
+    bptt400 = by[("shd_rsnn", "bptt", "engine", "fused_scan", 400, None)]
+    assert bptt400["learning_memory_bytes"] / bptt25["learning_memory_bytes"] == pytest.approx(16, rel=0.01)
+    assert by[("shd_rsnn", "bptt", "engine", "fused_scan", 100, None)]["learning_macs"] == 105_300_000
+    assert len(targets) == 7
+
+
+def test_unknown_subcommand_is_one_line_and_nonzero():
+    p = _stllr("bench", "gpu-magic")
+    assert p.returncode == 2
+    assert "invalid choice" in p.stderr
