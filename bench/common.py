@@ -84,3 +84,15 @@ def emit(records: list[dict[str, Any]], targets: list[dict[str, Any]], as_json: 
 def target(name: str, value: float, op: str, threshold: float) -> dict[str, Any]:
     ok = value <= threshold if op == "<=" else value >= threshold
     return {"target": name, "value": value, "op": op, "threshold": threshold, "pass": bool(ok)}
+
+
+def add_output_arguments(ap: Any) -> None:
+    """``--json`` and ``--check``, shared by every benchmark."""
+    ap.add_argument("--json", action="store_true", help="one JSON object per line")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+
+
+def report(records: list[dict[str, Any]], targets: list[dict[str, Any]], args: Any, columns: list[str]) -> int:
+    """Print the results; the exit code is 1 only with ``--check`` and a missed target."""
+    emit(records, targets, args.json, columns)
+    return 1 if args.check and not all(t["pass"] for t in targets) else 0

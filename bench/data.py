@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from bench.common import emit, target, time_round_robin
+from bench.common import add_output_arguments, report, target, time_round_robin
 from stllr_engine.datasets import FrameDataset, load_dataset
 from stllr_engine.network import build_network, preset
 from stllr_engine.stllr import STLLR_PRESETS, STLLRConfig, stllr_step
@@ -117,14 +117,11 @@ def run(samples: int = 1000, batch: int = 128) -> tuple[list[dict[str, Any]], li
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--samples", type=int, default=1000, help="train samples to generate (default 1000)")
-    ap.add_argument("--json", action="store_true", help="one JSON object per line")
-    ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    add_output_arguments(ap)
 
 
 def execute(args: argparse.Namespace) -> int:
-    records, targets = run(samples=args.samples)
-    emit(records, targets, args.json, COLUMNS)
-    return 1 if args.check and not all(t["pass"] for t in targets) else 0
+    return report(*run(samples=args.samples), args, COLUMNS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from bench.common import emit, gemm_peak_gflops, target, time_round_robin
+from bench.common import add_output_arguments, report, gemm_peak_gflops, target, time_round_robin
 from stllr_engine.bptt import bptt_step
 from stllr_engine.costs import CostProbe, formula_costs
 from stllr_engine.network import Network, NetworkSpec, build_network, preset
@@ -174,9 +174,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    records, targets = run(quick=args.quick, device=args.device)
-    emit(records, targets, args.json, COLUMNS)
-    return 1 if args.check and not all(t["pass"] for t in targets) else 0
+    return report(*run(quick=args.quick, device=args.device), args, COLUMNS)
 
 
 if __name__ == "__main__":

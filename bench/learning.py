@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from bench.common import emit, target
+from bench.common import add_output_arguments, report, target
 from stllr_engine import NetworkSpec, STLLRConfig, TrainConfig, build_network, fit
 from stllr_engine.datasets import FrameDataset, load_dataset
 
@@ -90,14 +90,11 @@ def run(quick: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--quick", action="store_true", help="10 epochs per task")
-    ap.add_argument("--json", action="store_true", help="one JSON object per line")
-    ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    add_output_arguments(ap)
 
 
 def execute(args: argparse.Namespace) -> int:
-    records, targets = run(quick=args.quick)
-    emit(records, targets, args.json, COLUMNS)
-    return 1 if args.check and not all(t["pass"] for t in targets) else 0
+    return report(*run(quick=args.quick), args, COLUMNS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,15 +41,19 @@ class LIFScan(torch.autograd.Function):
         spikes = torch.empty_like(current)
         vs = torch.empty_like(current)
         u = torch.zeros_like(current[0])
-        y_prev = torch.zeros_like(current[0]) if w_rec is not None else None
+        one = u.new_ones(())
         wt = w_rec.t() if w_rec is not None else None
+        y_prev = None
         for t in range(T):
-            cur = current[t] if wt is None else torch.addmm(current[t], y_prev, wt)
-            u = torch.add(cur, u, alpha=p.gamma)
+            torch.add(current[t], u, alpha=p.gamma, out=u)
+            if wt is not None and y_prev is not None:
+                torch.addmm(u, y_prev, wt, out=u)
             v = torch.sub(u, p.theta, out=vs[t])
-            y = spikes[t]
-            y.copy_(v >= 0)
-            u = u - p.theta * y if p.reset == "soft" else u * (1.0 - y)
+            y = torch.heaviside(v, one, out=spikes[t])
+            if p.reset == "soft":
+                u.sub_(y, alpha=p.theta)
+            else:
+                u.mul_(1.0 - y)
             y_prev = y
         ctx.save_for_backward(vs, spikes, w_rec)
         ctx.p = p
@@ -63,19 +67,25 @@ class LIFScan(torch.autograd.Function):
         T = vs.shape[0]
         g_cur = torch.empty_like(vs)
         g_u = torch.zeros_like(vs[0])
-        g_rec = None
+        g_y = torch.empty_like(g_u)
+        psi = torch.empty_like(g_u)
+        g_rec = torch.zeros_like(g_u) if w_rec is not None else None
         for t in range(T - 1, -1, -1):
             v = vs[t]
-            g_y = g_spikes[t] if g_rec is None else g_spikes[t] + g_rec
-            if p.reset == "soft":
-                g_y = g_y - p.theta * g_u
-                g_i = torch.addcmul(g_u, g_y, psi_fn(v), out=g_cur[t])
+            psi_fn(v, out=psi)
+            if g_rec is not None and t < T - 1:
+                torch.add(g_spikes[t], g_rec, out=g_y)
             else:
-                g_y = g_y - (v + p.theta) * g_u
-                g_i = torch.addcmul(g_u * (1.0 - heaviside(v)), g_y, psi_fn(v), out=g_cur[t])
-            g_u = p.gamma * g_i
-            if w_rec is not None and t > 0:
-                g_rec = g_i @ w_rec
+                g_y.copy_(g_spikes[t])
+            if p.reset == "soft":
+                g_y.sub_(g_u, alpha=p.theta)
+                g_i = torch.addcmul(g_u, g_y, psi, out=g_cur[t])
+            else:
+                g_y.sub_((v + p.theta) * g_u)
+                g_i = torch.addcmul(g_u * (1.0 - heaviside(v)), g_y, psi, out=g_cur[t])
+            torch.mul(g_i, p.gamma, out=g_u)
+            if g_rec is not None and t > 0:
+                torch.mm(g_i, w_rec, out=g_rec)
         g_w = None
         if w_rec is not None and ctx.needs_input_grad[1]:
             n = w_rec.shape[0]

@@ -134,65 +134,34 @@ def initial_state(
     return NetState(tuple(layers), readout)
 
 
-def _trace(x: Tensor, tr: Tensor, lam: float, t0: int, record: str | None,
-           first: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+def _trace(x: Tensor, tr: Tensor, lam: float, t0: int, record: str | None) -> tuple[Tensor, Tensor | None]:
     """``tr ← λ tr + x[t]`` over a chunk ``x`` ``[c, ...]``.
 
     Steps before ``t0`` collapse into one weighted sum over time (a GEMV:
     ``λ^{t0} tr + Σ_{s<t0} λ^{t0-1-s} x[s]``); steps from ``t0`` on are scanned. With
     ``record="after"`` the trace after each of those steps is returned stacked
-    (``tr[t]``), with ``"before"`` the trace before it (``tr[t-1]``). With ``first`` the
-    sequence is ``[first, x[0], x[1], ...]`` cut to ``len(x)`` steps (the recurrent
-    input ``y[t-1]`` without building a shifted copy).
+    (``tr[t]``), with ``"before"`` the trace before it (``tr[t-1]``).
 
     Returns:
         ``(final trace, records or None)``.
     """
     c = x.shape[0]
-
-    def step(t: int) -> Tensor:
-        return x[t] if first is None else (first if t == 0 else x[t - 1])
-
     if t0 == 1:
-        tr = torch.add(step(0), tr, alpha=lam)
+        tr = torch.add(x[0], tr, alpha=lam)
     elif t0 > 1:
         if lam == 0.0:
-            tr = step(t0 - 1).clone()
+            tr = x[t0 - 1].clone()
         else:
             decay = lam ** torch.arange(t0 - 1, -1, -1, dtype=x.dtype, device=x.device)
-            if first is None:
-                summed = decay @ x[:t0].reshape(t0, -1)
-            else:
-                summed = torch.add(decay[1:] @ x[: t0 - 1].reshape(t0 - 1, -1), first.reshape(-1), alpha=float(decay[0]))
-            tr = torch.add(summed.view_as(tr), tr, alpha=lam**t0)
+            tr = torch.add((decay @ x[:t0].reshape(t0, -1)).view_as(tr), tr, alpha=lam**t0)
     rec = x.new_empty(c - t0, *x.shape[1:]) if record and c > t0 else None
     for t in range(t0, c):
         if rec is not None and record == "before":
             rec[t - t0] = tr
-        tr = torch.add(step(t), tr, alpha=lam)
+        tr = torch.add(x[t], tr, alpha=lam)
         if rec is not None and record == "after":
             rec[t - t0] = tr
     return tr, rec
-
-
-_WORKSPACE: dict[tuple, Tensor] = {}
-
-
-def _workspace(role: tuple, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """A persistent forward buffer, reused across calls.
-
-    Freshly allocated multi-MB buffers cost page faults on every training step (the
-    CPU allocator returns them to the OS); reusing them keeps the forward scan at GEMM
-    speed. Only forward activations that are consumed within one training step live
-    here: nothing returned to callers aliases these buffers beyond that step.
-    """
-    key = (role, tuple(shape), like.dtype, like.device)
-    buf = _WORKSPACE.get(key)
-    if buf is None:
-        if len(_WORKSPACE) > 64:  # shapes changed a lot (e.g. a sweep): start over
-            _WORKSPACE.clear()
-        buf = _WORKSPACE[key] = like.new_empty(shape)
-    return buf
 
 
 def _window(t: Tensor, t0: int) -> Tensor:
@@ -236,8 +205,7 @@ def run_chunk(
             p = layer.lif
             psi_fn = get_surrogate(p.surrogate)
             xs = layer.pre(inp.reshape(c * batch, *inp.shape[2:]))
-            current = layer.synapse(xs, w, layer.bias, out=_workspace(('current', i), (c * batch, *layer.out_shape), xs))
-            current = current.view(c, batch, *layer.out_shape)
+            current = layer.synapse(xs, w, layer.bias).view(c, batch, *layer.out_shape)
             xs = xs.view(c, batch, *layer.x_shape)
             rec = n_learn > 0
 
@@ -264,7 +232,7 @@ def run_chunk(
             y_prev = st.y
             tr_post = st.tr_post.clone() if st.tr_post is not None else None
             tr_rec = st.tr_rec.clone() if st.tr_rec is not None else None
-            spikes = _workspace(('spikes', i), current.shape, current)
+            spikes = torch.empty_like(current)
             v = torch.empty_like(u)
             one = u.new_ones(())
             psi_rec = u.new_empty(n_learn, *u.shape) if rec else None

@@ -208,16 +208,9 @@ class SpikingLayer(nn.Module):
         """``W`` as the synapse uses it (standardised if enabled; differentiable)."""
         return standardize_weight(self.weight) if self.weight_standardization else self.weight
 
-    def synapse(self, x: Tensor, w: Tensor, bias: Tensor | None = None, out: Tensor | None = None) -> Tensor:
-        """Input current ``W x (+ b)`` (no recurrence) for ``x`` of shape ``[N, *x_shape]``.
-
-        ``out`` (dense layers, no autograd) receives the result in place.
-        """
+    def synapse(self, x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+        """Input current ``W x (+ b)`` (no recurrence) for ``x`` of shape ``[N, *x_shape]``."""
         if self.kind == "dense":
-            if out is not None and bias is not None:
-                return torch.addmm(bias, x, w.t(), out=out)
-            if out is not None:
-                return torch.mm(x, w.t(), out=out)
             return F.linear(x, w, bias)
         return F.conv2d(x, w, bias, padding=self.padding)
 

@@ -151,8 +151,9 @@ class Network(nn.Module):
     def feedback_matrix(self, index: int) -> Tensor:
         """The fixed random DFA matrix ``[num_classes, N_l]`` of hidden layer ``index``.
 
-        Drawn once from ``spec.seed`` (normal, std 1/sqrt(num_classes)) and kept as a
-        buffer so checkpoints carry it.
+        Drawn from ``spec.seed`` (normal, std 1/sqrt(num_classes)), so a rebuilt network
+        has the same matrix; kept as a non-persistent buffer (moves with ``.to()``,
+        not stored in checkpoints).
         """
         name = f"dfa_feedback_{index}"
         if not hasattr(self, name):
@@ -161,7 +162,7 @@ class Network(nn.Module):
             c = self.readout.num_classes
             m = torch.randn(c, n, generator=g) / math.sqrt(c)
             ref = self.readout.weight
-            self.register_buffer(name, m.to(device=ref.device, dtype=ref.dtype))
+            self.register_buffer(name, m.to(device=ref.device, dtype=ref.dtype), persistent=False)
         return getattr(self, name)
 
     @torch.no_grad()

@@ -113,3 +113,14 @@ def test_bad_config_values_are_clear_errors():
         STLLRConfig(layer_factors={0: {"gamma": 1.0}})
     with pytest.raises(StllrError, match="names layer 3, but the network has 1 hidden layers"):
         STLLRConfig(layer_factors={3: {"alpha_post": 1.0}}).factors(1)
+
+
+def test_dfa_training_checkpoint_restores_the_same_feedback(tmp_path):
+    ds = _task()
+    cfg = TrainConfig(rule="stllr", stllr=STLLRConfig(learn_steps=4, learning_signal="dfa"), epochs=1,
+                      measure_costs=False)
+    net = build_network(SPEC)
+    list(fit(net, DataLoader(ds, batch_size=32), cfg, checkpoint_path=tmp_path / "d.pt"))
+    again, _, _ = restore(tmp_path / "d.pt")
+    assert torch.equal(again.feedback_matrix(0), net.feedback_matrix(0))
+    assert evaluate(again, DataLoader(ds, batch_size=64)) == evaluate(net, DataLoader(ds, batch_size=64))
