@@ -91,3 +91,23 @@ def test_probe_counts_unique_storages_once():
     a = torch.zeros(100)
     probe.observe([a, a[:10], a.view(10, 10)])
     assert probe.peak_bytes == 400
+
+
+def test_vgg9_one_step_measured_forward_equals_the_formula():
+    from stllr_engine.network import build_network, preset
+
+    net = build_network(preset("vgg9"))
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 1, 2, 32, 32, generator=g) < 0.2).float()
+    y = torch.zeros(1, dtype=torch.long)
+    cfg = STLLRConfig(learn_steps=1, alpha_post=-1.0, mode="window")
+    c = measure_costs(net, lambda n, x, l, probe=None: stllr_step(n, x, l, cfg, probe=probe)[0], x, y, "stllr", cfg)
+    assert c["forward_macs"] == 2 * 605_165_056
+    # every conv and the FC, counted by FlopCounterMode (a one-step trace prefix is elementwise)
+    assert c["forward_macs_measured"] == 2 * 605_165_056
+    # learning, one window step: two weight gradients per layer (causal and non-causal),
+    # the input gradient of layers 2..8 and of the readout, and the readout update
+    conv = [layer.synaptic_macs() for layer in net.layers]
+    expected = 2 * sum(conv) + sum(conv[1:]) + 2 * 512 * 11
+    assert c["learning_macs_measured"] == expected
+    assert c["learning_macs"] == 3 * 605_165_056
