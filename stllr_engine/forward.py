@@ -201,7 +201,9 @@ def run_chunk(
     inp = x
     with torch.no_grad():
         for i, (layer, w, st) in enumerate(zip(net.hidden_layers, weights, state.layers)):
-            f = factors[i] if learning else None
+            f = factors[i] if factors is not None else None
+            lam_pre = f.lambda_pre if f is not None else 0.0
+            lam_post = f.lambda_post if f is not None else 0.0
             p = layer.lif
             psi_fn = get_surrogate(p.surrogate)
             xs = layer.pre(inp.reshape(c * batch, *inp.shape[2:]))
@@ -222,12 +224,12 @@ def run_chunk(
                     x_raw = _window(inp, t0)
             tr_pre, tr_pre_rec = st.tr_pre, None
             if tr_pre is not None:
-                tr_pre, tr_pre_rec = _trace(xs, tr_pre, f.lambda_pre, t0, "after" if rec else None)  # type: ignore[union-attr]
+                tr_pre, tr_pre_rec = _trace(xs, tr_pre, lam_pre, t0, "after" if rec else None)
             del xs
 
             # LIF scan: only what the forward itself needs, per step.
             # LIF scan with in-place, cache-resident per-step work; window steps recorded.
-            w_rec_t = layer.rec_weight.t() if layer.recurrent else None
+            w_rec_t = layer.rec_weight.t() if layer.rec_weight is not None else None
             u = st.u.clone()
             y_prev = st.y
             tr_post = st.tr_post.clone() if st.tr_post is not None else None
@@ -244,10 +246,11 @@ def run_chunk(
                 k = t - t0  # window index (records when >= 0)
                 torch.add(current[t], u, alpha=p.gamma, out=u)
                 if w_rec_t is not None:
+                    assert y_prev is not None  # a recurrent layer's state carries its last spikes
                     if yprev_rec is not None and k >= 0:
                         yprev_rec[k] = y_prev
                     if tr_rec is not None:
-                        torch.add(y_prev, tr_rec, alpha=f.lambda_pre, out=tr_rec)  # type: ignore[union-attr]
+                        torch.add(y_prev, tr_rec, alpha=lam_pre, out=tr_rec)
                         if trrec_rec is not None and k >= 0:
                             trrec_rec[k] = tr_rec
                     torch.addmm(u, y_prev, w_rec_t, out=u)  # (FlopCounterMode misses addmm_)
@@ -258,12 +261,12 @@ def run_chunk(
                 else:
                     u.mul_(1.0 - y)
                 y_prev = y
-                if tr_post is not None or (rec and k >= 0):
-                    psi = psi_fn(v, out=psi_rec[k] if rec and k >= 0 else scratch)  # type: ignore[index]
-                    if trpost_rec is not None and k >= 0:
+                if tr_post is not None or (psi_rec is not None and k >= 0):
+                    psi = psi_fn(v, out=psi_rec[k] if psi_rec is not None and k >= 0 else scratch)
+                    if trpost_rec is not None and tr_post is not None and k >= 0:
                         trpost_rec[k] = tr_post
                     if tr_post is not None:
-                        torch.add(psi, tr_post, alpha=f.lambda_post, out=tr_post)  # type: ignore[union-attr]
+                        torch.add(psi, tr_post, alpha=lam_post, out=tr_post)
             if layer.recurrent:
                 y_prev = spikes[-1].clone()
             new_layers.append(LayerState(u, y_prev, tr_pre, tr_rec, tr_post))

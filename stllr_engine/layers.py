@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn import grad as nn_grad
 
 from stllr_engine.errors import StllrError
 from stllr_engine.neurons import LIFParameters
@@ -170,6 +171,7 @@ class SpikingLayer(nn.Module):
         self.recurrent = recurrent
         self.weight_standardization = weight_standardization
         self.kernel_size, self.padding = kernel_size, padding
+        lin: nn.Linear | nn.Conv2d
         if kind == "dense":
             if len(self.x_shape) != 1:
                 raise StllrError(f"a dense layer needs a flat input, got {self.x_shape}: add 'flatten'")
@@ -186,7 +188,7 @@ class SpikingLayer(nn.Module):
         self.bias = lin.bias
         if recurrent:
             rec = nn.Linear(out_features, out_features, bias=False)
-            self.rec_weight: nn.Parameter | None = rec.weight
+            self.rec_weight: Tensor | None = rec.weight
         else:
             self.rec_weight = None
 
@@ -218,13 +220,13 @@ class SpikingLayer(nn.Module):
         """Adjoint of :meth:`synapse`: ``∂(g·I)/∂x`` for ``g`` of shape ``[N, *out_shape]``."""
         if self.kind == "dense":
             return g @ w
-        return torch.nn.grad.conv2d_input((g.shape[0], *self.x_shape), w, g, padding=self.padding)
+        return nn_grad.conv2d_input((g.shape[0], *self.x_shape), w, g, padding=self.padding)
 
     def weight_grad(self, g: Tensor, x: Tensor) -> Tensor:
         """``Σ_n g_n ⊗ x_n`` in weight shape: one GEMM (or conv weight-gradient) over N."""
         if self.kind == "dense":
             return g.reshape(-1, g.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
-        return torch.nn.grad.conv2d_weight(x, self.weight.shape, g, padding=self.padding)
+        return nn_grad.conv2d_weight(x, self.weight.shape, g, padding=self.padding)
 
     def bias_grad(self, g: Tensor) -> Tensor:
         """Sum of ``g`` over all but the neuron/channel dimension."""

@@ -75,8 +75,8 @@ def reference_stllr_grads(net: Network, x: Tensor, labels: Tensor, cfg: STLLRCon
     tr_ro = zeros(ro.x_shape)
     c_ro = 0.0
     g_eff = [torch.zeros_like(w) for w in weights]
-    g_b = [torch.zeros_like(layer.bias) for layer in layers]
-    g_rec = [torch.zeros_like(layer.rec_weight) if layer.recurrent else None for layer in layers]
+    g_b = [x.new_zeros(layer.out_shape[0]) for layer in layers]
+    g_rec = [None if layer.rec_weight is None else torch.zeros_like(layer.rec_weight) for layer in layers]
     g_ro_w, g_ro_b = torch.zeros_like(ro.weight), torch.zeros_like(ro.bias)
 
     for t in range(T):
@@ -87,7 +87,7 @@ def reference_stllr_grads(net: Network, x: Tensor, labels: Tensor, cfg: STLLRCon
             for i, layer in enumerate(layers):
                 xs = layer.pre(inp)
                 cur = layer.add_bias(layer.synapse(xs, weights[i]))
-                if layer.recurrent:
+                if layer.rec_weight is not None:
                     cur = cur + y_prev[i] @ layer.rec_weight.detach().t()
                 y, v, st = lif_step(cur, LIFState(u[i]), layer.lif)
                 xs_all.append(xs)
@@ -122,10 +122,11 @@ def reference_stllr_grads(net: Network, x: Tensor, labels: Tensor, cfg: STLLRCon
                 e = _eligibility(layer, psi, tr_pre[i], tr_post[i], xs, f.alpha_pre, f.alpha_post)
                 g_eff[i] += _apply_e(layer, delta, e)
                 g_b[i] += (delta * psi).sum(dim=0 if layer.kind == "dense" else (0, 2, 3))
-                if layer.recurrent:
+                g_r = g_rec[i]
+                if g_r is not None:
                     tr_rec_now = f.lambda_pre * tr_rec[i] + y_prev[i]
                     e_rec = _eligibility(layer, psi, tr_rec_now, tr_post[i], y_prev[i], f.alpha_pre, f.alpha_post)
-                    g_rec[i] += torch.einsum("bi,bij->ij", delta, e_rec)
+                    g_r += torch.einsum("bi,bij->ij", delta, e_rec)
             if layer.recurrent:
                 tr_rec[i] = f.lambda_pre * tr_rec[i] + y_prev[i]
             tr_post[i] = f.lambda_post * tr_post[i] + psi
@@ -140,7 +141,7 @@ def reference_stllr_grads(net: Network, x: Tensor, labels: Tensor, cfg: STLLRCon
                 from stllr_engine.layers import standardize_weight
 
                 (gw,) = torch.autograd.grad(standardize_weight(w), w, gw)
-        out += [gw, g_b[i], g_rec[i]]
+        out += [gw, g_b[i] if layer.bias is not None else None, g_rec[i]]
     return out
 
 
@@ -163,7 +164,7 @@ def reference_bptt_loss(net: Network, x: Tensor, labels: Tensor) -> Tensor:
         inp = xt
         for i, layer in enumerate(layers):
             cur = layer.add_bias(layer.synapse(layer.pre(inp), layer.effective_weight()))
-            if layer.recurrent:
+            if layer.rec_weight is not None:
                 cur = cur + y_prev[i] @ layer.rec_weight.t()
             y, _, st = lif_step(cur, LIFState(u[i]), layer.lif)
             u[i], y_prev[i] = st.u, y

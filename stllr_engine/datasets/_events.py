@@ -16,6 +16,7 @@ the real datasets meet anyway, so small subsets and test fixtures load too.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -75,8 +76,8 @@ class EventSource(ABC):
         out["T"] = _params.positive_int(self.name, "T", params["T"])
         out["bin_ms"] = _params.bin_ms(self.name, params["bin_ms"], allow_none=True)
         if "resolution" in params:
-            out["resolution"] = _params.resolution(self.name, params["resolution"],
-                                                   self.sensor_shape[1:])
+            height, width = self.sensor_shape[1:]
+            out["resolution"] = _params.resolution(self.name, params["resolution"], (height, width))
         if "channels" in params:
             out["channels"] = _params.positive_int(self.name, "channels", params["channels"])
             if out["channels"] > self.sensor_shape[0]:
@@ -132,7 +133,7 @@ def natural_key(text: str) -> list[Any]:
 
 
 def load_events(
-    source: EventSource, data_dir: str | Path | None, cache_dir: str | Path | None,
+    source: EventSource, data_dir: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None,
     params: dict[str, Any],
 ) -> tuple[FrameDataset, FrameDataset]:
     """Check, bin (once, through the cache) and wrap both splits of an event dataset."""
