@@ -267,8 +267,8 @@ def run_chunk(
                         trpost_rec[k] = tr_post
                     if tr_post is not None:
                         torch.add(psi, tr_post, alpha=lam_post, out=tr_post)
-            if layer.recurrent:
-                y_prev = spikes[-1].clone()
+            # Only a recurrent layer carries its last spikes (a copy, not a view of the chunk).
+            y_prev = spikes[-1].clone() if layer.recurrent else None
             new_layers.append(LayerState(u, y_prev, tr_pre, tr_rec, tr_post))
             if rec:
                 records.append(LayerRecord(x_rec, x_raw, tr_pre_rec, psi_rec, trpost_rec, yprev_rec, trrec_rec))  # type: ignore[arg-type]

@@ -111,3 +111,16 @@ def test_vgg9_one_step_measured_forward_equals_the_formula():
     expected = 2 * sum(conv) + sum(conv[1:]) + 2 * 512 * 11
     assert c["learning_macs_measured"] == expected
     assert c["learning_macs"] == 3 * 605_165_056
+
+
+@pytest.mark.parametrize("mode", ["window", "streaming"])
+def test_feed_forward_state_does_not_hold_the_spike_history(mode):
+    """A non-recurrent layer carries only u and its traces, never a view of its spikes over T."""
+    from stllr_engine.network import build_network
+
+    net = build_network(NetworkSpec(kind="mlp", input_shape=(30,), num_classes=3, width=20, depth=2))
+    x = (torch.rand(12, 4, 30) < 0.3).float()
+    _, state = stllr_step(net, x, torch.zeros(4, dtype=torch.long), STLLRConfig(learn_steps=3, mode=mode))
+    assert all(s.y is None for s in state.layers)
+    for t in state.tensors():
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
