@@ -4,7 +4,8 @@ Loss ``CE(Σ_t o[t], label)``; the spike's derivative is the same Ψ that S-TLLR
 the two rules differ only in time. Speed comes from two things:
 
 * feed-forward currents of all steps are one GEMM / convolution over ``T·B`` rows (and
-  so are their weight gradients in the backward);
+  so are their weight gradients in the backward); the linear readout enters the loss
+  only through ``Σ_t o[t]``, a weighted sum over time of its inputs (one GEMV);
 * the LIF scan of a layer is one autograd node (:class:`LIFScan`) with a hand-written
   backward through time. It saves only ``v = u − θ`` and the spikes (which the next
   layer's GEMM saves anyway), and it accumulates the recurrent-weight gradient as one
@@ -109,12 +110,16 @@ def bptt_forward(net: Network, x: Tensor, weights: list[Tensor] | None = None) -
         current = layer.synapse(xs, w, layer.bias).view(T, batch, *layer.out_shape)
         inp = lif_scan(current, layer.rec_weight, layer.lif)
     ro = net.readout
-    j = F.linear(ro.pre(inp.reshape(T * batch, *inp.shape[2:])), ro.weight, ro.bias).view(T, batch, -1)
-    # Σ_t o[t] with o[t] = Σ_{s<=t} γ_o^{t-s} j[s]  =  Σ_s j[s] · Σ_{k=0}^{T-1-s} γ_o^k
+    # Σ_t o[t] with o[t] = Σ_{s<=t} γ_o^{t-s} (W x[s] + b)  =  W x̄ + b Σ_s k_s, where
+    # x̄ = Σ_s k_s x[s] and k_s = Σ_{i=0}^{T-1-s} γ_o^i: the loss sees the readout only
+    # through one weighted sum over time, so the readout is one small GEMM (and so are
+    # its gradients) instead of T·B rows with 20 columns.
     steps = torch.arange(T - 1, -1, -1, device=x.device, dtype=x.dtype)  # T-1-s
     g = ro.gamma_o
     k = steps + 1.0 if g == 1.0 else (1.0 - g ** (steps + 1.0)) / (1.0 - g)
-    return torch.einsum("t,tbc->bc", k, j)
+    xo = ro.pre(inp.reshape(T * batch, *inp.shape[2:])).view(T, -1)
+    x_bar = (k @ xo).view(batch, -1)
+    return F.linear(x_bar, ro.weight, ro.bias * k.sum())
 
 
 def bptt_step(net: Network, x: Tensor, labels: Tensor, probe: Probe | None = None) -> StepStats:

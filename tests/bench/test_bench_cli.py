@@ -46,7 +46,7 @@ def test_bench_engine_quick_json():
     assert stream25["learning_memory_bytes"] == stream400["learning_memory_bytes"]  # exact, load-independent
     bptt25 = by[("shd_rsnn", "bptt", "engine", "fused_scan", 25, None)]
     bptt400 = by[("shd_rsnn", "bptt", "engine", "fused_scan", 400, None)]
-    assert bptt400["learning_memory_bytes"] / bptt25["learning_memory_bytes"] == pytest.approx(16, rel=0.01)
+    assert bptt400["learning_memory_bytes"] / bptt25["learning_memory_bytes"] == pytest.approx(16, rel=0.03)
     assert by[("shd_rsnn", "bptt", "engine", "fused_scan", 100, None)]["learning_macs"] == 105_300_000
     assert len(targets) == 7
 

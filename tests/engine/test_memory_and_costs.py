@@ -43,8 +43,8 @@ def test_bptt_memory_grows_in_proportion_to_T():
     m25, m200 = _memory(bptt_step, 25), _memory(bptt_step, 200)
     assert m200 / m25 == pytest.approx(8.0, rel=0.05)
     # v = u - θ and the spikes for every step; beyond them only the readout's T decay
-    # weights and the loss's [B, C] logits and labels.
-    assert 0 < m200 - 2 * 200 * B * 40 * 4 <= 200 * 4 + 2 * B * 5 * 4 + B * 8 + 4
+    # weights, its time-weighted input sum [B, n], and the loss's [B, C] logits and labels.
+    assert 0 < m200 - 2 * 200 * B * 40 * 4 <= 200 * 4 + B * 40 * 4 + 2 * B * 5 * 4 + B * 8 + 8
 
 
 def test_window_mode_holds_its_records_until_learning():
@@ -71,10 +71,10 @@ def test_measured_macs_of_the_learning_phase():
     assert c["forward_macs_measured"] == c["forward_macs"] + 24 * (50 + 40)
     assert c["learning_macs"] == 3 * 6 * (50 * 40 + 40 * 40 + 40 * 5)
     b = measure_costs(net, bptt_step, x, y, "bptt")
-    # backward: input weights (no input gradient needed) and readout input+weight at all 30
-    # steps; recurrent input+weight at the 29 steps that have a y[t-1]; Σ_t o[t] spreads
-    # its gradient over the 30 steps (30·5)
-    assert b["learning_macs_measured"] == 30 * (50 * 40 + 2 * 40 * 5) + 29 * 2 * 40 * 40 + 30 * 5
+    # backward: input weights at all 30 steps (no input gradient needed); recurrent input
+    # and weight at the 29 steps that have a y[t-1]; the readout sees Σ_t o[t] only:
+    # its weight and x̄ gradients (2·40·5) and x̄ spread back over the 30 steps (30·40)
+    assert b["learning_macs_measured"] == 30 * 50 * 40 + 29 * 2 * 40 * 40 + 2 * 40 * 5 + 30 * 40
 
 
 def test_measure_costs_leaves_gradients_alone():
