@@ -52,14 +52,15 @@ def gemm_peak_gflops(device: torch.device, n: int = 4096, reps: int = 5) -> floa
     return 2 * n**3 / best / 1e9
 
 
-def emit(records: list[dict[str, Any]], targets: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
-    """Print records and target checks as JSON lines or as an aligned table."""
+def emit(records: list[dict[str, Any]], targets: list[dict[str, Any]], as_json: bool, columns: list[str],
+         note: str | None = None) -> None:
+    """Print records and target checks as JSON lines or as an aligned table (``note`` under it)."""
     out = sys.stdout
     if as_json:
         for r in records:
             out.write(json.dumps(r) + "\n")
         for t in targets:
-            out.write(json.dumps(t) + "\n")
+            out.write(json.dumps({**t, "note": note} if note else t) + "\n")
         out.flush()
         return
 
@@ -78,6 +79,8 @@ def emit(records: list[dict[str, Any]], targets: list[dict[str, Any]], as_json: 
         for t in targets:
             mark = "PASS" if t["pass"] else "MISS"
             out.write(f"  [{mark}] {t['target']}: {t['value']:.4g} (want {t['op']} {t['threshold']:g})\n")
+    if note:
+        out.write(f"note: {note}\n")
     out.flush()
 
 
@@ -92,7 +95,8 @@ def add_output_arguments(ap: Any) -> None:
     ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
 
 
-def report(records: list[dict[str, Any]], targets: list[dict[str, Any]], args: Any, columns: list[str]) -> int:
+def report(records: list[dict[str, Any]], targets: list[dict[str, Any]], args: Any, columns: list[str],
+           note: str | None = None) -> int:
     """Print the results; the exit code is 1 only with ``--check`` and a missed target."""
-    emit(records, targets, args.json, columns)
+    emit(records, targets, args.json, columns, note)
     return 1 if args.check and not all(t["pass"] for t in targets) else 0
