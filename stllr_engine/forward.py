@@ -211,9 +211,6 @@ def run_chunk(
             xs = xs.view(c, batch, *layer.x_shape)
             rec = n_learn > 0
 
-            def buf(shape: tuple[int, ...]) -> Tensor:
-                return x.new_empty(n_learn, batch, *shape)
-
             x_rec = None
             x_raw = None
             if rec and f is not None:
@@ -227,8 +224,7 @@ def run_chunk(
                 tr_pre, tr_pre_rec = _trace(xs, tr_pre, lam_pre, t0, "after" if rec else None)
             del xs
 
-            # LIF scan: only what the forward itself needs, per step.
-            # LIF scan with in-place, cache-resident per-step work; window steps recorded.
+            # LIF scan: in-place, cache-resident per-step work; window steps recorded.
             w_rec_t = layer.rec_weight.t() if layer.rec_weight is not None else None
             u = st.u.clone()
             y_prev = st.y
@@ -275,7 +271,7 @@ def run_chunk(
             inp = spikes
 
         ro = net.readout
-        ro_raw = inp[t0:].clone() if n_learn and ro.pre.needs_input_for_adjoint else None
+        ro_raw = _window(inp, t0) if n_learn and ro.pre.needs_input_for_adjoint else None
         xo = ro.pre(inp.reshape(c * batch, *inp.shape[2:]))
         j = F.linear(xo, ro.weight, ro.bias).view(c, batch, -1)
         xo = xo.view(c, batch, -1)
