@@ -175,12 +175,15 @@ def _learn(
     factors: list[LayerFactors],
     signal: str,
     grads: list[Tensor],
-) -> float:
-    """Accumulate the S-TLLR update of a window (or one step) into ``grads``; return Σ_t L[t]."""
+) -> Tensor:
+    """Accumulate the S-TLLR update of a window (or one step) into ``grads``; return Σ_t L[t].
+
+    The loss stays a tensor (no host synchronisation per step on a GPU).
+    """
     n, batch, classes = ro_rec.o.shape
     rows = n * batch
     logp = F.log_softmax(ro_rec.o, dim=-1)
-    loss = -logp.gather(-1, labels.unsqueeze(-1)).sum().item() / batch
+    loss = -logp.gather(-1, labels.unsqueeze(-1)).sum() / batch
     err = logp.exp_()
     err.scatter_add_(-1, labels.unsqueeze(-1), torch.full_like(err[..., :1], -1.0))
     err = err.reshape(rows, classes) / batch  # ∂L[t]/∂o[t], per step
@@ -283,7 +286,7 @@ def stllr_step(
         state = initial_state(net, batch, factors, readout_lambda, device=x.device, dtype=x.dtype)
     chunks = [(0, T)] if cfg.mode == "window" else [(t, t + 1) for t in range(T)]
     o_sum = torch.zeros(batch, net.readout.num_classes, device=x.device, dtype=x.dtype)
-    loss = 0.0
+    loss = torch.zeros((), device=x.device, dtype=x.dtype)
     probe.observe(state.tensors())
     for a, b in chunks:
         k = max(0, b - max(a, t_win))  # window steps in this chunk
@@ -304,4 +307,4 @@ def stllr_step(
         apply_gradients(net, w_graph, grads)
     final_labels = labels if labels.dim() == 1 else labels[-1]
     correct = int((o_sum.argmax(-1) == final_labels).sum())
-    return StepStats(loss / n_learn, correct, batch), state
+    return StepStats(float(loss) / n_learn, correct, batch), state
