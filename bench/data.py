@@ -118,8 +118,15 @@ def run(samples: int = 1000, batch: int = 128) -> tuple[list[dict[str, Any]], li
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--samples", type=int, default=1000, help="train samples to generate (default 1000)")
+    ap.add_argument("--samples", type=_positive, default=1000, help="train samples to generate (default 1000)")
     add_output_arguments(ap)
 
 

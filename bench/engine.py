@@ -31,6 +31,7 @@ from stllr_engine.costs import CostProbe, formula_costs
 from stllr_engine.network import Network, NetworkSpec, build_network, preset
 from stllr_engine.reference import reference_bptt_loss, reference_stllr_grads
 from stllr_engine.stllr import STLLRConfig, stllr_step
+from stllr_engine.train import resolve_device
 
 COLUMNS = ["model", "rule", "impl", "mode", "T", "learn_steps", "batch", "step_time_s",
            "learning_memory_bytes", "learning_macs", "achieved_gflops", "efficiency"]
@@ -94,7 +95,7 @@ class _Case:
 
 
 def run(quick: bool = False, device: str = "cpu") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    dev = torch.device(device)
+    dev = resolve_device(device)
     peak = gemm_peak_gflops(dev)
     batch = 32 if quick else 128
     reps = 3 if quick else 7

@@ -38,7 +38,8 @@ from stllr_engine.forward import run_inference
 from stllr_engine.network import Network, NetworkSpec, build_network
 from stllr_engine.stllr import STLLRConfig, StepStats, stllr_step
 
-__all__ = ["TrainConfig", "fit", "evaluate", "rule_step", "save_checkpoint", "load_checkpoint", "restore"]
+__all__ = ["TrainConfig", "fit", "evaluate", "rule_step", "save_checkpoint", "load_checkpoint", "restore",
+           "resolve_device"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -98,6 +99,20 @@ class TrainConfig:
         if "stllr" in d and isinstance(d["stllr"], dict):
             d["stllr"] = STLLRConfig.from_dict(d["stllr"])
         return cls(**d)
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``torch.device(name)``, or a one-line error when that device is not available here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise StllrError(f"device={str(name)!r} is not a device name: use 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise StllrError(f"device={str(name)!r} but this torch has no CUDA device available: use device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise StllrError(f"device={str(name)!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
 
 
 def rule_step(cfg: TrainConfig) -> Callable[..., StepStats]:
@@ -225,9 +240,7 @@ def fit(
         checkpoint_path: written after every epoch (atomically) when given.
         resume: continue from ``checkpoint_path`` if it exists.
     """
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise StllrError(f"device={cfg.device!r} but no CUDA device is available: use device='cpu'")
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     net.to(device)
     opt = _make_optimizer(net, cfg)

@@ -55,3 +55,17 @@ def test_unknown_subcommand_is_one_line_and_nonzero():
     p = _stllr("bench", "gpu-magic")
     assert p.returncode == 2
     assert "invalid choice" in p.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device_is_one_line_and_exit_2():
+    p = _stllr("bench", "engine", "--quick", "--device", "cuda")
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0
+    assert "stllr: error: device='cuda' but this torch has no CUDA device available" in p.stderr
+
+
+def test_bad_sample_count_is_one_line_and_exit_2():
+    p = _stllr("bench", "data", "--samples", "0")
+    assert p.returncode == 2
+    assert "argument --samples: must be >= 1, got 0" in p.stderr
