@@ -83,7 +83,7 @@ class _Case:
             "step_time_s": step_time,
             "learning_memory_bytes": mem,
             "learning_memory_bytes_per_sample": mem / batch if mem is not None else None,
-            "learning_memory_bytes_formula": f["learning_memory_bytes_formula"],
+            "learning_memory_bytes_formula_per_sample": f["learning_memory_bytes_formula_per_sample"],
             "learning_macs": f["learning_macs"], "forward_macs": f["forward_macs"],
             "gemm_peak_gflops": peak,
         }

@@ -131,12 +131,15 @@ def bptt_step(net: Network, x: Tensor, labels: Tensor, probe: Probe | None = Non
         labels: ``[B]`` (or ``[T, B]``: the last step's labels are used).
     """
     probe = probe or _NoProbe()
+    x = x.contiguous()
     labels = labels if labels.dim() == 1 else labels[-1]
     weights = [layer.effective_weight() for layer in net.hidden_layers]
+    probe.exclude(weights)  # (standardised) weights: derived from the parameters, not learning memory
     with probe.phase("forward"):
         o_sum = bptt_forward(net, x, weights)
         loss = F.cross_entropy(o_sum, labels)
     with probe.phase("learning"):
         loss.backward()
     correct = int((o_sum.detach().argmax(-1) == labels).sum())
-    return StepStats(float(loss.detach()), correct, x.shape[1])
+    ce = float(loss.detach())
+    return StepStats(ce, correct, x.shape[1], ce)

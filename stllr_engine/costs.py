@@ -49,7 +49,7 @@ def formula_costs(net: Network, rule: str, T: int, stllr: STLLRConfig | None = N
 
     Returns:
         ``forward_macs``, ``learning_macs``, ``learning_memory_values`` and
-        ``learning_memory_bytes_formula``.
+        ``learning_memory_bytes_formula_per_sample`` (all per sample).
 
     >>> from stllr_engine.network import build_network, preset
     >>> formula_costs(build_network(preset("shd_rsnn")), "bptt", 100)["learning_macs"]
@@ -72,7 +72,7 @@ def formula_costs(net: Network, rule: str, T: int, stllr: STLLRConfig | None = N
         out["learning_memory_values"] = 2 * N
     else:
         raise ValueError(f"unknown rule {rule!r}")
-    out["learning_memory_bytes_formula"] = out["learning_memory_values"] * bytes_per_value
+    out["learning_memory_bytes_formula_per_sample"] = out["learning_memory_values"] * bytes_per_value
     return out
 
 
@@ -143,6 +143,10 @@ class CostProbe:
         self.peak_saved_bytes = max(self.peak_saved_bytes, self.saved_bytes)
 
     # -- Probe protocol --------------------------------------------------------------
+    def exclude(self, tensors: list[Tensor]) -> None:
+        """Never count these tensors' storages (e.g. standardised weights)."""
+        self._excluded.update(t.untyped_storage().data_ptr() for t in tensors)
+
     def observe(self, tensors: list[Tensor]) -> None:
         """Count ``tensors`` (unique storages) as the state/traces/records held right now."""
         seen: dict[int, int] = {}
@@ -176,6 +180,7 @@ def measure_costs(net: Network, step: Callable[..., StepStats], x: Tensor, label
         ``learning_macs_measured`` (per sample), ``learning_memory_bytes`` (the whole
         batch, measured) and ``cuda_peak_bytes`` (None on CPU).
     """
+    x = x.contiguous()  # the step sees this storage: exclude it, not a transposed original
     T, batch = x.shape[0], x.shape[1]
     saved_grads = [None if p.grad is None else p.grad.clone() for p in net.parameters()]
     net.zero_grad(set_to_none=True)

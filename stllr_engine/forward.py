@@ -177,6 +177,7 @@ def run_chunk(
     n_learn: int = 0,
     factors: Sequence[LayerFactors] | None = None,
     readout_lambda: float | None = None,
+    record_pool_inputs: bool = True,
 ) -> tuple[Tensor, list[LayerRecord], ReadoutRecord | None, NetState]:
     """Run a chunk of steps without autograd.
 
@@ -188,6 +189,8 @@ def run_chunk(
         n_learn: record the last ``n_learn`` steps for learning.
         factors: S-TLLR factors per layer (``None``: no traces, inference only).
         readout_lambda: λ of the readout's input trace.
+        record_pool_inputs: keep the inputs of max-pooling transforms at window steps
+            (their adjoint needs them; only the ``"bp"`` learning signal uses it).
 
     Returns:
         ``(o, layer_records, readout_record, new_state)`` with ``o`` the readout
@@ -217,7 +220,7 @@ def run_chunk(
                 if f.alpha_post != 0:
                     # A view of the data when this is the raw input; else a compact copy.
                     x_rec = xs[t0:] if (i == 0 and not layer.pre.steps) else _window(xs, t0)
-                if layer.pre.needs_input_for_adjoint:
+                if layer.pre.needs_input_for_adjoint and record_pool_inputs:
                     x_raw = _window(inp, t0)
             tr_pre, tr_pre_rec = st.tr_pre, None
             if tr_pre is not None:
@@ -271,7 +274,7 @@ def run_chunk(
             inp = spikes
 
         ro = net.readout
-        ro_raw = _window(inp, t0) if n_learn and ro.pre.needs_input_for_adjoint else None
+        ro_raw = _window(inp, t0) if n_learn and ro.pre.needs_input_for_adjoint and record_pool_inputs else None
         xo = ro.pre(inp.reshape(c * batch, *inp.shape[2:]))
         j = F.linear(xo, ro.weight, ro.bias).view(c, batch, -1)
         xo = xo.view(c, batch, -1)

@@ -33,6 +33,10 @@ __all__ = ["Transform", "SpikingLayer", "Readout", "standardize_weight", "TRANSF
 TRANSFORMS = ("flatten", "avgpool", "maxpool", "gap")
 
 
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
 class Transform:
     """A fixed sequence of shape maps applied to a layer's input spikes.
 
@@ -100,7 +104,8 @@ class Transform:
         if self.needs_input_for_adjoint:
             if x is None:
                 raise ValueError("max-pooling adjoint needs the layer input")
-            with torch.enable_grad():
+            # a per-step temporary: keep it out of any saved-tensor accounting around us
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_identity, _identity):
                 z = x.detach().requires_grad_(True)
                 (gx,) = torch.autograd.grad(self(z), z, g)
             return gx

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from stllr_engine._checks import choice, integer, is_int, real
 from stllr_engine.errors import StllrError
 from stllr_engine.layers import Readout, SpikingLayer, Transform
 from stllr_engine.neurons import SURROGATES, LIFParameters, sigmoid_leak
@@ -65,25 +66,26 @@ class NetworkSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
-        if self.kind not in KINDS:
-            raise StllrError(f"unknown network kind {self.kind!r}: use one of {', '.join(KINDS)}")
-        if self.width < 1 or self.depth < 1:
-            raise StllrError(f"width ({self.width}) and depth ({self.depth}) must be >= 1")
-        if self.num_classes < 2:
-            raise StllrError(f"num_classes={self.num_classes} must be >= 2")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise StllrError(f"gamma={self.gamma} must lie in [0, 1]")
-        if self.theta <= 0:
-            raise StllrError(f"theta={self.theta} must be > 0")
-        if self.reset not in ("soft", "hard"):
-            raise StllrError(f"reset={self.reset!r}: use 'soft' or 'hard'")
-        if self.surrogate not in SURROGATES:
-            raise StllrError(f"surrogate={self.surrogate!r}: use one of {', '.join(SURROGATES)}")
-        if self.pool not in ("avg", "max"):
-            raise StllrError(f"pool={self.pool!r}: use 'avg' or 'max'")
+        w = "network"
+        shape = self.input_shape
+        if not isinstance(shape, (tuple, list)) or not shape or not all(is_int(d) and d >= 1 for d in shape):
+            raise StllrError(f"{w}: input_shape={shape!r} must be a non-empty list of integers >= 1, e.g. [700]")
+        object.__setattr__(self, "input_shape", tuple(int(d) for d in shape))
+        choice(w, "kind", self.kind, KINDS)
+        integer(w, "num_classes", self.num_classes, 2)
+        integer(w, "width", self.width, 1)
+        integer(w, "depth", self.depth, 1)
+        integer(w, "seed", self.seed)
+        real(w, "gamma", self.gamma, 0.0, 1.0)
+        real(w, "theta", self.theta, 0.0, None, low_open=True)
+        real(w, "gamma_o", self.gamma_o, 0.0, 1.0)
+        choice(w, "reset", self.reset, ("soft", "hard"))
+        choice(w, "surrogate", self.surrogate, tuple(SURROGATES))
+        choice(w, "pool", self.pool, ("avg", "max"))
+        if not isinstance(self.weight_standardization, bool):
+            raise StllrError(f"{w}: weight_standardization={self.weight_standardization!r} must be true or false")
         if self.kind == "vgg" and len(self.input_shape) != 3:
-            raise StllrError(f"vgg needs a [C, H, W] input_shape, got {self.input_shape}")
+            raise StllrError(f"{w}: vgg needs a [C, H, W] input_shape, got {list(self.input_shape)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

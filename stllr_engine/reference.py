@@ -81,7 +81,8 @@ def reference_stllr_grads(net: Network, x: Tensor, labels: Tensor, cfg: STLLRCon
 
     for t in range(T):
         lab = labels if labels.dim() == 1 else labels[t]
-        inp: Tensor = x[t]
+        # requires_grad on the input makes the step's graph exist even without a bias
+        inp: Tensor = x[t].clone().requires_grad_(cfg.learning_signal == "bp")
         xs_all, ys, vs = [], [], []
         with torch.enable_grad():
             for i, layer in enumerate(layers):

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stllr_engine._checks import choice, integer, real
 from stllr_engine.errors import StllrError
 from stllr_engine.forward import (
     LayerFactors,
@@ -77,31 +78,42 @@ class STLLRConfig:
     layer_factors: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.learn_steps < 1:
-            raise StllrError(f"learn_steps={self.learn_steps} must be >= 1")
-        if self.learning_signal not in ("bp", "dfa"):
-            raise StllrError(f"learning_signal={self.learning_signal!r}: use 'bp' or 'dfa'")
-        if self.mode not in ("window", "streaming"):
-            raise StllrError(f"mode={self.mode!r}: use 'window' or 'streaming'")
-        lam = {"lambda_pre": self.lambda_pre, "lambda_post": self.lambda_post}
+        w = "S-TLLR"
+        integer(w, "learn_steps", self.learn_steps, 1)
+        choice(w, "learning_signal", self.learning_signal, ("bp", "dfa"))
+        choice(w, "mode", self.mode, ("window", "streaming"))
+        real(w, "lambda_pre", self.lambda_pre, 0.0, 1.0)
+        real(w, "lambda_post", self.lambda_post, 0.0, 1.0)
+        real(w, "alpha_pre", self.alpha_pre)
+        real(w, "alpha_post", self.alpha_post)
         if self.readout_lambda is not None:
-            lam["readout_lambda"] = self.readout_lambda
+            real(w, "readout_lambda", self.readout_lambda, 0.0, 1.0)
+        if not isinstance(self.layer_factors, dict):
+            raise StllrError(f"{w}: layer_factors must map a layer index to factors, e.g. {{0: {{'alpha_post': 1.0}}}}")
+        normalised: dict[int, dict[str, float]] = {}
         for idx, over in self.layer_factors.items():
+            # keys arrive as str from JSON/YAML: normalise, so lookups never miss silently
+            try:
+                i = int(idx)
+            except (TypeError, ValueError):
+                raise StllrError(f"{w}: layer_factors key {idx!r} is not a layer index (0, 1, ...)") from None
+            if i < 0 or i in normalised:
+                raise StllrError(f"{w}: layer_factors key {idx!r} is negative or given twice")
+            if not isinstance(over, dict):
+                raise StllrError(f"{w}: layer_factors[{i}] must map factor names to numbers")
             bad = set(over) - set(_FACTOR_KEYS)
             if bad:
-                raise StllrError(
-                    f"layer_factors[{idx}] has unknown keys {sorted(bad)}: use {', '.join(_FACTOR_KEYS)}"
-                )
-            lam.update({f"layer_factors[{idx}].{k}": v for k, v in over.items() if k.startswith("lambda")})
-        for k, v in lam.items():
-            if not 0.0 <= v <= 1.0:
-                raise StllrError(f"{k}={v} must lie in [0, 1]")
+                raise StllrError(f"{w}: layer_factors[{i}] has unknown keys {sorted(bad)}: use {', '.join(_FACTOR_KEYS)}")
+            for k, v in over.items():
+                real(w, f"layer_factors[{i}].{k}", v, *((0.0, 1.0) if k.startswith("lambda") else ()))
+            normalised[i] = {k: float(v) for k, v in over.items()}
+        object.__setattr__(self, "layer_factors", normalised)
 
     def factors(self, num_layers: int) -> list[LayerFactors]:
         """The factors of each hidden layer, network defaults with per-layer overrides."""
         for idx in self.layer_factors:
-            if not 0 <= int(idx) < num_layers:
-                raise StllrError(f"layer_factors names layer {idx}, but the network has {num_layers} hidden layers")
+            if not 0 <= idx < num_layers:
+                raise StllrError(f"S-TLLR: layer_factors names layer {idx}, but the network has {num_layers} hidden layers")
         out = []
         for i in range(num_layers):
             d = {k: getattr(self, k) for k in _FACTOR_KEYS}
@@ -117,7 +129,6 @@ class STLLRConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "STLLRConfig":
         d = dict(d)
-        d["layer_factors"] = {int(k): dict(v) for k, v in d.get("layer_factors", {}).items()}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -134,11 +145,12 @@ STLLR_PRESETS: dict[str, STLLRConfig] = {
 
 
 class StepStats(NamedTuple):
-    """What one training step reports (sums over the batch, for averaging)."""
+    """What one training step reports (batch means, and a count)."""
 
-    loss: float  # training objective of the rule, batch mean
+    loss: float  # CE(Σ_t o[t], label): the same quantity for every rule
     correct: int  # argmax Σ_t o[t] == label
     batch: int
+    objective: float  # what the rule minimises (S-TLLR: mean per-step CE over the window)
 
 
 class Probe(Protocol):
@@ -148,12 +160,17 @@ class Probe(Protocol):
 
     def observe(self, tensors: list[Tensor]) -> None: ...
 
+    def exclude(self, tensors: list[Tensor]) -> None: ...
+
 
 class _NoProbe:
     def phase(self, name: str) -> ContextManager[Any]:
         return contextlib.nullcontext()
 
     def observe(self, tensors: list[Tensor]) -> None:
+        pass
+
+    def exclude(self, tensors: list[Tensor]) -> None:
         pass
 
 
@@ -272,6 +289,7 @@ def stllr_step(
         ``(stats, final_state)``.
     """
     probe = probe or _NoProbe()
+    x = x.contiguous()
     T, batch = x.shape[0], x.shape[1]
     layers = net.hidden_layers
     factors = cfg.factors(len(layers))
@@ -281,6 +299,7 @@ def stllr_step(
     with torch.enable_grad():
         w_graph = [layer.effective_weight() for layer in layers]
     weights = [w.detach() for w in w_graph]
+    probe.exclude(weights)  # derived from the parameters, like them not learning memory
     grads = [torch.zeros_like(p) if p is not None else torch.empty(0) for p in learnable(net)]
     if state is None:
         state = initial_state(net, batch, factors, readout_lambda, device=x.device, dtype=x.dtype)
@@ -291,7 +310,8 @@ def stllr_step(
     for a, b in chunks:
         k = max(0, b - max(a, t_win))  # window steps in this chunk
         with probe.phase("forward"):
-            o, records, ro_rec, state = run_chunk(net, x[a:b], state, weights, k, factors, readout_lambda)
+            o, records, ro_rec, state = run_chunk(net, x[a:b], state, weights, k, factors, readout_lambda,
+                                                  record_pool_inputs=cfg.learning_signal == "bp")
             o_sum += o.sum(0)
         held = state.tensors()
         if b - a > 1 and k:  # a multi-step chunk keeps its window records until learning
@@ -307,4 +327,5 @@ def stllr_step(
         apply_gradients(net, w_graph, grads)
     final_labels = labels if labels.dim() == 1 else labels[-1]
     correct = int((o_sum.argmax(-1) == final_labels).sum())
-    return StepStats(float(loss) / n_learn, correct, batch), state
+    ce = float(F.cross_entropy(o_sum, final_labels))
+    return StepStats(ce, correct, batch, float(loss) / n_learn), state

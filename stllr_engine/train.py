@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stllr_engine._checks import choice, integer, real
 from stllr_engine.bptt import bptt_step
 from stllr_engine.costs import measure_costs
 from stllr_engine.errors import StllrError
@@ -73,16 +74,21 @@ class TrainConfig:
     measure_costs: bool = True
 
     def __post_init__(self) -> None:
-        if self.rule not in ("stllr", "bptt"):
-            raise StllrError(f"rule={self.rule!r}: use 'stllr' or 'bptt'")
-        if self.optimizer not in ("adam", "sgd"):
-            raise StllrError(f"optimizer={self.optimizer!r}: use 'adam' or 'sgd'")
-        if self.schedule not in ("cosine", "constant"):
-            raise StllrError(f"schedule={self.schedule!r}: use 'cosine' or 'constant'")
-        if not self.lr > 0:
-            raise StllrError(f"lr={self.lr} must be > 0")
-        if self.epochs < 1:
-            raise StllrError(f"epochs={self.epochs} must be >= 1")
+        w = "training"
+        choice(w, "rule", self.rule, ("stllr", "bptt"))
+        choice(w, "optimizer", self.optimizer, ("adam", "sgd"))
+        choice(w, "schedule", self.schedule, ("cosine", "constant"))
+        real(w, "lr", self.lr, 0.0, None, low_open=True)
+        real(w, "momentum", self.momentum, 0.0, 1.0)
+        real(w, "weight_decay", self.weight_decay, 0.0)
+        integer(w, "epochs", self.epochs, 1)
+        integer(w, "seed", self.seed)
+        if not isinstance(self.stllr, STLLRConfig):
+            raise StllrError(f"{w}: stllr must be an STLLRConfig (or a dict of its fields in from_dict)")
+        if not isinstance(self.device, str) or not self.device:
+            raise StllrError(f"{w}: device={self.device!r} must be a name such as 'cpu' or 'cuda:0'")
+        if not isinstance(self.measure_costs, bool):
+            raise StllrError(f"{w}: measure_costs={self.measure_costs!r} must be true or false")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -105,8 +111,10 @@ def resolve_device(name: str | torch.device) -> torch.device:
     """``torch.device(name)``, or a one-line error when that device is not available here."""
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise StllrError(f"device={str(name)!r} is not a device name: use 'cpu', 'cuda' or 'cuda:N'") from None
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise StllrError(f"device={str(name)!r} is not supported: use 'cpu', 'cuda' or 'cuda:N'")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise StllrError(f"device={str(name)!r} but this torch has no CUDA device available: use device='cpu'")
@@ -139,9 +147,29 @@ def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim
 
 
 def _batch_to(batch: Any, net: Network, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Frames ``[B, T, ...]`` → contiguous time-major ``[T, B, ...]``; labels ``[B]`` (or
+    per-step ``[B, T]`` → ``[T, B]``), checked against the number of classes."""
     frames, labels = batch[0], batch[1]
-    x = frames.to(device=device, dtype=net.readout.weight.dtype, non_blocking=True).transpose(0, 1)
-    return x, torch.as_tensor(labels).to(device=device, dtype=torch.long)
+    if frames.dim() < 3 or frames.shape[1] < 1:
+        raise StllrError(f"data frames must be [B, T, ...] with T >= 1, got shape {tuple(frames.shape)}")
+    labels = torch.as_tensor(labels)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise StllrError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    classes = net.readout.num_classes
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise StllrError(
+            f"labels must lie in [0, {classes - 1}] for a {classes}-class network, got {int(labels.min())}..{int(labels.max())}: "
+            "set the network's num_classes to the dataset's"
+        )
+    if labels.dim() == 2:  # per-step targets, batch-first like the frames
+        if tuple(labels.shape) != tuple(frames.shape[:2]):
+            raise StllrError(f"per-step labels must be [B, T] = {tuple(frames.shape[:2])}, got {tuple(labels.shape)}")
+        labels = labels.transpose(0, 1)
+    elif labels.dim() != 1 or labels.shape[0] != frames.shape[0]:
+        raise StllrError(f"labels must be [B] (or per-step [B, T]) for frames of shape {tuple(frames.shape)}, "
+                         f"got {tuple(labels.shape)}")
+    x = frames.to(device=device, dtype=net.readout.weight.dtype, non_blocking=True).transpose(0, 1).contiguous()
+    return x, labels.to(device=device, dtype=torch.long)
 
 
 def _check_shape(net: Network, x: Tensor) -> None:
@@ -156,7 +184,8 @@ def _check_shape(net: Network, x: Tensor) -> None:
 @torch.no_grad()
 def evaluate(net: Network, loader: Iterable[Any], device: str | torch.device | None = None) -> dict[str, float]:
     """Accuracy (argmax Σ_t o[t]) and loss ``CE(Σ_t o[t], label)`` over a loader."""
-    device = torch.device(device) if device is not None else net.readout.weight.device
+    device = resolve_device(device) if device is not None else net.readout.weight.device
+    net.to(device)
     net.eval()
     n = correct = 0
     loss = 0.0
@@ -164,6 +193,7 @@ def evaluate(net: Network, loader: Iterable[Any], device: str | torch.device | N
         x, labels = _batch_to(batch, net, device)
         _check_shape(net, x)
         o_sum = run_inference(net, x).sum(0)
+        labels = labels if labels.dim() == 1 else labels[-1]
         loss += float(F.cross_entropy(o_sum, labels, reduction="sum"))
         correct += int((o_sum.argmax(-1) == labels).sum())
         n += labels.shape[0]
@@ -173,9 +203,12 @@ def evaluate(net: Network, loader: Iterable[Any], device: str | torch.device | N
 
 
 def save_checkpoint(path: str | os.PathLike[str], net: Network, optimizer: torch.optim.Optimizer | None,
-                    scheduler: Any, epoch: int, cfg: TrainConfig, metrics: dict[str, Any] | None = None) -> None:
+                    scheduler: Any, epoch: int, cfg: TrainConfig, metrics: dict[str, Any] | None = None,
+                    loader_rng_state: Tensor | None = None) -> None:
     """Write a checkpoint atomically (temp file + rename): never a torn file."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise StllrError(f"checkpoint path {path} is a folder: give a file name such as {os.path.join(path, 'last.pt')}")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model": net.state_dict(),
@@ -184,6 +217,7 @@ def save_checkpoint(path: str | os.PathLike[str], net: Network, optimizer: torch
         "epoch": int(epoch),
         "config": {"network": net.spec.to_dict(), "train": cfg.to_dict()},
         "rng_state": torch.get_rng_state(),
+        "loader_rng_state": loader_rng_state,
         "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str, type(None)))},
     }
     folder = os.path.dirname(os.path.abspath(path))
@@ -201,11 +235,15 @@ def save_checkpoint(path: str | os.PathLike[str], net: Network, optimizer: torch
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` (plain data and tensors only)."""
+    map_location = resolve_device(map_location)
+    if os.path.isdir(path):
+        raise StllrError(f"checkpoint {path} is a folder, not a checkpoint file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise StllrError(f"checkpoint {path} does not exist: check the path") from None
-    except Exception as exc:  # truncated / not a checkpoint
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError, AttributeError, ImportError) as exc:
+        # truncated / not a checkpoint (torch.load raises a variety of these)
         raise StllrError(f"checkpoint {path} cannot be read ({type(exc).__name__}): it is corrupt or not a checkpoint") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise StllrError(f"checkpoint {path} is not a format-{CHECKPOINT_FORMAT} stllr checkpoint")
@@ -214,12 +252,32 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
 def restore(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[Network, TrainConfig, dict[str, Any]]:
     """Rebuild the network and training config of a checkpoint; returns ``(net, cfg, ckpt)``."""
-    ckpt = load_checkpoint(path, map_location)
+    ckpt = load_checkpoint(path, map_location)  # checks map_location first
     spec = NetworkSpec.from_dict(ckpt["config"]["network"])
     cfg = TrainConfig.from_dict(ckpt["config"]["train"])
     net = build_network(spec)
     net.load_state_dict(ckpt["model"])
     return net, cfg, ckpt
+
+
+def _loader_generator(loader: Iterable[Any]) -> torch.Generator | None:
+    """The shuffling generator of a DataLoader, when it was given one."""
+    gen = getattr(loader, "generator", None)
+    return gen if isinstance(gen, torch.Generator) else None
+
+
+def _check_resume(ckpt: dict[str, Any], net: Network, cfg: TrainConfig, path: str | os.PathLike[str]) -> None:
+    """A run resumes only with the network and settings it was started with."""
+    if ckpt["config"]["network"] != net.spec.to_dict():
+        raise StllrError(f"checkpoint {path} was written for another network spec: resume with the spec it "
+                         "stores (stllr_engine.restore) or write to a new checkpoint path")
+    then = TrainConfig.from_dict(ckpt["config"]["train"]).to_dict()
+    now = cfg.to_dict()
+    changed = sorted(k for k in now if k not in ("device", "measure_costs") and now[k] != then[k])
+    if changed:
+        hint = " (the cosine schedule is fixed by epochs when a run starts)" if "epochs" in changed else ""
+        raise StllrError(f"checkpoint {path} was trained with other settings ({', '.join(changed)} differ){hint}: "
+                         "resume with the stored settings or write to a new checkpoint path")
 
 
 def fit(
@@ -232,22 +290,49 @@ def fit(
 ) -> Iterator[dict[str, Any]]:
     """Train ``net`` with the configured rule; yields one metrics dict per epoch.
 
+    The device, the checkpoint path and, when resuming, the checkpoint's settings are
+    checked at the call, before the first epoch runs.
+
     Args:
         net: the network (moved to ``cfg.device``).
-        train_loader: yields ``(frames [B, T, ...], labels [B])``.
+        train_loader: yields ``(frames [B, T, ...], labels [B] or per-step [B, T])``.
         cfg: training settings.
         test_loader: evaluated after every epoch when given.
         checkpoint_path: written after every epoch (atomically) when given.
-        resume: continue from ``checkpoint_path`` if it exists.
+        resume: continue from ``checkpoint_path`` if it exists; the network and settings
+            must be the stored ones. The resumed run continues bit-for-bit (CPU): torch's
+            RNG and the loader's own generator, if it has one, are restored.
+
+    Metrics per epoch: ``train_loss`` / ``test_loss`` are ``CE(Σ_t o[t], label)`` for both
+    rules (comparable); ``train_objective`` is what the rule minimises (S-TLLR: the mean
+    per-step CE over the learning window; BPTT: the same as ``train_loss``).
     """
     device = resolve_device(cfg.device)
+    ckpt = None
+    if checkpoint_path is not None and os.path.isdir(checkpoint_path):
+        raise StllrError(f"checkpoint path {checkpoint_path} is a folder: give a file name")
+    if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
+        ckpt = load_checkpoint(checkpoint_path, map_location=device)
+        _check_resume(ckpt, net, cfg, checkpoint_path)
+    return _fit(net, train_loader, cfg, device, test_loader, checkpoint_path, ckpt)
+
+
+def _fit(
+    net: Network,
+    train_loader: Iterable[Any],
+    cfg: TrainConfig,
+    device: torch.device,
+    test_loader: Iterable[Any] | None,
+    checkpoint_path: str | os.PathLike[str] | None,
+    ckpt: dict[str, Any] | None,
+) -> Iterator[dict[str, Any]]:
     torch.manual_seed(cfg.seed)
     net.to(device)
     opt = _make_optimizer(net, cfg)
     sched = _make_scheduler(opt, cfg)
+    loader_gen = _loader_generator(train_loader)
     start = 0
-    if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
-        ckpt = load_checkpoint(checkpoint_path, map_location=device)
+    if ckpt is not None:
         net.load_state_dict(ckpt["model"])
         if ckpt["optimizer"] is not None:
             opt.load_state_dict(ckpt["optimizer"])
@@ -255,12 +340,14 @@ def fit(
             sched.load_state_dict(ckpt["scheduler"])
         start = ckpt["epoch"]
         torch.set_rng_state(ckpt["rng_state"])  # the resumed run continues bit-for-bit
+        if loader_gen is not None and ckpt.get("loader_rng_state") is not None:
+            loader_gen.set_state(ckpt["loader_rng_state"])
     step = rule_step(cfg)
     costs: dict[str, Any] | None = None
     for epoch in range(start, cfg.epochs):
         net.train()
         n = correct = 0
-        loss_sum = 0.0
+        loss_sum = objective_sum = 0.0
         measure_time = 0.0
         t_start = time.perf_counter()
         for batch in train_loader:
@@ -277,6 +364,7 @@ def fit(
             stats = step(net, x, labels)
             opt.step()
             loss_sum += stats.loss * stats.batch
+            objective_sum += stats.objective * stats.batch
             correct += stats.correct
             n += stats.batch
         if device.type == "cuda":
@@ -290,6 +378,7 @@ def fit(
             "mode": cfg.stllr.mode if cfg.rule == "stllr" else "fused_scan",
             "lr": opt.param_groups[0]["lr"],
             "train_loss": loss_sum / n,
+            "train_objective": objective_sum / n,
             "train_accuracy": correct / n,
             "wall_time_s": wall,
             "samples_per_s": n / wall if wall > 0 else float("nan"),
@@ -300,5 +389,6 @@ def fit(
             ev = evaluate(net, test_loader, device)
             metrics["test_accuracy"], metrics["test_loss"] = ev["accuracy"], ev["loss"]
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, net, opt, sched, epoch + 1, cfg, metrics)
+            save_checkpoint(checkpoint_path, net, opt, sched, epoch + 1, cfg, metrics,
+                            loader_gen.get_state() if loader_gen is not None else None)
         yield metrics

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
+from stllr_engine._checks import is_int as _is_int
+from stllr_engine._checks import is_real as _is_real
 from stllr_engine.errors import StllrError
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value))
 
 
 def positive_int(dataset: str, key: str, value: Any, minimum: int = 1) -> int:

@@ -17,11 +17,12 @@ from stllr_engine.stllr import STLLRConfig, stllr_step
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
 
+@pytest.mark.parametrize("reset", ["soft", "hard"])
 @pytest.mark.parametrize("mode", ["window", "streaming"])
 @pytest.mark.parametrize("signal", ["bp", "dfa"])
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_stllr_on_cuda_matches_cpu_reference(name, signal, mode):
-    net, x, labels = make_case(name, "soft")
+def test_stllr_on_cuda_matches_cpu_reference(name, signal, mode, reset):
+    net, x, labels = make_case(name, reset)
     cfg = STLLRConfig(learn_steps=4, lambda_pre=0.7, lambda_post=0.4, alpha_post=0.5, learning_signal=signal, mode=mode)
     ref = reference_stllr_grads(net, x, labels, cfg)
     net.cuda()
@@ -32,9 +33,10 @@ def test_stllr_on_cuda_matches_cpu_reference(name, signal, mode):
             assert rel_err(g.cpu(), r) <= 1e-5
 
 
+@pytest.mark.parametrize("reset", ["soft", "hard"])
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_bptt_on_cuda_matches_unrolled_cpu(name):
-    net, x, labels = make_case(name, "hard")
+def test_bptt_on_cuda_matches_unrolled_cpu(name, reset):
+    net, x, labels = make_case(name, reset)
     net.zero_grad(set_to_none=True)
     reference_bptt_loss(net, x, labels).backward()
     ref = {n: p.grad.clone() for n, p in net.named_parameters()}

@@ -124,3 +124,56 @@ def test_feed_forward_state_does_not_hold_the_spike_history(mode):
     assert all(s.y is None for s in state.layers)
     for t in state.tensors():
         assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+
+def test_fit_measures_memory_without_counting_the_input_batch():
+    """fit() feeds a transposed batch; the measured memory must equal that of a contiguous one."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from stllr_engine.train import TrainConfig, fit
+
+    frames = (torch.rand(B, 20, 50, generator=torch.Generator().manual_seed(1)) < 0.2).float()
+    labels = torch.randint(0, 5, (B,))
+    x = frames.transpose(0, 1).contiguous()
+    for rule, mode in (("bptt", "window"), ("stllr", "window"), ("stllr", "streaming")):
+        cfg = TrainConfig(rule=rule, stllr=STLLRConfig(learn_steps=5, mode=mode), epochs=1)
+        net = build_network(SPEC)
+        m = next(fit(net, DataLoader(TensorDataset(frames, labels), batch_size=B), cfg))
+        step = bptt_step if rule == "bptt" else _stllr(mode)[0]
+        direct = measure_costs(build_network(SPEC), step, x, labels, rule, cfg.stllr)
+        assert m["learning_memory_bytes"] == direct["learning_memory_bytes"], (rule, mode)
+
+
+def test_standardised_weights_are_not_learning_memory():
+    from stllr_engine.network import build_network
+
+    spec = NetworkSpec(kind="vgg", input_shape=(2, 8, 8), num_classes=3, width=4, depth=1, theta=0.3)
+    x = (torch.rand(6, 2, 2, 8, 8, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    y = torch.zeros(2, dtype=torch.long)
+    plain = measure_costs(build_network(spec), bptt_step, x, y, "bptt")["learning_memory_bytes"]
+    ws = measure_costs(build_network(spec.replace(weight_standardization=True)), bptt_step, x, y, "bptt")
+    assert ws["learning_memory_bytes"] == plain
+
+
+@pytest.mark.parametrize("signal", ["bp", "dfa"])
+@pytest.mark.parametrize("mode", ["window", "streaming"])
+def test_max_pool_adjoint_is_a_temporary(signal, mode):
+    """S-TLLR saves nothing for autograd, max pooling included; DFA keeps no pooling inputs."""
+    from stllr_engine.network import build_network
+
+    spec = NetworkSpec(kind="vgg", input_shape=(2, 8, 8), num_classes=3, width=4, depth=2, theta=0.3, pool="max")
+    net = build_network(spec)
+    x = (torch.rand(6, 2, 2, 8, 8, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    probe = CostProbe(exclude=[*net.parameters(), x], count_flops=False)
+    stllr_step(net, x, torch.zeros(2, dtype=torch.long), STLLRConfig(learn_steps=3, mode=mode, learning_signal=signal),
+               probe=probe)
+    assert probe.peak_saved_bytes == 0
+    if signal == "dfa":
+        from stllr_engine.forward import initial_state, run_chunk
+
+        cfg = STLLRConfig(learn_steps=3)
+        factors = cfg.factors(len(net.layers))
+        st = initial_state(net, 2, factors, 0.0)
+        w = [layer.effective_weight().detach() for layer in net.layers]
+        _, recs, ro_rec, _ = run_chunk(net, x, st, w, 3, factors, 0.0, record_pool_inputs=False)
+        assert all(r.x_raw is None for r in recs) and ro_rec is not None and ro_rec.x_raw is None

@@ -117,7 +117,7 @@ def test_vgg9_formula_costs():
     assert stllr["learning_macs"] == 9_077_475_840  # 3·5·S
     assert bptt["learning_memory_values"] == 8_192_000  # T·N
     assert stllr["learning_memory_values"] == 819_200  # 2·N
-    assert bptt["learning_memory_bytes_formula"] == 32_768_000
+    assert bptt["learning_memory_bytes_formula_per_sample"] == 32_768_000
 
 
 def test_shd_net_formula_costs():
@@ -148,9 +148,15 @@ def test_vgg_width_depth_plan():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"kind": "transformer"}, "unknown network kind 'transformer'"),
-        ({"width": 0}, "width \\(0\\) and depth \\(1\\) must be >= 1"),
-        ({"gamma": 1.5}, "gamma=1.5 must lie in \\[0, 1\\]"),
+        ({"kind": "transformer"}, "network: kind='transformer': use one of 'rsnn', 'mlp', 'vgg'"),
+        ({"width": 0}, "network: width=0 must be an integer >= 1"),
+        ({"width": 12.5}, "network: width=12.5 must be an integer >= 1"),
+        ({"width": "12"}, "network: width='12' must be an integer >= 1"),
+        ({"gamma": 1.5}, "network: gamma=1.5 must lie in \\[0, 1\\]"),
+        ({"theta": float("nan")}, "network: theta=nan must be a finite number"),
+        ({"theta": 0.0}, "network: theta=0.0 must lie in \\(0, inf\\]"),
+        ({"input_shape": (0,)}, "input_shape=\\(0,\\) must be a non-empty list of integers >= 1"),
+        ({"input_shape": (-3,)}, "input_shape=\\(-3,\\) must be a non-empty list"),
         ({"kind": "vgg", "input_shape": (2, 12, 12), "depth": 3}, "divisible by 8"),
     ],
 )

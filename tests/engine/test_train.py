@@ -60,16 +60,22 @@ def test_seed_makes_runs_bit_for_bit_repeatable(rule, optimizer):
         assert torch.equal(states[0][k], states[1][k]), k
 
 
-def test_checkpoint_round_trip_and_resume(tmp_path):
+@pytest.mark.parametrize("seeded_loader", [False, True])
+def test_checkpoint_round_trip_and_resume(tmp_path, seeded_loader):
     ds = _task()
+
+    def loader():
+        g = torch.Generator().manual_seed(5) if seeded_loader else None
+        return DataLoader(ds, batch_size=32, shuffle=True, generator=g)
+
     cfg = TrainConfig(rule="stllr", stllr=STLLRConfig(learn_steps=4, layer_factors={0: {"alpha_post": 1.0}}),
                       epochs=3, seed=1, measure_costs=False)
     full = build_network(SPEC)
-    list(fit(full, DataLoader(ds, batch_size=32, shuffle=True), cfg))
+    list(fit(full, loader(), cfg))
 
     path = tmp_path / "ckpt.pt"
     first = build_network(SPEC)
-    it = fit(first, DataLoader(ds, batch_size=32, shuffle=True), cfg, checkpoint_path=path)
+    it = fit(first, loader(), cfg, checkpoint_path=path)
     next(it)  # one epoch, then "crash"
     del it
     raw = torch.load(path, weights_only=True)
@@ -78,7 +84,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
 
     resumed, cfg2, _ = restore(path)
     assert cfg2 == cfg
-    list(fit(resumed, DataLoader(ds, batch_size=32, shuffle=True), cfg2, checkpoint_path=path, resume=True))
+    list(fit(resumed, loader(), cfg2, checkpoint_path=path, resume=True))
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
     assert load_checkpoint(path)["epoch"] == 3
@@ -103,16 +109,73 @@ def test_wrong_input_shape_is_a_clear_error():
 
 
 def test_bad_config_values_are_clear_errors():
-    with pytest.raises(StllrError, match="rule='rtrl'"):
-        TrainConfig(rule="rtrl")
-    with pytest.raises(StllrError, match="learn_steps=0 must be >= 1"):
-        STLLRConfig(learn_steps=0)
-    with pytest.raises(StllrError, match=r"lambda_pre=1.5 must lie in \[0, 1\]"):
-        STLLRConfig(lambda_pre=1.5)
-    with pytest.raises(StllrError, match="unknown keys \\['gamma'\\]"):
-        STLLRConfig(layer_factors={0: {"gamma": 1.0}})
-    with pytest.raises(StllrError, match="names layer 3, but the network has 1 hidden layers"):
-        STLLRConfig(layer_factors={3: {"alpha_post": 1.0}}).factors(1)
+    cases = [
+        (lambda: TrainConfig(rule="rtrl"), "training: rule='rtrl': use one of 'stllr', 'bptt'"),
+        (lambda: STLLRConfig(learn_steps=0), "S-TLLR: learn_steps=0 must be an integer >= 1"),
+        (lambda: STLLRConfig(learn_steps=2.5), "S-TLLR: learn_steps=2.5 must be an integer >= 1"),
+        (lambda: STLLRConfig(lambda_pre=1.5), "S-TLLR: lambda_pre=1.5 must lie in [0, 1]"),
+        (lambda: STLLRConfig(alpha_post=float("nan")), "S-TLLR: alpha_post=nan must be a finite number"),
+        (lambda: STLLRConfig(alpha_post="1"), "S-TLLR: alpha_post='1' must be a finite number"),
+        (lambda: STLLRConfig(layer_factors={0: {"gamma": 1.0}}), "layer_factors[0] has unknown keys ['gamma']"),
+        (lambda: STLLRConfig(layer_factors={"a": {"alpha_post": 1.0}}), "layer_factors key 'a' is not a layer index"),
+        (lambda: STLLRConfig(layer_factors={3: {"alpha_post": 1.0}}).factors(1),
+         "names layer 3, but the network has 1 hidden layers"),
+        (lambda: TrainConfig(epochs=2.5), "training: epochs=2.5 must be an integer >= 1"),
+        (lambda: TrainConfig(lr=float("inf")), "training: lr=inf must be a finite number"),
+        (lambda: TrainConfig(weight_decay=-1), "training: weight_decay=-1 must lie in [0, inf]"),
+    ]
+    for make, message in cases:
+        with pytest.raises(StllrError) as info:
+            make()
+        assert str(info.value).count("\n") == 0
+        assert message in str(info.value), (message, str(info.value))
+
+
+def test_layer_factor_keys_from_json_are_honoured():
+    from_json = STLLRConfig(layer_factors={"0": {"alpha_post": 1.0, "lambda_pre": 0.9}})
+    assert from_json.factors(1)[0].alpha_post == 1.0 and from_json.factors(1)[0].lambda_pre == 0.9
+    assert STLLRConfig.from_dict(from_json.to_dict()) == from_json
+
+
+def test_data_mistakes_are_clear_errors(tmp_path):
+    x = (torch.rand(8, 5, 20) < 0.3).float()
+    net = build_network(SPEC)
+    cfg = TrainConfig(epochs=1, measure_costs=False)
+    bad = [
+        (TensorDataset(x, torch.full((8,), 2)), "labels must lie in [0, 1] for a 2-class network, got 2..2"),
+        (TensorDataset(x, torch.zeros(8, 3, dtype=torch.long)), "per-step labels must be [B, T] = (8, 5), got (8, 3)"),
+        (TensorDataset(x[:, :0], torch.zeros(8, dtype=torch.long)), "data frames must be [B, T, ...] with T >= 1"),
+        (TensorDataset(x, torch.zeros(8)), "labels must be integer class indices"),
+    ]
+    for ds, message in bad:
+        with pytest.raises(StllrError, match=None) as info:
+            list(fit(net, DataLoader(ds, batch_size=8), cfg))
+        assert message in str(info.value), (message, str(info.value))
+    with pytest.raises(StllrError, match="device='mps' is not supported"):
+        fit(net, DataLoader(TensorDataset(x, torch.zeros(8, dtype=torch.long))), TrainConfig(device="mps"))
+    with pytest.raises(StllrError, match="is a folder"):
+        fit(net, [], cfg, checkpoint_path=tmp_path)
+
+
+def test_per_step_labels_through_fit():
+    x = (torch.rand(16, 6, 20) < 0.3).float()
+    labels = torch.randint(0, 2, (16, 6))
+    net = build_network(SPEC)
+    m = list(fit(net, DataLoader(TensorDataset(x, labels), batch_size=8), TrainConfig(epochs=1)))
+    assert 0.0 <= m[0]["train_accuracy"] <= 1.0 and m[0]["train_objective"] > 0
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    ds = _task()
+    path = tmp_path / "r.pt"
+    cfg = TrainConfig(rule="stllr", epochs=2, measure_costs=False)
+    list(fit(build_network(SPEC), DataLoader(ds, batch_size=32), cfg, checkpoint_path=path))
+    for other, changed in [(TrainConfig(rule="bptt", epochs=2), "rule"), (TrainConfig(rule="stllr", epochs=4), "epochs"),
+                           (TrainConfig(rule="stllr", epochs=2, optimizer="sgd"), "optimizer")]:
+        with pytest.raises(StllrError, match=f"other settings \\({changed} differ"):
+            fit(build_network(SPEC), DataLoader(ds, batch_size=32), other, checkpoint_path=path, resume=True)
+    with pytest.raises(StllrError, match="another network spec"):
+        fit(build_network(SPEC.replace(width=16)), DataLoader(ds, batch_size=32), cfg, checkpoint_path=path, resume=True)
 
 
 def test_dfa_training_checkpoint_restores_the_same_feedback(tmp_path):
