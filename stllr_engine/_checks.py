@@ -10,6 +10,7 @@ stllr_engine.errors.StllrError: S-TLLR: alpha_post=nan must be a finite number
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import Any
@@ -53,3 +54,14 @@ def choice(where: str, key: str, value: Any, options: tuple[str, ...]) -> str:
     if value not in options:
         raise StllrError(f"{where}: {key}={value!r}: use one of {', '.join(repr(o) for o in options)}")
     return str(value)
+
+
+def known_fields(where: str, cls: Any, d: Any) -> dict[str, Any]:
+    """A copy of mapping ``d`` whose keys are all fields of dataclass ``cls`` (for ``from_dict``)."""
+    if not isinstance(d, dict):
+        raise StllrError(f"{where}: expected a mapping of settings, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise StllrError(f"{where}: unknown keys {unknown}: valid keys are {sorted(names)}")
+    return dict(d)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stllr_engine._checks import choice, integer, is_int, real
+from stllr_engine._checks import choice, integer, is_int, known_fields, real
 from stllr_engine.errors import StllrError
 from stllr_engine.layers import Readout, SpikingLayer, Transform
 from stllr_engine.neurons import SURROGATES, LIFParameters, sigmoid_leak
@@ -94,10 +94,7 @@ class NetworkSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "NetworkSpec":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise StllrError(f"unknown network keys {sorted(unknown)}: valid keys are {sorted(names)}")
+        d = known_fields("network", cls, d)
         return cls(**d)
 
     def replace(self, **changes: Any) -> "NetworkSpec":

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stllr_engine._checks import choice, integer, real
+from stllr_engine._checks import choice, integer, known_fields, real
 from stllr_engine.errors import StllrError
 from stllr_engine.forward import (
     LayerFactors,
@@ -128,11 +128,7 @@ class STLLRConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "STLLRConfig":
-        d = dict(d)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise StllrError(f"unknown S-TLLR keys {sorted(unknown)}: valid keys are {sorted(names)}")
+        d = known_fields("S-TLLR", cls, d)
         return cls(**d)
 
 

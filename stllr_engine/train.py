@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stllr_engine._checks import choice, integer, real
+from stllr_engine._checks import choice, integer, known_fields, real
 from stllr_engine.bptt import bptt_step
 from stllr_engine.costs import measure_costs
 from stllr_engine.errors import StllrError
@@ -97,11 +97,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        d = dict(d)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise StllrError(f"unknown training keys {sorted(unknown)}: valid keys are {sorted(names)}")
+        d = known_fields("training", cls, d)
         if "stllr" in d and isinstance(d["stllr"], dict):
             d["stllr"] = STLLRConfig.from_dict(d["stllr"])
         return cls(**d)

@@ -187,3 +187,12 @@ def test_dfa_training_checkpoint_restores_the_same_feedback(tmp_path):
     again, _, _ = restore(tmp_path / "d.pt")
     assert torch.equal(again.feedback_matrix(0), net.feedback_matrix(0))
     assert evaluate(again, DataLoader(ds, batch_size=64)) == evaluate(net, DataLoader(ds, batch_size=64))
+
+
+def test_unknown_keys_in_stored_configs_are_clear_errors():
+    with pytest.raises(StllrError, match=r"network: unknown keys \['hidden'\]: valid keys are"):
+        NetworkSpec.from_dict({"kind": "mlp", "hidden": 3})
+    with pytest.raises(StllrError, match=r"S-TLLR: unknown keys \['delay_ls'\]"):
+        STLLRConfig.from_dict({"delay_ls": 5})
+    with pytest.raises(StllrError, match=r"training: unknown keys \['learning_rate'\]"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
