@@ -10,11 +10,13 @@ The public surface; everything else is an implementation detail::
 * naive references for tests: :mod:`stllr_engine.reference`
 * costs (formulas and measurements, DESIGN §4): :mod:`stllr_engine.costs`
 * training loop and checkpoints: :mod:`stllr_engine.train`
+* one experiment (data, validation split, network, training, one seed): :mod:`stllr_engine.experiment`
 """
 
 from stllr_engine.bptt import bptt_step
 from stllr_engine.costs import CostProbe, formula_costs, measure_costs
 from stllr_engine.errors import StllrError
+from stllr_engine.experiment import DataConfig, ExperimentConfig, RuntimeConfig, run_experiment
 from stllr_engine.network import PRESETS, Network, NetworkSpec, build_network, preset
 from stllr_engine.neurons import SURROGATES, LIFParameters, LIFState, lif_step, readout_step
 from stllr_engine.stllr import STLLR_PRESETS, STLLRConfig, StepStats, stllr_step
@@ -22,11 +24,14 @@ from stllr_engine.train import TrainConfig, evaluate, fit, load_checkpoint, rest
 
 __all__ = [
     "CostProbe",
+    "DataConfig",
+    "ExperimentConfig",
     "LIFParameters",
     "LIFState",
     "Network",
     "NetworkSpec",
     "PRESETS",
+    "RuntimeConfig",
     "STLLRConfig",
     "STLLR_PRESETS",
     "SURROGATES",
@@ -44,6 +49,7 @@ __all__ = [
     "preset",
     "readout_step",
     "restore",
+    "run_experiment",
     "save_checkpoint",
     "stllr_step",
 ]

@@ -7,21 +7,26 @@
 >>> net = build_network(NetworkSpec(kind="mlp", input_shape=(10,), num_classes=2, width=16))
 >>> cfg = TrainConfig(rule="stllr", stllr=STLLRConfig(learn_steps=4), epochs=2)
 >>> metrics = list(fit(net, DataLoader(TensorDataset(x, y), batch_size=8), cfg))
->>> [m["epoch"] for m in metrics], metrics[-1]["learning_macs"], metrics[-1]["forward_macs"]
-([1, 2], 2304, 1536)
+>>> m = metrics[-1]
+>>> m["epoch"], m["learning_macs_formula_per_sample"], m["forward_macs_formula_per_sample"], m["finished"]
+(2, 2176, 1536, True)
 
-Every epoch yields a flat dict of metrics (units in the names): accuracy, loss, formula
-costs per sample (``forward_macs``, ``learning_macs``, ``learning_memory_values``),
-measured costs (``learning_memory_bytes`` for the batch, ``learning_macs_measured``
-per sample), ``wall_time_s`` and ``samples_per_s``. A seed makes CPU runs bit-for-bit
-repeatable. Checkpoints hold model, optimiser, scheduler, epoch and the full config, and
-load with ``torch.load(weights_only=True)``.
+Every epoch yields a flat dict of metrics: accuracy and loss, the named costs
+(``{quantity}_{formula|measured}_{per_sample|per_batch}``, e.g.
+``learning_memory_bytes_measured_per_batch``) with the counting convention, ``T``,
+``batch`` and ``learn_steps``, ``wall_time_s`` and ``samples_per_s``. A seed makes CPU runs
+bit-for-bit repeatable. Checkpoints hold model, optimiser, scheduler, epoch, RNG states,
+the full config and library versions, and load with ``torch.load(weights_only=True)``.
+For a whole experiment (data, validation split, one seed) use
+:func:`stllr_engine.experiment.run_experiment`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import pickle
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -33,7 +38,7 @@ from torch import Tensor
 
 from stllr_engine._checks import choice, integer, known_fields, real
 from stllr_engine.bptt import bptt_step
-from stllr_engine.costs import measure_costs
+from stllr_engine.costs import formula_costs, measure_costs
 from stllr_engine.errors import StllrError
 from stllr_engine.forward import run_inference
 from stllr_engine.network import Network, NetworkSpec, build_network
@@ -124,7 +129,10 @@ def rule_step(cfg: TrainConfig) -> Callable[..., StepStats]:
     if cfg.rule == "bptt":
         return bptt_step
 
-    def step(net: Network, x: Tensor, labels: Tensor, probe: Any = None) -> StepStats:
+    def step(net: Network, x: Tensor, labels: Tensor, probe: Any = None,
+             optimizer: torch.optim.Optimizer | None = None) -> StepStats:
+        if optimizer is not None:  # online S-TLLR: the step updates at every window step
+            return stllr_step(net, x, labels, cfg.stllr, probe=probe, optimizer=optimizer)[0]
         return stllr_step(net, x, labels, cfg.stllr, probe=probe)[0]
 
     return step
@@ -198,39 +206,95 @@ def evaluate(net: Network, loader: Iterable[Any], device: str | torch.device | N
     return {"accuracy": correct / n, "loss": loss / n}
 
 
+def _versions() -> dict[str, str]:
+    import platform
+
+    import numpy
+
+    try:
+        from importlib.metadata import version
+
+        stllr = version("stllr")
+    except Exception:  # not installed (running from a source tree)
+        stllr = "unknown"
+    return {"stllr": str(stllr), "torch": str(torch.__version__), "numpy": str(numpy.__version__),
+            "python": platform.python_version()}
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(path: str | os.PathLike[str], net: Network, optimizer: torch.optim.Optimizer | None,
                     scheduler: Any, epoch: int, cfg: TrainConfig, metrics: dict[str, Any] | None = None,
-                    loader_rng_state: Tensor | None = None) -> None:
-    """Write a checkpoint atomically (temp file + rename): never a torn file."""
+                    loader_rng_state: Tensor | None = None, extra: dict[str, Any] | None = None) -> None:
+    """Write a checkpoint atomically and durably: temp file, fsync, rename, fsync the folder.
+
+    The file gets the permissions of a normally created file (``0666 & ~umask``). It holds
+    the model, optimiser and scheduler state, the epoch, the network spec and training
+    config, RNG states (CPU, and CUDA when used), the loader's generator state, the DFA
+    feedback matrices, the library versions, the epoch's metrics and ``extra`` (plain data).
+    """
     path = os.fspath(path)
     if os.path.isdir(path):
         raise StllrError(f"checkpoint path {path} is a folder: give a file name such as {os.path.join(path, 'last.pt')}")
+    cuda_rng = None
+    if net.readout.weight.is_cuda:
+        cuda_rng = torch.cuda.get_rng_state(net.readout.weight.device)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model": net.state_dict(),
+        "dfa_feedback": {name: buf.detach().cpu() for name, buf in net.named_buffers() if name.startswith("dfa_feedback_")},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "epoch": int(epoch),
         "config": {"network": net.spec.to_dict(), "train": cfg.to_dict()},
         "rng_state": torch.get_rng_state(),
+        "cuda_rng_state": cuda_rng,
         "loader_rng_state": loader_rng_state,
-        "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str, type(None)))},
+        "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (bool, int, float, str, type(None)))},
+        "versions": _versions(),
+        "extra": extra or {},
     }
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ckpt-", suffix=".tmp")
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ckpt-", suffix=".tmp")
+    except OSError as exc:
+        raise StllrError(f"cannot write checkpoint {path}: {exc.strerror}") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        _fsync_dir(folder)
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise StllrError(f"cannot write checkpoint {path}: {exc.strerror}") from None
         raise
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (plain data and tensors only)."""
+    """Read a checkpoint with ``weights_only=True`` (plain data and tensors only).
+
+    RNG states always stay on the CPU (``torch.set_rng_state`` needs a CPU tensor), whatever
+    ``map_location`` says for the rest.
+    """
     map_location = resolve_device(map_location)
     if os.path.isdir(path):
         raise StllrError(f"checkpoint {path} is a folder, not a checkpoint file")
@@ -238,12 +302,24 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise StllrError(f"checkpoint {path} does not exist: check the path") from None
-    except (OSError, RuntimeError, EOFError, ValueError, KeyError, AttributeError, ImportError) as exc:
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError, AttributeError, ImportError,
+            pickle.UnpicklingError) as exc:
         # truncated / not a checkpoint (torch.load raises a variety of these)
         raise StllrError(f"checkpoint {path} cannot be read ({type(exc).__name__}): it is corrupt or not a checkpoint") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise StllrError(f"checkpoint {path} is not a format-{CHECKPOINT_FORMAT} stllr checkpoint")
+    for key in ("rng_state", "cuda_rng_state", "loader_rng_state"):
+        if isinstance(ckpt.get(key), Tensor):
+            ckpt[key] = ckpt[key].cpu()
     return ckpt
+
+
+def _load_dfa(net: Network, ckpt: dict[str, Any]) -> None:
+    """Put the checkpoint's DFA feedback matrices back (they are derived from the seed, but
+    the stored ones are what the run used)."""
+    ref = net.readout.weight
+    for name, m in (ckpt.get("dfa_feedback") or {}).items():
+        net.register_buffer(name, m.to(device=ref.device, dtype=ref.dtype), persistent=False)
 
 
 def restore(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[Network, TrainConfig, dict[str, Any]]:
@@ -253,6 +329,8 @@ def restore(path: str | os.PathLike[str], map_location: str | torch.device = "cp
     cfg = TrainConfig.from_dict(ckpt["config"]["train"])
     net = build_network(spec)
     net.load_state_dict(ckpt["model"])
+    net.to(resolve_device(map_location))
+    _load_dfa(net, ckpt)
     return net, cfg, ckpt
 
 
@@ -276,6 +354,23 @@ def _check_resume(ckpt: dict[str, Any], net: Network, cfg: TrainConfig, path: st
                          "resume with the stored settings or write to a new checkpoint path")
 
 
+_RESUME_EXEMPT = ("device", "measure_costs")
+
+
+def _check_resume(ckpt: dict[str, Any], net: Network, cfg: TrainConfig, path: str | os.PathLike[str]) -> None:
+    """A run resumes only with the network and settings it was started with."""
+    if ckpt["config"]["network"] != net.spec.to_dict():
+        raise StllrError(f"checkpoint {path} was written for another network spec: resume with the spec it "
+                         "stores (stllr_engine.restore) or write to a new checkpoint path")
+    then = TrainConfig.from_dict(ckpt["config"]["train"]).to_dict()
+    now = cfg.to_dict()
+    changed = sorted(k for k in now if k not in _RESUME_EXEMPT and now[k] != then[k])
+    if changed:
+        hint = " (the cosine schedule is fixed by epochs when a run starts)" if "epochs" in changed else ""
+        raise StllrError(f"checkpoint {path} was trained with other settings ({', '.join(changed)} differ){hint}: "
+                         "resume with the stored settings or write to a new checkpoint path")
+
+
 def fit(
     net: Network,
     train_loader: Iterable[Any],
@@ -283,34 +378,75 @@ def fit(
     test_loader: Iterable[Any] | None = None,
     checkpoint_path: str | os.PathLike[str] | None = None,
     resume: bool = False,
+    *,
+    val_loader: Iterable[Any] | None = None,
+    resume_from: str | os.PathLike[str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Train ``net`` with the configured rule; yields one metrics dict per epoch.
 
-    The device, the checkpoint path and, when resuming, the checkpoint's settings are
+    The device, the checkpoint paths and, when resuming, the checkpoint's settings are
     checked at the call, before the first epoch runs.
 
     Args:
         net: the network (moved to ``cfg.device``).
         train_loader: yields ``(frames [B, T, ...], labels [B] or per-step [B, T])``.
         cfg: training settings.
-        test_loader: evaluated after every epoch when given.
-        checkpoint_path: written after every epoch (atomically) when given.
-        resume: continue from ``checkpoint_path`` if it exists; the network and settings
-            must be the stored ones. The resumed run continues bit-for-bit (CPU): torch's
-            RNG and the loader's own generator, if it has one, are restored.
+        test_loader: evaluated after every epoch when given (``test_accuracy``, ``test_loss``).
+        checkpoint_path: written after every epoch (atomically, fsynced) when given.
+        resume: continue from ``checkpoint_path``, which must exist.
+        val_loader: evaluated after every epoch when given (``val_accuracy``, ``val_loss``).
+        resume_from: continue from this checkpoint instead (e.g. one restored to another
+            folder); new checkpoints still go to ``checkpoint_path``.
+        extra: plain data stored in every checkpoint (e.g. the experiment config).
 
-    Metrics per epoch: ``train_loss`` / ``test_loss`` are ``CE(Σ_t o[t], label)`` for both
-    rules (comparable); ``train_objective`` is what the rule minimises (S-TLLR: the mean
-    per-step CE over the learning window; BPTT: the same as ``train_loss``).
+    The network and settings must be the stored ones (the device and ``measure_costs``
+    may differ). The resumed run continues bit-for-bit (CPU): torch's RNG and the
+    loader's own generator, if it has one, are restored. A checkpoint of a finished run
+    yields its final metrics once more (with ``resumed_finished=True``) and trains nothing.
+
+    Metrics per epoch: ``train_loss`` / ``test_loss`` / ``val_loss`` are ``CE(Σ_t o[t], label)``
+    for both rules (comparable); ``train_objective`` is what the rule minimises (S-TLLR:
+    the mean per-step CE over the learning window; BPTT: the same as ``train_loss``); the
+    named costs of :func:`stllr_engine.costs.measure_costs` (formula and measured, per
+    sample and per batch) with ``T``, ``batch``, ``learn_steps``, ``bytes_per_value`` and
+    ``counting``; ``finished`` is true on the last epoch.
     """
     device = resolve_device(cfg.device)
     ckpt = None
     if checkpoint_path is not None and os.path.isdir(checkpoint_path):
         raise StllrError(f"checkpoint path {checkpoint_path} is a folder: give a file name")
-    if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
-        ckpt = load_checkpoint(checkpoint_path, map_location=device)
-        _check_resume(ckpt, net, cfg, checkpoint_path)
-    return _fit(net, train_loader, cfg, device, test_loader, checkpoint_path, ckpt)
+    source = resume_from
+    if source is None and resume:
+        if checkpoint_path is None:
+            raise StllrError("resume=True needs a checkpoint_path to resume from")
+        if not os.path.exists(checkpoint_path):
+            raise StllrError(f"resume=True but checkpoint {checkpoint_path} does not exist: start without resume")
+        source = checkpoint_path
+    if source is not None:
+        ckpt = load_checkpoint(source, map_location=device)
+        _check_resume(ckpt, net, cfg, source)
+    return _fit(net, train_loader, cfg, device, test_loader, val_loader, checkpoint_path, ckpt, extra)
+
+
+def _evaluate_into(metrics: dict[str, Any], prefix: str, net: Network, loader: Iterable[Any] | None,
+                   device: torch.device) -> None:
+    if loader is not None:
+        ev = evaluate(net, loader, device)
+        metrics[f"{prefix}_accuracy"], metrics[f"{prefix}_loss"] = ev["accuracy"], ev["loss"]
+
+
+def _first_costs(net: Network, step: Callable[..., StepStats], x: Tensor, labels: Tensor,
+                 cfg: TrainConfig) -> dict[str, Any]:
+    """The named costs of the run: measured on its first batch, or the formulas alone."""
+    if cfg.measure_costs:
+        return measure_costs(net, step, x, labels, cfg.rule, cfg.stllr if cfg.rule == "stllr" else None)
+    T, batch = x.shape[0], x.shape[1]
+    out: dict[str, Any] = dict(formula_costs(net, cfg.rule, T, cfg.stllr if cfg.rule == "stllr" else None,
+                                             x.element_size()))
+    out.update(T=T, batch=batch, learn_steps=cfg.stllr.learn_steps if cfg.rule == "stllr" else T,
+               bytes_per_value=x.element_size(), counting="formulas only (measure_costs=False)")
+    return out
 
 
 def _fit(
@@ -319,8 +455,10 @@ def _fit(
     cfg: TrainConfig,
     device: torch.device,
     test_loader: Iterable[Any] | None,
+    val_loader: Iterable[Any] | None,
     checkpoint_path: str | os.PathLike[str] | None,
     ckpt: dict[str, Any] | None,
+    extra: dict[str, Any] | None,
 ) -> Iterator[dict[str, Any]]:
     torch.manual_seed(cfg.seed)
     net.to(device)
@@ -330,15 +468,24 @@ def _fit(
     start = 0
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
+        _load_dfa(net, ckpt)
         if ckpt["optimizer"] is not None:
             opt.load_state_dict(ckpt["optimizer"])
         if ckpt["scheduler"] is not None:
             sched.load_state_dict(ckpt["scheduler"])
         start = ckpt["epoch"]
         torch.set_rng_state(ckpt["rng_state"])  # the resumed run continues bit-for-bit
+        if device.type == "cuda" and ckpt.get("cuda_rng_state") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng_state"], device)
         if loader_gen is not None and ckpt.get("loader_rng_state") is not None:
             loader_gen.set_state(ckpt["loader_rng_state"])
+        if start >= cfg.epochs:
+            final = dict(ckpt.get("metrics") or {})
+            final["resumed_finished"] = True
+            yield final
+            return
     step = rule_step(cfg)
+    online = cfg.rule == "stllr" and getattr(cfg.stllr, "online", False)
     costs: dict[str, Any] | None = None
     for epoch in range(start, cfg.epochs):
         net.train()
@@ -350,15 +497,15 @@ def _fit(
             x, labels = _batch_to(batch, net, device)
             if costs is None:
                 _check_shape(net, x)
-                if cfg.measure_costs:
-                    t_m = time.perf_counter()
-                    costs = measure_costs(net, step, x, labels, cfg.rule, cfg.stllr)
-                    measure_time += time.perf_counter() - t_m
-                else:
-                    costs = {}
+                t_m = time.perf_counter()
+                costs = _first_costs(net, step, x, labels, cfg)
+                measure_time += time.perf_counter() - t_m
             opt.zero_grad(set_to_none=True)
-            stats = step(net, x, labels)
-            opt.step()
+            if online:
+                stats = step(net, x, labels, optimizer=opt)  # steps the optimiser at every window step
+            else:
+                stats = step(net, x, labels)
+                opt.step()
             loss_sum += stats.loss * stats.batch
             objective_sum += stats.objective * stats.batch
             correct += stats.correct
@@ -368,10 +515,13 @@ def _fit(
         wall = time.perf_counter() - t_start - measure_time
         if n == 0:
             raise StllrError("the training loader yielded no samples: check the dataset split and batch size")
+        if not math.isfinite(loss_sum):  # NaN/inf: report it instead of training on garbage
+            raise StllrError(f"training diverged: the loss became {loss_sum / n} in epoch {epoch + 1}: "
+                             "lower the learning rate")
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "rule": cfg.rule,
-            "mode": cfg.stllr.mode if cfg.rule == "stllr" else "fused_scan",
+            "mode": (cfg.stllr.mode + ("+online" if online else "")) if cfg.rule == "stllr" else "fused_scan",
             "lr": opt.param_groups[0]["lr"],
             "train_loss": loss_sum / n,
             "train_objective": objective_sum / n,
@@ -380,11 +530,11 @@ def _fit(
             "samples_per_s": n / wall if wall > 0 else float("nan"),
         }
         sched.step()
-        metrics.update({k: v for k, v in (costs or {}).items() if k not in ("batch", "T")})
-        if test_loader is not None:
-            ev = evaluate(net, test_loader, device)
-            metrics["test_accuracy"], metrics["test_loss"] = ev["accuracy"], ev["loss"]
+        metrics.update(costs or {})
+        _evaluate_into(metrics, "val", net, val_loader, device)
+        _evaluate_into(metrics, "test", net, test_loader, device)
+        metrics["finished"] = epoch + 1 == cfg.epochs
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, net, opt, sched, epoch + 1, cfg, metrics,
-                            loader_gen.get_state() if loader_gen is not None else None)
+                            loader_gen.get_state() if loader_gen is not None else None, extra)
         yield metrics

@@ -1,0 +1,175 @@
+"""ExperimentConfig round trips; run_experiment: one seed, a held-out validation split,
+checkpoints as a sweep uses them (resume_from, finished runs, exempt settings)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+import torch
+
+from stllr_engine import StllrError
+from stllr_engine.experiment import DataConfig, ExperimentConfig, RuntimeConfig, load_data, run_experiment
+from stllr_engine.train import load_checkpoint
+
+NET = {"kind": "mlp", "width": 24, "gamma": 0.9, "theta": 0.5, "surrogate": "sigmoid", "gamma_o": 0.9}
+
+
+def _cfg(seed: int = 0, rule: str = "stllr", epochs: int = 2, **training) -> ExperimentConfig:
+    train = {"rule": rule, "epochs": epochs, "lr": 3e-3, "measure_costs": False,
+             "stllr": {"learn_steps": 4, "lambda_pre": 1.0, "alpha_post": 1.0}, **training}
+    return ExperimentConfig.for_dataset(
+        "synthetic_temporal", {"T": 12, "channels": 8, "samples_per_class": 24},
+        network=NET, training=train, data={"batch_size": 16, "val_fraction": 0.25},
+        runtime={"threads": 1}, seed=seed)
+
+
+def _state(metrics):
+    return [(m["train_loss"], m["val_accuracy"], m["test_accuracy"]) for m in metrics]
+
+
+def test_round_trips_through_dict_json_and_yaml():
+    cfg = _cfg(seed=5)
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    assert ExperimentConfig.from_json(cfg.to_json()) == cfg
+    assert ExperimentConfig.from_yaml(cfg.to_yaml()) == cfg
+    assert cfg.network.seed == cfg.training.seed == 5
+    assert cfg.network.input_shape == (8,) and cfg.network.num_classes == 4
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["data"].update(dataset="mnist"), "dataset='mnist' is unknown"),
+    (lambda d: d["data"].update(options={"TT": 3}), "has no option 'TT'"),
+    (lambda d: d["training"]["stllr"].update(learn_steps=13), "learn_steps=13 exceeds the dataset's T=12"),
+    (lambda d: d["runtime"].update(dtype="float16"), "dtype='float16'"),
+    (lambda d: d.update(seed=-1), "seed=-1 must be an integer >= 0"),
+    (lambda d: d.update(colour=1), "unknown keys ['colour']"),
+    (lambda d: d["data"].update(val_fraction=0.95), "val_fraction=0.95 must lie in [0, 0.9]"),
+])
+def test_bad_configs_are_one_line_errors(mutate, message):
+    d = _cfg().to_dict()
+    mutate(d)
+    with pytest.raises(StllrError) as err:
+        ExperimentConfig.from_dict(d)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_validation_split_is_held_out_of_training_and_fixed_by_the_seed():
+    def split(seed):
+        train, val, test = load_data(_cfg(seed=seed))
+        return sorted(train.dataset.indices), sorted(val.dataset.indices), len(test.dataset)
+
+    tr1, va1, n_test = split(1)
+    assert not set(tr1) & set(va1)
+    assert len(va1) == round(0.25 * (len(tr1) + len(va1)))
+    assert split(1)[:2] == (tr1, va1)
+    assert split(2)[1] != va1
+    assert n_test > 0
+
+
+def test_one_seed_gives_identical_runs_and_two_seeds_differ():
+    a = list(run_experiment(_cfg(seed=1)))
+    b = list(run_experiment(_cfg(seed=1)))
+    c = list(run_experiment(_cfg(seed=2)))
+    assert _state(a) == _state(b)
+    assert _state(a) != _state(c)
+    assert a[-1]["finished"] and not a[0]["finished"]
+    for key in ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "T", "batch", "learn_steps",
+                "learning_macs_formula_per_sample", "learning_memory_bytes_formula_per_sample"):
+        assert key in a[-1], key
+    assert a[-1]["T"] == 12 and a[-1]["batch"] == 16 and a[-1]["learn_steps"] == 4
+
+
+def test_seed_reaches_the_initialisation():
+    from stllr_engine.network import build_network
+
+    w1 = build_network(_cfg(seed=1).network).layers[0].weight
+    w2 = build_network(_cfg(seed=2).network).layers[0].weight
+    assert not torch.equal(w1, w2)
+
+
+def test_resume_from_another_folder_continues_bit_for_bit(tmp_path):
+    full = list(run_experiment(_cfg(epochs=3), checkpoint_dir=tmp_path / "full"))
+    first = run_experiment(_cfg(epochs=3), checkpoint_dir=tmp_path / "a")
+    next(first)
+    first.close()  # stopped after epoch 1
+    # Ray restores a checkpoint into another folder: resume from there, write elsewhere
+    os.makedirs(tmp_path / "restored")
+    os.replace(tmp_path / "a" / "checkpoint.pt", tmp_path / "restored" / "checkpoint.pt")
+    rest = list(run_experiment(_cfg(epochs=3), checkpoint_dir=tmp_path / "b", resume_from=tmp_path / "restored"))
+    assert [m["epoch"] for m in rest] == [2, 3]
+    assert _state(rest) == _state(full[1:])
+    assert os.path.exists(tmp_path / "b" / "checkpoint.pt")
+
+
+def test_finished_checkpoint_yields_its_final_metrics(tmp_path):
+    done = list(run_experiment(_cfg(), checkpoint_dir=tmp_path))
+    again = list(run_experiment(_cfg(), checkpoint_dir=tmp_path, resume=True))
+    assert len(again) == 1 and again[0]["resumed_finished"]
+    assert again[0]["test_accuracy"] == done[-1]["test_accuracy"] and again[0]["epoch"] == 2
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(StllrError, match="does not exist: start without resume"):
+        list(run_experiment(_cfg(), checkpoint_dir=tmp_path, resume=True))
+    with pytest.raises(StllrError, match="no checkpoint there"):
+        list(run_experiment(_cfg(), resume_from=tmp_path / "nowhere"))
+    list(run_experiment(_cfg(epochs=1), checkpoint_dir=tmp_path))
+    # threads do not change results: exempt from the check
+    other_threads = _cfg(epochs=1).replace(runtime=RuntimeConfig(threads=2))
+    list(run_experiment(other_threads, checkpoint_dir=tmp_path, resume=True))
+    with pytest.raises(StllrError, match=r"another experiment \(training.lr differ\)"):
+        list(run_experiment(_cfg(epochs=1, lr=1e-2), checkpoint_dir=tmp_path, resume=True))
+    with pytest.raises(StllrError, match="data.val_fraction"):
+        bad = _cfg(epochs=1)
+        bad = bad.replace(data=DataConfig.from_dict({**bad.data.to_dict(), "val_fraction": 0.5}))
+        list(run_experiment(bad, checkpoint_dir=tmp_path, resume=True))
+
+
+def test_checkpoint_is_durable_plain_and_complete(tmp_path):
+    old = os.umask(0o022)
+    try:
+        list(run_experiment(_cfg(epochs=1), checkpoint_dir=tmp_path))
+    finally:
+        os.umask(old)
+    path = tmp_path / "checkpoint.pt"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert [p for p in os.listdir(tmp_path) if p != "checkpoint.pt"] == []  # no temp files left
+    raw = torch.load(path, weights_only=True)
+    assert raw["versions"]["torch"] == torch.__version__
+    assert ExperimentConfig.from_dict(raw["extra"]["experiment"]) == _cfg(epochs=1)
+    assert load_checkpoint(path)["rng_state"].device.type == "cpu"
+
+
+def test_dfa_matrices_are_stored_and_restored(tmp_path):
+    from stllr_engine.train import restore
+
+    cfg = _cfg(epochs=1, stllr={"learn_steps": 4, "learning_signal": "dfa"})
+    list(run_experiment(cfg, checkpoint_dir=tmp_path))
+    raw = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert list(raw["dfa_feedback"]) == ["dfa_feedback_0"]
+    net, _, _ = restore(tmp_path / "checkpoint.pt")
+    assert torch.equal(net.feedback_matrix(0), raw["dfa_feedback"]["dfa_feedback_0"])
+
+
+def test_threads_and_dtype_are_applied():
+    cfg = _cfg(epochs=1).replace(runtime=RuntimeConfig(threads=1, dtype="float64"))
+    before = torch.get_num_threads()
+    try:
+        m = list(run_experiment(cfg))[-1]
+        assert torch.get_num_threads() == 1
+        assert m["bytes_per_value"] == 8
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resume_on_cuda(tmp_path):
+    cfg = _cfg(epochs=2, device="cuda")
+    gen = run_experiment(cfg, checkpoint_dir=tmp_path)
+    next(gen)
+    gen.close()
+    rest = list(run_experiment(cfg, checkpoint_dir=tmp_path, resume=True))
+    assert [m["epoch"] for m in rest] == [2]
