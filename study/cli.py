@@ -29,6 +29,22 @@ def _parser() -> argparse.ArgumentParser:
     p = bsub.add_parser("learning", help="both rules on the embedded digits and synthetic temporal tasks")
     learning.add_arguments(p)
     p.set_defaults(run=learning.execute)
+
+    from study import commands
+
+    p = sub.add_parser("sweep", help="run (or --resume) a study: S-TLLR search + BPTT baselines on Ray Tune + Optuna")
+    commands.add_sweep_arguments(p)
+    p.set_defaults(run=commands.sweep)
+    p = sub.add_parser("train", help="one run of a study's configuration in-process (no Ray), for debugging")
+    commands.add_train_arguments(p)
+    p.set_defaults(run=commands.train)
+    p = sub.add_parser("status", help="a study folder: runs by status, best so far, frontier size")
+    p.add_argument("folder")
+    p.set_defaults(run=commands.status)
+    p = sub.add_parser("export", help="write a study's results table as CSV")
+    p.add_argument("folder")
+    p.add_argument("--out", help="CSV path (default: DIR/results.csv)")
+    p.set_defaults(run=commands.export)
     return ap
 
 
