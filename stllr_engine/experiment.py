@@ -303,9 +303,16 @@ def _load(data: DataConfig) -> tuple[Any, Any]:
     return load_dataset(data.dataset, data_dir=data.data_dir, cache_dir=data.cache_dir, **dict(data.options))
 
 
+_INFO_CACHE: dict[str, Any] = {}
+
+
 def dataset_info(data: DataConfig) -> Any:
-    """The training split's :class:`~stllr_engine.datasets.DatasetInfo`."""
-    return _load(data)[0].info
+    """The training split's :class:`~stllr_engine.datasets.DatasetInfo` (cached per process:
+    a sweep's driver builds many configs of one dataset)."""
+    key = json.dumps([data.dataset, data.data_dir, data.cache_dir, _plain(data.options)], sort_keys=True, default=str)
+    if key not in _INFO_CACHE:
+        _INFO_CACHE[key] = _load(data)[0].info
+    return _INFO_CACHE[key]
 
 
 def load_data(config: ExperimentConfig) -> tuple[DataLoader, DataLoader | None, DataLoader]:

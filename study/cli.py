@@ -19,6 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     bsub = bench.add_subparsers(dest="what", required=True)
 
     from bench import data, engine, learning
+    from bench import study as bench_study
 
     p = bsub.add_parser("engine", help="step time, learning memory and FLOP efficiency of S-TLLR and BPTT")
     engine.add_arguments(p)
@@ -29,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p = bsub.add_parser("learning", help="both rules on the embedded digits and synthetic temporal tasks")
     learning.add_arguments(p)
     p.set_defaults(run=learning.execute)
+    p = bsub.add_parser("study", help="platform overhead of a 12-configuration sweep (2 concurrent ~20 s runs)")
+    bench_study.add_arguments(p)
+    p.set_defaults(run=bench_study.execute)
 
     from study import commands
 

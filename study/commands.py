@@ -75,8 +75,7 @@ def train(args: argparse.Namespace) -> int:
     if fixed:
         study.enqueue_trial(fixed, skip_if_exists=False)
     trial = study.ask()
-    params = spec.suggest(trial) if args.rule == "stllr" else {**spec.arch_params(spec.suggest(trial)), **fixed} \
-        if hasattr(spec, "arch_params") else spec.suggest(trial)
+    params = spec.suggest(trial)  # for --rule bptt the S-TLLR factors among them are unused
     unknown = sorted(set(fixed) - set(params))
     if unknown:
         raise StllrError(f"--set {unknown[0]}: not a search parameter of {spec.source} (they are: "

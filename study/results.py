@@ -9,7 +9,8 @@ Columns (see ``COLUMNS``): identity (``study``, ``trial_id``, ``config_id``, ``a
 ``rule``, ``role``, ``seed``), outcome (``status`` — complete / pruned / infeasible /
 failed / running — and ``reason``), accuracies (``val_accuracy`` is what studies select
 on, ``test_accuracy`` is reported, never optimised), the engine's named costs, the
-configuration's settings, ``wall_time_s``, ``node``, ``config_json`` (the full
+configuration's settings, ``wall_time_s`` (training, summed over epochs), ``run_time_s``
+(the whole run: data, training, evaluation), ``node``, ``config_json`` (the full
 :class:`~stllr_engine.experiment.ExperimentConfig`) and ``curves_json`` (per-epoch metrics).
 """
 
@@ -45,7 +46,7 @@ COLUMNS = [
     *COST_COLUMNS,
     "dataset", "model", "width", "depth", "T", "batch", "epochs", "epochs_done",
     "alpha_pre", "alpha_post", "lambda_pre", "lambda_post", "learn_steps", "learning_signal", "lr",
-    "wall_time_s", "samples_per_s", "node", "started_at", "ended_at", "counting", "bytes_per_value",
+    "wall_time_s", "run_time_s", "samples_per_s", "node", "started_at", "ended_at", "counting", "bytes_per_value",
     "config_json", "params_json", "curves_json",
 ]
 

@@ -213,9 +213,17 @@ def _connect(address: str | None, folder: str) -> bool:
             except (OSError, ValueError):
                 raise StllrError(f"--address {address}: no Ray cluster answers there: start one with "
                                  "'ray start --head' or give the head's address as HOST:PORT") from None
+        try:  # like `ray start`: a cluster joined with a token on this machine uses token auth
+            from ray._private.authentication.authentication_token_setup import (
+                maybe_enable_token_auth_if_token_available,
+            )
+
+            maybe_enable_token_auth_if_token_available()
+        except (ImportError, AttributeError):
+            pass
         try:
             ray.init(address=address, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+        except Exception as exc:  # ConnectionError, an authentication error, ...
             raise StllrError(f"--address {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]})") from None
     else:
         ray.init(**kwargs)

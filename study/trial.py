@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import socket
+import time
 from typing import Any
 
 __all__ = ["run_configuration", "node_name"]
@@ -98,6 +99,7 @@ def run_configuration(cfg: dict[str, Any]) -> None:
         curves_path = os.path.join(run_dir, "curves.json")
         resume = os.path.exists(ckpt)
         started = _now()
+        t_run = time.perf_counter()
         curves: list[dict[str, Any]] = []
         meta = dict(study=cfg["study"], trial_id=run["trial_id"], config_id=cfg["config_id"],
                     arch_id=cfg["arch_id"], role=cfg["role"], config=exp_dict, node=node, started_at=started,
@@ -125,6 +127,7 @@ def run_configuration(cfg: dict[str, Any]) -> None:
             row = run_row(status="complete", metrics=curves, ended_at=_now(), **meta)
         except StllrError as exc:
             row = run_row(status="failed", reason=str(exc), metrics=curves, ended_at=_now(), **meta)
+        row["run_time_s"] = time.perf_counter() - t_run  # the whole run: data, training, evaluation
         rows.append(row)
         if k < len(pending) - 1:
             tune.report({"run_row": json.dumps(row, default=str), "config_done": False, "iteration": iteration,

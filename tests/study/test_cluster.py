@@ -1,0 +1,88 @@
+"""A real two-node local Ray cluster on 127.0.0.1 (``ray start --head`` plus a second
+``ray start --address`` with a custom resource): a sweep joined with ``--address`` runs
+on both nodes, and a cluster without the requested resources is one clear line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.study.conftest import env, run
+
+pytestmark = pytest.mark.slow
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ray(*args: str, cluster_env: dict[str, str]) -> None:
+    res = subprocess.run([RAY, *args], env=cluster_env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if not os.path.exists(RAY):
+        pytest.skip("the ray command is not installed next to this python")
+    e = env()
+    e["RAY_AUTH_MODE"] = "disabled"  # a throw-away cluster on the loopback address
+    port = _free_port()
+    temp = tmp_path_factory.mktemp("ray")
+    try:
+        _ray("start", "--head", f"--port={port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
+             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}", cluster_env=e)
+        _ray("start", f"--address=127.0.0.1:{port}", "--num-cpus=1", '--resources={"node2": 1}',
+             "--node-ip-address=127.0.0.1", "--disable-usage-stats", cluster_env=e)
+        yield f"127.0.0.1:{port}", e
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=e, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _sweep(args: list[str], cluster_env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess:
+    from tests.study.conftest import ROOT, stllr_cmd
+
+    return subprocess.run(stllr_cmd(*args), cwd=ROOT, env=cluster_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_sweep_runs_on_both_nodes(cluster, study_file, tmp_path):
+    address, cluster_env = cluster
+    path = study_file(budget={"trials": 4, "epochs": 1, "seeds": [0, 1]}, sampler={"name": "random", "seed": 0})
+    folder = tmp_path / "study"
+    res = _sweep(["sweep", str(path), "--out", str(folder), "--address", address, "--quiet", "--no-report"],
+                 cluster_env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    df = pd.read_parquet(folder / "results.parquet")
+    assert set(df.status) == {"complete"}
+    nodes = df.node.unique()
+    assert len(nodes) == 2, nodes  # runs landed on the head and on the second node
+    assert all(":" in n for n in nodes)
+
+
+def test_cluster_without_the_resources_is_one_line(cluster, study_file, tmp_path):
+    address, cluster_env = cluster
+    path = study_file(resources={"cpu": 4, "gpu": 0})
+    res = _sweep(["sweep", str(path), "--out", str(tmp_path / "s"), "--address", address], cluster_env, timeout=120)
+    assert res.returncode == 2
+    line = res.stderr.strip()
+    assert len(line.splitlines()) == 1
+    assert "each trial needs 4 CPU and 0 GPU but no node of the cluster has that" in line
+
+
+def test_unknown_local_run_still_works_without_address():
+    # the study package imports without Ray running (reading results needs pandas only)
+    out = run("export", "/nonexistent-study-folder")
+    assert out.returncode == 2 and "is not a study folder" in out.stderr

@@ -1,0 +1,137 @@
+"""The study runner end to end, with real parts: a real local Ray, the real Optuna journal,
+real runs on the embedded digits task, the real ``stllr`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import optuna
+import pandas as pd
+import pytest
+
+from study.runner import open_storage, sweep
+from tests.study.conftest import kill_group, run, start, wait_for
+
+pytestmark = pytest.mark.slow
+
+MAX, MIN = optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE
+
+
+def _studies(folder):
+    storage = open_storage(str(folder))
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+            for s in optuna.get_all_study_summaries(storage)}
+
+
+def test_three_objective_sweep_with_constraint_and_baselines(study_file, tmp_path):
+    # S-TLLR's formula memory is 2 traces × width × 4 bytes: width 64 (512 B) breaks the constraint
+    path = study_file(constraints=["learning_memory_bytes <= 300"], budget={"trials": 4, "epochs": 1, "seeds": [0, 1]},
+                      sampler={"name": "random", "seed": 3})
+    folder = tmp_path / "study"
+    sweep(str(path), out=str(folder), quiet=True, report=False)
+    df = pd.read_parquet(folder / "results.parquet")  # pandas alone reads it
+
+    studies = _studies(folder)
+    assert list(studies["search"].directions) == [MAX, MIN, MIN]  # a true 3-objective search
+
+    search = df[df.role == "search"]
+    trained = search[search.status != "infeasible"]
+    assert trained.config_id.nunique() == 4  # the budget counts configurations trained
+    assert (trained.groupby("config_id").seed.apply(sorted) == pd.Series([[0, 1]] * 4, index=sorted(
+        trained.config_id.unique()))).all()  # every configuration with every seed
+    assert set(trained.status) == {"complete"}
+    assert (trained.learning_memory_bytes_formula_per_sample <= 300).all()
+    infeasible = search[search.status == "infeasible"]
+    if len(infeasible):  # priced, never trained, and the sampler was told
+        assert (infeasible.width == 64).all() and infeasible.epochs_done.eq(0).all()
+        assert infeasible.reason.str.contains("learning_memory_bytes_formula_per_sample").all()
+        assert not any(os.path.exists(folder / "runs" / t) for t in infeasible.trial_id)
+        told = [t for t in studies["search"].trials if t.user_attrs.get("violations")]
+        assert len(told) == infeasible.config_id.nunique()
+        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in told)
+
+    # every S-TLLR architecture has its matched BPTT baseline, run once, with the same seeds and epochs
+    base = df[df.role == "baseline"]
+    assert set(base.rule) == {"bptt"}
+    assert set(trained.arch_id) == set(base.arch_id)
+    assert base.groupby("arch_id").config_id.nunique().eq(1).all()
+    assert sorted(base.seed.unique()) == [0, 1] and set(base.epochs) == set(trained.epochs) == {1}
+
+    row = trained.iloc[0]
+    for col in ("val_accuracy", "test_accuracy", "learning_macs_formula_per_sample",
+                "learning_memory_bytes_measured_per_batch", "peak_step_bytes_measured_per_batch",
+                "alpha_post", "learn_steps", "T", "batch", "node", "wall_time_s"):
+        assert pd.notna(row[col]), col
+    assert 0.0 <= row.val_accuracy <= 1.0 and row["T"] == 16 and row.batch == 128
+    assert json.loads(row.config_json)["training"]["stllr"]["alpha_post"] == pytest.approx(row.alpha_post)
+    assert len(json.loads(row.curves_json)) == 1
+    assert (folder / "study.yaml").exists() and (folder / "optuna.journal").exists()
+
+    out = run("export", str(folder))
+    assert out.returncode == 0, out.stderr
+    assert len(pd.read_csv(folder / "results.csv")) == len(df)
+    st = run("status", str(folder))
+    assert st.returncode == 0 and "complete" in st.stdout and "best stllr" in st.stdout
+
+
+def test_resume_after_sigkill_of_the_driver(study_file, tmp_path):
+    path = study_file(budget={"trials": 5, "epochs": 2, "seeds": [0, 1]}, sampler={"name": "random", "seed": 1})
+    folder = tmp_path / "study"
+    proc = start("sweep", str(path), "--out", str(folder), "--quiet", "--no-report", log=tmp_path / "first.log")
+
+    def some_complete():
+        try:
+            df = pd.read_parquet(folder / "results.parquet")
+        except Exception:
+            return False
+        return (df.status == "complete").sum() >= 3
+
+    try:
+        wait_for(some_complete, 240, "the first completed runs")
+    finally:
+        kill_group(proc)  # kill -9 of the driver and its process group (Ray with it)
+    before = pd.read_parquet(folder / "results.parquet")
+    done_before = before[before.status == "complete"].set_index("trial_id")
+    running = [t for s in _studies(folder).values() for t in s.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert running, "the kill should leave trials RUNNING in the journal"
+
+    res = run("sweep", "--resume", str(folder), "--quiet", "--no-report", timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    df = pd.read_parquet(folder / "results.parquet")
+    for s in _studies(folder).values():  # no trial left RUNNING
+        assert not [t for t in s.trials if t.state == optuna.trial.TrialState.RUNNING], s.study_name
+    search = df[(df.role == "search") & (df.status != "infeasible")]
+    assert search.config_id.nunique() == 5  # exactly the requested budget
+    assert set(df.status) == {"complete"}
+    assert df.trial_id.is_unique
+    assert search.groupby("config_id").seed.nunique().eq(2).all()
+    # no completed result lost or recomputed
+    after = df.set_index("trial_id").loc[done_before.index]
+    assert (after.val_accuracy == done_before.val_accuracy).all()
+    assert (after.ended_at == done_before.ended_at).all()
+    # each run trained its epochs once: curves hold epochs 1..2 exactly
+    for curves in df.curves_json:
+        assert [c["epoch"] for c in json.loads(curves)] == [1, 2]
+
+
+def test_a_folder_in_use_is_refused(study_file, tmp_path):
+    from stllr_engine import StllrError
+    from study.runner import study_lock
+
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    (folder / "study.yaml").write_text(study_file().read_text())
+    with study_lock(str(folder)):
+        res = run("sweep", "--resume", str(folder), "--quiet")
+        assert res.returncode == 2
+        assert "is in use by a running sweep" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    with pytest.raises(StllrError, match="already holds a study"):
+        sweep(str(study_file()), out=str(folder), quiet=True)
+
+
+def test_unreachable_address_is_one_line(study_file, tmp_path):
+    res = run("sweep", str(study_file()), "--out", str(tmp_path / "s"), "--address", "127.0.0.1:1", timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.strip() == ("stllr: error: --address 127.0.0.1:1: no Ray cluster answers there: start one "
+                                  "with 'ray start --head' or give the head's address as HOST:PORT")
