@@ -40,11 +40,28 @@ def test_both_rules_learn_a_small_task(rule):
     assert metrics[-1]["test_accuracy"] >= before["accuracy"] + 0.2
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     m = metrics[-1]
-    for key in ("train_accuracy", "test_loss", "learning_macs", "forward_macs", "learning_memory_bytes",
-                "learning_macs_measured", "wall_time_s", "samples_per_s", "lr"):
+    for key in ("train_accuracy", "test_loss", "learning_macs_formula_per_sample", "forward_macs_formula_per_sample",
+                "learning_memory_bytes_measured_per_batch", "learning_macs_measured_per_sample",
+                "peak_step_bytes_measured_per_batch", "wall_time_s", "samples_per_s", "lr", "T", "batch",
+                "learn_steps", "bytes_per_value", "counting"):
         assert key in m
-    assert m["forward_macs"] == 10 * (20 * 32 + 32 * 32 + 32 * 2)
+    assert m["forward_macs_formula_per_sample"] == 10 * (20 * 32 + 32 * 32 + 32 * 2)
+    assert (m["T"], m["batch"], m["bytes_per_value"]) == (10, 32, 4)
+    assert m["learn_steps"] == (6 if rule == "stllr" else 10)
     assert metrics[0]["lr"] == pytest.approx(5e-3) and m["lr"] < 5e-3  # cosine schedule
+
+
+@pytest.mark.parametrize("rule", ["stllr", "bptt"])
+def test_fit_uses_its_seed(rule):
+    """Two seeds shuffle differently (global-RNG loader): the trained weights differ."""
+    ds = _task()
+    states = []
+    for seed in (1, 2):
+        net = build_network(SPEC)
+        cfg = TrainConfig(rule=rule, lr=1e-2, epochs=1, seed=seed, measure_costs=False)
+        list(fit(net, DataLoader(ds, batch_size=32, shuffle=True), cfg))
+        states.append(net.layers[0].weight.detach().clone())
+    assert not torch.equal(states[0], states[1])
 
 
 @pytest.mark.parametrize("rule, optimizer", [("stllr", "adam"), ("bptt", "sgd")])
