@@ -357,20 +357,6 @@ def _check_resume(ckpt: dict[str, Any], net: Network, cfg: TrainConfig, path: st
 _RESUME_EXEMPT = ("device", "measure_costs")
 
 
-def _check_resume(ckpt: dict[str, Any], net: Network, cfg: TrainConfig, path: str | os.PathLike[str]) -> None:
-    """A run resumes only with the network and settings it was started with."""
-    if ckpt["config"]["network"] != net.spec.to_dict():
-        raise StllrError(f"checkpoint {path} was written for another network spec: resume with the spec it "
-                         "stores (stllr_engine.restore) or write to a new checkpoint path")
-    then = TrainConfig.from_dict(ckpt["config"]["train"]).to_dict()
-    now = cfg.to_dict()
-    changed = sorted(k for k in now if k not in _RESUME_EXEMPT and now[k] != then[k])
-    if changed:
-        hint = " (the cosine schedule is fixed by epochs when a run starts)" if "epochs" in changed else ""
-        raise StllrError(f"checkpoint {path} was trained with other settings ({', '.join(changed)} differ){hint}: "
-                         "resume with the stored settings or write to a new checkpoint path")
-
-
 def fit(
     net: Network,
     train_loader: Iterable[Any],

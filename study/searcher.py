@@ -66,7 +66,7 @@ class StudySearcher(OptunaSearch):
         self.threads = threads
         self.objectives = [o.metric for o in spec.objectives]
         modes = ["max" if o.direction == "maximize" else "min" for o in spec.objectives]
-        self._storage = storage
+        self._journal = storage
         self._trial_meta: dict[str, dict[str, Any]] = {}
         self._queue: list[dict[str, Any]] = []
         self._baselined: set[str] = set()
@@ -76,12 +76,13 @@ class StudySearcher(OptunaSearch):
         self._in_flight: set[str] = set()
         super().__init__(space=self._space, metric=list(self.objectives), mode=modes,
                          sampler=spec.make_sampler(), study_name="search", storage=storage)
+        assert self._ot_study is not None
+        self.study: optuna.Study = self._ot_study
         want = [optuna.study.StudyDirection.MAXIMIZE if m == "max" else optuna.study.StudyDirection.MINIMIZE
                 for m in modes]
-        if list(self._ot_study.directions) != want:  # DESIGN §6: never trust them
-            raise StllrError(f"the Optuna study 'search' in {folder} has directions {self._ot_study.directions}, "
+        if list(self.study.directions) != want:  # DESIGN §6: never trust them
+            raise StllrError(f"the Optuna study 'search' in {folder} has directions {self.study.directions}, "
                              f"not the study file's {want}: use a new study folder")
-        self.study = self._ot_study
 
     # -- the define-by-run space ---------------------------------------------------------
     def _space(self, trial: Any) -> None:
@@ -129,7 +130,7 @@ class StudySearcher(OptunaSearch):
                 # proposed again while it runs: one copy runs, this one is closed as a duplicate
                 ot_trial.set_user_attr("duplicate", True)
                 log.info("search trial %d: %s is running already: closed as a duplicate", ot_trial.number, params)
-                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                self.study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
                 repeated += 1
             else:
                 break
@@ -166,9 +167,9 @@ class StudySearcher(OptunaSearch):
         if meta["role"] == "search":
             ot_trial = self._ot_trials.pop(trial_id, None)
             if ot_trial is not None:
-                self._ot_study.tell(ot_trial, values, state=state)
+                self.study.tell(ot_trial, values, state=state)
         else:
-            study = optuna.load_study(study_name=meta["optuna_study"], storage=self._storage)
+            study = optuna.load_study(study_name=meta["optuna_study"], storage=self._journal)
             study.tell(meta["optuna_number"], values, state=state)
 
     @staticmethod
@@ -222,7 +223,7 @@ class StudySearcher(OptunaSearch):
 
     def _baselines(self, arch: dict[str, Any], aid: str) -> list[dict[str, Any]]:
         name = f"baseline {aid}"
-        study = optuna.create_study(study_name=name, storage=self._storage, direction="maximize",
+        study = optuna.create_study(study_name=name, storage=self._journal, direction="maximize",
                                     sampler=optuna.samplers.TPESampler(seed=0), load_if_exists=True)
         out = []
         existing = list(study.trials)
@@ -235,12 +236,13 @@ class StudySearcher(OptunaSearch):
             if t.state == optuna.trial.TrialState.RUNNING:
                 study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             study.enqueue_trial(dict(t.params))
-            t2 = study.ask()
-            out.append(self._baseline_config(arch, study, t2.number, self.spec.suggest_baseline(t2, arch), name))
+            again = study.ask()
+            out.append(self._baseline_config(arch, study, again.number, self.spec.suggest_baseline(again, arch),
+                                             name))
         for _ in range(max(0, self.spec.baseline_trials - len({tuple(sorted(t.params.items())) for t in existing}))):
-            t = study.ask()
-            params = self.spec.suggest_baseline(t, arch)
-            out.append(self._baseline_config(arch, study, t.number, params, name))
+            new = study.ask()
+            params = self.spec.suggest_baseline(new, arch)
+            out.append(self._baseline_config(arch, study, new.number, params, name))
         return out
 
     def _baseline_config(self, arch: dict[str, Any], study: Any, number: int, params: dict[str, Any],
@@ -267,18 +269,18 @@ class StudySearcher(OptunaSearch):
         if rows is None:
             return False
         state, values = self._outcome(_aggregate(rows, self.objectives), False, self.objectives)
-        self._ot_study.tell(ot_trial, values, state=state)
+        self.study.tell(ot_trial, values, state=state)
         return True
 
     def _record_infeasible(self, ot_trial: Any, params: dict[str, Any], violations: list[str]) -> None:
         priced = self.spec.price(params, "stllr")
         values = []
-        for o, d in zip(self.objectives, self._ot_study.directions):
+        for o, d in zip(self.objectives, self.study.directions):
             if o in priced:
                 values.append(float(priced[o]))
             else:
                 values.append(0.0 if d == optuna.study.StudyDirection.MAXIMIZE else 1e30)
-        self._ot_study.tell(ot_trial, values if len(values) > 1 else values[0])
+        self.study.tell(ot_trial, values if len(values) > 1 else values[0])
         cid = config_id_of("search", "stllr", params)
         arch_id = arch_id_of(self.spec.arch(params))
         rows = []

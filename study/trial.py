@@ -69,7 +69,7 @@ def _load_curves(path: str, start_epoch: int) -> list[dict[str, Any]]:
 def _write_json(path: str, data: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
-        json.dump(data, fh)
+        json.dump(data, fh, default=str)
     os.replace(tmp, path)
 
 
@@ -97,6 +97,13 @@ def run_configuration(cfg: dict[str, Any]) -> None:
         os.makedirs(run_dir, exist_ok=True)
         ckpt = os.path.join(run_dir, "checkpoint.pt")
         curves_path = os.path.join(run_dir, "curves.json")
+        row_path = os.path.join(run_dir, "row.json")
+        if os.path.exists(row_path):  # ended in an earlier attempt of this trial: not run again
+            with open(row_path) as fh:
+                rows.append(json.load(fh))
+            continue
+        with open(os.path.join(run_dir, "worker.pid"), "w") as fh:
+            fh.write(f"{os.getpid()}\n")
         resume = os.path.exists(ckpt)
         started = _now()
         t_run = time.perf_counter()
@@ -128,6 +135,7 @@ def run_configuration(cfg: dict[str, Any]) -> None:
         except StllrError as exc:
             row = run_row(status="failed", reason=str(exc), metrics=curves, ended_at=_now(), **meta)
         row["run_time_s"] = time.perf_counter() - t_run  # the whole run: data, training, evaluation
+        _write_json(row_path, row)
         rows.append(row)
         if k < len(pending) - 1:
             tune.report({"run_row": json.dumps(row, default=str), "config_done": False, "iteration": iteration,
