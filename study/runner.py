@@ -337,7 +337,9 @@ def _run(spec: Any, folder: str, budget: int, address: str | None, resume: bool,
             store.upsert(stale)
     searched = _searched_configs(store)
     remaining = max(0, budget - len(searched))
+    log.info("ledger read: %d configurations trained, %d to go", len(searched), remaining)
     started_ray = _connect(address, folder)
+    log.info("ray ready")
     try:
         _check_resources(spec)
         threads = max(1, int(round(float(spec.resources.get("cpu", 1)))))
@@ -368,7 +370,9 @@ def _run(spec: Any, folder: str, budget: int, address: str | None, resume: bool,
                                  callbacks=_callbacks(store, spec, searcher, remaining, quiet),
                                  failure_config=FailureConfig(max_failures=2), log_to_file=True),
         )
+        log.info("tuner starts")
         tuner.fit()
+        log.info("tuner done")
     finally:
         if started_ray:
             import ray

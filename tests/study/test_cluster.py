@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.study.conftest import env, run
+from study_cases import env, run
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ def cluster(tmp_path_factory):
 
 
 def _sweep(args: list[str], cluster_env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess:
-    from tests.study.conftest import ROOT, stllr_cmd
+    from study_cases import ROOT, stllr_cmd
 
     return subprocess.run(stllr_cmd(*args), cwd=ROOT, env=cluster_env, capture_output=True, text=True,
                           timeout=timeout)
@@ -82,7 +82,7 @@ def test_cluster_without_the_resources_is_one_line(cluster, study_file, tmp_path
     assert "each trial needs 4 CPU and 0 GPU but no node of the cluster has that" in line
 
 
-def test_unknown_local_run_still_works_without_address():
+def test_export_of_a_folder_that_is_not_a_study():
     # the study package imports without Ray running (reading results needs pandas only)
     out = run("export", "/nonexistent-study-folder")
     assert out.returncode == 2 and "is not a study folder" in out.stderr

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from study.runner import sweep
-from tests.study.conftest import wait_for
+from study_cases import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from study.runner import open_storage, sweep
-from tests.study.conftest import kill_group, run, start, wait_for
+from study_cases import kill_group, run, start, wait_for
 
 pytestmark = pytest.mark.slow
 
