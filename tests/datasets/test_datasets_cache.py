@@ -145,3 +145,11 @@ def test_entry_is_readable_by_others_sharing_the_folder(tmp_path: Path) -> None:
     finally:
         os.umask(previous)
     assert entry.stat().st_mode & 0o777 == 0o755
+
+
+def test_frame_dataset_refuses_labels_it_would_have_to_truncate() -> None:
+    frames, info = np.zeros((3, 2, 3), np.uint8), DatasetInfo("toy", "train", (3,), 2, 2)
+    assert FrameDataset(frames, np.array([0.0, 1.0, 1.0]), info).labels.tolist() == [0, 1, 1]
+    for bad, dtype in ((np.array([0, 1.5, 1]), "float64"), (np.array([True, False, True]), "bool")):
+        with pytest.raises(ValueError, match=f"labels must be integers, got {dtype}"):
+            FrameDataset(frames, bad, info)
