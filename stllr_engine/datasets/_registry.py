@@ -9,7 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from stllr_engine.datasets import digits, synthetic_temporal
+from stllr_engine.datasets import _cache, digits, synthetic_temporal
 from stllr_engine.datasets._base import FrameDataset
 from stllr_engine.datasets._events import EventSource, load_events
 from stllr_engine.datasets.cifar10_dvs import CIFAR10DVSSource
@@ -45,6 +45,8 @@ class DatasetSpec:
              max_cache_bytes: int | str | None = None,
              **params: Any) -> tuple[FrameDataset, FrameDataset]:
         """Same as ``load_dataset(self.name, data_dir, cache_dir, max_cache_bytes, **params)``."""
+        if max_cache_bytes is not None:
+            _cache.max_cache_bytes(max_cache_bytes)  # a bad value is an error for every dataset
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
             raise StllrError(f"dataset {self.name!r} has no parameter {unknown[0]!r}; "

@@ -471,3 +471,9 @@ def test_file_edited_in_place_at_the_same_size_is_binned_anew(
     else:
         assert after[0][1] == label and not np.array_equal(after[0][0].numpy(), frames.numpy())
         assert after[0][0].sum() == frames.sum()  # the same events, mirrored
+
+
+def test_bad_cache_limit_is_refused_for_embedded_datasets_too() -> None:
+    with pytest.raises(StllrError, match=r"^max_cache_bytes='big' must be a number of bytes"):
+        load_dataset("digits", max_cache_bytes="big")
+    assert len(load_dataset("digits", T=4, max_cache_bytes="1GiB")[0]) > 0
