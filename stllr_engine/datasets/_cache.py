@@ -117,7 +117,7 @@ def human(n: float) -> str:
 
 
 def max_cache_bytes(value: int | str | None = None) -> int:
-    """The largest new cache a load may write: ``value``, else ``$STLLR_MAX_CACHE_BYTES``, else 8 GiB.
+    """Largest new cache a load may write: ``value``, else ``$STLLR_MAX_CACHE_BYTES``, else 8 GiB.
 
     Accepts a number of bytes or a string with a binary unit (``"32GiB"``, ``"500M"``).
 
