@@ -339,10 +339,9 @@ def test_frames_too_large_for_memory_blame_memory_not_the_file(
         load_dataset(name, data_dir=tmp_path, T=10**4)
     message = _one_line(info)
     per_sample = 10**4 * VALUES[name] * 9
-    assert re.search(
-        rf"^{re.escape(str(tmp_path))}/.+: out of memory binning sample 0 at T=10000 "
-        rf"\({per_sample} bytes needed\); choose a smaller T or coarser bins \(bin_ms\)$", message),\
-        message
+    pattern = (rf"{re.escape(str(tmp_path))}/.+: out of memory binning sample 0 at T=10000 "
+               rf"\({per_sample} bytes needed\); choose a smaller T or coarser bins \(bin_ms\)")
+    assert re.fullmatch(pattern, message), message
     assert "corrupt" not in message and _entries(tmp_path / ".stllr_cache") == []
 
 
