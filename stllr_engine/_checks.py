@@ -38,14 +38,29 @@ def integer(where: str, key: str, value: Any, minimum: int | None = None) -> int
 
 def real(where: str, key: str, value: Any, low: float | None = None, high: float | None = None,
          low_open: bool = False) -> float:
-    """``float(value)`` if it is a finite number in ``[low, high]`` (``(low, high]`` if ``low_open``)."""
-    if not is_real(value):
+    """``float(value)`` if it is a finite number in ``[low, high]`` (``(low, high]`` if ``low_open``).
+
+    A missing bound is infinite and printed open, so every rejected number, infinities
+    included, is told the same range:
+
+    >>> real("training", "lr", 0.0, low=0.0, low_open=True)
+    Traceback (most recent call last):
+    ...
+    stllr_engine.errors.StllrError: training: lr=0.0 must lie in (0, inf)
+    >>> real("training", "lr", float("inf"), low=0.0, low_open=True)
+    Traceback (most recent call last):
+    ...
+    stllr_engine.errors.StllrError: training: lr=inf must lie in (0, inf)
+    """
+    numeric = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not numeric or math.isnan(value) or (math.isinf(value) and low is None and high is None):
         raise StllrError(f"{where}: {key}={value!r} must be a finite number")
-    ok = (low is None or (value > low if low_open else value >= low)) and (high is None or value <= high)
+    ok = (math.isfinite(value) and (low is None or (value > low if low_open else value >= low))
+          and (high is None or value <= high))
     if not ok:
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        raise StllrError(f"{where}: {key}={value!r} must lie in {'(' if low_open or low is None else '['}{lo}, {hi}]")
+        lo = "(-inf" if low is None else f"{'(' if low_open else '['}{low:g}"
+        hi = "inf)" if high is None else f"{high:g}]"
+        raise StllrError(f"{where}: {key}={value!r} must lie in {lo}, {hi}")
     return float(value)
 
 

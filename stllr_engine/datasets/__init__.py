@@ -18,8 +18,13 @@ name                files under ``data_dir``                         default fra
 =================== ================================================ =====================
 
 ``synthetic_temporal`` and ``digits`` are generated in memory.  Binning rules are
-in :mod:`._binning`, the cache (keying, locking) in :mod:`._cache`, each format
-in its module's docstring.
+in :mod:`._binning`, the cache (keying, locking, faults) in :mod:`._cache`, each
+format in its module's docstring.
+
+Before binning, a load checks that one sample fits in memory, that the new cache
+entries stay under ``max_cache_bytes`` (default ``$STLLR_MAX_CACHE_BYTES``, else
+8 GiB) and that the cache folder has room for them; each refusal is one
+:class:`~stllr_engine.errors.StllrError` line with the sizes, and nothing is written.
 """
 
 from __future__ import annotations

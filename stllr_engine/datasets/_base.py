@@ -54,8 +54,12 @@ class FrameDataset(Dataset):
     def __init__(self, frames: np.ndarray, labels: np.ndarray, info: DatasetInfo) -> None:
         if len(frames) != len(labels):
             raise ValueError(f"{len(frames)} frames but {len(labels)} labels")
+        labels = np.asarray(labels)
+        if labels.dtype.kind not in "iu" and not (
+                labels.dtype.kind == "f" and np.array_equal(labels, np.floor(labels))):
+            raise ValueError(f"labels must be integers, got {labels.dtype}")  # never truncate
         self._frames = frames
-        self._labels = np.asarray(labels, dtype=np.int64)
+        self._labels = labels.astype(np.int64)
         self.info = info
 
     def __len__(self) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from stllr_engine.datasets import digits, synthetic_temporal
+from stllr_engine.datasets import _cache, digits, synthetic_temporal
 from stllr_engine.datasets._base import FrameDataset
 from stllr_engine.datasets._events import EventSource, load_events
 from stllr_engine.datasets.cifar10_dvs import CIFAR10DVSSource
@@ -19,7 +19,7 @@ from stllr_engine.datasets.shd import SHDSource
 from stllr_engine.errors import StllrError
 
 PathLike = str | os.PathLike[str]
-_Loader = Callable[[PathLike | None, PathLike | None, dict[str, Any]],
+_Loader = Callable[[PathLike | None, PathLike | None, dict[str, Any], int | str | None],
                    tuple[FrameDataset, FrameDataset]]
 
 
@@ -42,28 +42,32 @@ class DatasetSpec:
     _load: _Loader
 
     def load(self, data_dir: PathLike | None = None, cache_dir: PathLike | None = None,
+             max_cache_bytes: int | str | None = None,
              **params: Any) -> tuple[FrameDataset, FrameDataset]:
-        """Same as ``load_dataset(self.name, data_dir, cache_dir, **params)``."""
+        """Same as ``load_dataset(self.name, data_dir, cache_dir, max_cache_bytes, **params)``."""
+        if max_cache_bytes is not None:
+            _cache.max_cache_bytes(max_cache_bytes)  # a bad value is an error for every dataset
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
             raise StllrError(f"dataset {self.name!r} has no parameter {unknown[0]!r}; "
                              f"valid: {', '.join(self.defaults)}")
-        return self._load(data_dir, cache_dir, self._validate({**self.defaults, **params}))
+        return self._load(data_dir, cache_dir, self._validate({**self.defaults, **params}),
+                          max_cache_bytes)
 
 
 def _event_spec(source: EventSource, description: str) -> DatasetSpec:
-    def load(data_dir: PathLike | None, cache_dir: PathLike | None,
-             params: dict[str, Any]) -> tuple[FrameDataset, FrameDataset]:
-        return load_events(source, data_dir, cache_dir, params)
+    def load(data_dir: PathLike | None, cache_dir: PathLike | None, params: dict[str, Any],
+             max_cache_bytes: int | str | None) -> tuple[FrameDataset, FrameDataset]:
+        return load_events(source, data_dir, cache_dir, params, max_cache_bytes)
 
     return DatasetSpec(source.name, description, MappingProxyType(dict(source.defaults)),
                        True, source.validate, load)
 
 
 def _embedded_spec(module: Any, description: str) -> DatasetSpec:
-    def load(data_dir: PathLike | None, cache_dir: PathLike | None,
-             params: dict[str, Any]) -> tuple[FrameDataset, FrameDataset]:
-        return module.load(params)
+    def load(data_dir: PathLike | None, cache_dir: PathLike | None, params: dict[str, Any],
+             max_cache_bytes: int | str | None) -> tuple[FrameDataset, FrameDataset]:
+        return module.load(params)  # generated in memory: no cache, no limit
 
     return DatasetSpec(module.NAME, description, MappingProxyType(dict(module.DEFAULTS)),
                        False, module.validate, load)
@@ -84,7 +88,7 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType({spec.name: spec for spec
 
 
 def load_dataset(name: str, data_dir: PathLike | None = None,
-                 cache_dir: PathLike | None = None,
+                 cache_dir: PathLike | None = None, max_cache_bytes: int | str | None = None,
                  **params: Any) -> tuple[FrameDataset, FrameDataset]:
     """Load the train and test splits of a dataset as float frames.
 
@@ -97,6 +101,9 @@ def load_dataset(name: str, data_dir: PathLike | None = None,
         name: A key of :data:`DATASETS`.
         data_dir: Folder holding the dataset folders (event datasets only).
         cache_dir: Where binned frames are kept.
+        max_cache_bytes: Refuse to write new cache entries larger than this in total
+            (bytes, or a string such as ``"64GiB"``); default ``$STLLR_MAX_CACHE_BYTES``,
+            else 8 GiB.  Not part of the cache key.
         **params: Dataset parameters, see ``DATASETS[name].defaults``; e.g.
             ``T``, ``bin_ms`` and ``resolution`` (or ``channels`` for SHD).
 
@@ -105,7 +112,9 @@ def load_dataset(name: str, data_dir: PathLike | None = None,
         and ``train.info`` a :class:`DatasetInfo`.
 
     Raises:
-        StllrError: Unknown name or parameter, bad value, missing or corrupt files.
+        StllrError: Unknown name or parameter, bad value, missing, malformed or
+            corrupt files, a cache that would not fit (memory, ``max_cache_bytes``,
+            free disk space) or a write that failed.
 
     >>> train, test = load_dataset("digits", T=8)
     >>> train.info.input_shape, train.info.T, train[0][0].shape
@@ -116,4 +125,4 @@ def load_dataset(name: str, data_dir: PathLike | None = None,
         raise StllrError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if data_dir is not None:
         data_dir = Path(data_dir)
-    return spec.load(data_dir, cache_dir, **params)
+    return spec.load(data_dir, cache_dir, max_cache_bytes, **params)

@@ -48,6 +48,10 @@ class CIFAR10DVSSource(EventSource):
     source: ClassVar[str] = ("https://figshare.com/ndownloader/files/38023437 (CIFAR10DVS.zip,"
                              " then unzip each <class>.zip inside CIFAR10DVS/)")
     defaults: ClassVar[dict[str, Any]] = {"T": 10, "bin_ms": None, "resolution": (48, 48)}
+    time_field: ClassVar[str] = "event timestamps t"
+    time_unit: ClassVar[str] = "microseconds (as AEDAT4 stores them)"
+    max_span_s: ClassVar[float] = 60.0
+    typical_span: ClassVar[str] = "about 1.3 s"
 
     def check(self, root: Path) -> None:
         folder = root / self.folder

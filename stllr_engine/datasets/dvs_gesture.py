@@ -46,6 +46,10 @@ class DVSGestureSource(EventSource):
                              "https://figshare.com/ndownloader/files/38020584 (test), "
                              "extracted into DVSGesture/")
     defaults: ClassVar[dict[str, Any]] = {"T": 20, "bin_ms": 75.0, "resolution": (32, 32)}
+    time_field: ClassVar[str] = "column t (the 4th of x, y, p, t)"
+    time_unit: ClassVar[str] = "milliseconds"
+    max_span_s: ClassVar[float] = 60.0
+    typical_span: ClassVar[str] = "about 6 s"
 
     def check(self, root: Path) -> None:
         for folder in _FOLDERS.values():
@@ -59,8 +63,15 @@ class DVSGestureSource(EventSource):
             if not files:
                 raise self.missing(root, f"no user*_*/<label>.npy files in {folder}/")
             for path in files:
-                if not _SAMPLE.fullmatch(path.name) or int(path.stem) >= self.num_classes:
+                if not _SAMPLE.fullmatch(path.name):
                     raise self.misplaced(path, "the file name must be <label 0..10>.npy")
+            labels = {int(p.stem) for p in files}
+            for path in files:
+                if int(path.stem) >= self.num_classes:
+                    hint = (f"file names give labels {min(labels)}..{max(labels)}, 1-based: "
+                            "rename each N.npy to N-1.npy" if min(labels) == 1
+                            else "the file name must be <label 0..10>.npy")
+                    raise self.misplaced(path, hint)
 
     def open_split(self, root: Path, split: str) -> EventSplit:
         import tonic.datasets

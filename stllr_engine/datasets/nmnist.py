@@ -40,6 +40,11 @@ class NMNISTSource(EventSource):
     source: ClassVar[str] = ("https://data.mendeley.com/datasets/468j46mzdv (train.zip, "
                              "test.zip, unzipped into NMNIST/)")
     defaults: ClassVar[dict[str, Any]] = {"T": 10, "bin_ms": 30.0, "resolution": (34, 34)}
+    # 23-bit microsecond timestamps cannot span more than 8.4 s: no other unit fits.
+    time_field: ClassVar[str] = "event timestamps"
+    time_unit: ClassVar[str] = "microseconds"
+    max_span_s: ClassVar[float] = 60.0
+    typical_span: ClassVar[str] = "about 0.3 s"
 
     def check(self, root: Path) -> None:
         for folder in _FOLDERS.values():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,14 +83,24 @@ def test_entry_name_covers_every_key_field() -> None:
     assert len({_cache.entry_name(*v) for v in variants} | {name}) == len(variants) + 1
 
 
-def test_fingerprint_follows_sizes_and_names_not_times(tmp_path: Path) -> None:
+def test_fingerprint_follows_names_sizes_and_modification_times(tmp_path: Path) -> None:
     file = tmp_path / "a.bin"
     file.write_bytes(b"12345")
+    os.utime(file, ns=(1_000_000_000, 1_000_000_000))
     first = _cache.fingerprint([file], tmp_path)
-    os.utime(file, (1, 1))
     assert _cache.fingerprint([file], tmp_path) == first
-    file.write_bytes(b"1234512345")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy2(file, copy / "a.bin")  # a copy that keeps the time (cp -p, rsync -a) matches
+    assert _cache.fingerprint([copy / "a.bin"], copy) == first
+    file.write_bytes(b"54321")  # same size, new content, then the same time again:
+    os.utime(file, ns=(1_000_000_000, 1_000_000_001))  # 1 ns later is enough
     assert _cache.fingerprint([file], tmp_path) != first
+    os.utime(file, ns=(1_000_000_000, 1_000_000_000))
+    assert _cache.fingerprint([file], tmp_path) == first  # content itself is not read
+    (tmp_path / "b.bin").write_bytes(b"12345")
+    os.utime(tmp_path / "b.bin", ns=(1_000_000_000, 1_000_000_000))
+    assert _cache.fingerprint([tmp_path / "b.bin"], tmp_path) != first
 
 
 def test_memory_mapped_dataset_pickles_as_a_path(tmp_path: Path) -> None:
@@ -134,3 +145,11 @@ def test_entry_is_readable_by_others_sharing_the_folder(tmp_path: Path) -> None:
     finally:
         os.umask(previous)
     assert entry.stat().st_mode & 0o777 == 0o755
+
+
+def test_frame_dataset_refuses_labels_it_would_have_to_truncate() -> None:
+    frames, info = np.zeros((3, 2, 3), np.uint8), DatasetInfo("toy", "train", (3,), 2, 2)
+    assert FrameDataset(frames, np.array([0.0, 1.0, 1.0]), info).labels.tolist() == [0, 1, 1]
+    for bad, dtype in ((np.array([0, 1.5, 1]), "float64"), (np.array([True, False, True]), "bool")):
+        with pytest.raises(ValueError, match=f"labels must be integers, got {dtype}"):
+            FrameDataset(frames, bad, info)
