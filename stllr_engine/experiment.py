@@ -47,7 +47,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # Settings that do not change results: a run may resume with other values for these.
 RESUME_EXEMPT = (
-    "data.num_workers", "data.eval_batch_size", "data.data_dir", "data.cache_dir",
+    "data.num_workers", "data.eval_batch_size", "data.data_dir", "data.cache_dir", "data.max_cache_bytes",
     "runtime.threads", "runtime.gpu_memory_fraction", "training.device", "training.measure_costs",
 )
 
@@ -74,6 +74,8 @@ class DataConfig:
         num_workers: DataLoader worker processes.
         val_fraction: share of the training set held out for validation (fixed by the
             seed); 0 disables validation.
+        max_cache_bytes: limit on a new frame-cache entry (``load_dataset``'s; ``None``:
+            ``STLLR_MAX_CACHE_BYTES`` or 8 GiB). Does not change results.
     """
 
     dataset: str = "digits"
@@ -84,6 +86,7 @@ class DataConfig:
     eval_batch_size: int | None = None
     num_workers: int = 0
     val_fraction: float = 0.1
+    max_cache_bytes: int | str | None = None
 
     def __post_init__(self) -> None:
         w = "data"
@@ -300,7 +303,8 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _load(data: DataConfig) -> tuple[Any, Any]:
     from stllr_engine.datasets import load_dataset
 
-    return load_dataset(data.dataset, data_dir=data.data_dir, cache_dir=data.cache_dir, **dict(data.options))
+    return load_dataset(data.dataset, data_dir=data.data_dir, cache_dir=data.cache_dir,
+                        max_cache_bytes=data.max_cache_bytes, **dict(data.options))
 
 
 _INFO_CACHE: dict[str, Any] = {}

@@ -154,7 +154,7 @@ def test_vgg_width_depth_plan():
         ({"width": "12"}, "network: width='12' must be an integer >= 1"),
         ({"gamma": 1.5}, "network: gamma=1.5 must lie in \\[0, 1\\]"),
         ({"theta": float("nan")}, "network: theta=nan must be a finite number"),
-        ({"theta": 0.0}, "network: theta=0.0 must lie in \\(0, inf\\]"),
+        ({"theta": 0.0}, "network: theta=0.0 must lie in \\(0, inf\\)"),
         ({"input_shape": (0,)}, "input_shape=\\(0,\\) must be a non-empty list of integers >= 1"),
         ({"input_shape": (-3,)}, "input_shape=\\(-3,\\) must be a non-empty list"),
         ({"kind": "vgg", "input_shape": (2, 12, 12), "depth": 3}, "divisible by 8"),

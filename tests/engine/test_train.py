@@ -138,8 +138,8 @@ def test_bad_config_values_are_clear_errors():
         (lambda: STLLRConfig(layer_factors={3: {"alpha_post": 1.0}}).factors(1),
          "names layer 3, but the network has 1 hidden layers"),
         (lambda: TrainConfig(epochs=2.5), "training: epochs=2.5 must be an integer >= 1"),
-        (lambda: TrainConfig(lr=float("inf")), "training: lr=inf must be a finite number"),
-        (lambda: TrainConfig(weight_decay=-1), "training: weight_decay=-1 must lie in [0, inf]"),
+        (lambda: TrainConfig(lr=float("inf")), "training: lr=inf must lie in (0, inf)"),
+        (lambda: TrainConfig(weight_decay=-1), "training: weight_decay=-1 must lie in [0, inf)"),
     ]
     for make, message in cases:
         with pytest.raises(StllrError) as info:
