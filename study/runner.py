@@ -142,6 +142,9 @@ def _callbacks(store: Any, spec: Any, searcher: Any, total_configs: int, quiet: 
         def __init__(self) -> None:
             self.t0 = time.monotonic()
             self.last = 0.0
+            # configurations done before this session (a resume): the ETA uses this session's pace
+            self.start_done = len({r.get("config_id") for r in store.rows.values()
+                                   if r.get("role") == "search" and r.get("status") in ("complete", "failed")})
 
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
             now = time.monotonic()
@@ -156,7 +159,17 @@ def _callbacks(store: Any, spec: Any, searcher: Any, total_configs: int, quiet: 
 
         def line(self, trials: list) -> str:
             rows = list(store.rows.values())
-            done = sum(1 for t in trials if t.status == "TERMINATED")
+            by_cfg: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for r in rows:
+                by_cfg.setdefault((str(r.get("role")), str(r.get("config_id"))), []).append(r)
+            ended = ("complete", "failed", "pruned")
+            n_seeds = len(spec.seeds)
+
+            def done(role: str) -> int:
+                return sum(1 for (ro, _), rs in by_cfg.items() if ro == role
+                           and sum(r.get("status") in ended for r in rs) >= n_seeds)
+
+            searched, baselines = done("search"), done("baseline")
             running = sum(1 for t in trials if t.status == "RUNNING")
             failed = sum(1 for r in rows if r.get("status") == "failed")
             complete = [r for r in rows if r.get("status") == "complete" and r.get(objective.metric) is not None]
@@ -167,10 +180,12 @@ def _callbacks(store: Any, spec: Any, searcher: Any, total_configs: int, quiet: 
                 best = f" · best {objective.metric} {b[objective.metric]:.4g} ({b['rule']})"
             elapsed = time.monotonic() - self.t0
             eta = ""
-            if 0 < done < total_configs:
-                eta = f" · ETA {_fmt_s(elapsed / done * (total_configs - done))}"
-            return (f"[{_fmt_s(elapsed)}] trials {done} done, {running} running, {failed} runs failed, "
-                    f"{searcher.infeasible} infeasible{best}{eta}")
+            if 0 < searched - self.start_done < total_configs - self.start_done:
+                rate = elapsed / (searched - self.start_done)
+                eta = f" · ETA {_fmt_s(rate * (total_configs - searched))}"
+            return (f"[{_fmt_s(elapsed)}] S-TLLR configurations {searched}/{total_configs} · BPTT baselines "
+                    f"{baselines} · running {running} · failed runs {failed} · infeasible {searcher.infeasible}"
+                    f"{best}{eta}")
 
     return [ResultsWriter(), Progress()]
 
@@ -367,7 +382,7 @@ def _run(spec: Any, folder: str, budget: int, address: str | None, resume: bool,
                                    trial_dirname_creator=lambda t: f"t{t.trial_id}",
                                    trial_name_creator=lambda t: f"t{t.trial_id}"),
             run_config=RunConfig(name=f"session{n_session}", storage_path=os.path.join(folder, "ray"), verbose=0,
-                                 callbacks=_callbacks(store, spec, searcher, remaining, quiet),
+                                 callbacks=_callbacks(store, spec, searcher, budget, quiet),
                                  failure_config=FailureConfig(max_failures=2), log_to_file=True),
         )
         log.info("tuner starts")
