@@ -497,7 +497,8 @@ class _Validator:
             raise self.fail("baseline", "rules has no bptt, so there is no baseline to search",
                             "add bptt to rules or remove baseline")
         allowed = tuple(k for k, s in SECTIONS.items() if s in ("training", "data", "network") and k not in ARCH)
-        search = self.search("baseline.search", d.get("search"), taken, kind, model_fixed, fixed, dataset, options,
+        # BPTT's own search overrides the fixed values for BPTT only (e.g. S-TLLR at a fixed lr)
+        search = self.search("baseline.search", d.get("search"), {}, kind, model_fixed, fixed, dataset, options,
                              allowed)
         trials = d.get("trials", 3 if search else 1)
         if not is_int(trials) or trials < 1:
