@@ -451,7 +451,7 @@ class _Validator:
             raise self.wrap(key, exc) from None
 
     def per_layer(self, value: Any, search: dict[str, Param], kind: str, model_fixed: dict[str, Any]) -> list[str]:
-        if value is None:
+        if value is None or value == []:
             return []
         if isinstance(value, str):
             value = [value]
@@ -518,7 +518,7 @@ class _Validator:
 
     def objectives(self, value: Any, fixed: dict[str, dict[str, Any]]) -> list[Objective]:
         if value is None:
-            return [Objective(m, d) for m, d in DEFAULT_OBJECTIVES]
+            value = [{"metric": m, "direction": d} for m, d in DEFAULT_OBJECTIVES]
         if not isinstance(value, list) or not value:
             raise self.fail("objectives", f"{value!r} is not a non-empty list",
                             "write e.g. [{metric: val_accuracy, direction: maximize}, learning_macs]")
