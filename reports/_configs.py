@@ -1,0 +1,88 @@
+"""One row per configuration: its seeds' mean and standard deviation.
+
+A configuration (``config_id`` within a study) is one point of every figure; its complete
+seeds give its error bars. Settings are constant across the seeds of a configuration, so
+the first value stands for all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+#: Measured or counted quantities: averaged over seeds (``<name>_mean``, ``<name>_std``).
+METRICS = (
+    "val_accuracy", "test_accuracy", "val_loss", "test_loss", "train_accuracy",
+    "forward_macs_formula_per_sample", "learning_macs_formula_per_sample",
+    "learning_macs_measured_per_sample", "learning_memory_values_formula_per_sample",
+    "learning_memory_bytes_formula_per_sample", "learning_memory_bytes_measured_per_sample",
+    "learning_memory_bytes_measured_per_batch", "peak_step_bytes_measured_per_batch",
+    "wall_time_s", "time_per_epoch_s", "samples_per_s",
+)
+#: Settings of a configuration (the same for all its seeds).
+SETTINGS = (
+    "dataset", "rule", "role", "arch_id", "model", "width", "depth", "T", "batch", "epochs",
+    "learn_steps", "learning_signal", "alpha_pre", "alpha_post", "lambda_pre", "lambda_post", "lr",
+)
+
+
+def layer_columns(df: pd.DataFrame) -> list[str]:
+    """Per-layer S-TLLR factor columns present in ``df`` (``layer{i}_alpha_post``, ...)."""
+    cols = [c for c in df.columns if c.startswith("layer") and c.split("_", 1)[-1] in
+            ("alpha_post", "lambda_pre", "lambda_post", "alpha_pre")]
+    return sorted(cols, key=lambda c: (int("".join(ch for ch in c.split("_")[0] if ch.isdigit()) or 0), c))
+
+
+def config_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate complete runs to one row per (study, config_id).
+
+    Args:
+        runs: complete runs (see :func:`reports._load.complete_runs`).
+
+    Returns:
+        Settings, ``n_seeds``, ``seeds``, ``trial_ids`` (``;``-joined, traceable to runs) and
+        ``<metric>_mean`` / ``<metric>_std`` (sample std over seeds; NaN with one seed).
+    """
+    settings = [c for c in SETTINGS if c in runs.columns] + layer_columns(runs)
+    metric_cols = [m for m in METRICS if m in runs.columns]
+    columns = ["study", "config_id", *settings, "n_seeds", "seeds", "trial_ids"]
+    columns += [f"{m}_{s}" for m in metric_cols for s in ("mean", "std")]
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for (study, config_id), g in runs.groupby(["study", "config_id"], sort=True, dropna=False):
+        g = g.sort_values("trial_id")
+        row: dict[str, object] = {"study": study, "config_id": config_id}
+        for c in settings:
+            row[c] = g[c].iloc[0]
+        row["n_seeds"] = len(g)
+        row["seeds"] = ";".join(str(int(s)) if np.isfinite(s) else "?" for s in g["seed"].astype(float))
+        row["trial_ids"] = ";".join(str(t) for t in g["trial_id"])
+        for m in metric_cols:
+            v = g[m].astype(float).dropna()
+            row[f"{m}_mean"] = float(v.mean()) if len(v) else np.nan
+            row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def best_per_arch(configs: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
+    """The configuration with the best mean ``metric`` for each (dataset, rule, arch_id).
+
+    Selection reads the validation metric only; ties go to fewer learning MACs, then to the
+    lower config_id, so the choice is reproducible.
+    """
+    if configs.empty:
+        return configs.copy()
+    c = configs[np.isfinite(configs[f"{metric}_mean"].astype(float))].copy()
+    c["_macs"] = c["learning_macs_formula_per_sample_mean"].astype(float).fillna(np.inf)
+    c = c.sort_values([f"{metric}_mean", "_macs", "config_id"], ascending=[False, True, True])
+    best = c.groupby(["dataset", "rule", "arch_id"], sort=True).head(1).drop(columns="_macs")
+    return best.sort_values(["dataset", "arch_id", "rule"]).reset_index(drop=True)
+
+
+def as_percent(values: pd.Series | np.ndarray) -> float:
+    """The factor that turns accuracies into percent: 100 for fractions, 1 if already percent."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return 100.0 if (v.size == 0 or np.nanmax(np.abs(v)) <= 1.0) else 1.0
