@@ -43,8 +43,14 @@ def config_table(runs: pd.DataFrame) -> pd.DataFrame:
         Settings, ``n_seeds``, ``seeds``, ``trial_ids`` (``;``-joined, traceable to runs) and
         ``<metric>_mean`` / ``<metric>_std`` (sample std over seeds; NaN with one seed).
     """
-    settings = [c for c in SETTINGS if c in runs.columns] + layer_columns(runs)
-    metric_cols = [m for m in METRICS if m in runs.columns]
+    runs = runs.copy()
+    if "time_per_epoch_s" not in runs.columns and {"wall_time_s", "epochs_done"} <= set(runs.columns):
+        runs["time_per_epoch_s"] = runs["wall_time_s"] / runs["epochs_done"].where(runs["epochs_done"] > 0)
+    for c in (*SETTINGS, *METRICS, "seed"):
+        if c not in runs.columns:
+            runs[c] = np.nan
+    settings = list(SETTINGS) + layer_columns(runs)
+    metric_cols = list(METRICS)
     columns = ["study", "config_id", *settings, "n_seeds", "seeds", "trial_ids"]
     columns += [f"{m}_{s}" for m in metric_cols for s in ("mean", "std")]
     if runs.empty:

@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     p = bsub.add_parser("learning", help="both rules on the embedded digits and synthetic temporal tasks")
     learning.add_arguments(p)
     p.set_defaults(run=learning.execute)
+
+    from reports import cli as report_cli
+
+    p = sub.add_parser("report", help="offline HTML report: frontiers against BPTT and the open questions")
+    report_cli.add_arguments(p)
+    p.set_defaults(run=report_cli.execute)
     return ap
 
 

@@ -11,8 +11,8 @@ from optuna.study._multi_objective import _is_pareto_front
 
 from reports._configs import config_table
 from reports._load import DEFAULT_OBJECTIVES
-from reports.frontier import frontier, hypervolume, hypervolume_table, pareto_mask, projections
-from reports.matched import matched_table
+from reports import frontier, hypervolume, hypervolume_table, pareto_mask, projections
+from reports import matched_table
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])
@@ -49,7 +49,7 @@ def test_frontier_equals_optuna_best_trials_on_random_study():
     hv = hypervolume_table(configs, DEFAULT_OBJECTIVES)
     row = hv[hv["rules"] == "all"].iloc[0]
     # the same normalised volume from Optuna's implementation
-    from reports.frontier import _losses
+    from reports._frontier import _losses
     losses = _losses(configs, DEFAULT_OBJECTIVES)
     ideal, nadir = losses.min(0), losses.max(0)
     scaled = (losses - ideal) / (nadir - ideal)

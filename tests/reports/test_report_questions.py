@@ -10,7 +10,7 @@ from report_cases import synthetic_runs
 
 from reports._configs import config_table
 from reports._load import DEFAULT_OBJECTIVES, Objective
-from reports.questions import answer_q1, factor_effects, factor_levels, param_importance
+from reports import answer_q1, factor_effects, factor_levels, param_importance
 
 
 def _configs(**kw) -> pd.DataFrame:
@@ -25,7 +25,7 @@ def test_pure_noise_is_inconclusive():
         effects = factor_effects(configs, n_boot=400)
         claims += int((effects["verdict"] != "inconclusive").sum())
         if seed == 0:
-            text = answer_q1(effects, configs)["shd"]
+            text = " ".join(answer_q1(effects, configs)["shd"])
             assert text.count("inconclusive") == 3, text
             print("\nnoise answer:", text[:200])
     # family-wise 95% per dataset: about 0.6 false claims expected over 12 noise studies
@@ -39,7 +39,7 @@ def test_planted_alpha_post_effect_is_found_with_its_size():
     assert a["verdict"] == "higher is better"
     assert a["effect_lo"] <= 0.06 <= a["effect_hi"]  # true change over [-1, 1] is 2 x 0.03
     assert a["n_configs"] == 30 and a["n_runs"] == 90
-    text = answer_q1(effects.reset_index(), configs)["shd"]
+    text = " ".join(answer_q1(effects.reset_index(), configs)["shd"])
     assert "α_post: higher is better" in text and "30 configurations, 90 runs" in text
     print("\nplanted:", text[:260])
     neg = factor_effects(_configs(alpha_effect=-0.03, stllr_configs=5, seed=3)).set_index("factor")

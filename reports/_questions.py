@@ -25,7 +25,7 @@ from plotly.subplots import make_subplots
 from reports._configs import as_percent, layer_columns
 from reports._load import Objective
 from reports._stats import mean_ci, ols_bootstrap
-from reports.frontier import RULE_STYLE, label
+from reports._frontier import RULE_STYLE, label
 
 FACTORS = ("alpha_post", "lambda_post", "lambda_pre", "alpha_pre")
 COVARIATES = ("learn_steps", "lr", "width", "depth", "T")
@@ -191,8 +191,8 @@ def param_importance(configs: pd.DataFrame, objectives: tuple[Objective, ...], *
     return pd.DataFrame(rows)
 
 
-def answer_q1(effects: pd.DataFrame, configs: pd.DataFrame, metric: str = "val_accuracy") -> dict[str, str]:
-    """One plain-language paragraph per dataset from :func:`factor_effects` (numbers, CI, counts)."""
+def answer_q1(effects: pd.DataFrame, configs: pd.DataFrame, metric: str = "val_accuracy") -> dict[str, list[str]]:
+    """Plain-language sentences per dataset from :func:`factor_effects` (numbers, CI, counts)."""
     out = {}
     scale = as_percent(configs[f"{metric}_mean"]) if len(configs) else 100.0
     unit = "percentage points" if scale == 100.0 else "points"
@@ -223,5 +223,5 @@ def answer_q1(effects: pd.DataFrame, configs: pd.DataFrame, metric: str = "val_a
                          f"validation {scale * b['val_accuracy_mean']:.2f} ± {scale * np.nan_to_num(b['val_accuracy_std']):.2f}, "
                          f"test {scale * b['test_accuracy_mean']:.2f} ± {scale * np.nan_to_num(b['test_accuracy_std']):.2f}, "
                          f"{int(b['n_seeds'])} seeds).")
-        out[str(dataset)] = " ".join(parts)
+        out[str(dataset)] = parts
     return out

@@ -32,6 +32,7 @@ LABELS = {
     "learning_memory_bytes_formula_per_sample": "learning memory bytes / sample (formula)",
     "learning_memory_bytes_measured_per_sample": "learning memory bytes / sample (measured)",
     "learning_memory_values_formula_per_sample": "learning memory values / sample (formula)",
+    "time_per_epoch_s": "wall time per epoch (s)",
 }
 
 
