@@ -55,21 +55,17 @@ def config_table(runs: pd.DataFrame) -> pd.DataFrame:
     columns += [f"{m}_{s}" for m in metric_cols for s in ("mean", "std")]
     if runs.empty:
         return pd.DataFrame(columns=columns)
-    rows = []
-    for (study, config_id), g in runs.groupby(["study", "config_id"], sort=True, dropna=False):
-        g = g.sort_values("trial_id")
-        row: dict[str, object] = {"study": study, "config_id": config_id}
-        for c in settings:
-            row[c] = g[c].iloc[0]
-        row["n_seeds"] = len(g)
-        row["seeds"] = ";".join(str(int(s)) if np.isfinite(s) else "?" for s in g["seed"].astype(float))
-        row["trial_ids"] = ";".join(str(t) for t in g["trial_id"])
-        for m in metric_cols:
-            v = g[m].astype(float).dropna()
-            row[f"{m}_mean"] = float(v.mean()) if len(v) else np.nan
-            row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else np.nan
-        rows.append(row)
-    return pd.DataFrame(rows, columns=columns)
+    runs = runs.sort_values("trial_id", kind="stable")
+    runs[metric_cols] = runs[metric_cols].apply(pd.to_numeric, errors="coerce")
+    g = runs.groupby(["study", "config_id"], sort=True, dropna=False)
+    out = g[settings].first()
+    out["n_seeds"] = g.size()
+    out["seeds"] = g["seed"].agg(lambda s: ";".join(str(int(v)) if np.isfinite(v) else "?" for v in s.astype(float)))
+    out["trial_ids"] = g["trial_id"].agg(lambda s: ";".join(str(t) for t in s))
+    means, stds = g[metric_cols].mean(), g[metric_cols].std(ddof=1)
+    for m in metric_cols:
+        out[f"{m}_mean"], out[f"{m}_std"] = means[m], stds[m]
+    return out.reset_index()[columns]
 
 
 def best_per_arch(configs: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:

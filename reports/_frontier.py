@@ -171,42 +171,46 @@ def _axis(metric: str) -> dict:
 
 def frontier_figure(frontier_df: pd.DataFrame, objectives: tuple[Objective, ...],
                     configs: pd.DataFrame | None = None, title: str = "") -> go.Figure:
-    """3-D view of one dataset's frontier (the first three objectives), S-TLLR and BPTT apart.
+    """One dataset's frontier: first objective against the second, the third as colour.
 
-    Dominated configurations (``configs``) are drawn faint; frontier points carry their
-    seeds' standard deviation as error bars.
+    S-TLLR and BPTT differ by symbol; frontier points are large and outlined with their
+    seeds' standard deviation as error bars, dominated configurations (``configs``) faint.
+    A plain 2-D chart (no WebGL), so it renders in any browser and exports to PDF.
     """
-    objs = objectives[:3]
+    y_obj, x_obj = objectives[0], objectives[min(1, len(objectives) - 1)]
+    c_obj = objectives[2] if len(objectives) > 2 else None
     fig = go.Figure()
-    scale = as_percent(frontier_df.get("test_accuracy_mean", pd.Series(dtype=float)))
-    for rule, (name, color, symbol) in RULE_STYLE.items():
-        for df, on in ((configs, False), (frontier_df, True)):
+    scale = as_percent(frontier_df["test_accuracy_mean"]) if "test_accuracy_mean" in frontier_df else 100.0
+    everything = pd.concat([d for d in (configs, frontier_df) if d is not None and len(d)]) if len(frontier_df) else frontier_df
+    cvals = np.log10(everything[f"{c_obj.metric}_mean"].astype(float)) if c_obj is not None and len(everything) else None
+    cmin, cmax = (float(np.nanmin(cvals)), float(np.nanmax(cvals))) if cvals is not None and np.isfinite(cvals).any() else (0.0, 1.0)
+    for on in (False, True):
+        for rule, (name, color, symbol) in RULE_STYLE.items():
+            df = frontier_df if on else configs
             if df is None:
                 continue
             d = df[df["rule"] == rule]
-            if on is False:
+            if not on:
                 d = d[~_keys(d).isin(set(_keys(frontier_df)))]
             if d.empty:
                 continue
-            xyz = [d[f"{o.metric}_mean"].astype(float) for o in objs]
-            errs = [d[f"{o.metric}_std"].astype(float).fillna(0.0) for o in objs]
-            marker = {"color": color, "symbol": symbol, "size": 6 if on else 3,
-                      "opacity": 1.0 if on else 0.3}
-            legend = f"{name} frontier" if on else f"{name} dominated"
-            if len(objs) == 3:
-                fig.add_trace(go.Scatter3d(
-                    x=xyz[1], y=xyz[2], z=xyz[0], mode="markers", name=legend, marker=marker,
-                    error_z={"array": errs[0], "visible": on}, hovertext=_hover(d, objectives, scale), hoverinfo="text"))
+            marker: dict = {"symbol": symbol, "size": 12 if on else 6, "opacity": 1.0 if on else 0.35,
+                            "line": {"width": 1.5 if on else 0, "color": "#000"}}
+            if c_obj is not None:
+                marker.update(color=np.log10(d[f"{c_obj.metric}_mean"].astype(float)), colorscale="Viridis",
+                              cmin=cmin, cmax=cmax, showscale=on and rule == "stllr",
+                              colorbar={"title": {"text": "log10 " + label(c_obj.metric)}})
             else:
-                fig.add_trace(go.Scatter(
-                    x=xyz[-1], y=xyz[0], mode="markers", name=legend, marker=marker,
-                    error_y={"array": errs[0], "visible": on}, hovertext=_hover(d, objectives, scale), hoverinfo="text"))
-    if len(objs) == 3:
-        fig.update_layout(scene={"xaxis": _axis(objs[1].metric), "yaxis": _axis(objs[2].metric),
-                                 "zaxis": _axis(objs[0].metric)})
-    else:
-        fig.update_layout(xaxis=_axis(objs[-1].metric), yaxis=_axis(objs[0].metric))
-    fig.update_layout(title={"text": html.escape(title)}, height=560, margin={"l": 0, "r": 0, "t": 40, "b": 0})
+                marker["color"] = color
+            fig.add_trace(go.Scatter(
+                x=d[f"{x_obj.metric}_mean"], y=d[f"{y_obj.metric}_mean"], mode="markers",
+                name=f"{name} frontier" if on else f"{name} dominated", marker=marker,
+                error_y={"array": d[f"{y_obj.metric}_std"].fillna(0.0), "visible": on, "color": color},
+                error_x={"array": d[f"{x_obj.metric}_std"].fillna(0.0), "visible": on, "color": color},
+                hovertext=_hover(d, objectives, scale), hoverinfo="text"))
+    fig.update_layout(title={"text": html.escape(title)}, xaxis=_axis(x_obj.metric), yaxis=_axis(y_obj.metric),
+                      height=520, margin={"l": 60, "r": 10, "t": 50, "b": 50},
+                      legend={"orientation": "h", "y": -0.18})
     return fig
 
 

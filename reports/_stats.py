@@ -7,6 +7,7 @@ percentile intervals of ``n_boot`` resamples of configurations with replacement.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,19 +42,23 @@ def ols_bootstrap(X: np.ndarray, y: np.ndarray, *, n_boot: int = 1000, level: fl
     X = np.asarray(X, dtype=float).reshape(len(y), -1)
     y = np.asarray(y, dtype=float)
     coef = _lstsq(X, y)
+    n, k = X.shape
     rng = np.random.default_rng(seed)
-    boots = np.empty((n_boot, X.shape[1]))
-    n = len(y)
-    for b in range(n_boot):
-        idx = rng.integers(0, n, n)
-        Xb = X[idx]
-        boots[b] = _lstsq(Xb, y[idx])
-        # a resample where a column does not vary carries no information about that slope
-        boots[b, np.ptp(Xb, axis=0) == 0] = np.nan
+    # a resample is a vector of counts: weighted normal equations solve all resamples at once
+    w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float) if n_boot else np.zeros((0, n))
+    A = np.column_stack([np.ones(n), X])
+    AtA = np.einsum("bn,ni,nj->bij", w, A, A)
+    Aty = np.einsum("bn,ni,n->bi", w, A, y)
+    boots = np.einsum("bij,bj->bi", np.linalg.pinv(AtA), Aty)[:, 1:]
+    # a resample where a column does not vary carries no information about that slope
+    mean = (w @ X) / n
+    var = (w @ X**2) / n - mean**2
+    boots[var <= 1e-12 * np.maximum(1.0, mean**2)] = np.nan
     a = (1.0 - level) / 2.0
-    with np.errstate(all="ignore"):
-        lo = np.nanquantile(boots, a, axis=0) if n_boot else np.full_like(coef, np.nan)
-        hi = np.nanquantile(boots, 1.0 - a, axis=0) if n_boot else np.full_like(coef, np.nan)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column gives a NaN interval
+        lo = np.nanquantile(boots, a, axis=0) if n_boot else np.full(k, np.nan)
+        hi = np.nanquantile(boots, 1.0 - a, axis=0) if n_boot else np.full(k, np.nan)
     return Fit(coef, np.asarray(lo), np.asarray(hi), n, level)
 
 
