@@ -193,7 +193,9 @@ def param_importance(configs: pd.DataFrame, objectives: tuple[Objective, ...], *
 
 def answer_q1(effects: pd.DataFrame, configs: pd.DataFrame, metric: str = "val_accuracy") -> dict[str, list[str]]:
     """Plain-language sentences per dataset from :func:`factor_effects` (numbers, CI, counts)."""
-    out = {}
+    out: dict[str, list[str]] = {}
+    if effects.empty:
+        return out
     scale = as_percent(configs[f"{metric}_mean"]) if len(configs) else 100.0
     unit = "percentage points" if scale == 100.0 else "points"
     for dataset, e in effects.groupby("dataset", sort=True):

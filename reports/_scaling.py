@@ -92,7 +92,7 @@ def scaling_exponents(configs: pd.DataFrame, *, n_boot: int = 1000) -> pd.DataFr
 def gap_scaling(matched: pd.DataFrame, *, n_boot: int = 1000) -> pd.DataFrame:
     """The S-TLLR − BPTT test accuracy gap (matched table) per doubling of width, depth and T."""
     rows: list[dict] = []
-    for dataset, g in matched.groupby("dataset", sort=True):
+    for dataset, g in (matched.groupby("dataset", sort=True) if len(matched) else []):
         extra = {"dataset": dataset, "rule": "stllr-bptt", "metric": "accuracy_diff", "kind": "change per doubling",
                  "n_runs": int(g["stllr_seeds"].sum() + g["bptt_seeds"].sum())}
         rows += _fit_rows(g, g["accuracy_diff"].astype(float).to_numpy(), _varied(g, SIZES), False, extra, n_boot)
