@@ -60,7 +60,11 @@ class Section:
 
 
 def fmt(x: object) -> str:
-    """Numbers as on the page: 4 significant digits, large or tiny ones in e-notation, NaN as '–'."""
+    """Numbers as on the page: 4 significant digits, large or tiny ones in e-notation, NaN as '–'.
+
+    >>> fmt(0.7379123), fmt(6594560.0), fmt(float("nan")), fmt(3), fmt(512.0)
+    ('0.7379', '6.59e+06', '–', '3', '512')
+    """
     if x is None:
         return "–"
     if isinstance(x, bool):
@@ -74,7 +78,7 @@ def fmt(x: object) -> str:
             return str(int(x))
         return f"{x:.3g}" if (abs(x) >= 1e5 or abs(x) < 1e-3) else f"{x:.4g}"
     try:
-        f = float(x)  # numpy scalars
+        f = float(x)  # type: ignore[arg-type]  # numpy scalars; anything else falls through
         return fmt(int(f) if f == int(f) and abs(f) < 1e6 and "int" in type(x).__name__ else f)
     except (TypeError, ValueError, OverflowError):
         return str(x)

@@ -15,9 +15,11 @@ from __future__ import annotations
 import html
 import math
 import warnings
+from typing import Callable
 
 import numpy as np
 import optuna
+from optuna.trial import FrozenTrial
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -146,6 +148,12 @@ def factor_figure(configs: pd.DataFrame, levels: pd.DataFrame, dataset: str, met
     return fig
 
 
+def _target(i: int, maximize: bool) -> Callable[[FrozenTrial], float]:
+    """Objective ``i`` as PED-ANOVA wants it: lower is better, so a maximised value is negated."""
+    sign = -1.0 if maximize else 1.0
+    return lambda t: sign * t.values[i]
+
+
 def param_importance(configs: pd.DataFrame, objectives: tuple[Objective, ...], *, min_configs: int = 10) -> pd.DataFrame:
     """Optuna PED-ANOVA importance of each varied setting for each objective, per dataset (S-TLLR).
 
@@ -169,7 +177,8 @@ def param_importance(configs: pd.DataFrame, objectives: tuple[Objective, ...], *
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            study = optuna.create_study(directions=[o.direction for o in objectives])
+            study = optuna.create_study(directions=[optuna.study.StudyDirection.MAXIMIZE if o.maximize
+                                                    else optuna.study.StudyDirection.MINIMIZE for o in objectives])
         finally:
             optuna.logging.set_verbosity(verbosity)
         study.add_trials([optuna.trial.create_trial(
@@ -177,11 +186,9 @@ def param_importance(configs: pd.DataFrame, objectives: tuple[Objective, ...], *
             distributions={p: dists[p] for p in params if np.isfinite(r[p])},
             values=[float(r[v]) for v in vals]) for _, r in g.iterrows()])
         for i, o in enumerate(objectives):
-            sign = -1.0 if o.maximize else 1.0
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                imp = optuna.importance.get_param_importances(
-                    study, target=lambda t, i=i, sign=sign: sign * t.values[i], normalize=True)
+                imp = optuna.importance.get_param_importances(study, target=_target(i, o.maximize), normalize=True)
             for p in params:
                 rho = g[[p, vals[i]]].astype(float).corr(method="spearman").iloc[0, 1]
                 better = rho * (1.0 if o.maximize else -1.0)

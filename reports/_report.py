@@ -21,6 +21,7 @@ from reports._configs import config_table
 from reports._load import STATUSES, Objective, complete_runs, load_studies, objectives_by_dataset, status_counts
 from reports._html import Bullets, Figure, Section, Table, Text, fmt, pm, render_html, render_markdown
 from reports._matched import matched_table, paper_rows
+from reports._static import check_available, export_figures
 from stllr_engine.errors import StllrError
 
 FORMATS = ("png", "svg", "pdf")
@@ -80,6 +81,7 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise StllrError(f"report: unknown figure format {bad[0]!r}; use one of {', '.join(FORMATS)}")
+    check_available(tuple(formats))
     studies = load_studies(list(dirs))
     folder = Path(out) if out is not None else Path(dirs[0]) / "report"
     folder.mkdir(parents=True, exist_ok=True)
@@ -251,7 +253,6 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
     tmp.replace(path)
     (folder / "summary.md").write_text(render_markdown(title, intro, sections), encoding="utf-8")
     if formats:
-        from reports._static import export_figures
         export_figures({f.name: f.fig for f in figures}, folder / "figures", tuple(formats))
     return path
 

@@ -32,6 +32,22 @@ def browser_path() -> str | None:
     return None
 
 
+def check_available(formats: tuple[str, ...]) -> None:
+    """Fail early, before any work, when static export cannot run.
+
+    Raises:
+        StllrError: kaleido or a browser is missing.
+    """
+    if not formats:
+        return
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        raise StllrError(f"report: --format {formats[0]} needs kaleido; {_HINT}") from None
+    if browser_path() is None:
+        raise StllrError(f"report: --format {formats[0]} needs a Chrome or Chromium browser; {_HINT}")
+
+
 def export_figures(figures: dict[str, go.Figure], folder: Path, formats: tuple[str, ...],
                    *, width: int = 1000, height: int | None = None) -> list[Path]:
     """Write every figure in every format to ``folder/<name>.<format>`` in one browser session.
@@ -39,12 +55,7 @@ def export_figures(figures: dict[str, go.Figure], folder: Path, formats: tuple[s
     Raises:
         StllrError: kaleido or the browser is missing or fails to start.
     """
-    try:
-        import kaleido  # noqa: F401
-    except ImportError:
-        raise StllrError(f"report: --format {formats[0]} needs kaleido; {_HINT}") from None
-    if browser_path() is None:
-        raise StllrError(f"report: --format {formats[0]} needs a Chrome or Chromium browser; {_HINT}")
+    check_available(formats)
     folder.mkdir(parents=True, exist_ok=True)
     figs, paths = [], []
     for fmt in formats:

@@ -35,7 +35,7 @@ def ols_bootstrap(X: np.ndarray, y: np.ndarray, *, n_boot: int = 1000, level: fl
 
     >>> rng = np.random.default_rng(1)
     >>> x = rng.uniform(0, 1, (40, 1))
-    >>> fit = ols_bootstrap(x, 2.0 * x[:, 0] + rng.normal(0, 0.1, 40))
+    >>> fit = ols_bootstrap(x, 2.0 * x[:, 0] + rng.normal(0, 0.01, 40))
     >>> bool(fit.lo[0] < 2.0 < fit.hi[0]), round(float(fit.coef[0]), 1)
     (True, 2.0)
     """

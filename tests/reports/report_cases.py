@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 import yaml
 
 
@@ -88,7 +87,6 @@ def synthetic_runs(*, study: str = "synthetic", dataset: str = "shd", T: int = 2
                   "learning_macs_formula_per_sample": 1.0, "learning_memory_bytes_formula_per_sample": 1.0})
         bad.append(r)
     return pd.concat([good, pd.DataFrame(bad)], ignore_index=True)
-
 
 def write_study(folder: Path, runs: pd.DataFrame, *, name: str = "synthetic", dataset: str | None = "shd",
                 objectives: list[dict[str, str]] | None = None, extra: dict[str, Any] | None = None) -> Path:
