@@ -21,7 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from reports._configs import as_percent
-from reports._load import Objective
+from reports._load import DEFAULT_OBJECTIVES, Objective
 
 RULE_STYLE = {"stllr": ("S-TLLR", "#1f77b4", "circle"), "bptt": ("BPTT", "#d62728", "square")}
 LABELS = {
@@ -88,7 +88,7 @@ def hypervolume(losses: np.ndarray, reference: np.ndarray) -> float:
     return float(volume)
 
 
-def frontier(configs: pd.DataFrame, objectives: tuple[Objective, ...]) -> pd.DataFrame:
+def frontier(configs: pd.DataFrame, objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES) -> pd.DataFrame:
     """The non-dominated configurations of each dataset over the study's objectives.
 
     Args:
@@ -169,7 +169,7 @@ def _axis(metric: str) -> dict:
     return {"title": {"text": label(metric)}, **({} if "accuracy" in metric else {"type": "log"})}
 
 
-def frontier_figure(frontier_df: pd.DataFrame, objectives: tuple[Objective, ...],
+def frontier_figure(frontier_df: pd.DataFrame, objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES,
                     configs: pd.DataFrame | None = None, title: str = "") -> go.Figure:
     """One dataset's frontier: first objective against the second, the third as colour.
 

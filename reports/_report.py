@@ -21,11 +21,8 @@ from reports._configs import config_table
 from reports._load import STATUSES, Objective, complete_runs, load_studies, objectives_by_dataset, status_counts
 from reports._html import Bullets, Figure, Section, Table, Text, fmt, pm, render_html, render_markdown
 from reports._matched import matched_table, paper_rows
-from reports._static import check_available, export_figures
+from reports._static import FORMATS, check_available, export_figures
 from stllr_engine.errors import StllrError
-
-FORMATS = ("png", "svg", "pdf")
-
 
 def _slug(s: object) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s)).strip("_") or "x"

@@ -11,10 +11,15 @@ import os
 import shutil
 from pathlib import Path
 
-import plotly.graph_objects as go
-import plotly.io as pio
+from typing import TYPE_CHECKING
 
 from stllr_engine.errors import StllrError
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+#: Static figure formats (``stllr report --format``).
+FORMATS = ("png", "svg", "pdf")
 
 _HINT = ("install kaleido (pip install 'kaleido>=1') and a Chromium (apt-get install chromium), "
          "or set BROWSER_PATH to a Chrome/Chromium binary")
@@ -48,7 +53,7 @@ def check_available(formats: tuple[str, ...]) -> None:
         raise StllrError(f"report: --format {formats[0]} needs a Chrome or Chromium browser; {_HINT}")
 
 
-def export_figures(figures: dict[str, go.Figure], folder: Path, formats: tuple[str, ...],
+def export_figures(figures: dict[str, "go.Figure"], folder: Path, formats: tuple[str, ...],
                    *, width: int = 1000, height: int | None = None) -> list[Path]:
     """Write every figure in every format to ``folder/<name>.<format>`` in one browser session.
 
@@ -64,6 +69,8 @@ def export_figures(figures: dict[str, go.Figure], folder: Path, formats: tuple[s
             paths.append(folder / f"{name}.{fmt}")
     if not figs:
         return []
+    import plotly.io as pio
+
     try:
         pio.write_images(figs, paths, width=width, height=height)
     except Exception as exc:  # kaleido/choreographer raise their own types when the browser cannot start

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from reports._report import FORMATS, build_report
+from reports._static import FORMATS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
+    from reports._report import build_report  # plotly, optuna: only when a report is built
+
     path = build_report(args.dirs, out=args.out, formats=tuple(args.formats or ()))
     print(path)
     print(path.parent / "summary.md")

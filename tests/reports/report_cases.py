@@ -88,6 +88,7 @@ def synthetic_runs(*, study: str = "synthetic", dataset: str = "shd", T: int = 2
         bad.append(r)
     return pd.concat([good, pd.DataFrame(bad)], ignore_index=True)
 
+
 def write_study(folder: Path, runs: pd.DataFrame, *, name: str = "synthetic", dataset: str | None = "shd",
                 objectives: list[dict[str, str]] | None = None, extra: dict[str, Any] | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
