@@ -179,7 +179,7 @@ def test_results_replaced_atomically_while_reading(tmp_path):
     t = threading.Thread(target=writer)
     t.start()
     try:
-        for _ in range(30):
+        for _ in range(10):
             assert len(load_study(d).runs) == len(versions[0])
     finally:
         stop.set()
