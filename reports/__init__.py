@@ -1,0 +1,78 @@
+"""Reports: accuracy-compute-memory frontiers against BPTT and answers to the open questions.
+
+Reads only a study's ``results.parquet`` and ``study.yaml``. Each analysis returns a
+DataFrame (written beside the page as a CSV) and each figure is drawn from one:
+
+>>> from reports import build_report            # doctest: +SKIP
+>>> build_report(["runs/shd"], out="runs/shd/report")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reports._configs import best_per_arch, config_table
+    from reports._load import DEFAULT_OBJECTIVES, Objective, Study, complete_runs, load_studies, load_study
+    from reports._frontier import (frontier, frontier_figure, hypervolume, hypervolume_table, pareto_mask, projection_figure,
+                                  projections)
+    from reports._matched import matched_table
+    from reports._questions import answer_q1, factor_effects, factor_figure, factor_levels, param_importance
+    from reports._report import build_report
+    from reports._scaling import (answer_q2, gap_figure, gap_scaling, memory_T_figure, memory_vs_T, scaling_exponents,
+                                 scaling_figure, scaling_table)
+    from reports._window import window_figure, window_table
+
+# Imported on first use, so `stllr --help` does not pay for plotly and optuna.
+_WHERE = {
+    "DEFAULT_OBJECTIVES": "reports._load",
+    "Objective": "reports._load",
+    "Study": "reports._load",
+    "answer_q1": "reports._questions",
+    "answer_q2": "reports._scaling",
+    "best_per_arch": "reports._configs",
+    "build_report": "reports._report",
+    "complete_runs": "reports._load",
+    "config_table": "reports._configs",
+    "factor_effects": "reports._questions",
+    "factor_figure": "reports._questions",
+    "factor_levels": "reports._questions",
+    "frontier": "reports._frontier",
+    "frontier_figure": "reports._frontier",
+    "gap_figure": "reports._scaling",
+    "gap_scaling": "reports._scaling",
+    "hypervolume": "reports._frontier",
+    "hypervolume_table": "reports._frontier",
+    "load_studies": "reports._load",
+    "load_study": "reports._load",
+    "matched_table": "reports._matched",
+    "memory_T_figure": "reports._scaling",
+    "memory_vs_T": "reports._scaling",
+    "param_importance": "reports._questions",
+    "pareto_mask": "reports._frontier",
+    "projection_figure": "reports._frontier",
+    "projections": "reports._frontier",
+    "scaling_exponents": "reports._scaling",
+    "scaling_figure": "reports._scaling",
+    "scaling_table": "reports._scaling",
+    "window_figure": "reports._window",
+    "window_table": "reports._window",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'reports' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "DEFAULT_OBJECTIVES", "Objective", "Study", "answer_q1", "answer_q2", "best_per_arch", "build_report",
+    "complete_runs", "config_table", "factor_effects", "factor_figure", "factor_levels", "frontier",
+    "frontier_figure", "gap_figure", "gap_scaling", "hypervolume", "hypervolume_table", "load_studies", "load_study",
+    "matched_table", "memory_T_figure", "memory_vs_T", "pareto_mask", "param_importance", "projection_figure",
+    "projections", "scaling_exponents", "scaling_figure", "scaling_table", "window_figure", "window_table",
+]

@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("--out", help="CSV path (default: DIR/results.csv)")
     p.set_defaults(run=commands.export)
+
+    from reports import cli as report_cli
+
+    p = sub.add_parser("report", help="offline HTML report: frontiers against BPTT and the open questions")
+    report_cli.add_arguments(p)
+    p.set_defaults(run=report_cli.execute)
     return ap
 
 

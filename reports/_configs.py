@@ -1,0 +1,90 @@
+"""One row per configuration: its seeds' mean and standard deviation.
+
+A configuration (``config_id`` within a study) is one point of every figure; its complete
+seeds give its error bars. Settings are constant across the seeds of a configuration, so
+the first value stands for all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+#: Measured or counted quantities: averaged over seeds (``<name>_mean``, ``<name>_std``).
+METRICS = (
+    "val_accuracy", "test_accuracy", "val_loss", "test_loss", "train_accuracy",
+    "forward_macs_formula_per_sample", "learning_macs_formula_per_sample",
+    "learning_macs_measured_per_sample", "learning_memory_values_formula_per_sample",
+    "learning_memory_bytes_formula_per_sample", "learning_memory_bytes_measured_per_sample",
+    "learning_memory_bytes_measured_per_batch", "peak_step_bytes_measured_per_batch",
+    "wall_time_s", "time_per_epoch_s", "samples_per_s",
+)
+#: Settings of a configuration (the same for all its seeds).
+SETTINGS = (
+    "dataset", "rule", "role", "arch_id", "model", "width", "depth", "T", "batch", "epochs",
+    "learn_steps", "learning_signal", "alpha_pre", "alpha_post", "lambda_pre", "lambda_post", "lr",
+)
+
+
+def layer_columns(df: pd.DataFrame) -> list[str]:
+    """Per-layer S-TLLR factor columns present in ``df`` (``layer{i}_alpha_post``, ...)."""
+    cols = [c for c in df.columns if c.startswith("layer") and c.split("_", 1)[-1] in
+            ("alpha_post", "lambda_pre", "lambda_post", "alpha_pre")]
+    return sorted(cols, key=lambda c: (int("".join(ch for ch in c.split("_")[0] if ch.isdigit()) or 0), c))
+
+
+def config_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate complete runs to one row per (study, config_id).
+
+    Args:
+        runs: complete runs (see :func:`reports._load.complete_runs`).
+
+    Returns:
+        Settings, ``n_seeds``, ``seeds``, ``trial_ids`` (``;``-joined, traceable to runs) and
+        ``<metric>_mean`` / ``<metric>_std`` (sample std over seeds; NaN with one seed).
+    """
+    runs = runs.copy()
+    if "time_per_epoch_s" not in runs.columns and {"wall_time_s", "epochs_done"} <= set(runs.columns):
+        runs["time_per_epoch_s"] = runs["wall_time_s"] / runs["epochs_done"].where(runs["epochs_done"] > 0)
+    for c in (*SETTINGS, *METRICS, "seed"):
+        if c not in runs.columns:
+            runs[c] = np.nan
+    settings = list(SETTINGS) + layer_columns(runs)
+    metric_cols = list(METRICS)
+    columns = ["study", "config_id", *settings, "n_seeds", "seeds", "trial_ids"]
+    columns += [f"{m}_{s}" for m in metric_cols for s in ("mean", "std")]
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    runs = runs.sort_values("trial_id", kind="stable")
+    runs[metric_cols] = runs[metric_cols].apply(pd.to_numeric, errors="coerce")
+    g = runs.groupby(["study", "config_id"], sort=True, dropna=False)
+    out = g[settings].first()
+    out["n_seeds"] = g.size()
+    out["seeds"] = g["seed"].agg(lambda s: ";".join(str(int(v)) if np.isfinite(v) else "?" for v in s.astype(float)))
+    out["trial_ids"] = g["trial_id"].agg(lambda s: ";".join(str(t) for t in s))
+    means, stds = g[metric_cols].mean(), g[metric_cols].std(ddof=1)
+    for m in metric_cols:
+        out[f"{m}_mean"], out[f"{m}_std"] = means[m], stds[m]
+    return out.reset_index()[columns]
+
+
+def best_per_arch(configs: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
+    """The configuration with the best mean ``metric`` for each (dataset, rule, arch_id).
+
+    Selection reads the validation metric only; ties go to fewer learning MACs, then to the
+    lower config_id, so the choice is reproducible.
+    """
+    if configs.empty:
+        return configs.copy()
+    c = configs[np.isfinite(configs[f"{metric}_mean"].astype(float))].copy()
+    c["_macs"] = c["learning_macs_formula_per_sample_mean"].astype(float).fillna(np.inf)
+    c = c.sort_values([f"{metric}_mean", "_macs", "config_id"], ascending=[False, True, True])
+    best = c.groupby(["dataset", "rule", "arch_id"], sort=True).head(1).drop(columns="_macs")
+    return best.sort_values(["dataset", "arch_id", "rule"]).reset_index(drop=True)
+
+
+def as_percent(values: pd.Series | np.ndarray) -> float:
+    """The factor that turns accuracies into percent: 100 for fractions, 1 if already percent."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return 100.0 if (v.size == 0 or np.nanmax(np.abs(v)) <= 1.0) else 1.0

@@ -1,0 +1,234 @@
+"""Read study folders: ``results.parquet`` (one row per run) and the frozen ``study.yaml``.
+
+Reports read only these two files, never Ray's internals. A study may still be running: its
+``running`` rows are kept in the status counts and ignored everywhere else, and a
+``results.parquet`` that the runner replaces atomically is read from one snapshot of bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from stllr_engine.errors import StllrError
+
+STATUSES = ("complete", "pruned", "infeasible", "failed", "running")
+
+#: Numeric columns of the contract's results table (missing ones are added as NaN).
+NUMERIC_COLUMNS = (
+    "seed", "val_accuracy", "test_accuracy", "val_loss", "test_loss", "train_accuracy",
+    "forward_macs_formula_per_sample", "learning_macs_formula_per_sample",
+    "learning_macs_measured_per_sample", "learning_memory_values_formula_per_sample",
+    "learning_memory_bytes_formula_per_sample", "learning_memory_bytes_measured_per_batch",
+    "learning_memory_bytes_measured_per_sample", "peak_step_bytes_measured_per_batch",
+    "width", "depth", "T", "batch", "epochs", "epochs_done", "alpha_pre", "alpha_post",
+    "lambda_pre", "lambda_post", "learn_steps", "lr", "wall_time_s", "samples_per_s",
+)
+TEXT_COLUMNS = ("study", "trial_id", "config_id", "arch_id", "rule", "role", "status", "reason",
+                "dataset", "model", "learning_signal", "node")
+REQUIRED_COLUMNS = ("trial_id", "config_id", "rule", "status")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective of a study: a results column and whether it is maximised."""
+
+    metric: str
+    direction: str  # "maximize" | "minimize"
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
+
+
+DEFAULT_OBJECTIVES = (
+    Objective("val_accuracy", "maximize"),
+    Objective("learning_macs_formula_per_sample", "minimize"),
+    Objective("learning_memory_bytes_formula_per_sample", "minimize"),
+)
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study folder as the report sees it."""
+
+    dir: Path
+    name: str
+    dataset: str | None
+    objectives: tuple[Objective, ...]
+    runs: pd.DataFrame  # every row of results.parquet, statuses included
+
+
+def _read_parquet(path: Path, folder: Path) -> pd.DataFrame:
+    last: Exception | None = None
+    for attempt in range(3):  # a non-atomic writer may be mid-write: read again shortly after
+        try:
+            return pd.read_parquet(io.BytesIO(path.read_bytes()))
+        except FileNotFoundError:
+            raise StllrError(f"report: {folder} has no results.parquet; pass a study folder written by "
+                             f"`stllr sweep` (or wait until its first run has finished)") from None
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            last = exc
+            time.sleep(0.2 * (attempt + 1))
+    first = str(last).strip().splitlines()[0] if str(last).strip() else type(last).__name__
+    raise StllrError(f"report: {path} cannot be read as parquet ({first[:160]}); the file is damaged: "
+                     f"re-run the study or restore the file")
+
+
+_DIRECTIONS = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
+
+
+def _objectives(raw: Any, path: Path) -> tuple[Objective, ...]:
+    if not isinstance(raw, list) or not raw:
+        return DEFAULT_OBJECTIVES
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("metric"), str):
+            raise StllrError(f"report: {path}: objectives[{i}] must be a mapping with a 'metric' name "
+                             f"and a 'direction' (maximize|minimize)")
+        direction = _DIRECTIONS.get(str(item.get("direction", "")).lower())
+        if direction is None:
+            raise StllrError(f"report: {path}: objectives[{i}].direction is {item.get('direction')!r}; "
+                             f"use maximize or minimize")
+        out.append(Objective(item["metric"], direction))
+    return tuple(out)
+
+
+def _read_study_yaml(folder: Path) -> tuple[str | None, str | None, tuple[Objective, ...]]:
+    path = folder / "study.yaml"
+    if not path.is_file():
+        return None, None, DEFAULT_OBJECTIVES
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise StllrError(f"report: {path} is not valid YAML ({str(exc).splitlines()[0]}); "
+                         f"restore the frozen study file") from None
+    if not isinstance(doc, dict):
+        return None, None, DEFAULT_OBJECTIVES
+    name = doc.get("name")
+    data = doc.get("dataset")
+    dataset = data.get("name") if isinstance(data, dict) else (data if isinstance(data, str) else None)
+    return (str(name) if name is not None else None, str(dataset) if dataset is not None else None,
+            _objectives(doc.get("objectives"), path))
+
+
+def _normalise(df: pd.DataFrame, name: str, dataset: str | None, path: Path) -> pd.DataFrame:
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise StllrError(f"report: {path} lacks column(s) {', '.join(missing)}; it was not written by "
+                         f"`stllr sweep` (see the results table in the contract)")
+    df = df.copy()
+    for col in NUMERIC_COLUMNS:
+        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else np.nan
+    for col in df.columns:
+        if col.startswith("layer") and col not in TEXT_COLUMNS:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    for col in TEXT_COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+        df[col] = df[col].astype(object).where(df[col].notna(), None)
+    df["study"] = name  # one label per folder, as the study file names it
+    if dataset is not None:
+        df["dataset"] = df["dataset"].where(df["dataset"].notna(), dataset)
+    df["dataset"] = df["dataset"].where(df["dataset"].notna(), "unknown")
+    for col in ("trial_id", "config_id", "arch_id", "rule", "status", "role"):
+        df[col] = df[col].map(lambda v: None if v is None else str(v))
+    df["rule"] = df["rule"].str.lower()
+    df["status"] = df["status"].str.lower()
+    df["arch_id"] = df["arch_id"].where(df["arch_id"].notna(), df["config_id"])
+    done = df["epochs_done"].where(df["epochs_done"] > 0)
+    df["time_per_epoch_s"] = df["wall_time_s"] / done
+    return df.reset_index(drop=True)
+
+
+def load_study(folder: str | Path) -> Study:
+    """Load one study folder.
+
+    Raises:
+        StllrError: the folder, its ``results.parquet`` or its ``study.yaml`` is missing or damaged
+            (one line naming the folder).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StllrError(f"report: study folder {folder} does not exist; pass the folder given to `stllr sweep --out`")
+    name, dataset, objectives = _read_study_yaml(folder)
+    path = folder / "results.parquet"
+    df = _read_parquet(path, folder)
+    label = name or (str(df["study"].dropna().iloc[0]) if "study" in df.columns and df["study"].notna().any()
+                     else folder.resolve().name)
+    df = _normalise(df, label, dataset, path)
+    for obj in objectives:
+        if obj.metric not in df.columns:
+            raise StllrError(f"report: {folder / 'study.yaml'}: objective metric {obj.metric!r} is not a column "
+                             f"of results.parquet; use one of the contract's metric columns")
+    return Study(folder, label, dataset, objectives, df)
+
+
+def load_studies(folders: list[str | Path] | tuple[str | Path, ...]) -> list[Study]:
+    """Load several study folders; two folders with the same study name get distinct labels."""
+    if not folders:
+        raise StllrError("report: no study folder given; pass at least one DIR")
+    studies = [load_study(f) for f in folders]
+    seen: dict[str, int] = {}
+    out = []
+    for s in studies:
+        n = seen.get(s.name, 0)
+        seen[s.name] = n + 1
+        if n:
+            label = f"{s.name} ({n + 1})"
+            runs = s.runs.assign(study=label)
+            s = Study(s.dir, label, s.dataset, s.objectives, runs)
+        out.append(s)
+    return out
+
+
+def all_runs(studies: list[Study]) -> pd.DataFrame:
+    """Every row of every study (for status counts)."""
+    frames = [s.runs for s in studies]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def complete_runs(studies: list[Study]) -> pd.DataFrame:
+    """Only the finished runs: pruned, infeasible, failed and running rows never reach an analysis."""
+    runs = all_runs(studies)
+    return runs[runs["status"] == "complete"].reset_index(drop=True)
+
+
+def status_counts(studies: list[Study]) -> pd.DataFrame:
+    """Runs per study and status, with the number of configurations that have a complete run."""
+    rows = []
+    for s in studies:
+        r = s.runs
+        row: dict[str, Any] = {"study": s.name, "folder": str(s.dir), "dataset": ", ".join(sorted(r["dataset"].unique()))
+                               if len(r) else (s.dataset or "unknown")}
+        for st in STATUSES:
+            row[st] = int((r["status"] == st).sum())
+        row["other"] = int((~r["status"].isin(STATUSES)).sum())
+        row["runs"] = len(r)
+        row["configurations_complete"] = int(r.loc[r["status"] == "complete", "config_id"].nunique())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def objectives_by_dataset(studies: list[Study]) -> dict[str, tuple[Objective, ...]]:
+    """The objectives to rank each dataset's runs by: those of the first study that ran it."""
+    out: dict[str, tuple[Objective, ...]] = {}
+    for s in studies:
+        for d in s.runs["dataset"].unique() if len(s.runs) else [s.dataset or "unknown"]:
+            out.setdefault(str(d), s.objectives)
+    return out
+
+
+def is_finite(x: Any) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False

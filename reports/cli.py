@@ -1,0 +1,25 @@
+"""``stllr report DIR [DIR ...] [--out FOLDER] [--format png|svg|pdf]``."""
+
+from __future__ import annotations
+
+import argparse
+
+from reports._static import FORMATS
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="study folder(s) with results.parquet and study.yaml")
+    p.add_argument("--out", metavar="FOLDER", default=None,
+                   help="where report.html, summary.md and the CSV tables go (default: the first DIR/report)")
+    p.add_argument("--format", action="append", choices=FORMATS, default=None, dest="formats",
+                   help="also write static figures in this format under FOLDER/figures (repeatable; needs kaleido "
+                        "and a Chromium)")
+
+
+def execute(args: argparse.Namespace) -> int:
+    from reports._report import build_report  # plotly, optuna: only when a report is built
+
+    path = build_report(args.dirs, out=args.out, formats=tuple(args.formats or ()))
+    print(path)
+    print(path.parent / "summary.md")
+    return 0

@@ -1,0 +1,87 @@
+"""Frontier and hypervolume agree with Optuna's own; excluded rows never reach the frontier."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+from report_cases import synthetic_runs
+from optuna._hypervolume import compute_hypervolume
+from optuna.study._multi_objective import _is_pareto_front
+
+from reports._configs import config_table
+from reports._load import DEFAULT_OBJECTIVES
+from reports import frontier, hypervolume, hypervolume_table, pareto_mask, projections
+from reports import matched_table
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_pareto_mask_and_hypervolume_equal_optuna(k):
+    rng = np.random.default_rng(k)
+    for trial in range(20):
+        n = int(rng.integers(1, 60 if k < 4 else 30))
+        # ties and duplicates on purpose: rounded values
+        losses = np.round(rng.uniform(0, 1, (n, k)), 1 if trial % 2 else 3)
+        np.testing.assert_array_equal(pareto_mask(losses), _is_pareto_front(losses, assume_unique_lexsorted=False))
+        ref = np.full(k, 1.1)
+        assert hypervolume(losses, ref) == pytest.approx(compute_hypervolume(losses, ref), rel=1e-12, abs=1e-12)
+
+
+def _optuna_best(configs, objectives):
+    study = optuna.create_study(directions=[o.direction for o in objectives])
+    study.add_trials([optuna.trial.create_trial(values=[float(r[f"{o.metric}_mean"]) for o in objectives],
+                                                user_attrs={"config_id": r["config_id"]})
+                      for _, r in configs.iterrows()])
+    return {t.user_attrs["config_id"] for t in study.best_trials}
+
+
+def test_frontier_equals_optuna_best_trials_on_random_study():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    runs = synthetic_runs(stllr_configs=6, seeds=2, noise=0.03, seed=5)
+    configs = config_table(runs[runs["status"] == "complete"].assign(study="s"))
+    front = frontier(configs, DEFAULT_OBJECTIVES)
+    assert set(front["config_id"]) == _optuna_best(configs, DEFAULT_OBJECTIVES)
+    print(f"\nfrontier: {len(front)} of {len(configs)} configurations, as Optuna's best_trials")
+    # every frontier point names the runs behind it and shows test accuracy beside it
+    for _, r in front.iterrows():
+        assert len(r["trial_ids"].split(";")) == r["n_seeds"] == 2
+        assert np.isfinite(r["test_accuracy_mean"])
+    hv = hypervolume_table(configs, DEFAULT_OBJECTIVES)
+    row = hv[hv["rules"] == "all"].iloc[0]
+    # the same normalised volume from Optuna's implementation
+    from reports._frontier import _losses
+    losses = _losses(configs, DEFAULT_OBJECTIVES)
+    ideal, nadir = losses.min(0), losses.max(0)
+    scaled = (losses - ideal) / (nadir - ideal)
+    assert row["hypervolume_normalised"] == pytest.approx(compute_hypervolume(scaled, np.full(3, 1.1)) / 1.1**3)
+    assert hv.set_index("rules").loc["all", "hypervolume_normalised"] >= hv.set_index("rules").loc["stllr", "hypervolume_normalised"]
+    print("hypervolume (normalised):", dict(zip(hv["rules"], hv["hypervolume_normalised"].round(4))))
+
+
+def test_excluded_rows_never_reach_the_frontier():
+    runs = synthetic_runs()
+    from reports._load import _normalise
+    from pathlib import Path
+    runs = _normalise(runs, "s", "shd", Path("results.parquet"))
+    configs = config_table(runs[runs["status"] == "complete"])
+    front = frontier(configs, DEFAULT_OBJECTIVES)
+    assert not front["config_id"].str.startswith("x-").any()
+    assert not any(t.startswith(("pruned", "failed", "running", "infeasible")) for ids in front["trial_ids"]
+                   for t in ids.split(";"))
+    proj = projections(configs, DEFAULT_OBJECTIVES)
+    assert set(proj["config_id"]) == set(configs["config_id"])
+
+
+def test_matched_table_ratios_match_the_formulas():
+    runs = synthetic_runs(T=20, learn_steps=(5,))
+    configs = config_table(runs[runs["status"] == "complete"])
+    m = matched_table(configs)
+    assert len(m) == 6  # 3 widths x 2 depths, each with both rules
+    assert np.allclose(m["memory_ratio_formula"], 10.0) and np.allclose(m["memory_ratio_paper"], 10.0)
+    expected = np.where(m["alpha_post"] == 0, 2 * 20 / (2 * 5), 2 * 20 / (3 * 5))
+    assert np.allclose(m["mac_ratio_formula"], expected) and np.allclose(m["mac_ratio_paper"], expected)
+    # selection by validation accuracy: the S-TLLR config chosen is the best by val, not by test
+    for _, r in m.iterrows():
+        cand = configs[(configs["arch_id"] == r["arch_id"]) & (configs["rule"] == "stllr")]
+        assert r["stllr_val_accuracy_mean"] == cand["val_accuracy_mean"].max()
+    print("\nmatched:", m[["arch_id", "accuracy_diff", "mac_ratio_formula", "memory_ratio_measured"]].round(3).to_dict("records")[:2])

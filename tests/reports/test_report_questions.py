@@ -1,0 +1,95 @@
+"""Q1 answers: inconclusive on noise, a planted effect found with its sign; importance sign for maxima."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from report_cases import synthetic_runs
+
+from reports._configs import config_table
+from reports._load import DEFAULT_OBJECTIVES, Objective
+from reports import answer_q1, factor_effects, factor_levels, param_importance
+
+
+def _configs(**kw) -> pd.DataFrame:
+    runs = synthetic_runs(**kw)
+    return config_table(runs[runs["status"] == "complete"])
+
+
+def test_pure_noise_is_inconclusive():
+    claims = 0
+    for seed in range(12):
+        configs = _configs(alpha_effect=0.0, width_effect=0.0, stllr_configs=5, seed=100 + seed)
+        effects = factor_effects(configs, n_boot=400)
+        claims += int((effects["verdict"] != "inconclusive").sum())
+        if seed == 0:
+            text = " ".join(answer_q1(effects, configs)["shd"])
+            assert text.count("inconclusive") == 3, text
+            print("\nnoise answer:", text[:200])
+    # family-wise 95% per dataset: about 0.6 false claims expected over 12 noise studies
+    assert claims <= 2, claims
+
+
+def test_planted_alpha_post_effect_is_found_with_its_size():
+    configs = _configs(alpha_effect=0.03, stllr_configs=5, seed=3)
+    effects = factor_effects(configs).set_index("factor")
+    a = effects.loc["alpha_post"]
+    assert a["verdict"] == "higher is better"
+    assert a["effect_lo"] <= 0.06 <= a["effect_hi"]  # true change over [-1, 1] is 2 x 0.03
+    assert a["n_configs"] == 30 and a["n_runs"] == 90
+    text = " ".join(answer_q1(effects.reset_index(), configs)["shd"])
+    assert "α_post: higher is better" in text and "30 configurations, 90 runs" in text
+    print("\nplanted:", text[:260])
+    neg = factor_effects(_configs(alpha_effect=-0.03, stllr_configs=5, seed=3)).set_index("factor")
+    assert neg.loc["alpha_post", "verdict"] == "lower is better"
+
+
+def test_too_few_configurations_is_inconclusive():
+    configs = _configs(alpha_effect=0.2, widths=(64,), depths=(1,), stllr_configs=4)
+    effects = factor_effects(configs)
+    assert (effects["verdict"] == "inconclusive").all()
+    assert effects["reason"].str.startswith("too few configurations").all()
+
+
+def test_per_layer_factors_are_analysed_when_varied():
+    configs = _configs(layer_factors=True, stllr_configs=5)
+    effects = factor_effects(configs)
+    assert {"layer0_alpha_post", "layer1_alpha_post"} <= set(effects["factor"])
+    levels = factor_levels(configs)
+    assert {"alpha_post", "layer0_alpha_post"} <= set(levels["factor"])
+
+
+def _planted_tails(n: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Accuracy is high only when a is in a narrow band, and very low only when b is."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.uniform(0, 1, n), rng.uniform(0, 1, n)
+    acc = 0.5 + 0.4 * (np.abs(a - 0.5) < 0.05) - 0.4 * (np.abs(b - 0.5) < 0.05) + rng.normal(0, 0.01, n)
+    return pd.DataFrame({"dataset": "shd", "rule": "stllr", "config_id": [f"c{i}" for i in range(n)], "n_seeds": 1,
+                         "alpha_post": a, "lambda_pre": b, "val_accuracy_mean": acc, "test_accuracy_mean": acc})
+
+
+def test_importance_sign_for_a_maximised_objective():
+    configs = _planted_tails()
+    imp = param_importance(configs, (Objective("val_accuracy", "maximize"),)).set_index("param")["importance"]
+    # reaching HIGH accuracy depends on alpha_post (a), not on lambda_pre (b)
+    assert imp["alpha_post"] > 0.8 > imp["lambda_pre"], imp.to_dict()
+    # Optuna's default ranks LOW values as good: without the negated target it finds b instead
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    dist = optuna.distributions.FloatDistribution(0, 1)
+    study.add_trials([optuna.trial.create_trial(params={"alpha_post": r.alpha_post, "lambda_pre": r.lambda_pre},
+                                                distributions={"alpha_post": dist, "lambda_pre": dist},
+                                                value=r.val_accuracy_mean) for r in configs.itertuples()])
+    with pytest.warns(UserWarning, match="low `target` values"):
+        naive = optuna.importance.get_param_importances(study, target=lambda t: t.values[0])
+    assert naive["lambda_pre"] > naive["alpha_post"]
+    print("\nimportance (negated target):", imp.round(3).to_dict(), "naive:", {k: round(v, 3) for k, v in naive.items()})
+
+
+def test_importance_on_the_synthetic_study_covers_every_objective():
+    imp = param_importance(_configs(stllr_configs=5), DEFAULT_OBJECTIVES)
+    assert set(imp["objective"]) == {o.metric for o in DEFAULT_OBJECTIVES}
+    macs = imp[imp["objective"] == "learning_macs_formula_per_sample"].set_index("param")
+    assert macs.loc["learn_steps", "direction"] == "-"  # a longer window costs more MACs: worse
