@@ -99,16 +99,16 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
     tables["frontier.csv"] = _concat(front_parts)
     tables["hypervolume.csv"] = _concat(hv_parts)
     tables["projections.csv"] = _concat(proj_parts)
-    matched = matched_table(configs)
+    matched = _ensure(matched_table(configs))
     tables["matched.csv"] = matched
     tables["paper_table2.csv"] = paper_rows(datasets)
-    effects, levels = q1.factor_effects(configs), q1.factor_levels(configs)
+    effects, levels = _ensure(q1.factor_effects(configs)), _ensure(q1.factor_levels(configs))
     importance = _concat([q1.param_importance(configs[configs["dataset"] == d], objs[d]) for d in datasets])
     tables.update({"q1_effects.csv": effects, "q1_levels.csv": levels, "q1_importance.csv": importance})
-    scaling, exps, gaps, mem = (q2.scaling_table(configs), q2.scaling_exponents(configs), q2.gap_scaling(matched),
-                                q2.memory_vs_T(configs))
+    scaling, exps, gaps, mem = (_ensure(q2.scaling_table(configs)), _ensure(q2.scaling_exponents(configs)),
+                                _ensure(q2.gap_scaling(matched)), _ensure(q2.memory_vs_T(configs)))
     tables.update({"q2_scaling.csv": scaling, "q2_exponents.csv": exps, "q2_gap.csv": gaps, "q2_memory_vs_T.csv": mem})
-    window = lw.window_table(configs)
+    window = _ensure(lw.window_table(configs))
     tables["window.csv"] = window
     for name, df in tables.items():
         df.to_csv(folder / name, index=False)
@@ -254,8 +254,13 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
     return path
 
 
+def _ensure(df: pd.DataFrame) -> pd.DataFrame:
+    """An analysis with nothing to say may return a frame without columns; every view selects by dataset."""
+    return df if "dataset" in df.columns else pd.DataFrame(columns=["dataset", *df.columns])
+
+
 def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
     full = [p for p in parts if len(p)]
     if full:
         return pd.concat(full, ignore_index=True)
-    return parts[0].iloc[0:0] if parts else pd.DataFrame(columns=["dataset"])
+    return _ensure(parts[0].iloc[0:0]) if parts else pd.DataFrame(columns=["dataset"])

@@ -184,3 +184,15 @@ def test_results_replaced_atomically_while_reading(tmp_path):
     finally:
         stop.set()
         t.join()
+
+
+def test_partial_studies_still_build(tmp_path):
+    """A baseline-only study and one whose table lacks optional columns both give a page."""
+    runs = synthetic_runs(widths=(64, 128), stllr_configs=2)
+    bptt = write_study(tmp_path / "bptt", runs[runs["rule"] == "bptt"])
+    bare = write_study(tmp_path / "bare", runs.drop(columns=["arch_id", "seed", "wall_time_s", "epochs_done",
+                                                             "learning_macs_measured_per_sample"]))
+    out = build_report([bptt, bare], out=tmp_path / "r")
+    summary = (out.parent / "summary.md").read_text()
+    assert "No architecture has complete runs of both rules yet." in summary  # arch_id missing: nothing to match
+    assert len(pd.read_csv(out.parent / "frontier.csv")) >= 1
