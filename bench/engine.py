@@ -12,8 +12,8 @@ Cases (DESIGN §5, issue #2 item 9):
 
 ``--quick`` uses batch 32 and fewer repetitions (the ratios are still measured within
 one run, on one configuration). Figures: ``step_time_s`` is the median of interleaved
-repetitions; ``learning_memory_bytes`` is measured exactly for the whole batch
-(:class:`stllr_engine.costs.CostProbe`); ``*_macs`` fields are per-sample formulas;
+repetitions; ``learning_memory_bytes_measured_per_batch`` is measured exactly for the whole batch
+(:class:`stllr_engine.costs.CostProbe`); ``*_macs_formula_per_sample`` are the formulas;
 ``achieved_gflops`` = 2 · batch · (forward + learning MACs) / step time (dense MAC
 accounting); ``gemm_peak_gflops`` is a 4096² fp32 GEMM timed in the same run.
 """
@@ -34,7 +34,8 @@ from stllr_engine.stllr import STLLRConfig, stllr_step
 from stllr_engine.train import resolve_device
 
 COLUMNS = ["model", "rule", "impl", "mode", "T", "learn_steps", "batch", "step_time_s",
-           "learning_memory_bytes", "learning_macs", "achieved_gflops", "efficiency"]
+           "learning_memory_bytes_measured_per_batch", "learning_macs_formula_per_sample", "achieved_gflops",
+           "efficiency"]
 
 
 def _inputs(spec: NetworkSpec, T: int, batch: int, device: torch.device, density: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,16 +80,18 @@ class _Case:
         mem = _measured_memory(self.net, self.run, self.x) if self.impl == "engine" else None
         rec: dict[str, Any] = {
             "model": self.model, "rule": self.rule, "impl": self.impl, "mode": self.mode, "T": self.T,
-            "learn_steps": self.cfg.learn_steps if self.cfg else None, "batch": batch,
+            "learn_steps": f["learn_steps"], "batch": batch, "bytes_per_value": f["bytes_per_value"],
             "step_time_s": step_time,
-            "learning_memory_bytes": mem,
-            "learning_memory_bytes_per_sample": mem / batch if mem is not None else None,
+            "learning_memory_bytes_measured_per_batch": mem,
+            "learning_memory_bytes_measured_per_sample": mem / batch if mem is not None else None,
             "learning_memory_bytes_formula_per_sample": f["learning_memory_bytes_formula_per_sample"],
-            "learning_macs": f["learning_macs"], "forward_macs": f["forward_macs"],
+            "learning_macs_formula_per_sample": f["learning_macs_formula_per_sample"],
+            "forward_macs_formula_per_sample": f["forward_macs_formula_per_sample"],
             "gemm_peak_gflops": peak,
         }
         if step_time:
-            gflops = 2 * batch * (f["forward_macs"] + f["learning_macs"]) / step_time / 1e9
+            macs = f["forward_macs_formula_per_sample"] + f["learning_macs_formula_per_sample"]
+            gflops = 2 * batch * macs / step_time / 1e9
             rec["achieved_gflops"] = gflops
             rec["efficiency"] = gflops / peak
         return rec
@@ -150,9 +153,11 @@ def run(quick: bool = False, device: str = "cpu") -> tuple[list[dict[str, Any]],
         target("outer-product reference / S-TLLR(learn_steps=90, window) step time",
                r["stllr90_reference"]["step_time_s"] / r["stllr90_window"]["step_time_s"], ">=", 50.0),
         target("BPTT / S-TLLR(streaming) measured learning memory, SHD net T=100",
-               r["bptt"]["learning_memory_bytes"] / r["stllr10_streaming"]["learning_memory_bytes"], ">=", 30.0),
+               r["bptt"]["learning_memory_bytes_measured_per_batch"]
+               / r["stllr10_streaming"]["learning_memory_bytes_measured_per_batch"], ">=", 30.0),
         target("S-TLLR(streaming) memory T=400 / T=25",
-               r["stllr_streaming_T400"]["learning_memory_bytes"] / r["stllr_streaming_T25"]["learning_memory_bytes"],
+               r["stllr_streaming_T400"]["learning_memory_bytes_measured_per_batch"]
+               / r["stllr_streaming_T25"]["learning_memory_bytes_measured_per_batch"],
                "<=", 1.05),
         target("S-TLLR(learn_steps=10, window) efficiency vs GEMM peak",
                r["stllr10_window"]["efficiency"], ">=", 0.65),

@@ -67,8 +67,8 @@ def train_task(name: str, rule: str, epochs: int | None = None, seed: int = 0) -
         "epochs_to_target": next((i + 1 for i, a in enumerate(accs) if task["target"] and a >= task["target"]), None),
         "wall_time_s": sum(m["wall_time_s"] for m in history), "total_time_s": total,
         "samples_per_s": sum(m["samples_per_s"] for m in history) / len(history),
-        "learning_macs": history[-1].get("learning_macs"),
-        "learning_memory_bytes": history[-1].get("learning_memory_bytes"),
+        "learning_macs_formula_per_sample": history[-1].get("learning_macs_formula_per_sample"),
+        "learning_memory_bytes_measured_per_batch": history[-1].get("learning_memory_bytes_measured_per_batch"),
         "T": info.T, "train_samples": len(train), "test_samples": len(test),
     }
 

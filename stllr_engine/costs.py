@@ -1,23 +1,27 @@
 r"""What learning costs: the paper's formulas (DESIGN §4) and exact measurements.
 
+Every figure is named ``{quantity}_{formula|measured}_{per_sample|per_batch}``.
 Formulas, learning phase only, per sample (``N`` = spiking neurons per step, readout
 excluded; ``S`` = synaptic MACs per step, readout included)::
 
-    mem_BPTT  = T · N values          mem_STLLR = 2 · N values (two traces)
-    MAC_BPTT  = 2T · S                MAC_STLLR = 3 · learn_steps · S  (2· when α_post = 0)
-    forward   = T · S                 (common to both rules)
+    learning_memory_values  BPTT: T · N          S-TLLR: 2 · N (two traces)
+    learning_macs           BPTT: 2T · S         S-TLLR: 3 · learn_steps · S_hidden (2· when α_post = 0)
+                                                         + 2 · learn_steps · S_readout
+    forward_macs            T · S (common to both rules)
 
 Measurements (:class:`CostProbe`), all exact and independent of machine load:
 
-* ``learning_memory_bytes``: the peak, over a training step, of the bytes retained
-  across time steps for learning: tensors autograd saved for backward (unique storages,
-  parameters and the input batch excluded; via ``torch.autograd.graph.saved_tensors_hooks``)
-  plus the carried state and traces, plus a window's records while they wait for the
-  learning phase. Per-step temporaries are not counted (for either rule).
-* ``*_macs_measured``: FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``
-  in the forward and learning phases, halved (GEMM/conv MACs; elementwise work is not
-  counted).
-* ``cuda_peak_bytes``: ``torch.cuda.max_memory_allocated`` over the step (GPU only).
+* ``learning_memory_bytes_measured_per_batch``: the peak, over a training step, of the
+  bytes retained across time steps for learning: tensors autograd saved for backward
+  (unique storages, parameters and the input batch excluded; via
+  ``torch.autograd.graph.saved_tensors_hooks``) plus the carried state and traces, plus a
+  window's records while they wait for the learning phase. Per-step temporaries are not
+  counted (for either rule).
+* ``*_macs_measured_per_sample``: FLOPs counted by
+  ``torch.utils.flop_counter.FlopCounterMode`` in the forward and learning phases,
+  halved (GEMM/conv MACs; elementwise work is not counted).
+* ``cuda_peak_bytes_measured_per_batch``: ``torch.cuda.max_memory_allocated`` over the
+  step above what was allocated before it (GPU only, None on CPU).
 """
 
 from __future__ import annotations
@@ -30,50 +34,94 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+from stllr_engine._checks import integer
+from stllr_engine.errors import StllrError
 from stllr_engine.network import Network
 from stllr_engine.stllr import STLLRConfig, StepStats
 
 __all__ = ["formula_costs", "CostProbe", "measure_costs"]
 
 
+FORMULA_COUNTING = (
+    "formula (DESIGN §4): S-TLLR MACs 3·learn_steps·S_l per hidden layer (2· if α_post=0) + "
+    "2·learn_steps·S_readout, memory 2·N trace values; BPTT 2T·S MACs, T·N values; N excludes the readout"
+)
+MEASURED_COUNTING = (
+    "measured: MACs = GEMM/conv FLOPs/2; learning memory = saved for backward + state, traces and window "
+    "records (window-mode forward buffers not in it); peak_step = every tensor alive in the step (forward "
+    "buffers in); parameters and the input batch excluded"
+)
+
+
 def formula_costs(net: Network, rule: str, T: int, stllr: STLLRConfig | None = None,
-                  bytes_per_value: int = 4) -> dict[str, int]:
+                  bytes_per_value: int = 4) -> dict[str, Any]:
     """Per-sample cost formulas of DESIGN §4.
+
+    Counting: every hidden layer's ``S_l`` (its recurrent weights included) counts three
+    times per window step, one error path and two weight-update terms (two when its
+    ``α_post = 0``), as the paper counts it, even where the code computes less: S-TLLR's
+    learning signal lives within one step, so no error travels through the recurrent
+    weights (their share counts the two update terms plus an error path the code does
+    not run), the first layer passes no error to the input, and with DFA the error
+    reaches a layer through its ``C × N_l`` feedback matrix rather than through the
+    layers above; the formula counts DFA like ``"bp"``. The readout counts
+    ``2 · learn_steps · S_readout``: its update ``δ_o ⊗ tr`` and the error path
+    ``δ_o W_o``; it has no non-causal term. Measured MACs
+    (:func:`measure_costs`) count what the code does.
 
     Args:
         net: the network.
         rule: ``"stllr"`` or ``"bptt"``.
         T: time steps.
-        stllr: S-TLLR settings (``learn_steps``; ``α_post`` per layer picks 3 or 2 MACs).
+        stllr: S-TLLR settings, required for ``"stllr"`` (``learn_steps``; ``α_post``
+            per layer picks 3 or 2).
         bytes_per_value: for the ``_bytes`` figure (4 = fp32).
 
     Returns:
-        ``forward_macs``, ``learning_macs``, ``learning_memory_values`` and
-        ``learning_memory_bytes_formula_per_sample`` (all per sample).
+        ``forward_macs_formula_per_sample``, ``learning_macs_formula_per_sample``,
+        ``learning_memory_values_formula_per_sample``,
+        ``learning_memory_bytes_formula_per_sample``, plus ``T``, ``learn_steps``
+        (``T`` for BPTT), ``bytes_per_value`` and ``counting`` (the convention, in words).
+
+    Raises:
+        StllrError: an unknown rule, no ``stllr`` settings for ``"stllr"``, or
+            ``learn_steps > T``.
 
     >>> from stllr_engine.network import build_network, preset
-    >>> formula_costs(build_network(preset("shd_rsnn")), "bptt", 100)["learning_macs"]
+    >>> formula_costs(build_network(preset("shd_rsnn")), "bptt", 100)["learning_macs_formula_per_sample"]
     105300000
     """
+    integer("costs", "T", T, 1)
+    integer("costs", "bytes_per_value", bytes_per_value, 1)
     S = net.synaptic_macs()
     N = net.num_neurons()
-    out = {"forward_macs": T * S}
     if rule == "bptt":
-        out["learning_macs"] = 2 * T * S
-        out["learning_memory_values"] = T * N
+        learn_steps = T
+        macs = 2 * T * S
+        values = T * N
     elif rule == "stllr":
-        cfg = stllr or STLLRConfig()
-        ls = min(cfg.learn_steps, T)
-        factors = cfg.factors(len(net.hidden_layers))
-        macs = sum((3 if f.alpha_post != 0 else 2) * ls * layer.synaptic_macs()
+        if not isinstance(stllr, STLLRConfig):
+            raise StllrError("costs: rule 'stllr' needs its settings: pass stllr=STLLRConfig(...) to formula_costs")
+        learn_steps = stllr.learn_steps
+        if learn_steps > T:
+            raise StllrError(f"S-TLLR: learn_steps={learn_steps} exceeds T={T}: use learn_steps <= T")
+        factors = stllr.factors(len(net.hidden_layers))
+        macs = sum((3 if f.alpha_post != 0 else 2) * learn_steps * layer.synaptic_macs()
                    for f, layer in zip(factors, net.hidden_layers))
-        macs += (3 if cfg.alpha_post != 0 else 2) * ls * net.readout.synaptic_macs()
-        out["learning_macs"] = macs
-        out["learning_memory_values"] = 2 * N
+        macs += 2 * learn_steps * net.readout.synaptic_macs()
+        values = 2 * N
     else:
-        raise ValueError(f"unknown rule {rule!r}")
-    out["learning_memory_bytes_formula_per_sample"] = out["learning_memory_values"] * bytes_per_value
-    return out
+        raise StllrError(f"costs: unknown rule {rule!r}: use 'stllr' or 'bptt'")
+    return {
+        "forward_macs_formula_per_sample": T * S,
+        "learning_macs_formula_per_sample": macs,
+        "learning_memory_values_formula_per_sample": values,
+        "learning_memory_bytes_formula_per_sample": values * bytes_per_value,
+        "T": T,
+        "learn_steps": learn_steps,
+        "bytes_per_value": bytes_per_value,
+        "counting": f"{bytes_per_value} bytes per value; {FORMULA_COUNTING}",
+    }
 
 
 class _Saved:
@@ -176,12 +224,16 @@ def measure_costs(net: Network, step: Callable[..., StepStats], x: Tensor, label
     Parameter gradients are restored afterwards.
 
     Returns:
-        per-sample formulas (see :func:`formula_costs`) plus ``forward_macs_measured``,
-        ``learning_macs_measured`` (per sample), ``learning_memory_bytes`` (the whole
-        batch, measured) and ``cuda_peak_bytes`` (None on CPU).
+        the per-sample formulas of :func:`formula_costs` plus
+        ``forward_macs_measured_per_sample``, ``learning_macs_measured_per_sample``,
+        ``learning_memory_bytes_measured_per_batch`` (and ``_per_sample``),
+        ``peak_step_bytes_measured_per_batch``, ``cuda_peak_bytes_measured_per_batch``
+        (None on CPU), ``T``, ``batch``, ``learn_steps`` (effective; ``T`` for BPTT),
+        ``bytes_per_value`` and ``counting``.
     """
     x = x.contiguous()  # the step sees this storage: exclude it, not a transposed original
     T, batch = x.shape[0], x.shape[1]
+    out: dict[str, Any] = formula_costs(net, rule, T, stllr, x.element_size())
     saved_grads = [None if p.grad is None else p.grad.clone() for p in net.parameters()]
     net.zero_grad(set_to_none=True)
     probe = CostProbe(exclude=[*net.parameters(), *net.buffers(), x])
@@ -191,14 +243,14 @@ def measure_costs(net: Network, step: Callable[..., StepStats], x: Tensor, label
         torch.cuda.reset_peak_memory_stats(x.device)
         base = torch.cuda.memory_allocated(x.device)
     step(net, x, labels, probe=probe)
-    out: dict[str, Any] = dict(formula_costs(net, rule, T, stllr, x.element_size()))
-    out["forward_macs_measured"] = probe.flops.get("forward", 0) // 2 // batch
-    out["learning_macs_measured"] = probe.flops.get("learning", 0) // 2 // batch
-    out["learning_memory_bytes"] = probe.peak_bytes
-    out["learning_memory_bytes_per_sample"] = probe.peak_bytes / batch
-    out["cuda_peak_bytes"] = (torch.cuda.max_memory_allocated(x.device) - base) if cuda else None
+    out["forward_macs_measured_per_sample"] = probe.flops.get("forward", 0) // 2 // batch
+    out["learning_macs_measured_per_sample"] = probe.flops.get("learning", 0) // 2 // batch
+    out["learning_memory_bytes_measured_per_batch"] = probe.peak_bytes
+    out["learning_memory_bytes_measured_per_sample"] = probe.peak_bytes / batch
+    out["peak_step_bytes_measured_per_batch"] = None  # the allocation tracker (issue 6 item 3)
+    out["cuda_peak_bytes_measured_per_batch"] = (torch.cuda.max_memory_allocated(x.device) - base) if cuda else None
     out["batch"] = batch
-    out["T"] = T
+    out["counting"] = f"{out['counting']}; {MEASURED_COUNTING}"
     for p, g in zip(net.parameters(), saved_grads):
         p.grad = g
     return out

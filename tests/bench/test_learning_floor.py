@@ -12,7 +12,7 @@ from bench.learning import train_task
 def test_digits_learned_by_both_rules(rule):
     r = train_task("digits", rule, epochs=4)
     assert r["test_accuracy"] >= 0.80, r
-    assert r["learning_macs"] > 0 and r["learning_memory_bytes"] > 0
+    assert r["learning_macs_formula_per_sample"] > 0 and r["learning_memory_bytes_measured_per_batch"] > 0
 
 
 @pytest.mark.slow

@@ -25,15 +25,16 @@ def _stllr(mode: str, ls: int = 5):
     return (lambda n, x, y, probe=None: stllr_step(n, x, y, cfg, probe=probe)[0]), cfg
 
 
-def _memory(step, T: int) -> int:
+def _memory(step, T: int, cfg: STLLRConfig | None = None) -> int:
     net = build_network(SPEC)
     x, y = _data(T)
-    return measure_costs(net, step, x, y, "stllr")["learning_memory_bytes"]
+    rule = "bptt" if cfg is None else "stllr"
+    return measure_costs(net, step, x, y, rule, cfg)["learning_memory_bytes_measured_per_batch"]
 
 
 def test_stllr_streaming_memory_is_independent_of_T():
-    step, _ = _stllr("streaming")
-    m25, m200 = _memory(step, 25), _memory(step, 200)
+    step, cfg = _stllr("streaming")
+    m25, m200 = _memory(step, 25, cfg), _memory(step, 200, cfg)
     assert abs(m200 / m25 - 1) <= 0.05
     # Exactly the carried state, by hand: u, y, tr_pre (input), tr_rec, tr_post, o, readout trace.
     assert m25 == m200 == 4 * B * (40 + 40 + 50 + 40 + 40 + 5 + 40)
@@ -48,9 +49,9 @@ def test_bptt_memory_grows_in_proportion_to_T():
 
 
 def test_window_mode_holds_its_records_until_learning():
-    step_w, _ = _stllr("window", ls=10)
-    step_s, _ = _stllr("streaming", ls=10)
-    mw, ms = _memory(step_w, 50), _memory(step_s, 50)
+    step_w, cfg_w = _stllr("window", ls=10)
+    step_s, cfg_s = _stllr("streaming", ls=10)
+    mw, ms = _memory(step_w, 50, cfg_w), _memory(step_s, 50, cfg_s)
     assert mw > ms
     # records per window step: tr_pre(50) psi, tr_post(t-1), y(t-1), tr_rec (4·40), readout tr(40), o(5)
     # (x is a view of the input batch, not counted); c is a [10] vector
@@ -64,17 +65,18 @@ def test_measured_macs_of_the_learning_phase():
     c = measure_costs(net, step, x, y, "stllr", cfg)
     # per window step and sample: readout ΔW (40·5) and δ down (5·40); input layer: two
     # weight GEMMs (2·50·40); recurrent: two (2·40·40)
-    assert c["learning_macs_measured"] == 6 * (2 * 40 * 5 + 2 * 50 * 40 + 2 * 40 * 40)
-    assert c["forward_macs"] == 30 * (50 * 40 + 40 * 40 + 40 * 5)
+    assert c["learning_macs_measured_per_sample"] == 6 * (2 * 40 * 5 + 2 * 50 * 40 + 2 * 40 * 40)
+    assert c["forward_macs_formula_per_sample"] == 30 * (50 * 40 + 40 * 40 + 40 * 5)
     # measured forward also holds the traces' prefix sums over the 24 steps before the
     # window (one GEMV each for the input trace and the readout's trace)
-    assert c["forward_macs_measured"] == c["forward_macs"] + 24 * (50 + 40)
-    assert c["learning_macs"] == 3 * 6 * (50 * 40 + 40 * 40 + 40 * 5)
+    assert c["forward_macs_measured_per_sample"] == c["forward_macs_formula_per_sample"] + 24 * (50 + 40)
+    # the paper's 3 per hidden synapse (error path + two update terms), 2 for the readout
+    assert c["learning_macs_formula_per_sample"] == 3 * 6 * (50 * 40 + 40 * 40) + 2 * 6 * 40 * 5
     b = measure_costs(net, bptt_step, x, y, "bptt")
     # backward: input weights at all 30 steps (no input gradient needed); recurrent input
     # and weight at the 29 steps that have a y[t-1]; the readout sees Σ_t o[t] only:
     # its weight and x̄ gradients (2·40·5) and x̄ spread back over the 30 steps (30·40)
-    assert b["learning_macs_measured"] == 30 * 50 * 40 + 29 * 2 * 40 * 40 + 2 * 40 * 5 + 30 * 40
+    assert b["learning_macs_measured_per_sample"] == 30 * 50 * 40 + 29 * 2 * 40 * 40 + 2 * 40 * 5 + 30 * 40
 
 
 def test_measure_costs_leaves_gradients_alone():
@@ -102,15 +104,15 @@ def test_vgg9_one_step_measured_forward_equals_the_formula():
     y = torch.zeros(1, dtype=torch.long)
     cfg = STLLRConfig(learn_steps=1, alpha_post=-1.0, mode="window")
     c = measure_costs(net, lambda n, x, l, probe=None: stllr_step(n, x, l, cfg, probe=probe)[0], x, y, "stllr", cfg)
-    assert c["forward_macs"] == 2 * 605_165_056
+    assert c["forward_macs_formula_per_sample"] == 2 * 605_165_056
     # every conv and the FC, counted by FlopCounterMode (a one-step trace prefix is elementwise)
-    assert c["forward_macs_measured"] == 2 * 605_165_056
+    assert c["forward_macs_measured_per_sample"] == 2 * 605_165_056
     # learning, one window step: two weight gradients per layer (causal and non-causal),
     # the input gradient of layers 2..8 and of the readout, and the readout update
     conv = [layer.synaptic_macs() for layer in net.layers]
     expected = 2 * sum(conv) + sum(conv[1:]) + 2 * 512 * 11
-    assert c["learning_macs_measured"] == expected
-    assert c["learning_macs"] == 3 * 605_165_056
+    assert c["learning_macs_measured_per_sample"] == expected
+    assert c["learning_macs_formula_per_sample"] == 3 * (605_165_056 - 512 * 11) + 2 * 512 * 11
 
 
 @pytest.mark.parametrize("mode", ["window", "streaming"])
@@ -141,7 +143,7 @@ def test_fit_measures_memory_without_counting_the_input_batch():
         m = next(fit(net, DataLoader(TensorDataset(frames, labels), batch_size=B), cfg))
         step = bptt_step if rule == "bptt" else _stllr(mode)[0]
         direct = measure_costs(build_network(SPEC), step, x, labels, rule, cfg.stllr)
-        assert m["learning_memory_bytes"] == direct["learning_memory_bytes"], (rule, mode)
+        assert m["learning_memory_bytes_measured_per_batch"] == direct["learning_memory_bytes_measured_per_batch"], (rule, mode)
 
 
 def test_standardised_weights_are_not_learning_memory():
@@ -150,9 +152,9 @@ def test_standardised_weights_are_not_learning_memory():
     spec = NetworkSpec(kind="vgg", input_shape=(2, 8, 8), num_classes=3, width=4, depth=1, theta=0.3)
     x = (torch.rand(6, 2, 2, 8, 8, generator=torch.Generator().manual_seed(0)) < 0.3).float()
     y = torch.zeros(2, dtype=torch.long)
-    plain = measure_costs(build_network(spec), bptt_step, x, y, "bptt")["learning_memory_bytes"]
+    plain = measure_costs(build_network(spec), bptt_step, x, y, "bptt")["learning_memory_bytes_measured_per_batch"]
     ws = measure_costs(build_network(spec.replace(weight_standardization=True)), bptt_step, x, y, "bptt")
-    assert ws["learning_memory_bytes"] == plain
+    assert ws["learning_memory_bytes_measured_per_batch"] == plain
 
 
 @pytest.mark.parametrize("signal", ["bp", "dfa"])
@@ -177,3 +179,27 @@ def test_max_pool_adjoint_is_a_temporary(signal, mode):
         w = [layer.effective_weight().detach() for layer in net.layers]
         _, recs, ro_rec, _ = run_chunk(net, x, st, w, 3, factors, 0.0, record_pool_inputs=False)
         assert all(r.x_raw is None for r in recs) and ro_rec is not None and ro_rec.x_raw is None
+
+
+CONTRACT_NAMES = {
+    "forward_macs_formula_per_sample", "learning_macs_formula_per_sample",
+    "learning_memory_values_formula_per_sample", "learning_memory_bytes_formula_per_sample",
+    "forward_macs_measured_per_sample", "learning_macs_measured_per_sample",
+    "learning_memory_bytes_measured_per_batch", "learning_memory_bytes_measured_per_sample",
+    "peak_step_bytes_measured_per_batch", "cuda_peak_bytes_measured_per_batch",
+    "T", "batch", "learn_steps", "bytes_per_value", "counting",
+}
+
+
+@pytest.mark.parametrize("rule", ["stllr", "bptt"])
+def test_measure_costs_returns_exactly_the_named_figures(rule):
+    net = build_network(SPEC)
+    x, y = _data(12)
+    step, cfg = _stllr("window", ls=4)
+    c = measure_costs(net, step if rule == "stllr" else bptt_step, x, y, rule, cfg if rule == "stllr" else None)
+    assert set(c) == CONTRACT_NAMES
+    assert (c["T"], c["batch"], c["bytes_per_value"]) == (12, B, 4)
+    assert c["learn_steps"] == (4 if rule == "stllr" else 12)
+    assert c["cuda_peak_bytes_measured_per_batch"] is None
+    assert c["learning_memory_bytes_measured_per_sample"] == c["learning_memory_bytes_measured_per_batch"] / B
+    assert "4 bytes per value" in c["counting"] and "forward buffers" in c["counting"]

@@ -112,11 +112,11 @@ def test_vgg9_formula_costs():
     from stllr_engine.stllr import STLLR_PRESETS
 
     stllr = formula_costs(net, "stllr", 20, STLLR_PRESETS["dvs_gesture"])
-    assert bptt["forward_macs"] == stllr["forward_macs"] == 20 * S == 12_103_301_120
-    assert bptt["learning_macs"] == 24_206_602_240  # 2T·S
-    assert stllr["learning_macs"] == 9_077_475_840  # 3·5·S
-    assert bptt["learning_memory_values"] == 8_192_000  # T·N
-    assert stllr["learning_memory_values"] == 819_200  # 2·N
+    assert bptt["forward_macs_formula_per_sample"] == stllr["forward_macs_formula_per_sample"] == 20 * S == 12_103_301_120
+    assert bptt["learning_macs_formula_per_sample"] == 24_206_602_240  # 2T·S
+    assert stllr["learning_macs_formula_per_sample"] == 9_077_447_680  # 3·5·S_hidden + 2·5·S_readout
+    assert bptt["learning_memory_values_formula_per_sample"] == 8_192_000  # T·N
+    assert stllr["learning_memory_values_formula_per_sample"] == 819_200  # 2·N
     assert bptt["learning_memory_bytes_formula_per_sample"] == 32_768_000
 
 
@@ -128,12 +128,15 @@ def test_shd_net_formula_costs():
     assert S == 526_500 == net.synaptic_macs()
     bptt = formula_costs(net, "bptt", 100)
     stllr = formula_costs(net, "stllr", 100, STLLR_PRESETS["shd"])
-    assert bptt["forward_macs"] == 52_650_000
-    assert bptt["learning_macs"] == 105_300_000
-    assert stllr["learning_macs"] == 142_155_000  # 3·90·S: more than BPTT, as the paper's SHD row
-    assert (bptt["learning_memory_values"], stllr["learning_memory_values"]) == (45_000, 900)  # ratio T/2 = 50
+    assert bptt["forward_macs_formula_per_sample"] == 52_650_000
+    assert bptt["learning_macs_formula_per_sample"] == 105_300_000
+    # 3·90·S_hidden + 2·90·S_readout: more than BPTT, as the paper's SHD row
+    assert stllr["learning_macs_formula_per_sample"] == 3 * 90 * (700 * 450 + 450 * 450) + 2 * 90 * 450 * 20 == 141_345_000
+    assert (bptt["learning_memory_values_formula_per_sample"], stllr["learning_memory_values_formula_per_sample"]) == (45_000, 900)  # ratio T/2 = 50
     causal_only = formula_costs(net, "stllr", 100, STLLRConfig(learn_steps=10, alpha_post=0.0))
-    assert causal_only["learning_macs"] == 2 * 10 * S
+    assert causal_only["learning_macs_formula_per_sample"] == 2 * 10 * S
+    assert (stllr["T"], stllr["learn_steps"], bptt["learn_steps"], stllr["bytes_per_value"]) == (100, 90, 100, 4)
+    assert "4 bytes per value" in stllr["counting"]
 
 
 def test_vgg_width_depth_plan():
@@ -163,3 +166,15 @@ def test_vgg_width_depth_plan():
 def test_bad_specs_are_clear_errors(changes, message):
     with pytest.raises(StllrError, match=message):
         build_network(NetworkSpec(**{"kind": "mlp", "input_shape": (10,), **changes}))
+
+
+def test_formula_costs_needs_the_rule_settings_and_a_window_within_T():
+    from stllr_engine.stllr import STLLRConfig
+
+    net = build_network(preset("shd_rsnn"))
+    with pytest.raises(StllrError, match="rule 'stllr' needs its settings: pass stllr=STLLRConfig"):
+        formula_costs(net, "stllr", 100)
+    with pytest.raises(StllrError, match="learn_steps=90 exceeds T=50: use learn_steps <= T"):
+        formula_costs(net, "stllr", 50, STLLRConfig(learn_steps=90))
+    with pytest.raises(StllrError, match="unknown rule 'eprop'"):
+        formula_costs(net, "eprop", 50)
