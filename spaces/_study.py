@@ -14,6 +14,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import optuna
+
 from spaces._names import ARCH, ENGINE_NAMES, SECTIONS
 from spaces._params import Param
 from spaces._yaml import dump_yaml
@@ -21,7 +23,7 @@ from stllr_engine.errors import StllrError
 from stllr_engine.network import Network, NetworkSpec, build_network
 from stllr_engine.stllr import STLLRConfig
 
-__all__ = ["StudySpec", "Objective", "Constraint", "SamplerSpec"]
+__all__ = ["StudySpec", "Objective", "Constraint", "SamplerSpec", "AskTellGridSampler"]
 
 
 class Objective(NamedTuple):
@@ -74,6 +76,19 @@ class _UserAttrConstraints:
 
     def __call__(self, trial: Any) -> list[float]:
         return list(trial.user_attrs.get("constraints", [0.0] * self.k))
+
+
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """A ``GridSampler`` for ask-and-tell use (Ray's OptunaSearch, the study runner).
+
+    Optuna's ``GridSampler.after_trial`` calls ``study.stop()`` once the grid is used up,
+    which raises ``RuntimeError`` outside ``study.optimize`` -- i.e. on the ``tell`` of the
+    last grid point. Here the study's budget (``budget.trials`` = the grid size) ends the
+    search instead.
+    """
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        return None
 
 
 _SAMPLERS = {
@@ -307,12 +322,10 @@ class StudySpec:
         constrained samplers get ``constraints_func`` reading the trial's ``"constraints"``
         user attribute instead.
         """
-        import optuna
-
         name, options = self.sampler
         kwargs = dict(options)
         if name == "grid":
-            return optuna.samplers.GridSampler(self.grid() or {}, seed=kwargs.get("seed"))
+            return AskTellGridSampler(self.grid() or {}, seed=kwargs.get("seed"))
         # Optuna >= 5 reads constraints that the runner records with Trial.set_constraint
         # (and deprecates constraints_func; passing both would count each constraint twice).
         old_api = not hasattr(optuna.trial.Trial, "set_constraint")
