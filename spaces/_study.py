@@ -278,7 +278,8 @@ class StudySpec:
         stllr = STLLRConfig.from_dict(s["stllr"]) if rule == "stllr" else None
         bytes_per_value = 8 if s["runtime"].get("dtype") == "float64" else 4
         raw = formula_costs(net, rule, T, stllr, bytes_per_value)
-        return {ENGINE_NAMES.get(k, k): float(v) for k, v in raw.items()}
+        return {ENGINE_NAMES.get(k, k): float(v) for k, v in raw.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
     def violations(self, params: dict[str, Any], rule: str) -> list[str]:
         """The constraints a configuration breaks, one readable line each (empty: feasible)."""

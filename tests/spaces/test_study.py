@@ -92,7 +92,9 @@ def test_price_and_violations_by_hand(write_study):
               "layer1.alpha_post": 0.0}
     # digits: 64 inputs, 10 classes, T=8; synaptic MACs per step: 64·16 + 16·16 + 16·10 = 1440; 32 neurons
     st = spec.price(params, "stllr")
-    learning = 3 * 4 * 64 * 16 + 2 * 4 * 16 * 16 + 3 * 4 * 16 * 10  # layer 1 has alpha_post = 0: 2 MACs
+    # layer 1 has alpha_post = 0: 2 MACs; the readout has no non-causal term: 2 MACs
+    learning = 3 * 4 * 64 * 16 + 2 * 4 * 16 * 16 + 2 * 4 * 16 * 10
+    st = {k: v for k, v in st.items() if k.endswith("_formula_per_sample")}
     assert st == {"forward_macs_formula_per_sample": 8 * 1440, "learning_macs_formula_per_sample": learning,
                   "learning_memory_values_formula_per_sample": 2 * 32,
                   "learning_memory_bytes_formula_per_sample": 2 * 32 * 4}
