@@ -492,6 +492,9 @@ def _fit(
             else:
                 stats = step(net, x, labels)
                 opt.step()
+            if not math.isfinite(stats.loss):  # NaN/inf: stop here instead of training on garbage
+                raise StllrError(f"training diverged: the loss became {stats.loss} in epoch {epoch + 1} "
+                                 f"(batch {n // max(1, stats.batch) + 1}): lower the learning rate")
             loss_sum += stats.loss * stats.batch
             objective_sum += stats.objective * stats.batch
             correct += stats.correct
@@ -501,9 +504,6 @@ def _fit(
         wall = time.perf_counter() - t_start - measure_time
         if n == 0:
             raise StllrError("the training loader yielded no samples: check the dataset split and batch size")
-        if not math.isfinite(loss_sum):  # NaN/inf: report it instead of training on garbage
-            raise StllrError(f"training diverged: the loss became {loss_sum / n} in epoch {epoch + 1}: "
-                             "lower the learning rate")
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "rule": cfg.rule,
