@@ -350,7 +350,7 @@ def _run(spec: Any, folder: str, budget: int, address: str | None, resume: bool,
         stale = [dict(r, status="failed", reason="interrupted (driver stopped)") for r in store.by_status("running")]
         if stale:
             store.upsert(stale)
-    searched = _searched_configs(store)
+    searched = _searched_configs(store, list(spec.seeds))
     remaining = max(0, budget - len(searched))
     log.info("ledger read: %d configurations trained, %d to go", len(searched), remaining)
     started_ray = _connect(address, folder)
@@ -395,17 +395,17 @@ def _run(spec: Any, folder: str, budget: int, address: str | None, resume: bool,
             ray.shutdown()
 
 
-def _searched_configs(store: Any) -> dict[str, dict[str, Any]]:
-    """Search configurations already trained (all seeds ended), by config_id → their params."""
+def _searched_configs(store: Any, seeds: list[int]) -> dict[str, dict[str, Any]]:
+    """Search configurations already trained — a run ended for every seed — by config_id → params."""
     by_cfg: dict[str, list[dict[str, Any]]] = {}
     for r in store.rows.values():
         if r.get("role") == "search":
             by_cfg.setdefault(r["config_id"], []).append(r)
     out = {}
     for cid, rows in by_cfg.items():
-        if all(r.get("status") in ("complete", "failed", "pruned") for r in rows) and rows:
-            params = json.loads(rows[0].get("params_json") or "{}")
-            out[cid] = params
+        ended = {int(r["seed"]) for r in rows if r.get("status") in ("complete", "failed", "pruned")}
+        if set(seeds) <= ended:
+            out[cid] = json.loads(rows[0].get("params_json") or "{}")
     return out
 
 

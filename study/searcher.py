@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zlib
 from typing import Any
 
 import optuna
@@ -223,8 +224,10 @@ class StudySearcher(OptunaSearch):
 
     def _baselines(self, arch: dict[str, Any], aid: str) -> list[dict[str, Any]]:
         name = f"baseline {aid}"
+        # each architecture's baseline search draws its own values (seeded by the architecture)
+        sampler = optuna.samplers.TPESampler(seed=zlib.crc32(aid.encode()) & 0x7FFFFFFF)
         study = optuna.create_study(study_name=name, storage=self._journal, direction="maximize",
-                                    sampler=optuna.samplers.TPESampler(seed=0), load_if_exists=True)
+                                    sampler=sampler, load_if_exists=True)
         out = []
         existing = list(study.trials)
         for t in existing:  # a resumed study: baselines proposed before and not ended are run (again)
@@ -242,7 +245,11 @@ class StudySearcher(OptunaSearch):
         for _ in range(max(0, self.spec.baseline_trials - len({tuple(sorted(t.params.items())) for t in existing}))):
             new = study.ask()
             params = self.spec.suggest_baseline(new, arch)
-            out.append(self._baseline_config(arch, study, new.number, params, name))
+            cfg = self._baseline_config(arch, study, new.number, params, name)
+            if any(c["config_id"] == cfg["config_id"] for c in out) or self._ended_rows(cfg["config_id"]):
+                study.tell(new.number, state=optuna.trial.TrialState.FAIL)  # the same baseline twice: once is enough
+                continue
+            out.append(cfg)
         return out
 
     def _baseline_config(self, arch: dict[str, Any], study: Any, number: int, params: dict[str, Any],
