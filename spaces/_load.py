@@ -145,6 +145,11 @@ def _copy(d: Any) -> Any:
     return d
 
 
+#: The top-level keys of a study file.
+TOP_KEYS = ("name", "description", "dataset", "model", "rules", "search", "per_layer", "fixed", "baseline",
+            "objectives", "constraints", "budget", "sampler", "scheduler", "resources", "storage")
+
+
 class _Validator:
     """Validates one study file; ``fail`` builds the one-line error."""
 
@@ -176,9 +181,7 @@ class _Validator:
 
     # -- the whole file ----------------------------------------------------------------
     def study(self, raw: dict[str, Any], check_data: bool) -> StudySpec:
-        top = ("name", "description", "dataset", "model", "rules", "search", "per_layer", "fixed", "baseline",
-               "objectives", "constraints", "budget", "sampler", "scheduler", "resources", "storage")
-        self.mapping("", raw, top, ("name", "dataset", "model", "search", "budget"))
+        self.mapping("", raw, TOP_KEYS, ("name", "dataset", "model", "search", "budget"))
         name = raw["name"]
         if not isinstance(name, str) or not _NAME.match(name):
             raise self.fail("name", f"{name!r} is not a usable study name",

@@ -63,14 +63,15 @@ def train(args: argparse.Namespace) -> int:
     import optuna
 
     from spaces import load_study
+    from spaces._load import TOP_KEYS
     from stllr_engine.experiment import run_experiment
 
     sets = parse_sets(args.set)
-    file_keys = {k: v for k, v in sets.items() if "." in k}
+    file_keys = {k: v for k, v in sets.items() if k.split(".")[0] in TOP_KEYS}  # e.g. dataset.data_dir
     spec = load_study(args.space, file_keys or None)
-    fixed = {k: v for k, v in sets.items() if "." not in k}
+    fixed = {k: v for k, v in sets.items() if k not in file_keys}  # search parameters, e.g. layer1.alpha_post
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=[o.direction for o in spec.objectives],
+    study = optuna.create_study(directions=[o.direction for o in spec.objectives],  # type: ignore[misc]
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     if fixed:
         study.enqueue_trial(fixed, skip_if_exists=False)
@@ -79,7 +80,8 @@ def train(args: argparse.Namespace) -> int:
     unknown = sorted(set(fixed) - set(params))
     if unknown:
         raise StllrError(f"--set {unknown[0]}: not a search parameter of {spec.source} (they are: "
-                         f"{', '.join(sorted(params))}); study-file keys are dotted, e.g. dataset.data_dir")
+                         f"{', '.join(sorted(params))}); study-file keys start with a section, e.g. "
+                         "dataset.data_dir")
     seed = args.seed if args.seed is not None else spec.seeds[0]
     exp = spec.experiment(params, args.rule, seed)
     print(f"params: {json.dumps(params, sort_keys=True)}")
