@@ -27,13 +27,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ContextManager, NamedTuple, Protocol
+from types import MappingProxyType
+from typing import Any, ContextManager, Mapping, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stllr_engine._checks import choice, integer, known_fields, real
+from stllr_engine._checks import FrozenMapping, choice, integer, known_fields, real
 from stllr_engine.errors import StllrError
 from stllr_engine.forward import (
     LayerFactors,
@@ -64,7 +65,8 @@ class STLLRConfig:
         mode: ``"window"`` (the window's steps are one large batch: fast, memory
             O(T·n) for the hoisted forward) or ``"streaming"`` (one step at a time,
             memory O(n) independent of T).
-        layer_factors: per-layer overrides ``{layer_index: {"alpha_post": 1.0, ...}}``.
+        layer_factors: per-layer overrides ``{layer_index: {"alpha_post": 1.0, ...}}``;
+            stored as an immutable mapping, checked once (``to_dict`` gives plain dicts).
     """
 
     learn_steps: int = 5
@@ -75,7 +77,7 @@ class STLLRConfig:
     learning_signal: str = "bp"
     readout_lambda: float | None = None
     mode: str = "window"
-    layer_factors: dict[int, dict[str, float]] = field(default_factory=dict)
+    layer_factors: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         w = "S-TLLR"
@@ -88,9 +90,9 @@ class STLLRConfig:
         real(w, "alpha_post", self.alpha_post)
         if self.readout_lambda is not None:
             real(w, "readout_lambda", self.readout_lambda, 0.0, 1.0)
-        if not isinstance(self.layer_factors, dict):
+        if not isinstance(self.layer_factors, Mapping):
             raise StllrError(f"{w}: layer_factors must map a layer index to factors, e.g. {{0: {{'alpha_post': 1.0}}}}")
-        normalised: dict[int, dict[str, float]] = {}
+        normalised: dict[int, Mapping[str, float]] = {}
         for idx, over in self.layer_factors.items():
             # keys arrive as str from JSON/YAML: normalise, so lookups never miss silently
             try:
@@ -99,15 +101,16 @@ class STLLRConfig:
                 raise StllrError(f"{w}: layer_factors key {idx!r} is not a layer index (0, 1, ...)") from None
             if i < 0 or i in normalised:
                 raise StllrError(f"{w}: layer_factors key {idx!r} is negative or given twice")
-            if not isinstance(over, dict):
+            if not isinstance(over, Mapping):
                 raise StllrError(f"{w}: layer_factors[{i}] must map factor names to numbers")
             bad = set(over) - set(_FACTOR_KEYS)
             if bad:
                 raise StllrError(f"{w}: layer_factors[{i}] has unknown keys {sorted(bad)}: use {', '.join(_FACTOR_KEYS)}")
             for k, v in over.items():
                 real(w, f"layer_factors[{i}].{k}", v, *((0.0, 1.0) if k.startswith("lambda") else ()))
-            normalised[i] = {k: float(v) for k, v in over.items()}
-        object.__setattr__(self, "layer_factors", normalised)
+            normalised[i] = MappingProxyType({k: float(v) for k, v in over.items()})
+        # immutable once checked: a later change could not be validated
+        object.__setattr__(self, "layer_factors", FrozenMapping(normalised))
 
     def factors(self, num_layers: int) -> list[LayerFactors]:
         """The factors of each hidden layer, network defaults with per-layer overrides."""
@@ -122,7 +125,7 @@ class STLLRConfig:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["layer_factors"] = {str(k): dict(v) for k, v in self.layer_factors.items()}
         return d
 
@@ -130,6 +133,14 @@ class STLLRConfig:
     def from_dict(cls, d: dict[str, Any]) -> "STLLRConfig":
         d = known_fields("S-TLLR", cls, d)
         return cls(**d)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle / deepcopy through plain data (the frozen mappings are rebuilt and re-checked)
+        return (_stllr_config_from_dict, (self.to_dict(),))
+
+
+def _stllr_config_from_dict(d: dict[str, Any]) -> STLLRConfig:
+    return STLLRConfig.from_dict(d)
 
 
 STLLR_PRESETS: dict[str, STLLRConfig] = {
@@ -289,7 +300,10 @@ def stllr_step(
     T, batch = x.shape[0], x.shape[1]
     layers = net.hidden_layers
     factors = cfg.factors(len(layers))
-    n_learn = min(cfg.learn_steps, T)
+    if cfg.learn_steps > T:
+        raise StllrError(f"S-TLLR: learn_steps={cfg.learn_steps} exceeds the T={T} steps of the batch: "
+                         "use learn_steps <= T")
+    n_learn = cfg.learn_steps
     readout_lambda = cfg.readout_lambda if cfg.readout_lambda is not None else net.readout.gamma_o
     t_win = T - n_learn
     with torch.enable_grad():

@@ -80,10 +80,18 @@ def _spike_rates(net, x):
     return [c / x.shape[0] for c in counts]
 
 
-@pytest.mark.parametrize("learn_steps", [1, 7, 20])  # 7 == T, 20 > T: the whole sequence
+@pytest.mark.parametrize("learn_steps", [1, 7])  # 7 == T: the whole sequence
 def test_window_lengths(learn_steps):
     net, x, labels = make_case("recurrent")
     _compare(net, x, labels, STLLRConfig(learn_steps=learn_steps, lambda_pre=0.9, lambda_post=0.5))
+
+
+def test_a_window_longer_than_the_sequence_is_an_error():
+    from stllr_engine.errors import StllrError
+
+    net, x, labels = make_case("recurrent")  # T = 7
+    with pytest.raises(StllrError, match="learn_steps=8 exceeds the T=7 steps of the batch: use learn_steps <= T"):
+        stllr_step(net, x, labels, STLLRConfig(learn_steps=8))
 
 
 def test_per_layer_factors_and_readout_lambda():
