@@ -65,6 +65,8 @@ class STLLRConfig:
         mode: ``"window"`` (the window's steps are one large batch: fast, memory
             O(T·n) for the hoisted forward) or ``"streaming"`` (one step at a time,
             memory O(n) independent of T).
+        online: one optimiser step at every window step (the official ``stllr_online``)
+            instead of one per batch; :func:`stllr_step` then needs ``optimizer=``.
         layer_factors: per-layer overrides ``{layer_index: {"alpha_post": 1.0, ...}}``;
             stored as an immutable mapping, checked once (``to_dict`` gives plain dicts).
     """
@@ -77,6 +79,7 @@ class STLLRConfig:
     learning_signal: str = "bp"
     readout_lambda: float | None = None
     mode: str = "window"
+    online: bool = False
     layer_factors: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -90,6 +93,8 @@ class STLLRConfig:
         real(w, "alpha_post", self.alpha_post)
         if self.readout_lambda is not None:
             real(w, "readout_lambda", self.readout_lambda, 0.0, 1.0)
+        if not isinstance(self.online, bool):
+            raise StllrError(f"{w}: online={self.online!r} must be true or false")
         if not isinstance(self.layer_factors, Mapping):
             raise StllrError(f"{w}: layer_factors must map a layer index to factors, e.g. {{0: {{'alpha_post': 1.0}}}}")
         normalised: dict[int, Mapping[str, float]] = {}
@@ -273,6 +278,25 @@ def apply_gradients(net: Network, w_graph: list[Tensor], grads: list[Tensor]) ->
         p.grad = g if p.grad is None else p.grad + g
 
 
+def _effective_weights(net: Network, probe: Probe) -> tuple[list[Tensor], list[Tensor]]:
+    """The synapses' weights with their graph to the parameters, and detached."""
+    with torch.enable_grad():
+        w_graph = [layer.effective_weight() for layer in net.hidden_layers]
+    weights = [w.detach() for w in w_graph]
+    probe.exclude(weights)  # derived from the parameters, like them not learning memory
+    return w_graph, weights
+
+
+def _chunks(cfg: STLLRConfig, T: int, t_win: int) -> list[tuple[int, int]]:
+    """Steps ``[a, b)`` run together: window mode hoists the whole sequence (online: the
+    steps before the window, then one step at a time, since the weights change)."""
+    if cfg.mode == "streaming":
+        return [(t, t + 1) for t in range(T)]
+    if not cfg.online:
+        return [(0, T)]
+    return ([(0, t_win)] if t_win else []) + [(t, t + 1) for t in range(t_win, T)]
+
+
 def stllr_step(
     net: Network,
     x: Tensor,
@@ -280,8 +304,13 @@ def stllr_step(
     cfg: STLLRConfig,
     probe: Probe | None = None,
     state: NetState | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> tuple[StepStats, NetState]:
     """One S-TLLR training step on a batch: writes the update into ``.grad``.
+
+    With ``cfg.online`` the step also applies it: ``optimizer.zero_grad()``, the update
+    of one window step, ``optimizer.step()``, at every window step (the caller does not
+    step the optimiser; ``.grad`` then holds the last window step's update).
 
     Args:
         net: the network.
@@ -291,11 +320,15 @@ def stllr_step(
         probe: optional instrumentation (costs); see :mod:`stllr_engine.costs`.
         state: start from this state instead of zeros (continue a sequence); the window
             is the last ``learn_steps`` steps of ``x``.
+        optimizer: required with ``cfg.online`` (a ``torch.optim`` optimiser over the
+            network's parameters).
 
     Returns:
         ``(stats, final_state)``.
     """
     probe = probe or _NoProbe()
+    if cfg.online and optimizer is None:
+        raise StllrError("S-TLLR: online=True steps the optimiser at every window step: pass optimizer= to stllr_step")
     x = x.contiguous()
     T, batch = x.shape[0], x.shape[1]
     layers = net.hidden_layers
@@ -306,18 +339,14 @@ def stllr_step(
     n_learn = cfg.learn_steps
     readout_lambda = cfg.readout_lambda if cfg.readout_lambda is not None else net.readout.gamma_o
     t_win = T - n_learn
-    with torch.enable_grad():
-        w_graph = [layer.effective_weight() for layer in layers]
-    weights = [w.detach() for w in w_graph]
-    probe.exclude(weights)  # derived from the parameters, like them not learning memory
+    w_graph, weights = _effective_weights(net, probe)
     grads = [torch.zeros_like(p) if p is not None else torch.empty(0) for p in learnable(net)]
     if state is None:
         state = initial_state(net, batch, factors, readout_lambda, device=x.device, dtype=x.dtype)
-    chunks = [(0, T)] if cfg.mode == "window" else [(t, t + 1) for t in range(T)]
     o_sum = torch.zeros(batch, net.readout.num_classes, device=x.device, dtype=x.dtype)
     loss = torch.zeros((), device=x.device, dtype=x.dtype)
     probe.observe(state.tensors())
-    for a, b in chunks:
+    for a, b in _chunks(cfg, T, t_win):
         k = max(0, b - max(a, t_win))  # window steps in this chunk
         with probe.phase("forward"):
             o, records, ro_rec, state = run_chunk(net, x[a:b], state, weights, k, factors, readout_lambda,
@@ -333,8 +362,20 @@ def stllr_step(
                 loss += _learn(net, weights, records, ro_rec, _window_labels(labels, T, b - k, b),  # type: ignore[arg-type]
                                factors, cfg.learning_signal, grads)
         del records, ro_rec
-    with probe.phase("learning"):
-        apply_gradients(net, w_graph, grads)
+        if k and cfg.online:
+            # the official stllr_online: one optimiser step per window step; the next
+            # step's forward sees the new (re-standardised) weights
+            assert optimizer is not None
+            with probe.phase("learning"):
+                optimizer.zero_grad()
+                apply_gradients(net, w_graph, grads)
+                optimizer.step()
+            for g in grads:
+                g.zero_()
+            w_graph, weights = _effective_weights(net, probe)
+    if not cfg.online:
+        with probe.phase("learning"):
+            apply_gradients(net, w_graph, grads)
     final_labels = labels if labels.dim() == 1 else labels[-1]
     correct = int((o_sum.argmax(-1) == final_labels).sum())
     ce = float(F.cross_entropy(o_sum, final_labels))
