@@ -13,7 +13,9 @@ Cases (DESIGN §5, issue #2 item 9):
 ``--quick`` uses batch 32 and fewer repetitions (the ratios are still measured within
 one run, on one configuration). Figures: ``step_time_s`` is the median of interleaved
 repetitions; ``learning_memory_bytes_measured_per_batch`` is measured exactly for the whole batch
-(:class:`stllr_engine.costs.CostProbe`); ``*_macs_formula_per_sample`` are the formulas;
+(:class:`stllr_engine.costs.CostProbe`), ``peak_step_bytes_measured_per_batch`` is every
+allocation alive at the step's peak (:class:`stllr_engine.costs.AllocationTracker`;
+window mode's forward buffers show here); ``*_macs_formula_per_sample`` are the formulas;
 ``achieved_gflops`` = 2 · batch · (forward + learning MACs) / step time (dense MAC
 accounting); ``gemm_peak_gflops`` is a 4096² fp32 GEMM timed in the same run.
 """
@@ -27,15 +29,15 @@ import torch
 
 from bench.common import add_output_arguments, report, gemm_peak_gflops, target, time_round_robin
 from stllr_engine.bptt import bptt_step
-from stllr_engine.costs import CostProbe, formula_costs
+from stllr_engine.costs import AllocationTracker, CostProbe, formula_costs
 from stllr_engine.network import Network, NetworkSpec, build_network, preset
 from stllr_engine.reference import reference_bptt_loss, reference_stllr_grads
 from stllr_engine.stllr import STLLRConfig, stllr_step
 from stllr_engine.train import resolve_device
 
 COLUMNS = ["model", "rule", "impl", "mode", "T", "learn_steps", "batch", "step_time_s",
-           "learning_memory_bytes_measured_per_batch", "learning_macs_formula_per_sample", "achieved_gflops",
-           "efficiency"]
+           "learning_memory_bytes_measured_per_batch", "peak_step_bytes_measured_per_batch",
+           "learning_macs_formula_per_sample", "achieved_gflops", "efficiency"]
 
 
 def _inputs(spec: NetworkSpec, T: int, batch: int, device: torch.device, density: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,11 +47,14 @@ def _inputs(spec: NetworkSpec, T: int, batch: int, device: torch.device, density
     return x, labels
 
 
-def _measured_memory(net: Network, fn: Callable[..., Any], x: torch.Tensor) -> int:
+def _measured_memory(net: Network, fn: Callable[..., Any], x: torch.Tensor) -> tuple[int, int]:
+    """(learning memory, peak step bytes) of one step, both for the whole batch."""
     probe = CostProbe(exclude=[*net.parameters(), x], count_flops=False)
-    fn(probe)
     net.zero_grad(set_to_none=True)
-    return probe.peak_bytes
+    with AllocationTracker() as tracker:
+        fn(probe)
+    net.zero_grad(set_to_none=True)
+    return probe.peak_bytes, tracker.peak_bytes
 
 
 class _Case:
@@ -77,7 +82,7 @@ class _Case:
     def record(self, step_time: float | None, peak: float) -> dict[str, Any]:
         f = formula_costs(self.net, self.rule, self.T, self.cfg)
         batch = self.x.shape[1]
-        mem = _measured_memory(self.net, self.run, self.x) if self.impl == "engine" else None
+        mem, peak_step = _measured_memory(self.net, self.run, self.x) if self.impl == "engine" else (None, None)
         rec: dict[str, Any] = {
             "model": self.model, "rule": self.rule, "impl": self.impl, "mode": self.mode, "T": self.T,
             "learn_steps": f["learn_steps"], "batch": batch, "bytes_per_value": f["bytes_per_value"],
@@ -85,6 +90,7 @@ class _Case:
             "learning_memory_bytes_measured_per_batch": mem,
             "learning_memory_bytes_measured_per_sample": mem / batch if mem is not None else None,
             "learning_memory_bytes_formula_per_sample": f["learning_memory_bytes_formula_per_sample"],
+            "peak_step_bytes_measured_per_batch": peak_step,
             "learning_macs_formula_per_sample": f["learning_macs_formula_per_sample"],
             "forward_macs_formula_per_sample": f["forward_macs_formula_per_sample"],
             "gemm_peak_gflops": peak,
@@ -159,6 +165,9 @@ def run(quick: bool = False, device: str = "cpu") -> tuple[list[dict[str, Any]],
                r["stllr_streaming_T400"]["learning_memory_bytes_measured_per_batch"]
                / r["stllr_streaming_T25"]["learning_memory_bytes_measured_per_batch"],
                "<=", 1.05),
+        target("S-TLLR(streaming) peak step bytes (every allocation) T=400 / T=25",
+               r["stllr_streaming_T400"]["peak_step_bytes_measured_per_batch"]
+               / r["stllr_streaming_T25"]["peak_step_bytes_measured_per_batch"], "<=", 1.05),
         target("S-TLLR(learn_steps=10, window) efficiency vs GEMM peak",
                r["stllr10_window"]["efficiency"], ">=", 0.65),
         target("BPTT efficiency vs GEMM peak", r["bptt"]["efficiency"], ">=", 0.65),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any
+from typing import Any, Iterator, Mapping, TypeVar
 
 from stllr_engine.errors import StllrError
 
@@ -80,3 +80,54 @@ def known_fields(where: str, cls: Any, d: Any) -> dict[str, Any]:
     if unknown:
         raise StllrError(f"{where}: unknown keys {unknown}: valid keys are {sorted(names)}")
     return dict(d)
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FrozenMapping(Mapping[K, V]):
+    """A read-only mapping for validated settings inside frozen dataclasses.
+
+    Unlike :class:`types.MappingProxyType` it survives ``copy.deepcopy`` (it is
+    immutable, so a copy is itself), which ``dataclasses.asdict`` of an enclosing
+    config needs; it is hashable when its values are.
+
+    >>> m = FrozenMapping({0: 1.0})
+    >>> m[0], dict(m), m == {0: 1.0}
+    (1.0, {0: 1.0}, True)
+    >>> m[1] = 2.0
+    Traceback (most recent call last):
+    ...
+    TypeError: 'FrozenMapping' object does not support item assignment
+    """
+
+    __slots__ = ("_data",)
+    _data: dict[K, V]
+
+    def __init__(self, data: Mapping[K, V] | None = None):
+        object.__setattr__(self, "_data", dict(data or {}))
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset((k, frozenset(v.items()) if isinstance(v, Mapping) else v) for k, v in self._data.items()))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("FrozenMapping is read-only")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "FrozenMapping[K, V]":
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenMapping, ({k: dict(v) if isinstance(v, Mapping) else v for k, v in self._data.items()},))

@@ -20,6 +20,10 @@ Measurements (:class:`CostProbe`), all exact and independent of machine load:
 * ``*_macs_measured_per_sample``: FLOPs counted by
   ``torch.utils.flop_counter.FlopCounterMode`` in the forward and learning phases,
   halved (GEMM/conv MACs; elementwise work is not counted).
+* ``peak_step_bytes_measured_per_batch``: the peak of every tensor storage allocated
+  during the step and still alive (:class:`AllocationTracker`, which intercepts every
+  op): forward buffers, records, state, ``.grad`` buffers and temporaries, whatever the
+  step reports about itself. Parameters and the input batch are not counted.
 * ``cuda_peak_bytes_measured_per_batch``: ``torch.cuda.max_memory_allocated`` over the
   step above what was allocated before it (GPU only, None on CPU).
 """
@@ -32,6 +36,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from stllr_engine._checks import integer
@@ -39,7 +45,7 @@ from stllr_engine.errors import StllrError
 from stllr_engine.network import Network
 from stllr_engine.stllr import STLLRConfig, StepStats
 
-__all__ = ["formula_costs", "CostProbe", "measure_costs"]
+__all__ = ["formula_costs", "AllocationTracker", "CostProbe", "measure_costs"]
 
 
 FORMULA_COUNTING = (
@@ -122,6 +128,64 @@ def formula_costs(net: Network, rule: str, T: int, stllr: STLLRConfig | None = N
         "bytes_per_value": bytes_per_value,
         "counting": f"{bytes_per_value} bytes per value; {FORMULA_COUNTING}",
     }
+
+
+class AllocationTracker(TorchDispatchMode):
+    """Every tensor storage allocated while active, alive or not: the step's true footprint.
+
+    An independent oracle for memory: it trusts nothing a step reports about itself.
+    Every ATen op is intercepted; each output whose storage is not one of the op's
+    inputs (a view, an in-place or ``out=`` result) is a new allocation, counted until
+    its storage is freed (a ``weakref.finalize`` on the storage). Tensors that existed
+    before (parameters, the input batch) are never outputs, so they are not counted;
+    the step's own ``.grad`` buffers, standardised weights, forward buffers, records,
+    state and temporaries are. Allocations internal to a kernel (workspaces) are not
+    visible.
+
+    >>> with AllocationTracker() as tracker:
+    ...     a = torch.zeros(100)           # 400 B
+    ...     b = a.view(10, 10).add_(1.0)   # a view and an in-place op: no new storage
+    ...     c = torch.ones(50)             # +200 B
+    ...     del a, b
+    ...     d = torch.ones(10)             # the 400 B are free again
+    >>> tracker.peak_bytes, tracker.live_bytes
+    (600, 240)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self._live: dict[int, int] = {}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        fresh = func in _LIFT_OPS  # torch.tensor(data): the op returns its (new) input
+        inputs = set() if fresh else {_storage_key(t) for t in _tensors((args, kwargs))}
+        for t in _tensors(out):
+            storage = t.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+            if nbytes == 0 or key in inputs or key in self._live:
+                continue
+            self._live[key] = nbytes
+            self.live_bytes += nbytes
+            self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+            weakref.finalize(storage, self._free, key)
+        return out
+
+    def _free(self, key: int) -> None:
+        self.live_bytes -= self._live.pop(key, 0)
+
+
+_LIFT_OPS = (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default)
+
+
+def _tensors(tree: Any) -> list[Tensor]:
+    return [t for t in pytree.tree_leaves(tree) if isinstance(t, Tensor)]
+
+
+def _storage_key(t: Tensor) -> int:
+    return t.untyped_storage().data_ptr()
 
 
 class _Saved:
@@ -242,12 +306,13 @@ def measure_costs(net: Network, step: Callable[..., StepStats], x: Tensor, label
         torch.cuda.synchronize(x.device)
         torch.cuda.reset_peak_memory_stats(x.device)
         base = torch.cuda.memory_allocated(x.device)
-    step(net, x, labels, probe=probe)
+    with AllocationTracker() as tracker:
+        step(net, x, labels, probe=probe)
     out["forward_macs_measured_per_sample"] = probe.flops.get("forward", 0) // 2 // batch
     out["learning_macs_measured_per_sample"] = probe.flops.get("learning", 0) // 2 // batch
     out["learning_memory_bytes_measured_per_batch"] = probe.peak_bytes
     out["learning_memory_bytes_measured_per_sample"] = probe.peak_bytes / batch
-    out["peak_step_bytes_measured_per_batch"] = None  # the allocation tracker (issue 6 item 3)
+    out["peak_step_bytes_measured_per_batch"] = tracker.peak_bytes
     out["cuda_peak_bytes_measured_per_batch"] = (torch.cuda.max_memory_allocated(x.device) - base) if cuda else None
     out["batch"] = batch
     out["counting"] = f"{out['counting']}; {MEASURED_COUNTING}"

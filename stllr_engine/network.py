@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,17 @@ from stllr_engine.neurons import SURROGATES, LIFParameters, sigmoid_leak
 __all__ = ["NetworkSpec", "Network", "build_network", "PRESETS", "preset"]
 
 KINDS = ("rsnn", "mlp", "vgg")
+MAX_SEED = 2**63 - 1
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+    """A 63-bit seed for one purpose (e.g. ``"dfa/0"``), hashed from ``seed``: never overflows.
+
+    >>> derived_seed(0, "dfa/0") == derived_seed(0, "dfa/0") != derived_seed(0, "dfa/1")
+    True
+    """
+    digest = hashlib.blake2b(f"{seed}/{purpose}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,7 @@ class NetworkSpec:
         gamma_o: readout leak.
         weight_standardization: scaled WS on feed-forward weights (official VGG uses it).
         pool: ``"avg"`` or ``"max"`` pooling between vgg blocks.
-        seed: initialisation seed.
+        seed: initialisation seed in ``[0, 2**63 - 1]`` (DFA matrices use seeds hashed from it).
     """
 
     kind: str = "mlp"
@@ -75,7 +87,9 @@ class NetworkSpec:
         integer(w, "num_classes", self.num_classes, 2)
         integer(w, "width", self.width, 1)
         integer(w, "depth", self.depth, 1)
-        integer(w, "seed", self.seed)
+        integer(w, "seed", self.seed, 0)
+        if self.seed > MAX_SEED:
+            raise StllrError(f"{w}: seed={self.seed} is too large for torch's generator: use a seed in [0, 2**63 - 1]")
         real(w, "gamma", self.gamma, 0.0, 1.0)
         real(w, "theta", self.theta, 0.0, None, low_open=True)
         real(w, "gamma_o", self.gamma_o, 0.0, 1.0)
@@ -150,13 +164,14 @@ class Network(nn.Module):
     def feedback_matrix(self, index: int) -> Tensor:
         """The fixed random DFA matrix ``[num_classes, N_l]`` of hidden layer ``index``.
 
-        Drawn from ``spec.seed`` (normal, std 1/sqrt(num_classes)), so a rebuilt network
-        has the same matrix; kept as a non-persistent buffer (moves with ``.to()``,
-        not stored in checkpoints).
+        Drawn from a seed hashed from ``spec.seed`` and ``index``
+        (:func:`derived_seed`; normal, std 1/sqrt(num_classes)), so a rebuilt network has
+        the same matrix; kept as a non-persistent buffer (moves with ``.to()``, not
+        stored in checkpoints).
         """
         name = f"dfa_feedback_{index}"
         if not hasattr(self, name):
-            g = torch.Generator().manual_seed(self.spec.seed * 1000 + 17 + index)
+            g = torch.Generator().manual_seed(derived_seed(self.spec.seed, f"dfa/{index}"))
             n = self.hidden_layers[index].num_neurons
             c = self.readout.num_classes
             m = torch.randn(c, n, generator=g) / math.sqrt(c)

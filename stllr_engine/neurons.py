@@ -27,14 +27,17 @@ Steps are pure functions over small immutable state tuples (Norse style)::
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
+from stllr_engine._checks import choice, real
 from stllr_engine.errors import StllrError
 
 __all__ = [
+    "RESETS",
     "SURROGATES",
     "LIFParameters",
     "LIFState",
@@ -83,6 +86,10 @@ SURROGATES: dict[str, Callable[..., Tensor]] = {
 """The paper's four choices of Ψ, by name: ``Ψ(v, out=None)``, elementwise."""
 
 
+RESETS = ("soft", "hard")
+"""How the membrane resets after a spike: subtract θ, or set to zero."""
+
+
 def get_surrogate(name: str) -> Callable[..., Tensor]:
     """Return the surrogate Ψ called ``name`` (one of :data:`SURROGATES`).
 
@@ -127,20 +134,32 @@ def spike(v: Tensor, surrogate: str) -> Tensor:
 # ---------------------------------------------------------------------------------------
 
 
-class LIFParameters(NamedTuple):
-    """Constants of one LIF layer.
+@dataclass(frozen=True)
+class LIFParameters:
+    """Constants of one LIF layer (immutable; checked when built).
 
     Attributes:
         gamma: membrane leak γ in [0, 1] (paper: 0.5 for VGG-9, 0.99 for SHD).
         theta: firing threshold θ > 0 (paper: 0.8; official code 0.6).
         reset: ``"soft"`` (subtract θ) or ``"hard"`` (to zero).
         surrogate: name of Ψ, a key of :data:`SURROGATES`.
+
+    >>> LIFParameters(reset="none")
+    Traceback (most recent call last):
+    ...
+    stllr_engine.errors.StllrError: LIF: reset='none': use one of 'soft', 'hard'
     """
 
     gamma: float = 0.5
     theta: float = 0.8
     reset: str = "soft"
     surrogate: str = "triangle"
+
+    def __post_init__(self) -> None:
+        real("LIF", "gamma", self.gamma, 0.0, 1.0)
+        real("LIF", "theta", self.theta, 0.0, None, low_open=True)
+        choice("LIF", "reset", self.reset, RESETS)
+        choice("LIF", "surrogate", self.surrogate, tuple(SURROGATES))
 
 
 class LIFState(NamedTuple):
@@ -172,12 +191,7 @@ def lif_step(current: Tensor, state: LIFState, p: LIFParameters) -> tuple[Tensor
     u = p.gamma * state.u + current
     v = u - p.theta
     y = spike(v, p.surrogate)
-    if p.reset == "soft":
-        u = u - p.theta * y
-    elif p.reset == "hard":
-        u = u * (1.0 - y)
-    else:
-        raise StllrError(f"unknown reset {p.reset!r}: use 'soft' or 'hard'")
+    u = u - p.theta * y if p.reset == "soft" else u * (1.0 - y)
     return y, v, LIFState(u)
 
 

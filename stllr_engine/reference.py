@@ -5,11 +5,15 @@ r"""Naive, obviously-correct references for the fast paths (tests and benchmarks
   and builds the explicit eligibility tensor ``e_ij[t]`` of every layer (``[B, out, in]``
   for dense layers, ``[B, C_out, positions, C_in·k·k]`` for conv layers via unfold),
   exactly as written in DESIGN §3. Memory and time are huge: small cases only.
+  :func:`reference_stllr_online_sgd` applies each window step's update with a plain
+  SGD step before the next step (online S-TLLR).
 * :func:`reference_bptt_loss` is the plainly unrolled network, step by step, with
   :func:`stllr_engine.neurons.lif_step`, for autograd to differentiate through time.
 """
 
 from __future__ import annotations
+
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +22,9 @@ from torch import Tensor
 from stllr_engine.layers import SpikingLayer
 from stllr_engine.network import Network
 from stllr_engine.neurons import LIFState, lif_step
-from stllr_engine.stllr import STLLRConfig
+from stllr_engine.stllr import STLLRConfig, learnable
 
-__all__ = ["reference_stllr_grads", "reference_bptt_loss"]
+__all__ = ["reference_stllr_grads", "reference_stllr_online_sgd", "reference_bptt_loss"]
 
 
 def _eligibility(layer: SpikingLayer, psi: Tensor, tr_pre: Tensor, tr_post_prev: Tensor, x: Tensor,
@@ -52,16 +56,38 @@ def reference_stllr_grads(net: Network, x: Tensor, labels: Tensor, cfg: STLLRCon
         net: network (its parameters are not modified).
         x: input ``[T, B, ...]``.
         labels: ``[B]`` or per-step ``[T, B]``.
-        cfg: the rule settings (``mode`` is irrelevant here).
+        cfg: the rule settings (``mode`` and ``online`` are irrelevant here).
     """
+    total: list[Tensor | None] = [None if p is None else torch.zeros_like(p) for p in learnable(net)]
+    for update in _reference_steps(net, x, labels, cfg):
+        for acc, g in zip(total, update):
+            if acc is not None and g is not None:
+                acc += g
+    return total
+
+
+def reference_stllr_online_sgd(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig, lr: float) -> None:
+    """Online S-TLLR by the equations: after every window step, ``p ← p − lr · update``.
+
+    A plain SGD step on the parameters after each window step's explicit-eligibility
+    update; the next step's forward uses the new weights. Modifies ``net`` in place.
+    """
+    with torch.no_grad():
+        for update in _reference_steps(net, x, labels, cfg):
+            for p, g in zip(learnable(net), update):
+                if p is not None and g is not None:
+                    p.sub_(g, alpha=lr)
+
+
+def _reference_steps(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig) -> Iterator[list[Tensor | None]]:
+    """Yields each window step's update (learnable order), step by step; reads the
+    parameters afresh at every step, so a caller may change them between steps."""
     T, batch = x.shape[0], x.shape[1]
     layers = net.hidden_layers
     ro = net.readout
     factors = cfg.factors(len(layers))
     lam_ro = cfg.readout_lambda if cfg.readout_lambda is not None else ro.gamma_o
     t_win = T - min(cfg.learn_steps, T)
-    with torch.no_grad():
-        weights = [layer.effective_weight() for layer in layers]
 
     def zeros(shape):
         return x.new_zeros(batch, *shape)
@@ -74,12 +100,10 @@ def reference_stllr_grads(net: Network, x: Tensor, labels: Tensor, cfg: STLLRCon
     o = x.new_zeros(batch, ro.num_classes)
     tr_ro = zeros(ro.x_shape)
     c_ro = 0.0
-    g_eff = [torch.zeros_like(w) for w in weights]
-    g_b = [x.new_zeros(layer.out_shape[0]) for layer in layers]
-    g_rec = [None if layer.rec_weight is None else torch.zeros_like(layer.rec_weight) for layer in layers]
-    g_ro_w, g_ro_b = torch.zeros_like(ro.weight), torch.zeros_like(ro.bias)
 
     for t in range(T):
+        with torch.no_grad():
+            weights = [layer.effective_weight() for layer in layers]
         lab = labels if labels.dim() == 1 else labels[t]
         # requires_grad on the input makes the step's graph exist even without a bias
         inp: Tensor = x[t].clone().requires_grad_(cfg.learning_signal == "bp")
@@ -107,9 +131,7 @@ def reference_stllr_grads(net: Network, x: Tensor, labels: Tensor, cfg: STLLRCon
         o = o.detach()
         tr_ro = lam_ro * tr_ro + xo.detach()
         c_ro = lam_ro * c_ro + 1.0
-        if t >= t_win:
-            g_ro_w += torch.einsum("bi,bj->ij", err, tr_ro)
-            g_ro_b += err.sum(0) * c_ro
+        update: list[Tensor | None] = [torch.einsum("bi,bj->ij", err, tr_ro), err.sum(0) * c_ro]
         for i, layer in enumerate(layers):
             f = factors[i]
             psi = _psi(layer, vs[i])
@@ -121,29 +143,32 @@ def reference_stllr_grads(net: Network, x: Tensor, labels: Tensor, cfg: STLLRCon
                 else:
                     delta = (err @ net.feedback_matrix(i)).reshape(batch, *layer.out_shape)
                 e = _eligibility(layer, psi, tr_pre[i], tr_post[i], xs, f.alpha_pre, f.alpha_post)
-                g_eff[i] += _apply_e(layer, delta, e)
-                g_b[i] += (delta * psi).sum(dim=0 if layer.kind == "dense" else (0, 2, 3))
-                g_r = g_rec[i]
-                if g_r is not None:
+                g_eff = _apply_e(layer, delta, e)
+                g_b = (delta * psi).sum(dim=0 if layer.kind == "dense" else (0, 2, 3))
+                g_r = None
+                if layer.recurrent:
                     tr_rec_now = f.lambda_pre * tr_rec[i] + y_prev[i]
                     e_rec = _eligibility(layer, psi, tr_rec_now, tr_post[i], y_prev[i], f.alpha_pre, f.alpha_post)
-                    g_r += torch.einsum("bi,bij->ij", delta, e_rec)
+                    g_r = torch.einsum("bi,bij->ij", delta, e_rec)
+                update += [_through_standardisation(layer, g_eff), g_b if layer.bias is not None else None, g_r]
             if layer.recurrent:
                 tr_rec[i] = f.lambda_pre * tr_rec[i] + y_prev[i]
             tr_post[i] = f.lambda_post * tr_post[i] + psi
             y_prev[i] = ys[i].detach()
+        if t >= t_win:
+            yield update
 
-    out: list[Tensor | None] = [g_ro_w, g_ro_b]
-    for i, layer in enumerate(layers):
-        gw = g_eff[i]
-        if layer.weight_standardization:
-            w = layer.weight.detach().requires_grad_(True)
-            with torch.enable_grad():
-                from stllr_engine.layers import standardize_weight
 
-                (gw,) = torch.autograd.grad(standardize_weight(w), w, gw)
-        out += [gw, g_b[i] if layer.bias is not None else None, g_rec[i]]
-    return out
+def _through_standardisation(layer: SpikingLayer, g_eff: Tensor) -> Tensor:
+    """The update of the raw weight for an update ``g_eff`` of the weight the synapse uses."""
+    if not layer.weight_standardization:
+        return g_eff
+    from stllr_engine.layers import standardize_weight
+
+    w = layer.weight.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (gw,) = torch.autograd.grad(standardize_weight(w), w, g_eff)
+    return gw
 
 
 def _psi(layer: SpikingLayer, v: Tensor) -> Tensor:

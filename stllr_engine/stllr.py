@@ -27,13 +27,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ContextManager, NamedTuple, Protocol
+from types import MappingProxyType
+from typing import Any, ContextManager, Mapping, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stllr_engine._checks import choice, integer, known_fields, real
+from stllr_engine._checks import FrozenMapping, choice, integer, known_fields, real
 from stllr_engine.errors import StllrError
 from stllr_engine.forward import (
     LayerFactors,
@@ -64,7 +65,10 @@ class STLLRConfig:
         mode: ``"window"`` (the window's steps are one large batch: fast, memory
             O(T·n) for the hoisted forward) or ``"streaming"`` (one step at a time,
             memory O(n) independent of T).
-        layer_factors: per-layer overrides ``{layer_index: {"alpha_post": 1.0, ...}}``.
+        online: one optimiser step at every window step (the official ``stllr_online``)
+            instead of one per batch; :func:`stllr_step` then needs ``optimizer=``.
+        layer_factors: per-layer overrides ``{layer_index: {"alpha_post": 1.0, ...}}``;
+            stored as an immutable mapping, checked once (``to_dict`` gives plain dicts).
     """
 
     learn_steps: int = 5
@@ -75,7 +79,8 @@ class STLLRConfig:
     learning_signal: str = "bp"
     readout_lambda: float | None = None
     mode: str = "window"
-    layer_factors: dict[int, dict[str, float]] = field(default_factory=dict)
+    online: bool = False
+    layer_factors: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         w = "S-TLLR"
@@ -88,9 +93,11 @@ class STLLRConfig:
         real(w, "alpha_post", self.alpha_post)
         if self.readout_lambda is not None:
             real(w, "readout_lambda", self.readout_lambda, 0.0, 1.0)
-        if not isinstance(self.layer_factors, dict):
+        if not isinstance(self.online, bool):
+            raise StllrError(f"{w}: online={self.online!r} must be true or false")
+        if not isinstance(self.layer_factors, Mapping):
             raise StllrError(f"{w}: layer_factors must map a layer index to factors, e.g. {{0: {{'alpha_post': 1.0}}}}")
-        normalised: dict[int, dict[str, float]] = {}
+        normalised: dict[int, Mapping[str, float]] = {}
         for idx, over in self.layer_factors.items():
             # keys arrive as str from JSON/YAML: normalise, so lookups never miss silently
             try:
@@ -99,15 +106,16 @@ class STLLRConfig:
                 raise StllrError(f"{w}: layer_factors key {idx!r} is not a layer index (0, 1, ...)") from None
             if i < 0 or i in normalised:
                 raise StllrError(f"{w}: layer_factors key {idx!r} is negative or given twice")
-            if not isinstance(over, dict):
+            if not isinstance(over, Mapping):
                 raise StllrError(f"{w}: layer_factors[{i}] must map factor names to numbers")
             bad = set(over) - set(_FACTOR_KEYS)
             if bad:
                 raise StllrError(f"{w}: layer_factors[{i}] has unknown keys {sorted(bad)}: use {', '.join(_FACTOR_KEYS)}")
             for k, v in over.items():
                 real(w, f"layer_factors[{i}].{k}", v, *((0.0, 1.0) if k.startswith("lambda") else ()))
-            normalised[i] = {k: float(v) for k, v in over.items()}
-        object.__setattr__(self, "layer_factors", normalised)
+            normalised[i] = MappingProxyType({k: float(v) for k, v in over.items()})
+        # immutable once checked: a later change could not be validated
+        object.__setattr__(self, "layer_factors", FrozenMapping(normalised))
 
     def factors(self, num_layers: int) -> list[LayerFactors]:
         """The factors of each hidden layer, network defaults with per-layer overrides."""
@@ -122,7 +130,7 @@ class STLLRConfig:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["layer_factors"] = {str(k): dict(v) for k, v in self.layer_factors.items()}
         return d
 
@@ -130,6 +138,14 @@ class STLLRConfig:
     def from_dict(cls, d: dict[str, Any]) -> "STLLRConfig":
         d = known_fields("S-TLLR", cls, d)
         return cls(**d)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle / deepcopy through plain data (the frozen mappings are rebuilt and re-checked)
+        return (_stllr_config_from_dict, (self.to_dict(),))
+
+
+def _stllr_config_from_dict(d: dict[str, Any]) -> STLLRConfig:
+    return STLLRConfig.from_dict(d)
 
 
 STLLR_PRESETS: dict[str, STLLRConfig] = {
@@ -262,6 +278,25 @@ def apply_gradients(net: Network, w_graph: list[Tensor], grads: list[Tensor]) ->
         p.grad = g if p.grad is None else p.grad + g
 
 
+def _effective_weights(net: Network, probe: Probe) -> tuple[list[Tensor], list[Tensor]]:
+    """The synapses' weights with their graph to the parameters, and detached."""
+    with torch.enable_grad():
+        w_graph = [layer.effective_weight() for layer in net.hidden_layers]
+    weights = [w.detach() for w in w_graph]
+    probe.exclude(weights)  # derived from the parameters, like them not learning memory
+    return w_graph, weights
+
+
+def _chunks(cfg: STLLRConfig, T: int, t_win: int) -> list[tuple[int, int]]:
+    """Steps ``[a, b)`` run together: window mode hoists the whole sequence (online: the
+    steps before the window, then one step at a time, since the weights change)."""
+    if cfg.mode == "streaming":
+        return [(t, t + 1) for t in range(T)]
+    if not cfg.online:
+        return [(0, T)]
+    return ([(0, t_win)] if t_win else []) + [(t, t + 1) for t in range(t_win, T)]
+
+
 def stllr_step(
     net: Network,
     x: Tensor,
@@ -269,8 +304,13 @@ def stllr_step(
     cfg: STLLRConfig,
     probe: Probe | None = None,
     state: NetState | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> tuple[StepStats, NetState]:
     """One S-TLLR training step on a batch: writes the update into ``.grad``.
+
+    With ``cfg.online`` the step also applies it: ``optimizer.zero_grad()``, the update
+    of one window step, ``optimizer.step()``, at every window step (the caller does not
+    step the optimiser; ``.grad`` then holds the last window step's update).
 
     Args:
         net: the network.
@@ -280,30 +320,33 @@ def stllr_step(
         probe: optional instrumentation (costs); see :mod:`stllr_engine.costs`.
         state: start from this state instead of zeros (continue a sequence); the window
             is the last ``learn_steps`` steps of ``x``.
+        optimizer: required with ``cfg.online`` (a ``torch.optim`` optimiser over the
+            network's parameters).
 
     Returns:
         ``(stats, final_state)``.
     """
     probe = probe or _NoProbe()
+    if cfg.online and optimizer is None:
+        raise StllrError("S-TLLR: online=True steps the optimiser at every window step: pass optimizer= to stllr_step")
     x = x.contiguous()
     T, batch = x.shape[0], x.shape[1]
     layers = net.hidden_layers
     factors = cfg.factors(len(layers))
-    n_learn = min(cfg.learn_steps, T)
+    if cfg.learn_steps > T:
+        raise StllrError(f"S-TLLR: learn_steps={cfg.learn_steps} exceeds the T={T} steps of the batch: "
+                         "use learn_steps <= T")
+    n_learn = cfg.learn_steps
     readout_lambda = cfg.readout_lambda if cfg.readout_lambda is not None else net.readout.gamma_o
     t_win = T - n_learn
-    with torch.enable_grad():
-        w_graph = [layer.effective_weight() for layer in layers]
-    weights = [w.detach() for w in w_graph]
-    probe.exclude(weights)  # derived from the parameters, like them not learning memory
+    w_graph, weights = _effective_weights(net, probe)
     grads = [torch.zeros_like(p) if p is not None else torch.empty(0) for p in learnable(net)]
     if state is None:
         state = initial_state(net, batch, factors, readout_lambda, device=x.device, dtype=x.dtype)
-    chunks = [(0, T)] if cfg.mode == "window" else [(t, t + 1) for t in range(T)]
     o_sum = torch.zeros(batch, net.readout.num_classes, device=x.device, dtype=x.dtype)
     loss = torch.zeros((), device=x.device, dtype=x.dtype)
     probe.observe(state.tensors())
-    for a, b in chunks:
+    for a, b in _chunks(cfg, T, t_win):
         k = max(0, b - max(a, t_win))  # window steps in this chunk
         with probe.phase("forward"):
             o, records, ro_rec, state = run_chunk(net, x[a:b], state, weights, k, factors, readout_lambda,
@@ -319,8 +362,20 @@ def stllr_step(
                 loss += _learn(net, weights, records, ro_rec, _window_labels(labels, T, b - k, b),  # type: ignore[arg-type]
                                factors, cfg.learning_signal, grads)
         del records, ro_rec
-    with probe.phase("learning"):
-        apply_gradients(net, w_graph, grads)
+        if k and cfg.online:
+            # the official stllr_online: one optimiser step per window step; the next
+            # step's forward sees the new (re-standardised) weights
+            assert optimizer is not None
+            with probe.phase("learning"):
+                optimizer.zero_grad()
+                apply_gradients(net, w_graph, grads)
+                optimizer.step()
+            for g in grads:
+                g.zero_()
+            w_graph, weights = _effective_weights(net, probe)
+    if not cfg.online:
+        with probe.phase("learning"):
+            apply_gradients(net, w_graph, grads)
     final_labels = labels if labels.dim() == 1 else labels[-1]
     correct = int((o_sum.argmax(-1) == final_labels).sum())
     ce = float(F.cross_entropy(o_sum, final_labels))

@@ -46,12 +46,14 @@ def test_bench_engine_quick_json():
     stream25 = by[("shd_rsnn", "stllr", "engine", "streaming", 25, 10)]
     stream400 = by[("shd_rsnn", "stllr", "engine", "streaming", 400, 10)]
     assert stream25[mem] == stream400[mem]  # exact, load-independent
+    peak = "peak_step_bytes_measured_per_batch"
+    assert stream25[peak] == stream400[peak]  # every allocation, independently tracked
     # BPTT learns over all T steps: its learn_steps is T
     bptt25 = by[("shd_rsnn", "bptt", "engine", "fused_scan", 25, 25)]
     bptt400 = by[("shd_rsnn", "bptt", "engine", "fused_scan", 400, 400)]
     assert bptt400[mem] / bptt25[mem] == pytest.approx(16, rel=0.03)
     assert by[("shd_rsnn", "bptt", "engine", "fused_scan", 100, 100)]["learning_macs_formula_per_sample"] == 105_300_000
-    assert len(targets) == 7
+    assert len(targets) == 8
 
 
 def test_unknown_subcommand_is_one_line_and_nonzero():

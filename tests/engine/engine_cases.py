@@ -33,4 +33,5 @@ def grads_of(net: Network) -> list[torch.Tensor | None]:
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
     return float((a - b).norm() / b.norm().clamp_min(1e-300))

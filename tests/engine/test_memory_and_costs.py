@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -33,15 +35,67 @@ def _memory(step, T: int, cfg: STLLRConfig | None = None) -> int:
 
 
 def test_stllr_streaming_memory_is_independent_of_T():
-    step, cfg = _stllr("streaming")
-    m25, m200 = _memory(step, 25, cfg), _memory(step, 200, cfg)
-    assert abs(m200 / m25 - 1) <= 0.05
+    (_, m25), (_, m200) = _costs("streaming", 25), _costs("streaming", 200)
     # Exactly the carried state, by hand: u, y, tr_pre (input), tr_rec, tr_post, o, readout trace.
     assert m25 == m200 == 4 * B * (40 + 40 + 50 + 40 + 40 + 5 + 40)
 
 
+@functools.lru_cache(maxsize=None)
+def _costs(mode: str | None, T: int) -> tuple[int, int]:
+    """(peak_step_bytes, learning_memory_bytes) of one step; mode None is BPTT."""
+    return _peak_step(mode, T)
+
+
+def _peak_step(mode: str | None, T: int) -> tuple[int, int]:
+    step, cfg = _stllr(mode) if mode is not None else (bptt_step, None)
+    x, y = _data(T)
+    c = measure_costs(build_network(SPEC), step, x, y, "bptt" if cfg is None else "stllr", cfg)
+    return c["peak_step_bytes_measured_per_batch"], c["learning_memory_bytes_measured_per_batch"]
+
+
+def test_every_allocation_of_a_streaming_step_is_flat_in_T():
+    """The independent tracker (every op's new storages) sees the same peak at T = 25 and 200."""
+    (s25, _), (s200, _) = _costs("streaming", 25), _costs("streaming", 200)
+    assert s25 == s200 == 45_472
+
+
+def test_window_mode_forward_buffers_grow_with_T_and_are_visible():
+    """Window mode hoists the forward over all T steps: per extra step it holds the hidden
+    layer's currents and spikes [B, 40] each, the readout's currents and trajectory [B, 5]
+    each, and one trace decay weight. Its learning memory (what the step holds for learning)
+    does not grow; its peak allocation does, by exactly that much."""
+    (w25, l25), (w200, l200) = _costs("window", 25), _costs("window", 200)
+    assert (w25, w200) == (148_588, 653_288)
+    assert w200 - w25 == (200 - 25) * 4 * (B * (40 + 40 + 5 + 5) + 1)
+    assert l25 == l200
+
+
+def test_bptt_peak_step_grows_with_T():
+    (b25, _), (b200, _) = _costs(None, 25), _costs(None, 200)
+    assert (b25, b200) == (140_508, 1_036_508)
+
+
+def test_a_step_that_keeps_its_history_is_caught(monkeypatch):
+    """Mutation: a streaming step that keeps every step's outputs, records and state alive
+    (O(T) memory). What the step reports about itself stays flat; the tracker does not."""
+    import stllr_engine.stllr as stllr
+
+    kept = []
+    real_run_chunk = stllr.run_chunk
+
+    def hoarding_run_chunk(*args, **kwargs):
+        out = real_run_chunk(*args, **kwargs)
+        kept.append(out)
+        return out
+
+    monkeypatch.setattr(stllr, "run_chunk", hoarding_run_chunk)
+    (p25, l25), (p200, l200) = _peak_step("streaming", 25), _peak_step("streaming", 200)
+    assert l25 == l200  # the self-reported figure is fooled
+    assert p200 > p25 + 175 * 4 * B * (40 + 40 + 5)  # at least u, spikes and o of every extra step
+
+
 def test_bptt_memory_grows_in_proportion_to_T():
-    m25, m200 = _memory(bptt_step, 25), _memory(bptt_step, 200)
+    (_, m25), (_, m200) = _costs(None, 25), _costs(None, 200)
     assert m200 / m25 == pytest.approx(8.0, rel=0.05)
     # v = u - θ and the spikes for every step; beyond them only the readout's T decay
     # weights, its time-weighted input sum [B, n], and the loss's [B, C] logits and labels.
@@ -201,5 +255,6 @@ def test_measure_costs_returns_exactly_the_named_figures(rule):
     assert (c["T"], c["batch"], c["bytes_per_value"]) == (12, B, 4)
     assert c["learn_steps"] == (4 if rule == "stllr" else 12)
     assert c["cuda_peak_bytes_measured_per_batch"] is None
+    assert c["peak_step_bytes_measured_per_batch"] >= c["learning_memory_bytes_measured_per_batch"] > 0
     assert c["learning_memory_bytes_measured_per_sample"] == c["learning_memory_bytes_measured_per_batch"] / B
     assert "4 bytes per value" in c["counting"] and "forward buffers" in c["counting"]
