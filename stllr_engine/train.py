@@ -426,7 +426,15 @@ def _first_costs(net: Network, step: Callable[..., StepStats], x: Tensor, labels
                  cfg: TrainConfig) -> dict[str, Any]:
     """The named costs of the run: measured on its first batch, or the formulas alone."""
     if cfg.measure_costs:
-        return measure_costs(net, step, x, labels, cfg.rule, cfg.stllr if cfg.rule == "stllr" else None)
+        measured = step
+        if cfg.rule == "stllr" and cfg.stllr.online:
+            # the online step updates as it goes: measure it with an optimiser that moves nothing
+            frozen = torch.optim.SGD(net.parameters(), lr=0.0)
+
+            def measured(net: Network, x: Tensor, labels: Tensor, probe: Any = None) -> StepStats:
+                return step(net, x, labels, probe=probe, optimizer=frozen)
+
+        return measure_costs(net, measured, x, labels, cfg.rule, cfg.stllr if cfg.rule == "stllr" else None)
     T, batch = x.shape[0], x.shape[1]
     out: dict[str, Any] = dict(formula_costs(net, cfg.rule, T, cfg.stllr if cfg.rule == "stllr" else None,
                                              x.element_size()))

@@ -213,3 +213,25 @@ def test_unknown_keys_in_stored_configs_are_clear_errors():
         STLLRConfig.from_dict({"delay_ls": 5})
     with pytest.raises(StllrError, match=r"training: unknown keys \['learning_rate'\]"):
         TrainConfig.from_dict({"learning_rate": 0.1})
+
+
+def test_online_stllr_steps_the_optimiser_inside_the_step_and_measures_without_moving():
+    """fit with online S-TLLR equals stllr_step(..., optimizer=) called by hand on the same batches,
+    and measuring its costs on the first batch changes no weight."""
+    from stllr_engine.stllr import stllr_step
+
+    ds = _task(n=64)
+    rule = STLLRConfig(learn_steps=4, alpha_post=1.0, online=True)
+    cfg = TrainConfig(rule="stllr", stllr=rule, optimizer="sgd", lr=0.05, momentum=0.0, epochs=1,
+                      schedule="constant", measure_costs=True)
+    net = build_network(SPEC)
+    m = list(fit(net, DataLoader(ds, batch_size=32), cfg))[-1]
+    assert m["mode"] == "window+online" and m["learning_memory_bytes_measured_per_batch"] > 0
+    by_hand = build_network(SPEC)
+    opt = torch.optim.SGD(by_hand.parameters(), lr=0.05, momentum=0.0)
+    for x, y in DataLoader(ds, batch_size=32):
+        opt.zero_grad(set_to_none=True)
+        stllr_step(by_hand, x.transpose(0, 1).contiguous(), y, rule, optimizer=opt)
+    for k, v in net.state_dict().items():
+        assert torch.allclose(v, by_hand.state_dict()[k], rtol=0, atol=1e-6), k
+    assert not torch.equal(net.layers[0].weight, build_network(SPEC).layers[0].weight)
