@@ -371,7 +371,8 @@ def _run(spec: Any, folder: str, budget: int, address: str | None, resume: bool,
             o = spec.objectives[0]
             scheduler = ASHAScheduler(metric=o.metric, mode="max" if o.direction == "maximize" else "min",
                                       time_attr="iteration", max_t=spec.epochs * len(spec.seeds),
-                                      grace_period=int(spec.scheduler.get("grace_period", 1)))
+                                      grace_period=int(spec.scheduler.get("grace_period", 1)),
+                                      reduction_factor=float(spec.scheduler.get("reduction_factor", 2)))
         n_session = len(os.listdir(os.path.join(folder, "ray"))) if os.path.isdir(os.path.join(folder, "ray")) else 0
         trainable = tune.with_resources(run_configuration, {"cpu": float(spec.resources.get("cpu", 1)),
                                                             "gpu": float(spec.resources.get("gpu", 0))})

@@ -85,3 +85,30 @@ def test_a_missing_dataset_on_the_worker_is_a_failed_run_with_the_reason(study_f
     with pytest.raises(StllrError) as err:
         sweep(str(path), out=str(tmp_path / "study"), quiet=True, report=False)
     assert "\n" not in str(err.value) and "SHD" in str(err.value)
+
+
+def test_early_stopped_runs_are_pruned_and_never_complete(study_file, tmp_path):
+    """Single objective with ASHA: runs stopped at a rung are recorded as pruned (rows and Optuna)."""
+    import optuna
+
+    from study.runner import open_storage
+
+    path = study_file(search={"width": {"type": "categorical", "choices": [32]},
+                              "lr": {"type": "categorical", "choices": [1e-6, 1e-2]}},
+                      fixed={"stllr": {"learn_steps": 8, "lambda_pre": 1.0, "alpha_post": 1.0},
+                             "data": {"batch_size": 128, "val_fraction": 0.2}},
+                      objectives=[{"metric": "val_accuracy", "direction": "maximize"}],
+                      scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
+                      budget={"trials": 6, "epochs": 4, "seeds": [0]}, rules=["stllr"], baseline=None,
+                      sampler={"name": "random", "seed": 2}, constraints=None)
+    folder = tmp_path / "study"
+    sweep(str(path), out=str(folder), quiet=True, report=False)
+    df = pd.read_parquet(folder / "results.parquet")
+    pruned = df[df.status == "pruned"]
+    assert len(pruned) >= 1, df[["lr", "status", "epochs_done"]]
+    assert (pruned.epochs_done < 4).all()
+    study = optuna.load_study(study_name="search", storage=open_storage(str(folder)))
+    states = {t.state for t in study.trials}
+    assert optuna.trial.TrialState.PRUNED in states
+    complete = df[df.status == "complete"]
+    assert (complete.epochs_done == 4).all()
