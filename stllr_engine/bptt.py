@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stllr_engine.layers import SynapseWeights
 from stllr_engine.network import Network
 from stllr_engine.neurons import LIFParameters, get_surrogate, heaviside
 from stllr_engine.stllr import Probe, StepStats, _NoProbe
@@ -99,16 +100,16 @@ def lif_scan(current: Tensor, w_rec: Tensor | None, p: LIFParameters) -> Tensor:
     return LIFScan.apply(current, w_rec, p)
 
 
-def bptt_forward(net: Network, x: Tensor, weights: list[Tensor] | None = None) -> Tensor:
+def bptt_forward(net: Network, x: Tensor, weights: list[SynapseWeights] | None = None) -> Tensor:
     """``Σ_t o[t]`` ``[B, C]`` for time-major ``x`` ``[T, B, ...]``, with autograd."""
     T, batch = x.shape[0], x.shape[1]
     if weights is None:
-        weights = [layer.effective_weight() for layer in net.hidden_layers]
+        weights = [layer.effective_weights() for layer in net.hidden_layers]
     inp = x
-    for layer, w in zip(net.hidden_layers, weights):
+    for layer, sw in zip(net.hidden_layers, weights):
         xs = layer.pre(inp.reshape(T * batch, *inp.shape[2:]))
-        current = layer.synapse(xs, w, layer.bias).view(T, batch, *layer.out_shape)
-        inp = lif_scan(current, layer.rec_weight, layer.lif)
+        current = layer.synapse(xs, sw.w, layer.bias).view(T, batch, *layer.out_shape)
+        inp = lif_scan(current, sw.w_rec, layer.lif)
     ro = net.readout
     # Σ_t o[t] with o[t] = Σ_{s<=t} γ_o^{t-s} (W x[s] + b)  =  W x̄ + b Σ_s k_s, where
     # x̄ = Σ_s k_s x[s] and k_s = Σ_{i=0}^{T-1-s} γ_o^i: the loss sees the readout only
@@ -133,8 +134,9 @@ def bptt_step(net: Network, x: Tensor, labels: Tensor, probe: Probe | None = Non
     probe = probe or _NoProbe()
     x = x.contiguous()
     labels = labels if labels.dim() == 1 else labels[-1]
-    weights = [layer.effective_weight() for layer in net.hidden_layers]
-    probe.exclude(weights)  # (standardised) weights: derived from the parameters, not learning memory
+    weights = [layer.effective_weights() for layer in net.hidden_layers]
+    # (standardised) weights: derived from the parameters, not learning memory
+    probe.exclude([t for sw in weights for t in sw if t is not None])
     with probe.phase("forward"):
         o_sum = bptt_forward(net, x, weights)
         loss = F.cross_entropy(o_sum, labels)

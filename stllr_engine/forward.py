@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stllr_engine.layers import SynapseWeights
 from stllr_engine.network import Network
 from stllr_engine.neurons import get_surrogate
 
@@ -173,7 +174,7 @@ def run_chunk(
     net: Network,
     x: Tensor,
     state: NetState,
-    weights: Sequence[Tensor],
+    weights: Sequence[SynapseWeights],
     n_learn: int = 0,
     factors: Sequence[LayerFactors] | None = None,
     readout_lambda: float | None = None,
@@ -185,7 +186,7 @@ def run_chunk(
         net: the network.
         x: input ``[c, B, *input_shape]`` (time-major).
         state: state before the chunk.
-        weights: effective (standardised) feed-forward weights, one per hidden layer.
+        weights: the weights the synapses use (standardised where enabled), per hidden layer.
         n_learn: record the last ``n_learn`` steps for learning.
         factors: S-TLLR factors per layer (``None``: no traces, inference only).
         readout_lambda: λ of the readout's input trace.
@@ -203,14 +204,14 @@ def run_chunk(
     new_layers: list[LayerState] = []
     inp = x
     with torch.no_grad():
-        for i, (layer, w, st) in enumerate(zip(net.hidden_layers, weights, state.layers)):
+        for i, (layer, sw, st) in enumerate(zip(net.hidden_layers, weights, state.layers)):
             f = factors[i] if factors is not None else None
             lam_pre = f.lambda_pre if f is not None else 0.0
             lam_post = f.lambda_post if f is not None else 0.0
             p = layer.lif
             psi_fn = get_surrogate(p.surrogate)
             xs = layer.pre(inp.reshape(c * batch, *inp.shape[2:]))
-            current = layer.synapse(xs, w, layer.bias).view(c, batch, *layer.out_shape)
+            current = layer.synapse(xs, sw.w, layer.bias).view(c, batch, *layer.out_shape)
             xs = xs.view(c, batch, *layer.x_shape)
             rec = n_learn > 0
 
@@ -228,7 +229,7 @@ def run_chunk(
             del xs
 
             # LIF scan: in-place, cache-resident per-step work; window steps recorded.
-            w_rec_t = layer.rec_weight.t() if layer.rec_weight is not None else None
+            w_rec_t = sw.w_rec.t() if sw.w_rec is not None else None
             u = st.u.clone()
             y_prev = st.y
             tr_post = st.tr_post.clone() if st.tr_post is not None else None
@@ -301,10 +302,10 @@ def run_chunk(
     return o_traj, records, readout_record, NetState(tuple(new_layers), ReadoutTraceState(o, tr, cb))
 
 
-def effective_weights(net: Network) -> list[Tensor]:
-    """The weights the synapses use (standardised where enabled), detached."""
+def effective_weights(net: Network) -> list[SynapseWeights]:
+    """The weights the synapses use (standardised where enabled), without autograd."""
     with torch.no_grad():
-        return [layer.effective_weight() for layer in net.hidden_layers]
+        return [layer.effective_weights() for layer in net.hidden_layers]
 
 
 def run_inference(net: Network, x: Tensor) -> Tensor:

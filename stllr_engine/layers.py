@@ -18,7 +18,7 @@ pooling) is applied to the spikes of the layer below; it has an explicit adjoint
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from torch.nn import grad as nn_grad
 from stllr_engine.errors import StllrError
 from stllr_engine.neurons import LIFParameters
 
-__all__ = ["Transform", "SpikingLayer", "Readout", "standardize_weight", "TRANSFORMS"]
+__all__ = ["Transform", "SpikingLayer", "SynapseWeights", "Readout", "standardize_weight", "TRANSFORMS"]
 
 TRANSFORMS = ("flatten", "avgpool", "maxpool", "gap")
 
@@ -124,16 +124,32 @@ class Transform:
         return g
 
 
-def standardize_weight(w: Tensor, eps: float = 1e-4) -> Tensor:
+def standardize_weight(w: Tensor, eps: float = 1e-4, unbiased: bool = False, gain: Tensor | None = None) -> Tensor:
     r"""Scaled weight standardisation (per output unit, over its fan-in).
 
-    ``Ŵ = (W − mean) / sqrt(var · fan_in + eps)``, as in the official S-TLLR / OTTT code.
+    ``Ŵ = (W − mean) / sqrt(var · fan_in + eps) · gain``, as in the official S-TLLR / OTTT
+    code, which uses the unbiased variance and a learnable gain per output unit
+    (``gain`` of shape ``[out]``).
+
+    >>> w = torch.tensor([[1.0, 3.0]])  # mean 2; population var 1, unbiased var 2; fan-in 2
+    >>> standardize_weight(w, eps=0.0).tolist(), standardize_weight(w, eps=0.0, unbiased=True).tolist()
+    ([[-0.7071067690849304, 0.7071067690849304]], [[-0.5, 0.5]])
     """
     dims = tuple(range(1, w.dim()))
     fan_in = math.prod(w.shape[1:])
     mean = w.mean(dim=dims, keepdim=True)
-    var = w.var(dim=dims, keepdim=True, unbiased=False)
-    return (w - mean) / torch.sqrt(var * fan_in + eps)
+    var = w.var(dim=dims, keepdim=True, unbiased=unbiased)
+    out = (w - mean) / torch.sqrt(var * fan_in + eps)
+    if gain is not None:
+        out = out * gain.view(-1, *([1] * len(dims)))
+    return out
+
+
+class SynapseWeights(NamedTuple):
+    """The weights a layer's synapses use (standardised where enabled): feed-forward and recurrent."""
+
+    w: Tensor
+    w_rec: Tensor | None
 
 
 class SpikingLayer(nn.Module):
@@ -147,6 +163,11 @@ class SpikingLayer(nn.Module):
         pre: transform applied to the input spikes.
         recurrent: add ``W_rec y[t-1]`` (dense layers only).
         weight_standardization: use :func:`standardize_weight` on ``W``.
+        ws_unbiased: standardise with the unbiased variance (the official code's).
+        ws_gain: a learnable gain per output unit (``gain``, ones at the start) after the
+            standardisation (the official code's).
+        rec_standardization: standardise ``W_rec`` too (with its own gain ``rec_gain``
+            when ``ws_gain``).
         kernel_size, padding: conv geometry.
     """
 
@@ -162,12 +183,17 @@ class SpikingLayer(nn.Module):
         kernel_size: int = 3,
         padding: int = 1,
         bias: bool = True,
+        ws_unbiased: bool = False,
+        ws_gain: bool = False,
+        rec_standardization: bool = False,
     ):
         super().__init__()
         if kind not in ("dense", "conv"):
             raise StllrError(f"unknown layer kind {kind!r}: use 'dense' or 'conv'")
         if recurrent and kind != "dense":
             raise StllrError("recurrent connections are supported for dense layers only")
+        if ws_gain and not (weight_standardization or rec_standardization):
+            raise StllrError("a weight-standardisation gain needs weight_standardization (or rec_standardization)")
         self.kind = kind
         self.pre = pre or Transform()
         self.in_shape = tuple(in_shape)
@@ -175,6 +201,8 @@ class SpikingLayer(nn.Module):
         self.lif = lif
         self.recurrent = recurrent
         self.weight_standardization = weight_standardization
+        self.ws_unbiased = ws_unbiased
+        self.rec_standardization = rec_standardization and recurrent
         self.kernel_size, self.padding = kernel_size, padding
         lin: nn.Linear | nn.Conv2d
         if kind == "dense":
@@ -196,6 +224,8 @@ class SpikingLayer(nn.Module):
             self.rec_weight: Tensor | None = rec.weight
         else:
             self.rec_weight = None
+        self.gain = nn.Parameter(torch.ones(out_features)) if ws_gain and weight_standardization else None
+        self.rec_gain = nn.Parameter(torch.ones(out_features)) if ws_gain and self.rec_standardization else None
 
     @property
     def num_neurons(self) -> int:
@@ -213,7 +243,24 @@ class SpikingLayer(nn.Module):
 
     def effective_weight(self) -> Tensor:
         """``W`` as the synapse uses it (standardised if enabled; differentiable)."""
-        return standardize_weight(self.weight) if self.weight_standardization else self.weight
+        if not self.weight_standardization:
+            return self.weight
+        return standardize_weight(self.weight, unbiased=self.ws_unbiased, gain=self.gain)
+
+    def effective_rec_weight(self) -> Tensor | None:
+        """``W_rec`` as the synapse uses it (standardised if enabled; differentiable)."""
+        if self.rec_weight is None or not self.rec_standardization:
+            return self.rec_weight
+        return standardize_weight(self.rec_weight, unbiased=self.ws_unbiased, gain=self.rec_gain)
+
+    def effective_weights(self) -> SynapseWeights:
+        """Both, differentiable with respect to the parameters."""
+        return SynapseWeights(self.effective_weight(), self.effective_rec_weight())
+
+    @property
+    def standardized(self) -> bool:
+        """Whether a weight update must pass through a standardisation to the parameters."""
+        return self.weight_standardization or self.rec_standardization
 
     def synapse(self, x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
         """Input current ``W x (+ b)`` (no recurrence) for ``x`` of shape ``[N, *x_shape]``."""

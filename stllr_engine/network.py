@@ -58,8 +58,13 @@ class NetworkSpec:
         depth: hidden layers (``rsnn``/``mlp``) or conv blocks (``vgg``).
         gamma, theta, reset, surrogate: LIF constants (DESIGN §2).
         gamma_o: readout leak.
-        weight_standardization: scaled WS on feed-forward weights (official VGG uses it).
+        weight_standardization: scaled WS on feed-forward weights (the official layers use it).
+        ws_variance: ``"population"`` or ``"unbiased"`` (the official code's) variance in WS.
+        ws_gain: a learnable gain per output unit after WS (the official code's).
+        recurrent_standardization: WS on the recurrent weights too (own gain), ``rsnn`` only.
         pool: ``"avg"`` or ``"max"`` pooling between vgg blocks.
+        pool_last_block: pool after the last vgg block too (the official VGG does not:
+            global average pooling follows its last conv directly).
         seed: initialisation seed in ``[0, 2**63 - 1]`` (DFA matrices use seeds hashed from it).
     """
 
@@ -76,6 +81,10 @@ class NetworkSpec:
     weight_standardization: bool = False
     pool: str = "avg"
     seed: int = 0
+    ws_variance: str = "population"
+    ws_gain: bool = False
+    recurrent_standardization: bool = False
+    pool_last_block: bool = True
 
     def __post_init__(self) -> None:
         w = "network"
@@ -96,8 +105,15 @@ class NetworkSpec:
         choice(w, "reset", self.reset, ("soft", "hard"))
         choice(w, "surrogate", self.surrogate, tuple(SURROGATES))
         choice(w, "pool", self.pool, ("avg", "max"))
-        if not isinstance(self.weight_standardization, bool):
-            raise StllrError(f"{w}: weight_standardization={self.weight_standardization!r} must be true or false")
+        for flag in ("weight_standardization", "ws_gain", "recurrent_standardization", "pool_last_block"):
+            if not isinstance(getattr(self, flag), bool):
+                raise StllrError(f"{w}: {flag}={getattr(self, flag)!r} must be true or false")
+        choice(w, "ws_variance", self.ws_variance, ("population", "unbiased"))
+        if self.ws_gain and not (self.weight_standardization or self.recurrent_standardization):
+            raise StllrError(f"{w}: ws_gain=true needs weight_standardization (or recurrent_standardization): "
+                             "enable one or set ws_gain=false")
+        if self.recurrent_standardization and self.kind != "rsnn":
+            raise StllrError(f"{w}: recurrent_standardization applies to kind 'rsnn' only, not {self.kind!r}")
         if self.kind == "vgg" and len(self.input_shape) != 3:
             raise StllrError(f"{w}: vgg needs a [C, H, W] input_shape, got {list(self.input_shape)}")
 
@@ -126,11 +142,29 @@ PRESETS: dict[str, NetworkSpec] = {
         kind="vgg", input_shape=(2, 32, 32), num_classes=11, width=64, depth=4, gamma=0.5,
         theta=0.8, surrogate="triangle", gamma_o=0.0, weight_standardization=True, pool="avg",
     ),
+    # The authors' code (models/STDPAudioSNN.py, layers/STLLR_layers.py): leak 5 → γ = sigmoid(5)
+    # for the hidden layer and the readout, θ = 0.6 (> 0.5, so their max(θ, 0.5) is θ), scaled
+    # WS with the unbiased variance and a learnable gain on the feed-forward and the recurrent
+    # weights; the readout is not standardised.
+    "shd_rsnn_official": NetworkSpec(
+        kind="rsnn", input_shape=(700,), num_classes=20, width=450, depth=1, gamma=sigmoid_leak(5.0),
+        theta=0.6, surrogate="inverse_square", gamma_o=sigmoid_leak(5.0), weight_standardization=True,
+        ws_variance="unbiased", ws_gain=True, recurrent_standardization=True,
+    ),
+    # The authors' VGG (models/VGG_STDP.py, DVS Gesture command): leak 0 → γ = 0.5, θ = 0.6, WS
+    # with unbiased variance and gain on every conv, max pooling after blocks 1-3 only, global
+    # average pooling into a plain linear readout (γ_o = 0).
+    "vgg9_official": NetworkSpec(
+        kind="vgg", input_shape=(2, 32, 32), num_classes=11, width=64, depth=4, gamma=sigmoid_leak(0.0),
+        theta=0.6, surrogate="triangle", gamma_o=0.0, weight_standardization=True, pool="max",
+        ws_variance="unbiased", ws_gain=True, pool_last_block=False,
+    ),
 }
 
 
 def preset(name: str, **overrides: Any) -> NetworkSpec:
-    """A named spec (``shd_rsnn``, ``vgg9``), optionally with fields replaced."""
+    """A named spec (``shd_rsnn``, ``vgg9``, ``shd_rsnn_official``, ``vgg9_official``), optionally
+    with fields replaced."""
     if name not in PRESETS:
         raise StllrError(f"unknown network preset {name!r}: use one of {', '.join(PRESETS)}")
     return PRESETS[name].replace(**overrides)
@@ -190,6 +224,8 @@ class Network(nn.Module):
 def build_network(spec: NetworkSpec) -> Network:
     """Build (and initialise, seeded by ``spec.seed``) the network ``spec`` describes."""
     lif = LIFParameters(gamma=spec.gamma, theta=spec.theta, reset=spec.reset, surrogate=spec.surrogate)
+    ws = dict(weight_standardization=spec.weight_standardization, ws_unbiased=spec.ws_variance == "unbiased",
+              ws_gain=spec.ws_gain)
     devnull_state = torch.random.get_rng_state()
     torch.manual_seed(spec.seed)
     try:
@@ -200,7 +236,7 @@ def build_network(spec: NetworkSpec) -> Network:
             for _ in range(spec.depth):
                 layer = SpikingLayer(
                     "dense", shape, spec.width, lif, pre=pre, recurrent=spec.kind == "rsnn",
-                    weight_standardization=spec.weight_standardization,
+                    rec_standardization=spec.recurrent_standardization, **ws,  # type: ignore[arg-type]
                 )
                 layers.append(layer)
                 shape, pre = layer.out_shape, Transform()
@@ -208,23 +244,22 @@ def build_network(spec: NetworkSpec) -> Network:
         else:
             pool = "avgpool" if spec.pool == "avg" else "maxpool"
             h, w = spec.input_shape[1:]
-            if h % (2**spec.depth) or w % (2**spec.depth):
+            halvings = spec.depth if spec.pool_last_block else spec.depth - 1
+            if h % (2**halvings) or w % (2**halvings):
                 raise StllrError(
-                    f"vgg depth {spec.depth} halves {h}x{w} {spec.depth} times: use an input size "
-                    f"divisible by {2**spec.depth} or a smaller depth"
+                    f"vgg depth {spec.depth} halves {h}x{w} {halvings} times: use an input size "
+                    f"divisible by {2**halvings} or a smaller depth"
                 )
             pre = Transform()
             for k in range(2 * spec.depth):
                 block = k // 2
                 channels = spec.width if k == 0 else min(spec.width * 2 ** (block + 1), 8 * spec.width)
-                layer = SpikingLayer(
-                    "conv", shape, channels, lif, pre=pre,
-                    weight_standardization=spec.weight_standardization,
-                )
+                layer = SpikingLayer("conv", shape, channels, lif, pre=pre, **ws)  # type: ignore[arg-type]
                 layers.append(layer)
                 shape = layer.out_shape
                 pre = Transform((pool,)) if k % 2 == 1 else Transform()
-            readout = Readout(shape, spec.num_classes, spec.gamma_o, pre=Transform((pool, "gap")))
+            last = (pool, "gap") if spec.pool_last_block else ("gap",)
+            readout = Readout(shape, spec.num_classes, spec.gamma_o, pre=Transform(last))
     finally:
         torch.random.set_rng_state(devnull_state)
     return Network(spec, layers, readout)

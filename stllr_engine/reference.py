@@ -9,6 +9,9 @@ r"""Naive, obviously-correct references for the fast paths (tests and benchmarks
   SGD step before the next step (online S-TLLR).
 * :func:`reference_bptt_loss` is the plainly unrolled network, step by step, with
   :func:`stllr_engine.neurons.lif_step`, for autograd to differentiate through time.
+
+The S-TLLR factors, the weight standardisation and the DFA matrices are computed here
+by their own code, not by the fast path's helpers (tests pin those helpers to numbers).
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from torch import Tensor
 from stllr_engine.layers import SpikingLayer
 from stllr_engine.network import Network
 from stllr_engine.neurons import LIFState, lif_step
-from stllr_engine.stllr import STLLRConfig, learnable
+from stllr_engine.stllr import STLLRConfig
 
-__all__ = ["reference_stllr_grads", "reference_stllr_online_sgd", "reference_bptt_loss"]
+__all__ = ["reference_stllr_grads", "reference_stllr_online_sgd", "reference_bptt_loss", "reference_weights",
+           "reference_feedback"]
 
 
 def _eligibility(layer: SpikingLayer, psi: Tensor, tr_pre: Tensor, tr_post_prev: Tensor, x: Tensor,
@@ -49,8 +53,47 @@ def _apply_e(layer: SpikingLayer, delta: Tensor, e: Tensor) -> Tensor:
     return torch.einsum("bcl,bclk->ck", delta.reshape(b, c, -1), e).reshape(layer.weight.shape)
 
 
-def reference_stllr_grads(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig) -> list[Tensor | None]:
-    """S-TLLR updates by the equations, in the order of :func:`stllr_engine.stllr.learnable`.
+def reference_weights(layer: SpikingLayer) -> tuple[Tensor, Tensor | None]:
+    """The weights the synapses use, written out here (not the fast path's helper):
+    ``(W − mean) / sqrt(var · fan_in + 1e-4) · gain`` per output unit where enabled."""
+
+    def standardise(w: Tensor, gain: Tensor | None) -> Tensor:
+        flat = w.reshape(w.shape[0], -1)
+        n = flat.shape[1]
+        mean = flat.sum(1, keepdim=True) / n
+        var = ((flat - mean) ** 2).sum(1, keepdim=True) / (n - 1 if layer.ws_unbiased else n)
+        out = (flat - mean) / torch.sqrt(var * n + 1e-4)
+        if gain is not None:
+            out = out * gain[:, None]
+        return out.reshape(w.shape)
+
+    w = standardise(layer.weight, layer.gain) if layer.weight_standardization else layer.weight
+    w_rec = layer.rec_weight
+    if w_rec is not None and layer.rec_standardization:
+        w_rec = standardise(w_rec, layer.rec_gain)
+    return w, w_rec
+
+
+def reference_feedback(net: Network, index: int) -> Tensor:
+    """The DFA matrix of hidden layer ``index``, drawn here from its documented seed."""
+    from stllr_engine.network import derived_seed
+
+    c, n = net.readout.num_classes, net.hidden_layers[index].num_neurons
+    g = torch.Generator().manual_seed(derived_seed(net.spec.seed, f"dfa/{index}"))
+    return (torch.randn(c, n, generator=g) / c**0.5).to(net.readout.weight)
+
+
+def _factors(cfg: STLLRConfig, i: int) -> dict[str, float]:
+    """λ_pre, λ_post, α_pre, α_post of hidden layer ``i``: the defaults, then its overrides."""
+    d = {"lambda_pre": cfg.lambda_pre, "lambda_post": cfg.lambda_post,
+         "alpha_pre": cfg.alpha_pre, "alpha_post": cfg.alpha_post}
+    for key, value in cfg.layer_factors.get(i, {}).items():
+        d[key] = value
+    return d
+
+
+def reference_stllr_grads(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig) -> dict[str, Tensor]:
+    """S-TLLR updates by the equations, by parameter name (``net.named_parameters()``).
 
     Args:
         net: network (its parameters are not modified).
@@ -58,11 +101,10 @@ def reference_stllr_grads(net: Network, x: Tensor, labels: Tensor, cfg: STLLRCon
         labels: ``[B]`` or per-step ``[T, B]``.
         cfg: the rule settings (``mode`` and ``online`` are irrelevant here).
     """
-    total: list[Tensor | None] = [None if p is None else torch.zeros_like(p) for p in learnable(net)]
+    total = {name: torch.zeros_like(p) for name, p in net.named_parameters()}
     for update in _reference_steps(net, x, labels, cfg):
-        for acc, g in zip(total, update):
-            if acc is not None and g is not None:
-                acc += g
+        for name, g in update.items():
+            total[name] += g
     return total
 
 
@@ -72,22 +114,22 @@ def reference_stllr_online_sgd(net: Network, x: Tensor, labels: Tensor, cfg: STL
     A plain SGD step on the parameters after each window step's explicit-eligibility
     update; the next step's forward uses the new weights. Modifies ``net`` in place.
     """
+    params = dict(net.named_parameters())
     with torch.no_grad():
         for update in _reference_steps(net, x, labels, cfg):
-            for p, g in zip(learnable(net), update):
-                if p is not None and g is not None:
-                    p.sub_(g, alpha=lr)
+            for name, g in update.items():
+                params[name].sub_(g, alpha=lr)
 
 
-def _reference_steps(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig) -> Iterator[list[Tensor | None]]:
-    """Yields each window step's update (learnable order), step by step; reads the
+def _reference_steps(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig) -> Iterator[dict[str, Tensor]]:
+    """Yields each window step's update by parameter name, step by step; reads the
     parameters afresh at every step, so a caller may change them between steps."""
     T, batch = x.shape[0], x.shape[1]
     layers = net.hidden_layers
     ro = net.readout
-    factors = cfg.factors(len(layers))
+    factors = [_factors(cfg, i) for i in range(len(layers))]
     lam_ro = cfg.readout_lambda if cfg.readout_lambda is not None else ro.gamma_o
-    t_win = T - min(cfg.learn_steps, T)
+    t_win = T - cfg.learn_steps
 
     def zeros(shape):
         return x.new_zeros(batch, *shape)
@@ -103,17 +145,18 @@ def _reference_steps(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig) 
 
     for t in range(T):
         with torch.no_grad():
-            weights = [layer.effective_weight() for layer in layers]
+            weights = [reference_weights(layer) for layer in layers]
         lab = labels if labels.dim() == 1 else labels[t]
         # requires_grad on the input makes the step's graph exist even without a bias
         inp: Tensor = x[t].clone().requires_grad_(cfg.learning_signal == "bp")
         xs_all, ys, vs = [], [], []
         with torch.enable_grad():
             for i, layer in enumerate(layers):
+                w, w_rec = weights[i]
                 xs = layer.pre(inp)
-                cur = layer.add_bias(layer.synapse(xs, weights[i]))
-                if layer.rec_weight is not None:
-                    cur = cur + y_prev[i] @ layer.rec_weight.detach().t()
+                cur = layer.add_bias(layer.synapse(xs, w))
+                if w_rec is not None:
+                    cur = cur + y_prev[i] @ w_rec.t()
                 y, v, st = lif_step(cur, LIFState(u[i]), layer.lif)
                 xs_all.append(xs)
                 ys.append(y)
@@ -131,44 +174,63 @@ def _reference_steps(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig) 
         o = o.detach()
         tr_ro = lam_ro * tr_ro + xo.detach()
         c_ro = lam_ro * c_ro + 1.0
-        update: list[Tensor | None] = [torch.einsum("bi,bj->ij", err, tr_ro), err.sum(0) * c_ro]
+        update = {"readout.weight": torch.einsum("bi,bj->ij", err, tr_ro),
+                  "readout.bias": err.sum(0) * (c_ro if cfg.readout_bias == "trace" else 1.0)}
         for i, layer in enumerate(layers):
             f = factors[i]
             psi = _psi(layer, vs[i])
             xs = xs_all[i].detach()
-            tr_pre[i] = f.lambda_pre * tr_pre[i] + xs
+            tr_pre[i] = f["lambda_pre"] * tr_pre[i] + xs
             if t >= t_win:
                 if cfg.learning_signal == "bp":
                     delta = deltas[i]  # type: ignore[index]
                 else:
-                    delta = (err @ net.feedback_matrix(i)).reshape(batch, *layer.out_shape)
-                e = _eligibility(layer, psi, tr_pre[i], tr_post[i], xs, f.alpha_pre, f.alpha_post)
-                g_eff = _apply_e(layer, delta, e)
-                g_b = (delta * psi).sum(dim=0 if layer.kind == "dense" else (0, 2, 3))
-                g_r = None
+                    delta = (err @ reference_feedback(net, i)).reshape(batch, *layer.out_shape)
+                e = _eligibility(layer, psi, tr_pre[i], tr_post[i], xs, f["alpha_pre"], f["alpha_post"])
+                g_w = _apply_e(layer, delta, e)
+                g_rec = None
                 if layer.recurrent:
-                    tr_rec_now = f.lambda_pre * tr_rec[i] + y_prev[i]
-                    e_rec = _eligibility(layer, psi, tr_rec_now, tr_post[i], y_prev[i], f.alpha_pre, f.alpha_post)
-                    g_r = torch.einsum("bi,bij->ij", delta, e_rec)
-                update += [_through_standardisation(layer, g_eff), g_b if layer.bias is not None else None, g_r]
+                    tr_rec_now = f["lambda_pre"] * tr_rec[i] + y_prev[i]
+                    e_rec = _eligibility(layer, psi, tr_rec_now, tr_post[i], y_prev[i], f["alpha_pre"], f["alpha_post"])
+                    g_rec = torch.einsum("bi,bij->ij", delta, e_rec)
+                update.update(_to_parameters(layer, f"layers.{i}.", g_w, g_rec))
+                if layer.bias is not None:
+                    update[f"layers.{i}.bias"] = (delta * psi).sum(dim=0 if layer.kind == "dense" else (0, 2, 3))
             if layer.recurrent:
-                tr_rec[i] = f.lambda_pre * tr_rec[i] + y_prev[i]
-            tr_post[i] = f.lambda_post * tr_post[i] + psi
+                tr_rec[i] = f["lambda_pre"] * tr_rec[i] + y_prev[i]
+            tr_post[i] = f["lambda_post"] * tr_post[i] + psi
             y_prev[i] = ys[i].detach()
         if t >= t_win:
             yield update
 
 
-def _through_standardisation(layer: SpikingLayer, g_eff: Tensor) -> Tensor:
-    """The update of the raw weight for an update ``g_eff`` of the weight the synapse uses."""
-    if not layer.weight_standardization:
-        return g_eff
-    from stllr_engine.layers import standardize_weight
-
-    w = layer.weight.detach().requires_grad_(True)
+def _to_parameters(layer: SpikingLayer, prefix: str, g_w: Tensor, g_rec: Tensor | None) -> dict[str, Tensor]:
+    """Updates of the parameters (weights, gains) for updates of the weights the synapses
+    use: the chain rule through the standardisation, by autograd."""
+    params = {name: p.detach().requires_grad_(True) for name, p in layer.named_parameters()}
     with torch.enable_grad():
-        (gw,) = torch.autograd.grad(standardize_weight(w), w, g_eff)
-    return gw
+        clone = _LayerView(layer, params)
+        w, w_rec = reference_weights(clone)  # type: ignore[arg-type]
+        outs, grads = [w], [g_w]
+        if w_rec is not None and g_rec is not None:
+            outs.append(w_rec)
+            grads.append(g_rec)
+        names = [n for n in params if n != "bias"]
+        found = torch.autograd.grad(outs, [params[n] for n in names], grads, allow_unused=True)
+    return {prefix + n: (g if g is not None else torch.zeros_like(params[n])) for n, g in zip(names, found)}
+
+
+class _LayerView:
+    """A layer's settings with stand-in parameters (for differentiating the standardisation)."""
+
+    def __init__(self, layer: SpikingLayer, params: dict[str, Tensor]):
+        self.ws_unbiased = layer.ws_unbiased
+        self.weight_standardization = layer.weight_standardization
+        self.rec_standardization = layer.rec_standardization
+        self.weight = params["weight"]
+        self.rec_weight = params.get("rec_weight")
+        self.gain = params.get("gain")
+        self.rec_gain = params.get("rec_gain")
 
 
 def _psi(layer: SpikingLayer, v: Tensor) -> Tensor:
@@ -189,9 +251,10 @@ def reference_bptt_loss(net: Network, x: Tensor, labels: Tensor) -> Tensor:
     for xt in x.unbind(0):
         inp = xt
         for i, layer in enumerate(layers):
-            cur = layer.add_bias(layer.synapse(layer.pre(inp), layer.effective_weight()))
-            if layer.rec_weight is not None:
-                cur = cur + y_prev[i] @ layer.rec_weight.t()
+            w, w_rec = reference_weights(layer)
+            cur = layer.add_bias(layer.synapse(layer.pre(inp), w))
+            if w_rec is not None:
+                cur = cur + y_prev[i] @ w_rec.t()
             y, _, st = lif_step(cur, LIFState(u[i]), layer.lif)
             u[i], y_prev[i] = st.u, y
             inp = y

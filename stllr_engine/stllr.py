@@ -44,9 +44,10 @@ from stllr_engine.forward import (
     initial_state,
     run_chunk,
 )
+from stllr_engine.layers import SynapseWeights
 from stllr_engine.network import Network
 
-__all__ = ["STLLRConfig", "STLLR_PRESETS", "StepStats", "stllr_step", "apply_gradients"]
+__all__ = ["STLLRConfig", "STLLR_PRESETS", "StepStats", "LayerUpdate", "Updates", "stllr_step", "apply_gradients"]
 
 _FACTOR_KEYS = ("lambda_pre", "lambda_post", "alpha_pre", "alpha_post")
 
@@ -67,6 +68,9 @@ class STLLRConfig:
             memory O(n) independent of T).
         online: one optimiser step at every window step (the official ``stllr_online``)
             instead of one per batch; :func:`stllr_step` then needs ``optimizer=``.
+        readout_bias: ``"trace"``: the readout bias learns from the error times its trace
+            ``Σ_s λ^s`` (exact for a leaky readout with λ = γ_o); ``"error"``: from the
+            output error alone (the official code).
         layer_factors: per-layer overrides ``{layer_index: {"alpha_post": 1.0, ...}}``;
             stored as an immutable mapping, checked once (``to_dict`` gives plain dicts).
     """
@@ -80,6 +84,7 @@ class STLLRConfig:
     readout_lambda: float | None = None
     mode: str = "window"
     online: bool = False
+    readout_bias: str = "trace"
     layer_factors: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -87,6 +92,7 @@ class STLLRConfig:
         integer(w, "learn_steps", self.learn_steps, 1)
         choice(w, "learning_signal", self.learning_signal, ("bp", "dfa"))
         choice(w, "mode", self.mode, ("window", "streaming"))
+        choice(w, "readout_bias", self.readout_bias, ("trace", "error"))
         real(w, "lambda_pre", self.lambda_pre, 0.0, 1.0)
         real(w, "lambda_post", self.lambda_post, 0.0, 1.0)
         real(w, "alpha_pre", self.alpha_pre)
@@ -153,6 +159,13 @@ STLLR_PRESETS: dict[str, STLLRConfig] = {
     "dvs_gesture": STLLRConfig(learn_steps=5, lambda_post=0.2, lambda_pre=0.75, alpha_post=-1.0, alpha_pre=1.0),
     "cifar10_dvs": STLLRConfig(learn_steps=5, lambda_post=0.2, lambda_pre=0.5, alpha_post=-1.0, alpha_pre=1.0),
     "shd": STLLRConfig(learn_steps=90, lambda_post=0.5, lambda_pre=1.0, alpha_post=1.0, alpha_pre=1.0),
+    # For the network presets of the same name, as the authors' code trains them: SHD's readout
+    # weight learns from a trace with λ = 0.99 (their factors [0, 0.99, 0, 1] on the readout),
+    # the VGG's plain linear readout from its input (λ = 0); both biases from the error alone.
+    "shd_rsnn_official": STLLRConfig(learn_steps=90, lambda_post=0.5, lambda_pre=1.0, alpha_post=1.0,
+                                     alpha_pre=1.0, readout_lambda=0.99, readout_bias="error"),
+    "vgg9_official": STLLRConfig(learn_steps=5, lambda_post=0.2, lambda_pre=0.75, alpha_post=-1.0,
+                                 alpha_pre=1.0, readout_lambda=0.0, readout_bias="error"),
 }
 
 
@@ -195,59 +208,95 @@ def _window_labels(labels: Tensor, T: int, t_start: int, t_end: int) -> Tensor:
     return labels[t_start:t_end]
 
 
+class LayerUpdate(NamedTuple):
+    """One hidden layer's S-TLLR update, accumulated over the window.
+
+    ``weight`` and ``rec_weight`` are updates of the weights the synapses use (the
+    standardised ones where enabled); :func:`apply_gradients` carries them back to the
+    parameters (and the gains) through the standardisation.
+    """
+
+    weight: Tensor
+    bias: Tensor | None
+    rec_weight: Tensor | None
+
+
+class Updates(NamedTuple):
+    """The whole network's S-TLLR update: readout, then one :class:`LayerUpdate` per hidden layer."""
+
+    readout_weight: Tensor
+    readout_bias: Tensor
+    layers: tuple[LayerUpdate, ...]
+
+    @staticmethod
+    def zeros(net: Network, weights: list[SynapseWeights]) -> "Updates":
+        def zeros_like(t: Tensor | None) -> Tensor | None:
+            return None if t is None else torch.zeros_like(t)
+
+        layers = tuple(LayerUpdate(torch.zeros_like(sw.w), zeros_like(layer.bias), zeros_like(sw.w_rec))
+                       for layer, sw in zip(net.hidden_layers, weights))
+        return Updates(torch.zeros_like(net.readout.weight), torch.zeros_like(net.readout.bias), layers)
+
+    def tensors(self) -> list[Tensor]:
+        return [self.readout_weight, self.readout_bias, *(t for u in self.layers for t in u if t is not None)]
+
+
+def _output_error(o: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``(Σ_t L[t], ∂L[t]/∂o[t])`` for ``L[t] = CE(o[t], label)`` (batch mean); ``o`` is
+    ``[n, B, C]``. The loss stays a tensor (no host synchronisation)."""
+    batch = o.shape[1]
+    logp = F.log_softmax(o, dim=-1)
+    loss = -logp.gather(-1, labels.unsqueeze(-1)).sum() / batch
+    err = logp.exp_()
+    err.scatter_add_(-1, labels.unsqueeze(-1), torch.full_like(err[..., :1], -1.0))
+    return loss, err.div_(batch)
+
+
 def _learn(
     net: Network,
-    weights: list[Tensor],
+    weights: list[SynapseWeights],
     records: list[LayerRecord],
     ro_rec: ReadoutRecord,
     labels: Tensor,
     factors: list[LayerFactors],
-    signal: str,
-    grads: list[Tensor],
+    cfg: STLLRConfig,
+    updates: Updates,
 ) -> Tensor:
-    """Accumulate the S-TLLR update of a window (or one step) into ``grads``; return Σ_t L[t].
-
-    The loss stays a tensor (no host synchronisation per step on a GPU).
-    """
+    """Accumulate the S-TLLR update of a window (or one step) into ``updates``; return Σ_t L[t]."""
     n, batch, classes = ro_rec.o.shape
     rows = n * batch
-    logp = F.log_softmax(ro_rec.o, dim=-1)
-    loss = -logp.gather(-1, labels.unsqueeze(-1)).sum() / batch
-    err = logp.exp_()
-    err.scatter_add_(-1, labels.unsqueeze(-1), torch.full_like(err[..., :1], -1.0))
-    err = err.reshape(rows, classes) / batch  # ∂L[t]/∂o[t], per step
+    loss, err3 = _output_error(ro_rec.o, labels)
+    err = err3.reshape(rows, classes)
     ro = net.readout
-    gi = 0
-    grads[gi].add_(err.t() @ ro_rec.tr.reshape(rows, -1))
-    grads[gi + 1].add_((err.view(n, batch, classes) * ro_rec.c[:, None, None]).sum((0, 1)))
-    gi += 2
+    updates.readout_weight.add_(err.t() @ ro_rec.tr.reshape(rows, -1))
+    if cfg.readout_bias == "trace":  # ∂o[t]/∂b = Σ_s λ^s: the bias trace
+        updates.readout_bias.add_((err3 * ro_rec.c[:, None, None]).sum((0, 1)))
+    else:  # the official code: the output error alone
+        updates.readout_bias.add_(err.sum(0))
     layers = net.hidden_layers
     delta = None
-    if signal == "bp":
+    if cfg.learning_signal == "bp":
         delta = ro.pre.adjoint(err @ ro.weight, ro.in_shape, _flat(ro_rec.x_raw))
     for i in reversed(range(len(layers))):
-        layer, rec, f, w = layers[i], records[i], factors[i], weights[i]
-        if signal == "dfa":
+        layer, rec, f, sw, upd = layers[i], records[i], factors[i], weights[i], updates.layers[i]
+        if cfg.learning_signal == "dfa":
             delta = err @ net.feedback_matrix(i)
         d = delta.reshape(rows, *layer.out_shape)  # type: ignore[union-attr]
-        g = d * rec.psi.reshape(rows, *layer.out_shape)
-        gw, gb = grads[gi + 3 * i], grads[gi + 3 * i + 1]
+        g = d * rec.psi.reshape(rows, *layer.out_shape)  # δ ⊙ ψ
+        h = d * rec.tr_post_prev.reshape(rows, *layer.out_shape) if f.alpha_post != 0 else None  # type: ignore[union-attr]
         if f.alpha_pre != 0:
-            gw.add_(layer.weight_grad(g, rec.tr_pre.reshape(rows, *layer.x_shape)), alpha=f.alpha_pre)  # type: ignore[union-attr]
-        h = None
-        if f.alpha_post != 0:
-            h = d * rec.tr_post_prev.reshape(rows, *layer.out_shape)  # type: ignore[union-attr]
-            gw.add_(layer.weight_grad(h, rec.x.reshape(rows, *layer.x_shape)), alpha=f.alpha_post)  # type: ignore[union-attr]
-        if layer.bias is not None:
-            gb.add_(layer.bias_grad(g))
-        if layer.recurrent:
-            gr = grads[gi + 3 * i + 2]
+            upd.weight.add_(layer.weight_grad(g, rec.tr_pre.reshape(rows, *layer.x_shape)), alpha=f.alpha_pre)  # type: ignore[union-attr]
+        if h is not None:
+            upd.weight.add_(layer.weight_grad(h, rec.x.reshape(rows, *layer.x_shape)), alpha=f.alpha_post)  # type: ignore[union-attr]
+        if upd.bias is not None:
+            upd.bias.add_(layer.bias_grad(g))
+        if upd.rec_weight is not None:
             if f.alpha_pre != 0:
-                gr.add_(layer.weight_grad(g, rec.tr_rec.reshape(rows, -1)), alpha=f.alpha_pre)  # type: ignore[union-attr]
+                upd.rec_weight.add_(layer.weight_grad(g, rec.tr_rec.reshape(rows, -1)), alpha=f.alpha_pre)  # type: ignore[union-attr]
             if h is not None:
-                gr.add_(layer.weight_grad(h, rec.y_prev.reshape(rows, -1)), alpha=f.alpha_post)  # type: ignore[union-attr]
-        if signal == "bp" and i > 0:
-            delta = layer.pre.adjoint(layer.input_grad(g, w), layer.in_shape, _flat(rec.x_raw))
+                upd.rec_weight.add_(layer.weight_grad(h, rec.y_prev.reshape(rows, -1)), alpha=f.alpha_post)  # type: ignore[union-attr]
+        if cfg.learning_signal == "bp" and i > 0:
+            delta = layer.pre.adjoint(layer.input_grad(g, sw.w), layer.in_shape, _flat(rec.x_raw))
     return loss
 
 
@@ -255,35 +304,38 @@ def _flat(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
 
 
-def learnable(net: Network) -> list[Tensor | None]:
-    """Parameters in the order of the update buffers: readout W, b, then per layer W, b, W_rec."""
-    out: list[Tensor | None] = [net.readout.weight, net.readout.bias]
-    for layer in net.hidden_layers:
-        out += [layer.weight, layer.bias, layer.rec_weight]
-    return out
+def _add_grad(p: Tensor, g: Tensor) -> None:
+    p.grad = g if p.grad is None else p.grad + g
 
 
-def apply_gradients(net: Network, w_graph: list[Tensor], grads: list[Tensor]) -> None:
-    """Add updates to ``.grad``; feed-forward weights go back through weight standardisation."""
-    params = learnable(net)
-    for k, (p, g) in enumerate(zip(params, grads)):
-        if p is None:
-            continue
-        layer_weight = k >= 2 and (k - 2) % 3 == 0
-        if layer_weight:
-            i = (k - 2) // 3
-            if net.hidden_layers[i].weight_standardization:
-                torch.autograd.backward(w_graph[i], g)
+def apply_gradients(net: Network, w_graph: list[SynapseWeights], updates: Updates) -> None:
+    """Add the updates to ``.grad``; standardised weights pass back through the
+    standardisation (autograd, the chain rule), which also gives the gains their update."""
+    _add_grad(net.readout.weight, updates.readout_weight)
+    _add_grad(net.readout.bias, updates.readout_bias)
+    outputs: list[Tensor] = []
+    incoming: list[Tensor] = []
+    for layer, sw, upd in zip(net.hidden_layers, w_graph, updates.layers):
+        if layer.bias is not None and upd.bias is not None:
+            _add_grad(layer.bias, upd.bias)
+        for used, param, g in ((sw.w, layer.weight, upd.weight), (sw.w_rec, layer.rec_weight, upd.rec_weight)):
+            if param is None or used is None or g is None:
                 continue
-        p.grad = g if p.grad is None else p.grad + g
+            if used is param:
+                _add_grad(param, g)
+            else:
+                outputs.append(used)
+                incoming.append(g)
+    if outputs:
+        torch.autograd.backward(outputs, incoming)
 
 
-def _effective_weights(net: Network, probe: Probe) -> tuple[list[Tensor], list[Tensor]]:
+def _effective_weights(net: Network, probe: Probe) -> tuple[list[SynapseWeights], list[SynapseWeights]]:
     """The synapses' weights with their graph to the parameters, and detached."""
     with torch.enable_grad():
-        w_graph = [layer.effective_weight() for layer in net.hidden_layers]
-    weights = [w.detach() for w in w_graph]
-    probe.exclude(weights)  # derived from the parameters, like them not learning memory
+        w_graph = [layer.effective_weights() for layer in net.hidden_layers]
+    weights = [SynapseWeights(sw.w.detach(), None if sw.w_rec is None else sw.w_rec.detach()) for sw in w_graph]
+    probe.exclude([t for sw in weights for t in sw if t is not None])  # derived from the parameters
     return w_graph, weights
 
 
@@ -340,7 +392,7 @@ def stllr_step(
     readout_lambda = cfg.readout_lambda if cfg.readout_lambda is not None else net.readout.gamma_o
     t_win = T - n_learn
     w_graph, weights = _effective_weights(net, probe)
-    grads = [torch.zeros_like(p) if p is not None else torch.empty(0) for p in learnable(net)]
+    updates = Updates.zeros(net, weights)
     if state is None:
         state = initial_state(net, batch, factors, readout_lambda, device=x.device, dtype=x.dtype)
     o_sum = torch.zeros(batch, net.readout.num_classes, device=x.device, dtype=x.dtype)
@@ -360,7 +412,7 @@ def stllr_step(
         if k:
             with probe.phase("learning"), torch.no_grad():
                 loss += _learn(net, weights, records, ro_rec, _window_labels(labels, T, b - k, b),  # type: ignore[arg-type]
-                               factors, cfg.learning_signal, grads)
+                               factors, cfg, updates)
         del records, ro_rec
         if k and cfg.online:
             # the official stllr_online: one optimiser step per window step; the next
@@ -368,14 +420,14 @@ def stllr_step(
             assert optimizer is not None
             with probe.phase("learning"):
                 optimizer.zero_grad()
-                apply_gradients(net, w_graph, grads)
+                apply_gradients(net, w_graph, updates)
                 optimizer.step()
-            for g in grads:
-                g.zero_()
+            for t in updates.tensors():
+                t.zero_()
             w_graph, weights = _effective_weights(net, probe)
     if not cfg.online:
         with probe.phase("learning"):
-            apply_gradients(net, w_graph, grads)
+            apply_gradients(net, w_graph, updates)
     final_labels = labels if labels.dim() == 1 else labels[-1]
     correct = int((o_sum.argmax(-1) == final_labels).sum())
     ce = float(F.cross_entropy(o_sum, final_labels))

@@ -230,7 +230,9 @@ def test_max_pool_adjoint_is_a_temporary(signal, mode):
         cfg = STLLRConfig(learn_steps=3)
         factors = cfg.factors(len(net.layers))
         st = initial_state(net, 2, factors, 0.0)
-        w = [layer.effective_weight().detach() for layer in net.layers]
+        from stllr_engine.forward import effective_weights
+
+        w = effective_weights(net)
         _, recs, ro_rec, _ = run_chunk(net, x, st, w, 3, factors, 0.0, record_pool_inputs=False)
         assert all(r.x_raw is None for r in recs) and ro_rec is not None and ro_rec.x_raw is None
 

@@ -178,3 +178,61 @@ def test_formula_costs_needs_the_rule_settings_and_a_window_within_T():
         formula_costs(net, "stllr", 50, STLLRConfig(learn_steps=90))
     with pytest.raises(StllrError, match="unknown rule 'eprop'"):
         formula_costs(net, "eprop", 50)
+
+
+# -- the authors' networks (issue 6 item 7) ---------------------------------------------
+
+
+def test_official_presets_are_the_authors_models():
+    shd = build_network(preset("shd_rsnn_official"))
+    assert shd.spec.gamma == shd.spec.gamma_o == pytest.approx(1 / (1 + math.exp(-5)))
+    assert shd.spec.theta == 0.6 and shd.spec.surrogate == "inverse_square"
+    names = {n for n, _ in shd.named_parameters()}
+    assert names == {"layers.0.weight", "layers.0.bias", "layers.0.rec_weight", "layers.0.gain", "layers.0.rec_gain",
+                     "readout.weight", "readout.bias"}
+    layer = shd.layers[0]
+    assert layer.ws_unbiased and layer.rec_standardization and layer.gain.shape == (450,)
+    vgg = build_network(preset("vgg9_official"))
+    assert vgg.readout.pre.steps == ("gap",)  # no pooling after the last block
+    assert [layer.pre.steps for layer in vgg.layers] == [(), (), ("maxpool",), (), ("maxpool",), (), ("maxpool",), ()]
+    assert all(layer.gain is not None and layer.ws_unbiased for layer in vgg.layers)
+    assert vgg.synaptic_macs() == 605_165_056 and vgg.spec.gamma == 0.5 and vgg.spec.gamma_o == 0.0
+    # the paper-equation presets are unchanged
+    assert not build_network(preset("vgg9")).layers[0].ws_unbiased and preset("vgg9").pool_last_block
+    assert {n for n, _ in build_network(preset("shd_rsnn")).named_parameters()} == {
+        "layers.0.weight", "layers.0.bias", "layers.0.rec_weight", "readout.weight", "readout.bias"}
+
+
+def test_new_spec_fields_round_trip_and_default_to_the_old_behaviour():
+    from stllr_engine.stllr import STLLR_PRESETS, STLLRConfig
+
+    spec = preset("shd_rsnn_official")
+    assert NetworkSpec.from_dict(spec.to_dict()) == spec
+    old = {k: v for k, v in preset("vgg9").to_dict().items()
+           if k not in ("ws_variance", "ws_gain", "recurrent_standardization", "pool_last_block")}
+    assert NetworkSpec.from_dict(old) == preset("vgg9")
+    cfg = STLLR_PRESETS["shd_rsnn_official"]
+    assert (cfg.readout_lambda, cfg.readout_bias, cfg.learn_steps) == (0.99, "error", 90)
+    assert STLLRConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(StllrError, match="ws_gain=true needs weight_standardization"):
+        NetworkSpec(ws_gain=True)
+    with pytest.raises(StllrError, match="recurrent_standardization applies to kind 'rsnn' only"):
+        NetworkSpec(kind="mlp", recurrent_standardization=True)
+    with pytest.raises(StllrError, match="ws_variance='sample': use one of 'population', 'unbiased'"):
+        NetworkSpec(ws_variance="sample")
+
+
+def test_standardisation_by_hand():
+    from stllr_engine.layers import standardize_weight
+
+    w = torch.tensor([[1.0, 3.0, 5.0], [0.0, 0.0, 6.0]], dtype=torch.float64)
+    gain = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    # row 0: mean 3, Σ(w-mean)² = 8; row 1: mean 2, Σ = 24; fan-in 3; eps 1e-4
+    pop = [[-2 / math.sqrt(8 + 1e-4), 0.0, 2 / math.sqrt(8 + 1e-4)],
+           [-2 / math.sqrt(24 + 1e-4), -2 / math.sqrt(24 + 1e-4), 4 / math.sqrt(24 + 1e-4)]]
+    unb = [[-2 / math.sqrt(12 + 1e-4) * 2, 0.0, 2 / math.sqrt(12 + 1e-4) * 2],
+           [-2 / math.sqrt(36 + 1e-4) * 0.5, -2 / math.sqrt(36 + 1e-4) * 0.5, 4 / math.sqrt(36 + 1e-4) * 0.5]]
+    close = dict(rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(standardize_weight(w), torch.tensor(pop, dtype=torch.float64), **close)
+    torch.testing.assert_close(standardize_weight(w, unbiased=True, gain=gain), torch.tensor(unb, dtype=torch.float64),
+                               **close)

@@ -8,7 +8,7 @@ from engine_cases import SPECS, grads_of, make_case, rel_err
 
 from stllr_engine.forward import initial_state, run_chunk
 from stllr_engine.reference import reference_stllr_grads
-from stllr_engine.stllr import STLLRConfig, learnable, stllr_step
+from stllr_engine.stllr import STLLRConfig, stllr_step
 
 RTOL = 1e-5
 
@@ -18,12 +18,10 @@ def _compare(net, x, labels, cfg):
     stllr_step(net, x, labels, cfg)
     got = grads_of(net)
     ref = reference_stllr_grads(net, x, labels, cfg)
-    for k, (g, r) in enumerate(zip(got, ref)):
-        if r is None:
-            assert g is None
-            continue
+    assert set(got) == set(ref)
+    for name, r in ref.items():
         assert torch.isfinite(r).all()
-        assert rel_err(g, r) <= RTOL, f"parameter {k}: relative error {rel_err(g, r):.3g}"
+        assert rel_err(got[name], r) <= RTOL, f"{name}: relative error {rel_err(got[name], r):.3g}"
     return got, ref
 
 
@@ -37,12 +35,10 @@ def test_stllr_matches_explicit_eligibility(name, reset, alpha_post, signal, mod
     cfg = STLLRConfig(learn_steps=4, lambda_pre=0.7, lambda_post=0.4, alpha_pre=1.0, alpha_post=alpha_post,
                       learning_signal=signal, mode=mode)
     got, ref = _compare(net, x, labels, cfg)
-    # Not a vacuous match: every hidden weight and the readout receive a non-zero update.
-    params = learnable(net)
-    weights = [0] + [k for i in range(len(net.layers)) for k in (2 + 3 * i, 4 + 3 * i)]
-    for k in weights:  # feed-forward, recurrent and readout weights
-        if params[k] is not None:
-            assert float(ref[k].abs().max()) > 1e-8, f"parameter {k} got no update"
+    # Not a vacuous match: every weight (feed-forward, recurrent, readout) and gain moves.
+    for n, r in ref.items():
+        if not n.endswith("bias"):
+            assert float(r.abs().max()) > 1e-8, f"{n} got no update"
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -71,9 +67,10 @@ def _spike_rates(net, x):
         for xt in x.unbind(0):
             inp = xt
             for i, layer in enumerate(net.layers):
-                cur = layer.add_bias(layer.synapse(layer.pre(inp), layer.effective_weight()))
-                if layer.rec_weight is not None:
-                    cur = cur + y_prev[i] @ layer.rec_weight.t()
+                w, w_rec = layer.effective_weights()
+                cur = layer.add_bias(layer.synapse(layer.pre(inp), w))
+                if w_rec is not None:
+                    cur = cur + y_prev[i] @ w_rec.t()
                 y, _, st = lif_step(cur, LIFState(u[i]), layer.lif)
                 u[i], y_prev[i], inp = st.u, y, y
                 counts[i] += float(y.mean())
@@ -102,6 +99,16 @@ def test_per_layer_factors_and_readout_lambda():
     _compare(net, x, labels, STLLRConfig(learn_steps=5, alpha_pre=0.0, alpha_post=1.0))
 
 
+@pytest.mark.parametrize("name", ["recurrent", "recurrent_official"])
+def test_official_readout_convention(name):
+    """Readout weight from a λ = 0.99 trace, bias from the output error alone."""
+    net, x, labels = make_case(name)
+    got, ref = _compare(net, x, labels, STLLRConfig(learn_steps=5, readout_lambda=0.99, readout_bias="error"))
+    net.zero_grad(set_to_none=True)
+    stllr_step(net, x, labels, STLLRConfig(learn_steps=5, readout_lambda=0.99))
+    assert rel_err(got["readout.bias"], grads_of(net)["readout.bias"]) > 1e-3  # the convention matters
+
+
 def test_per_step_labels():
     net, x, labels = make_case("dense")
     per_step = torch.stack([labels.roll(t) for t in range(x.shape[0])])
@@ -116,9 +123,8 @@ def test_window_and_streaming_agree(name):
         net.zero_grad(set_to_none=True)
         stats, state = stllr_step(net, x, labels, STLLRConfig(learn_steps=3, mode=mode))
         out.append((grads_of(net), stats, state))
-    for a, b in zip(out[0][0], out[1][0]):
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    for n, a in out[0][0].items():
+        torch.testing.assert_close(a, out[1][0][n], rtol=1e-12, atol=1e-14)
     assert out[0][1].loss == pytest.approx(out[1][1].loss, rel=1e-12)
     for a, b in zip(out[0][2].tensors(), out[1][2].tensors()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
@@ -141,15 +147,15 @@ def test_loss_before_the_window_changes_nothing(mode):
     changed_before[: T - ls] = (labels + 1) % 4  # another loss at every step before the window
     net.zero_grad(set_to_none=True)
     stllr_step(net, x, changed_before, cfg)
-    for a, b in zip(g0, grads_of(net)):
-        if a is not None:
-            assert torch.equal(a, b)
+    g1 = grads_of(net)
+    for n, a in g0.items():
+        assert torch.equal(a, g1[n]), n
 
     changed_inside = base.clone()
     changed_inside[T - ls] = (labels + 1) % 4  # the first step of the window
     net.zero_grad(set_to_none=True)
     stllr_step(net, x, changed_inside, cfg)
-    assert not torch.equal(g0[0], grads_of(net)[0])
+    assert not torch.equal(g0["readout.weight"], grads_of(net)["readout.weight"])
 
 
 @pytest.mark.parametrize("name", ["recurrent", "conv_max"])
@@ -166,20 +172,21 @@ def test_inputs_before_the_window_act_only_through_state_and_traces(name):
     factors = cfg.factors(len(net.layers))
     lam = net.readout.gamma_o
     state = initial_state(net, x.shape[1], factors, lam)
-    weights = [layer.effective_weight().detach() for layer in net.layers]
-    _, _, _, state = run_chunk(net, x[:t0], state, weights, 0, factors, lam)
+    from stllr_engine.forward import effective_weights
+
+    _, _, _, state = run_chunk(net, x[:t0], state, effective_weights(net), 0, factors, lam)
     net.zero_grad(set_to_none=True)
     stllr_step(net, x[t0:], labels, cfg, state=state)
-    for a, b in zip(full, grads_of(net)):
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    part = grads_of(net)
+    for n, a in full.items():
+        torch.testing.assert_close(a, part[n], rtol=1e-12, atol=1e-14)
 
     # ... and they do act through them: another prefix gives another update.
     x2 = x.clone()
     x2[:t0] = 1.0 - x2[:t0]
     net.zero_grad(set_to_none=True)
     stllr_step(net, x2, labels, cfg)
-    assert rel_err(grads_of(net)[2], full[2]) > 1e-6
+    assert rel_err(grads_of(net)["layers.0.weight"], full["layers.0.weight"]) > 1e-6
 
 
 def test_no_batch_by_out_by_in_tensor_is_built():
