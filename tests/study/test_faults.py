@@ -94,12 +94,12 @@ def test_early_stopped_runs_are_pruned_and_never_complete(study_file, tmp_path):
     from study.runner import open_storage
 
     path = study_file(search={"width": {"type": "categorical", "choices": [32]},
-                              "lr": {"type": "categorical", "choices": [1e-6, 1e-2]}},
+                              "lr": {"type": "float", "low": 1e-7, "high": 1e-2, "log": True}},
                       fixed={"stllr": {"learn_steps": 8, "lambda_pre": 1.0, "alpha_post": 1.0},
                              "data": {"batch_size": 128, "val_fraction": 0.2}},
                       objectives=[{"metric": "val_accuracy", "direction": "maximize"}],
                       scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
-                      budget={"trials": 6, "epochs": 4, "seeds": [0]}, rules=["stllr"], baseline=None,
+                      budget={"trials": 8, "epochs": 4, "seeds": [0]}, rules=["stllr"], baseline=None,
                       sampler={"name": "random", "seed": 2}, constraints=None)
     folder = tmp_path / "study"
     sweep(str(path), out=str(folder), quiet=True, report=False)
