@@ -6,7 +6,8 @@ The public surface; everything else is an implementation detail::
 
 * neurons and surrogates: :mod:`stllr_engine.neurons`
 * networks (``rsnn``, ``mlp``, ``vgg``; presets ``shd_rsnn``, ``vgg9``): :mod:`stllr_engine.network`
-* S-TLLR (DESIGN §3): :mod:`stllr_engine.stllr`; BPTT: :mod:`stllr_engine.bptt`
+* S-TLLR (DESIGN §3): :mod:`stllr_engine.stllr`; BPTT: :mod:`stllr_engine.bptt`; what a
+  step of either takes and gives (``Probe``, ``StepStats``): :mod:`stllr_engine.step_types`
 * naive references for tests: :mod:`stllr_engine.reference`
 * costs (formulas and measurements, DESIGN §4): :mod:`stllr_engine.costs`
 * training loop and checkpoints: :mod:`stllr_engine.train`
@@ -19,7 +20,8 @@ from stllr_engine.errors import StllrError
 from stllr_engine.experiment import DataConfig, ExperimentConfig, RuntimeConfig, run_experiment
 from stllr_engine.network import PRESETS, Network, NetworkSpec, build_network, preset
 from stllr_engine.neurons import SURROGATES, LIFParameters, LIFState, lif_step, readout_step
-from stllr_engine.stllr import STLLR_PRESETS, STLLRConfig, StepStats, stllr_step
+from stllr_engine.step_types import Probe, StepStats
+from stllr_engine.stllr import STLLR_PRESETS, STLLRConfig, stllr_step
 from stllr_engine.train import TrainConfig, evaluate, fit, load_checkpoint, restore, save_checkpoint
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "Network",
     "NetworkSpec",
     "PRESETS",
+    "Probe",
     "RuntimeConfig",
     "STLLRConfig",
     "STLLR_PRESETS",

@@ -21,8 +21,8 @@ from torch import Tensor
 
 from stllr_engine.layers import SynapseWeights
 from stllr_engine.network import Network
-from stllr_engine.neurons import LIFParameters, get_surrogate, heaviside
-from stllr_engine.stllr import Probe, StepStats, _NoProbe
+from stllr_engine.neurons import LIFParameters, get_surrogate, heaviside, lif_advance_
+from stllr_engine.step_types import NoProbe, Probe, StepStats
 
 __all__ = ["LIFScan", "lif_scan", "bptt_forward", "bptt_step"]
 
@@ -47,16 +47,7 @@ class LIFScan(torch.autograd.Function):
         wt = w_rec.t() if w_rec is not None else None
         y_prev = None
         for t in range(T):
-            torch.add(current[t], u, alpha=p.gamma, out=u)
-            if wt is not None and y_prev is not None:
-                torch.addmm(u, y_prev, wt, out=u)
-            v = torch.sub(u, p.theta, out=vs[t])
-            y = torch.heaviside(v, one, out=spikes[t])
-            if p.reset == "soft":
-                u.sub_(y, alpha=p.theta)
-            else:
-                u.mul_(1.0 - y)
-            y_prev = y
+            y_prev = lif_advance_(u, current[t], p, vs[t], spikes[t], one, y_prev, wt)
         ctx.save_for_backward(vs, spikes, w_rec)
         ctx.p = p
         return spikes
@@ -131,7 +122,7 @@ def bptt_step(net: Network, x: Tensor, labels: Tensor, probe: Probe | None = Non
         x: input ``[T, B, ...]`` (time-major).
         labels: ``[B]`` (or ``[T, B]``: the last step's labels are used).
     """
-    probe = probe or _NoProbe()
+    probe = probe or NoProbe()
     x = x.contiguous()
     labels = labels if labels.dim() == 1 else labels[-1]
     weights = [layer.effective_weights() for layer in net.hidden_layers]
@@ -142,6 +133,6 @@ def bptt_step(net: Network, x: Tensor, labels: Tensor, probe: Probe | None = Non
         loss = F.cross_entropy(o_sum, labels)
     with probe.phase("learning"):
         loss.backward()
-    correct = int((o_sum.detach().argmax(-1) == labels).sum())
-    ce = float(loss.detach())
+    correct = (o_sum.detach().argmax(-1) == labels).sum()
+    ce = loss.detach()
     return StepStats(ce, correct, x.shape[1], ce)

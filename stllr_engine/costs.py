@@ -43,7 +43,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from stllr_engine._checks import integer
 from stllr_engine.errors import StllrError
 from stllr_engine.network import Network
-from stllr_engine.stllr import STLLRConfig, StepStats
+from stllr_engine.step_types import StepStats
+from stllr_engine.stllr import STLLRConfig
 
 __all__ = ["formula_costs", "AllocationTracker", "CostProbe", "measure_costs"]
 

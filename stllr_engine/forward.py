@@ -22,15 +22,17 @@ recurrent layers, ``y[t-1]`` with its own trace.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stllr_engine.layers import SynapseWeights
-from stllr_engine.network import Network
-from stllr_engine.neurons import get_surrogate
+from stllr_engine.layers import Readout, SpikingLayer, SynapseWeights
+from stllr_engine.neurons import get_surrogate, lif_advance_
+
+if TYPE_CHECKING:  # network.py imports this module (Network.forward runs inference)
+    from stllr_engine.network import Network
 
 __all__ = [
     "LayerFactors",
@@ -135,13 +137,12 @@ def initial_state(
     return NetState(tuple(layers), readout)
 
 
-def _trace(x: Tensor, tr: Tensor, lam: float, t0: int, record: str | None) -> tuple[Tensor, Tensor | None]:
+def _trace(x: Tensor, tr: Tensor, lam: float, t0: int, record: bool) -> tuple[Tensor, Tensor | None]:
     """``tr ← λ tr + x[t]`` over a chunk ``x`` ``[c, ...]``.
 
     Steps before ``t0`` collapse into one weighted sum over time (a GEMV:
-    ``λ^{t0} tr + Σ_{s<t0} λ^{t0-1-s} x[s]``); steps from ``t0`` on are scanned. With
-    ``record="after"`` the trace after each of those steps is returned stacked
-    (``tr[t]``), with ``"before"`` the trace before it (``tr[t-1]``).
+    ``λ^{t0} tr + Σ_{s<t0} λ^{t0-1-s} x[s]``); steps from ``t0`` on are scanned, and with
+    ``record`` the trace after each of them is returned stacked (``tr[t]``).
 
     Returns:
         ``(final trace, records or None)``.
@@ -157,10 +158,8 @@ def _trace(x: Tensor, tr: Tensor, lam: float, t0: int, record: str | None) -> tu
             tr = torch.add((decay @ x[:t0].reshape(t0, -1)).view_as(tr), tr, alpha=lam**t0)
     rec = x.new_empty(c - t0, *x.shape[1:]) if record and c > t0 else None
     for t in range(t0, c):
-        if rec is not None and record == "before":
-            rec[t - t0] = tr
         tr = torch.add(x[t], tr, alpha=lam)
-        if rec is not None and record == "after":
+        if rec is not None:
             rec[t - t0] = tr
     return tr, rec
 
@@ -197,109 +196,148 @@ def run_chunk(
         ``(o, layer_records, readout_record, new_state)`` with ``o`` the readout
         trajectory of the chunk ``[c, B, C]``.
     """
-    c, batch = x.shape[0], x.shape[1]
-    t0 = c - n_learn
-    learning = factors is not None
     records: list[LayerRecord] = []
     new_layers: list[LayerState] = []
-    inp = x
+    spikes = x
     with torch.no_grad():
         for i, (layer, sw, st) in enumerate(zip(net.hidden_layers, weights, state.layers)):
             f = factors[i] if factors is not None else None
-            lam_pre = f.lambda_pre if f is not None else 0.0
-            lam_post = f.lambda_post if f is not None else 0.0
-            p = layer.lif
-            psi_fn = get_surrogate(p.surrogate)
-            xs = layer.pre(inp.reshape(c * batch, *inp.shape[2:]))
-            current = layer.synapse(xs, sw.w, layer.bias).view(c, batch, *layer.out_shape)
-            xs = xs.view(c, batch, *layer.x_shape)
-            rec = n_learn > 0
+            spikes, layer_state, record = _layer_chunk(layer, sw, st, spikes, f, n_learn, record_pool_inputs,
+                                                       input_is_data=i == 0)
+            new_layers.append(layer_state)
+            if record is not None:
+                records.append(record)
+        o, readout_state, readout_record = _readout_chunk(net.readout, spikes, state.readout, n_learn,
+                                                          readout_lambda, record_pool_inputs)
+    return o, records, readout_record, NetState(tuple(new_layers), readout_state)
 
-            x_rec = None
-            x_raw = None
-            if rec and f is not None:
-                if f.alpha_post != 0:
-                    # A view of the data when this is the raw input; else a compact copy.
-                    x_rec = xs[t0:] if (i == 0 and not layer.pre.steps) else _window(xs, t0)
-                if layer.pre.needs_input_for_adjoint and record_pool_inputs:
-                    x_raw = _window(inp, t0)
-            tr_pre, tr_pre_rec = st.tr_pre, None
-            if tr_pre is not None:
-                tr_pre, tr_pre_rec = _trace(xs, tr_pre, lam_pre, t0, "after" if rec else None)
-            del xs
 
-            # LIF scan: in-place, cache-resident per-step work; window steps recorded.
-            w_rec_t = sw.w_rec.t() if sw.w_rec is not None else None
-            u = st.u.clone()
-            y_prev = st.y
-            tr_post = st.tr_post.clone() if st.tr_post is not None else None
-            tr_rec = st.tr_rec.clone() if st.tr_rec is not None else None
-            spikes = torch.empty_like(current)
-            v = torch.empty_like(u)
-            one = u.new_ones(())
-            psi_rec = u.new_empty(n_learn, *u.shape) if rec else None
-            trpost_rec = u.new_empty(n_learn, *u.shape) if rec and tr_post is not None else None
-            yprev_rec = u.new_empty(n_learn, *u.shape) if rec and layer.recurrent and learning else None
-            trrec_rec = u.new_empty(n_learn, *u.shape) if rec and tr_rec is not None else None
-            scratch = torch.empty_like(u)
-            for t in range(c):
-                k = t - t0  # window index (records when >= 0)
-                torch.add(current[t], u, alpha=p.gamma, out=u)
-                if w_rec_t is not None:
-                    assert y_prev is not None  # a recurrent layer's state carries its last spikes
-                    if yprev_rec is not None and k >= 0:
-                        yprev_rec[k] = y_prev
-                    if tr_rec is not None:
-                        torch.add(y_prev, tr_rec, alpha=lam_pre, out=tr_rec)
-                        if trrec_rec is not None and k >= 0:
-                            trrec_rec[k] = tr_rec
-                    torch.addmm(u, y_prev, w_rec_t, out=u)  # (FlopCounterMode misses addmm_)
-                torch.sub(u, p.theta, out=v)
-                y = torch.heaviside(v, one, out=spikes[t])  # H(0) = 1
-                if p.reset == "soft":
-                    u.sub_(y, alpha=p.theta)
-                else:
-                    u.mul_(1.0 - y)
-                y_prev = y
-                if tr_post is not None or (psi_rec is not None and k >= 0):
-                    psi = psi_fn(v, out=psi_rec[k] if psi_rec is not None and k >= 0 else scratch)
-                    if trpost_rec is not None and tr_post is not None and k >= 0:
-                        trpost_rec[k] = tr_post
-                    if tr_post is not None:
-                        torch.add(psi, tr_post, alpha=lam_post, out=tr_post)
-            # Only a recurrent layer carries its last spikes (a copy, not a view of the chunk).
-            y_prev = spikes[-1].clone() if layer.recurrent else None
-            new_layers.append(LayerState(u, y_prev, tr_pre, tr_rec, tr_post))
-            if rec:
-                records.append(LayerRecord(x_rec, x_raw, tr_pre_rec, psi_rec, trpost_rec, yprev_rec, trrec_rec))  # type: ignore[arg-type]
-            inp = spikes
+def _layer_chunk(
+    layer: SpikingLayer, sw: SynapseWeights, st: LayerState, inp: Tensor, f: LayerFactors | None, n_learn: int,
+    record_pool_inputs: bool, input_is_data: bool,
+) -> tuple[Tensor, LayerState, LayerRecord | None]:
+    """One hidden layer over a chunk: one GEMM / convolution for the currents of every
+    step, the input trace, then the LIF scan. Returns ``(spikes, state, record)``."""
+    c, batch = inp.shape[0], inp.shape[1]
+    t0 = c - n_learn
+    xs = layer.pre(inp.reshape(c * batch, *inp.shape[2:]))
+    current = layer.synapse(xs, sw.w, layer.bias).view(c, batch, *layer.out_shape)
+    xs = xs.view(c, batch, *layer.x_shape)
+    x_rec = x_raw = None
+    if n_learn and f is not None:
+        if f.alpha_post != 0:
+            # A view of the data when this is the raw input; else a compact copy.
+            x_rec = xs[t0:] if (input_is_data and not layer.pre.steps) else _window(xs, t0)
+        if layer.pre.needs_input_for_adjoint and record_pool_inputs:
+            x_raw = _window(inp, t0)
+    tr_pre, tr_pre_rec = st.tr_pre, None
+    if tr_pre is not None:
+        tr_pre, tr_pre_rec = _trace(xs, tr_pre, f.lambda_pre if f is not None else 0.0, t0, n_learn > 0)
+    del xs
+    spikes, state, scan = _lif_scan(layer, sw, st, current, f, n_learn)
+    state = state._replace(tr_pre=tr_pre)
+    record = None
+    if n_learn:
+        record = LayerRecord(x_rec, x_raw, tr_pre_rec, scan.psi, scan.tr_post_prev, scan.y_prev, scan.tr_rec)  # type: ignore[arg-type]
+    return spikes, state, record
 
-        ro = net.readout
-        ro_raw = _window(inp, t0) if n_learn and ro.pre.needs_input_for_adjoint and record_pool_inputs else None
-        xo = ro.pre(inp.reshape(c * batch, *inp.shape[2:]))
-        j = F.linear(xo, ro.weight, ro.bias).view(c, batch, -1)
-        xo = xo.view(c, batch, -1)
-        o = state.readout.o
-        o_traj = torch.empty_like(j)
-        for t in range(c):
-            o = torch.add(j[t], o, alpha=ro.gamma_o)
-            o_traj[t] = o
-        o_rec = _window(o_traj, t0) if n_learn else None
-        tr, cb = state.readout.tr, state.readout.c
-        readout_record = None
-        if tr is not None:
-            lam = readout_lambda if readout_lambda is not None else ro.gamma_o
-            tr, tr_rec_o = _trace(xo, tr, lam, t0, "after" if n_learn else None)
-            cs = []
-            for t in range(c):
-                cb = lam * cb + 1.0
-                if t >= t0:
-                    cs.append(cb)
-            if n_learn:
-                readout_record = ReadoutRecord(o_rec, tr_rec_o, torch.tensor(cs, dtype=x.dtype, device=x.device), ro_raw)  # type: ignore[arg-type]
-        elif n_learn:
-            readout_record = ReadoutRecord(o_rec, None, None, ro_raw)  # type: ignore[arg-type]
-    return o_traj, records, readout_record, NetState(tuple(new_layers), ReadoutTraceState(o, tr, cb))
+
+class _ScanRecords(NamedTuple):
+    psi: Tensor | None
+    tr_post_prev: Tensor | None
+    y_prev: Tensor | None
+    tr_rec: Tensor | None
+
+
+def _lif_scan(
+    layer: SpikingLayer, sw: SynapseWeights, st: LayerState, current: Tensor, f: LayerFactors | None, n_learn: int,
+) -> tuple[Tensor, LayerState, _ScanRecords]:
+    """The LIF scan over a chunk, in place and cache-resident per step, with the
+    post-synaptic and recurrent traces; the last ``n_learn`` steps are recorded."""
+    c = current.shape[0]
+    t0 = c - n_learn
+    p = layer.lif
+    psi_fn = get_surrogate(p.surrogate)
+    lam_pre = f.lambda_pre if f is not None else 0.0
+    lam_post = f.lambda_post if f is not None else 0.0
+    w_rec_t = sw.w_rec.t() if sw.w_rec is not None else None
+    u = st.u.clone()
+    y_prev = st.y
+    tr_post = st.tr_post.clone() if st.tr_post is not None else None
+    tr_rec = st.tr_rec.clone() if st.tr_rec is not None else None
+    spikes = torch.empty_like(current)
+    v = torch.empty_like(u)
+    one = u.new_ones(())
+
+    def window_buffer(wanted: bool) -> Tensor | None:
+        return u.new_empty(n_learn, *u.shape) if n_learn and wanted else None
+
+    psi_rec = window_buffer(True)
+    trpost_rec = window_buffer(tr_post is not None)
+    yprev_rec = window_buffer(layer.recurrent and f is not None)
+    trrec_rec = window_buffer(tr_rec is not None)
+    scratch = torch.empty_like(u)
+    for t in range(c):
+        w_idx = t - t0  # index among the window steps (recorded when >= 0)
+        if w_rec_t is not None:
+            assert y_prev is not None  # a recurrent layer's state carries its last spikes
+            if yprev_rec is not None and w_idx >= 0:
+                yprev_rec[w_idx] = y_prev
+            if tr_rec is not None:
+                torch.add(y_prev, tr_rec, alpha=lam_pre, out=tr_rec)
+                if trrec_rec is not None and w_idx >= 0:
+                    trrec_rec[w_idx] = tr_rec
+        y_prev = lif_advance_(u, current[t], p, v, spikes[t], one, y_prev, w_rec_t)
+        if tr_post is not None or (psi_rec is not None and w_idx >= 0):
+            psi = psi_fn(v, out=psi_rec[w_idx] if psi_rec is not None and w_idx >= 0 else scratch)
+            if trpost_rec is not None and tr_post is not None and w_idx >= 0:
+                trpost_rec[w_idx] = tr_post
+            if tr_post is not None:
+                torch.add(psi, tr_post, alpha=lam_post, out=tr_post)
+    # Only a recurrent layer carries its last spikes (a copy, not a view of the chunk).
+    last = spikes[-1].clone() if layer.recurrent else None
+    state = LayerState(u, last, st.tr_pre, tr_rec, tr_post)
+    return spikes, state, _ScanRecords(psi_rec, trpost_rec, yprev_rec, trrec_rec)
+
+
+def _readout_chunk(
+    ro: Readout, inp: Tensor, st: ReadoutTraceState, n_learn: int, readout_lambda: float | None,
+    record_pool_inputs: bool,
+) -> tuple[Tensor, ReadoutTraceState, ReadoutRecord | None]:
+    """The leaky readout over a chunk (one GEMM, then the scan), its input trace and the
+    bias trace ``c[t] = λ c[t-1] + 1``, computed on the device from the carried value."""
+    c, batch = inp.shape[0], inp.shape[1]
+    t0 = c - n_learn
+    ro_raw = _window(inp, t0) if n_learn and ro.pre.needs_input_for_adjoint and record_pool_inputs else None
+    xo = ro.pre(inp.reshape(c * batch, *inp.shape[2:]))
+    j = F.linear(xo, ro.weight, ro.bias).view(c, batch, -1)
+    xo = xo.view(c, batch, -1)
+    o = st.o
+    o_traj = torch.empty_like(j)
+    for t in range(c):
+        o = torch.add(j[t], o, alpha=ro.gamma_o)
+        o_traj[t] = o
+    o_rec = _window(o_traj, t0) if n_learn else None
+    tr, cb = st.tr, st.c
+    record = None
+    if tr is not None:
+        lam = readout_lambda if readout_lambda is not None else ro.gamma_o
+        tr, tr_rec = _trace(xo, tr, lam, t0, n_learn > 0)
+        if n_learn:
+            steps = torch.arange(t0 + 1, c + 1, dtype=inp.dtype, device=inp.device)  # steps since the chunk began
+            record = ReadoutRecord(o_rec, tr_rec, _bias_trace(cb, lam, steps), ro_raw)  # type: ignore[arg-type]
+        cb = lam**c * cb + (c if lam == 1.0 else (1.0 - lam**c) / (1.0 - lam))
+    elif n_learn:
+        record = ReadoutRecord(o_rec, None, None, ro_raw)  # type: ignore[arg-type]
+    return o_traj, ReadoutTraceState(o, tr, cb), record
+
+
+def _bias_trace(c0: float, lam: float, n: Tensor) -> Tensor:
+    """``c`` after ``n`` more steps of ``c ← λ c + 1`` from ``c0``: ``λ^n c0 + Σ_{j<n} λ^j``."""
+    if lam == 1.0:
+        return n + c0
+    decay = torch.pow(lam, n)
+    return decay * c0 + (1.0 - decay) / (1.0 - lam)
 
 
 def effective_weights(net: Network) -> list[SynapseWeights]:

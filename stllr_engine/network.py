@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from stllr_engine._checks import choice, integer, is_int, known_fields, real
 from stllr_engine.errors import StllrError
+from stllr_engine.forward import run_inference
 from stllr_engine.layers import Readout, SpikingLayer, Transform
 from stllr_engine.neurons import SURROGATES, LIFParameters, sigmoid_leak
 
@@ -216,8 +217,6 @@ class Network(nn.Module):
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         """Readout trajectory ``o`` of shape ``[T, B, classes]`` for input ``[B, T, ...]``."""
-        from stllr_engine.forward import run_inference
-
         return run_inference(self, x.transpose(0, 1))
 
 
@@ -226,7 +225,7 @@ def build_network(spec: NetworkSpec) -> Network:
     lif = LIFParameters(gamma=spec.gamma, theta=spec.theta, reset=spec.reset, surrogate=spec.surrogate)
     ws = dict(weight_standardization=spec.weight_standardization, ws_unbiased=spec.ws_variance == "unbiased",
               ws_gain=spec.ws_gain)
-    devnull_state = torch.random.get_rng_state()
+    saved_rng_state = torch.random.get_rng_state()  # building does not disturb the caller's RNG
     torch.manual_seed(spec.seed)
     try:
         layers: list[SpikingLayer] = []
@@ -261,5 +260,5 @@ def build_network(spec: NetworkSpec) -> Network:
             last = (pool, "gap") if spec.pool_last_block else ("gap",)
             readout = Readout(shape, spec.num_classes, spec.gamma_o, pre=Transform(last))
     finally:
-        torch.random.set_rng_state(devnull_state)
+        torch.random.set_rng_state(saved_rng_state)
     return Network(spec, layers, readout)

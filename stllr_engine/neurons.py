@@ -44,6 +44,7 @@ __all__ = [
     "ReadoutState",
     "get_surrogate",
     "heaviside",
+    "lif_advance_",
     "lif_step",
     "readout_step",
     "spike",
@@ -193,6 +194,26 @@ def lif_step(current: Tensor, state: LIFState, p: LIFParameters) -> tuple[Tensor
     y = spike(v, p.surrogate)
     u = u - p.theta * y if p.reset == "soft" else u * (1.0 - y)
     return y, v, LIFState(u)
+
+
+def lif_advance_(u: Tensor, current: Tensor, p: LIFParameters, v: Tensor, y: Tensor, one: Tensor,
+                 y_prev: Tensor | None = None, w_rec_t: Tensor | None = None) -> Tensor:
+    """The same LIF step as :func:`lif_step`, in place and without autograd: the fast paths' one copy.
+
+    ``u ← γ u + I (+ y[t−1] W_recᵀ)``, ``v ← u − θ``, ``y ← H(v)``, then the reset of
+    ``u``. ``v`` and ``y`` are written into the given buffers; ``one`` is a scalar 1
+    (H(0) = 1). Returns ``y``.
+    """
+    torch.add(current, u, alpha=p.gamma, out=u)
+    if w_rec_t is not None and y_prev is not None:
+        torch.addmm(u, y_prev, w_rec_t, out=u)  # (FlopCounterMode misses addmm_)
+    torch.sub(u, p.theta, out=v)
+    torch.heaviside(v, one, out=y)
+    if p.reset == "soft":
+        u.sub_(y, alpha=p.theta)
+    else:
+        u.mul_(1.0 - y)
+    return y
 
 
 def readout_step(current: Tensor, state: ReadoutState, gamma_o: float) -> tuple[Tensor, ReadoutState]:

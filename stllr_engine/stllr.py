@@ -24,11 +24,10 @@ gradient-descent optimiser subtracts), so any ``torch.optim`` optimiser applies 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ContextManager, Mapping, NamedTuple, Protocol
+from typing import Any, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +45,11 @@ from stllr_engine.forward import (
 )
 from stllr_engine.layers import SynapseWeights
 from stllr_engine.network import Network
+from stllr_engine.step_types import NoProbe, Probe, StepStats
 
-__all__ = ["STLLRConfig", "STLLR_PRESETS", "StepStats", "LayerUpdate", "Updates", "stllr_step", "apply_gradients"]
+# Probe and StepStats live in stllr_engine.step_types (shared with BPTT); importable here too.
+__all__ = ["STLLRConfig", "STLLR_PRESETS", "Probe", "StepStats", "LayerUpdate", "Updates", "stllr_step",
+           "apply_gradients"]
 
 _FACTOR_KEYS = ("lambda_pre", "lambda_post", "alpha_pre", "alpha_post")
 
@@ -167,36 +169,6 @@ STLLR_PRESETS: dict[str, STLLRConfig] = {
     "vgg9_official": STLLRConfig(learn_steps=5, lambda_post=0.2, lambda_pre=0.75, alpha_post=-1.0,
                                  alpha_pre=1.0, readout_lambda=0.0, readout_bias="error"),
 }
-
-
-class StepStats(NamedTuple):
-    """What one training step reports (batch means, and a count)."""
-
-    loss: float  # CE(Σ_t o[t], label): the same quantity for every rule
-    correct: int  # argmax Σ_t o[t] == label
-    batch: int
-    objective: float  # what the rule minimises (S-TLLR: mean per-step CE over the window)
-
-
-class Probe(Protocol):
-    """Optional instrumentation: entered around the ``forward`` and ``learning`` phases."""
-
-    def phase(self, name: str) -> ContextManager[Any]: ...
-
-    def observe(self, tensors: list[Tensor]) -> None: ...
-
-    def exclude(self, tensors: list[Tensor]) -> None: ...
-
-
-class _NoProbe:
-    def phase(self, name: str) -> ContextManager[Any]:
-        return contextlib.nullcontext()
-
-    def observe(self, tensors: list[Tensor]) -> None:
-        pass
-
-    def exclude(self, tensors: list[Tensor]) -> None:
-        pass
 
 
 def _window_labels(labels: Tensor, T: int, t_start: int, t_end: int) -> Tensor:
@@ -378,7 +350,7 @@ def stllr_step(
     Returns:
         ``(stats, final_state)``.
     """
-    probe = probe or _NoProbe()
+    probe = probe or NoProbe()
     if cfg.online and optimizer is None:
         raise StllrError("S-TLLR: online=True steps the optimiser at every window step: pass optimizer= to stllr_step")
     x = x.contiguous()
@@ -399,22 +371,22 @@ def stllr_step(
     loss = torch.zeros((), device=x.device, dtype=x.dtype)
     probe.observe(state.tensors())
     for a, b in _chunks(cfg, T, t_win):
-        k = max(0, b - max(a, t_win))  # window steps in this chunk
+        n_window = max(0, b - max(a, t_win))  # window steps in this chunk (its last ones)
         with probe.phase("forward"):
-            o, records, ro_rec, state = run_chunk(net, x[a:b], state, weights, k, factors, readout_lambda,
+            o, records, ro_rec, state = run_chunk(net, x[a:b], state, weights, n_window, factors, readout_lambda,
                                                   record_pool_inputs=cfg.learning_signal == "bp")
             o_sum += o.sum(0)
         held = state.tensors()
-        if b - a > 1 and k:  # a multi-step chunk keeps its window records until learning
+        if b - a > 1 and n_window:  # a multi-step chunk keeps its window records until learning
             held += [t for r in records for t in r if isinstance(t, Tensor)]
             held += [t for t in ro_rec if isinstance(t, Tensor)]  # type: ignore[union-attr]
         probe.observe(held)
-        if k:
+        if n_window:
             with probe.phase("learning"), torch.no_grad():
-                loss += _learn(net, weights, records, ro_rec, _window_labels(labels, T, b - k, b),  # type: ignore[arg-type]
+                loss += _learn(net, weights, records, ro_rec, _window_labels(labels, T, b - n_window, b),  # type: ignore[arg-type]
                                factors, cfg, updates)
         del records, ro_rec
-        if k and cfg.online:
+        if n_window and cfg.online:
             # the official stllr_online: one optimiser step per window step; the next
             # step's forward sees the new (re-standardised) weights
             assert optimizer is not None
@@ -429,6 +401,6 @@ def stllr_step(
         with probe.phase("learning"):
             apply_gradients(net, w_graph, updates)
     final_labels = labels if labels.dim() == 1 else labels[-1]
-    correct = int((o_sum.argmax(-1) == final_labels).sum())
-    ce = float(F.cross_entropy(o_sum, final_labels))
-    return StepStats(ce, correct, batch, float(loss) / n_learn), state
+    correct = (o_sum.argmax(-1) == final_labels).sum()
+    ce = F.cross_entropy(o_sum, final_labels)
+    return StepStats(ce, correct, batch, loss / n_learn), state

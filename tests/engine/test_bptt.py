@@ -20,7 +20,7 @@ def test_bptt_gradients_equal_unrolled_autograd(name, reset):
     net.zero_grad(set_to_none=True)
     loss = reference_bptt_loss(net, x, labels)
     loss.backward()
-    assert stats.loss == pytest.approx(float(loss.detach()), rel=1e-12)
+    assert float(stats.loss) == pytest.approx(float(loss.detach()), rel=1e-12)
     for n, p in net.named_parameters():
         assert float(p.grad.abs().max()) > 0, f"{n} got no gradient"
         assert rel_err(got[n], p.grad) <= 1e-8, n

@@ -129,7 +129,7 @@ def test_window_and_streaming_agree(name):
         out.append((grads_of(net), stats, state))
     for n, a in out[0][0].items():
         torch.testing.assert_close(a, out[1][0][n], rtol=1e-12, atol=1e-14)
-    assert out[0][1].loss == pytest.approx(out[1][1].loss, rel=1e-12)
+    assert float(out[0][1].loss) == pytest.approx(float(out[1][1].loss), rel=1e-12)
     for a, b in zip(out[0][2].tensors(), out[1][2].tensors()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
@@ -387,8 +387,8 @@ def test_the_objective_is_the_mean_window_loss_and_accuracy_uses_the_sum(mode):
     with torch.no_grad():
         o = net(x.transpose(0, 1))  # [T, B, C], plain inference
     ce = [float(torch.nn.functional.cross_entropy(o[t], labels)) for t in range(9)]
-    assert stats.objective == pytest.approx(sum(ce[-ls:]) / ls, rel=1e-12)
-    assert stats.loss == pytest.approx(float(torch.nn.functional.cross_entropy(o.sum(0), labels)), rel=1e-12)
+    assert float(stats.objective) == pytest.approx(sum(ce[-ls:]) / ls, rel=1e-12)
+    assert float(stats.loss) == pytest.approx(float(torch.nn.functional.cross_entropy(o.sum(0), labels)), rel=1e-12)
     by_sum = int((o.sum(0).argmax(-1) == labels).sum())
     by_last = int((o[-1].argmax(-1) == labels).sum())
-    assert stats.correct == by_sum != by_last  # the case tells the two apart
+    assert int(stats.correct) == by_sum != by_last  # the case tells the two apart
