@@ -443,6 +443,12 @@ def _first_costs(net: Network, step: Callable[..., StepStats], x: Tensor, labels
     return out
 
 
+def _diverged(loss: float, epoch: int, batch: int | None) -> None:
+    where = f" (batch {batch})" if batch is not None else ""
+    raise StllrError(f"training diverged: the loss became {loss} in epoch {epoch + 1}{where}: "
+                     "lower the learning rate")
+
+
 def _fit(
     net: Network,
     train_loader: Iterable[Any],
@@ -483,8 +489,11 @@ def _fit(
     costs: dict[str, Any] | None = None
     for epoch in range(start, cfg.epochs):
         net.train()
-        n = correct = 0
-        loss_sum = objective_sum = 0.0
+        n = 0
+        # sums stay on the device: no host synchronisation per batch on a GPU
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        objective_sum = torch.zeros((), device=device, dtype=torch.float64)
+        correct_sum = torch.zeros((), device=device, dtype=torch.int64)
         measure_time = 0.0
         t_start = time.perf_counter()
         for batch in train_loader:
@@ -500,25 +509,29 @@ def _fit(
             else:
                 stats = step(net, x, labels)
                 opt.step()
-            if not math.isfinite(stats.loss):  # NaN/inf: stop here instead of training on garbage
-                raise StllrError(f"training diverged: the loss became {stats.loss} in epoch {epoch + 1} "
-                                 f"(batch {n // max(1, stats.batch) + 1}): lower the learning rate")
-            loss_sum += stats.loss * stats.batch
-            objective_sum += stats.objective * stats.batch
-            correct += stats.correct
+            loss_sum += stats.loss.detach().double() * stats.batch
+            objective_sum += stats.objective.detach().double() * stats.batch
+            correct_sum += stats.correct
             n += stats.batch
+            # NaN/inf: stop at once instead of training on garbage (on a GPU: checked per epoch,
+            # so that the step never waits for the host)
+            if device.type == "cpu" and not math.isfinite(float(stats.loss)):
+                _diverged(float(stats.loss), epoch, n // max(1, stats.batch))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - t_start - measure_time
         if n == 0:
             raise StllrError("the training loader yielded no samples: check the dataset split and batch size")
+        loss_total, objective_total, correct = float(loss_sum), float(objective_sum), int(correct_sum)
+        if not math.isfinite(loss_total):
+            _diverged(loss_total / n, epoch, None)
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "rule": cfg.rule,
             "mode": (cfg.stllr.mode + ("+online" if online else "")) if cfg.rule == "stllr" else "fused_scan",
             "lr": opt.param_groups[0]["lr"],
-            "train_loss": loss_sum / n,
-            "train_objective": objective_sum / n,
+            "train_loss": loss_total / n,
+            "train_objective": objective_total / n,
             "train_accuracy": correct / n,
             "wall_time_s": wall,
             "samples_per_s": n / wall if wall > 0 else float("nan"),
