@@ -73,8 +73,7 @@ def study_file(configs: int, epochs: int, concurrency: int) -> dict[str, Any]:
                   "data": {"batch_size": 64, "val_fraction": 0.2}},
         "budget": {"trials": configs, "epochs": epochs, "seeds": [0]},
         "sampler": {"name": "random", "seed": 0},
-        "resources": {"cpu": 1, "gpu": 0},
-        "concurrency": concurrency,
+        "resources": {"cpu": 1, "gpu": 0, "concurrency": concurrency},
     }
 
 

@@ -74,3 +74,15 @@ def test_bad_sample_count_is_one_line_and_exit_2():
     p = _stllr("bench", "data", "--samples", "0")
     assert p.returncode == 2
     assert "argument --samples: must be >= 1, got 0" in p.stderr
+
+
+@pytest.mark.slow
+def test_bench_study_json():
+    """A small platform-overhead run: the figure is computed from the runs' own measured times."""
+    p = _stllr("bench", "study", "--configs", "2", "--run-seconds", "1", "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    records, targets = _lines(p.stdout)
+    (r,) = records
+    assert r["configs"] == 2 and r["concurrency"] == 2 and r["summed_run_s"] > 0
+    assert r["overhead"] == pytest.approx(1 - (r["summed_run_s"] / 2) / r["wall_s"])
+    assert targets[0]["threshold"] == 0.15 and targets[0]["op"] == "<="
