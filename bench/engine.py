@@ -8,7 +8,11 @@ Cases (DESIGN §5, issue #2 item 9):
   outer-product reference (:func:`stllr_engine.reference.reference_stllr_grads`, one
   timed repetition);
 * memory scan: S-TLLR (streaming) and BPTT at T = 25 and T = 400;
-* a small VGG (width 16, 3 blocks) on 2×32×32 frames, T = 20.
+* a small VGG (width 16, 3 blocks) on 2×32×32 frames, T = 20;
+* with ``--official DIR`` (a clone of the authors' repository): one S-TLLR step of the
+  SHD net (``shd_rsnn_official``, learn_steps 90) in their code and in the engine, same
+  weights and inputs, with the ratio of step times (target ≥ 50x) and the largest
+  relative difference of the two gradients (``grad_rel_diff_vs_official``).
 
 ``--quick`` uses batch 32 and fewer repetitions (the ratios are still measured within
 one run, on one configuration). Figures: ``step_time_s`` is the median of interleaved
@@ -23,6 +27,7 @@ accounting); ``gemm_peak_gflops`` is a 4096² fp32 GEMM timed in the same run.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any, Callable
 
 import torch
@@ -32,7 +37,8 @@ from stllr_engine.bptt import bptt_step
 from stllr_engine.costs import AllocationTracker, CostProbe, formula_costs
 from stllr_engine.network import Network, NetworkSpec, build_network, preset
 from stllr_engine.reference import reference_bptt_loss, reference_stllr_grads
-from stllr_engine.stllr import STLLRConfig, stllr_step
+from stllr_engine.errors import StllrError
+from stllr_engine.stllr import STLLR_PRESETS, STLLRConfig, stllr_step
 from stllr_engine.train import resolve_device
 
 COLUMNS = ["model", "rule", "impl", "mode", "T", "learn_steps", "batch", "step_time_s",
@@ -103,8 +109,11 @@ class _Case:
         return rec
 
 
-def run(quick: bool = False, device: str = "cpu") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def run(quick: bool = False, device: str = "cpu",
+        official: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     dev = resolve_device(device)
+    if official is not None:
+        _check_official_dir(official)  # before the long run, not after it
     peak = gemm_peak_gflops(dev)
     batch = 32 if quick else 128
     reps = 3 if quick else 7
@@ -172,7 +181,76 @@ def run(quick: bool = False, device: str = "cpu") -> tuple[list[dict[str, Any]],
                r["stllr10_window"]["efficiency"], ">=", 0.65),
         target("BPTT efficiency vs GEMM peak", r["bptt"]["efficiency"], ">=", 0.65),
     ]
-    return list(records.values()), targets
+    out = list(records.values())
+    if official is not None:
+        off_records, off_target = official_comparison(official, batch, dev)
+        out += off_records
+        targets.append(off_target)
+    return out, targets
+
+
+def _check_official_dir(official_dir: str) -> None:
+    if not os.path.isfile(os.path.join(official_dir, "models", "STDPAudioSNN.py")):
+        raise StllrError(f"bench engine: --official {official_dir}: no models/STDPAudioSNN.py there: give the root "
+                         "of a clone of github.com/mapolinario94/S-TLLR")
+
+
+def official_comparison(official_dir: str, batch: int, device: torch.device, T: int = 100,
+                        learn_steps: int = 90) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One S-TLLR step of the SHD net in the authors' code and in the engine, same run.
+
+    The engine runs the ``shd_rsnn_official`` preset (window mode) with the authors'
+    initial weights copied in, so the two compute the same update; the largest relative
+    difference of their parameter gradients is reported alongside the step times.
+
+    Returns:
+        ``(records, target)``: one record per implementation and the ≥ 50x target.
+    """
+    import sys
+
+    _check_official_dir(official_dir)
+    sys.path.insert(0, os.path.abspath(official_dir))
+    try:
+        from models.STDPAudioSNN import AudioNet  # the authors' module (imports only torch and numpy)
+    finally:
+        sys.path.pop(0)
+    cfg = STLLRConfig(**{**STLLR_PRESETS["shd_rsnn_official"].to_dict(), "learn_steps": learn_steps})
+    theirs = AudioNet(n_inputs=700, labels=20, activation=None, feedback_mode="BP",
+                      factors=[cfg.lambda_post, cfg.lambda_pre, cfg.alpha_post, cfg.alpha_pre]).to(device)
+    ours = build_network(preset("shd_rsnn_official")).to(device)
+    hidden, readout = theirs.linear1, theirs.last_layer
+    pairs = {"layers.0.weight": hidden.weight, "layers.0.bias": hidden.bias, "layers.0.rec_weight": hidden.weight_rec,
+             "layers.0.gain": hidden.gain, "layers.0.rec_gain": hidden.gain_rec,
+             "readout.weight": readout.weight, "readout.bias": readout.bias}
+    mine = dict(ours.named_parameters())
+    with torch.no_grad():
+        for name, p in pairs.items():
+            mine[name].copy_(p.reshape(mine[name].shape))
+    x, y = _inputs(ours.spec, T, batch, device, density=0.05)
+
+    def official_step() -> None:
+        theirs.zero_grad(set_to_none=True)
+        theirs.reset_states()
+        for t in range(T):
+            out = theirs(x[t], y)
+            if T - t <= learn_steps:  # their --delay-ls window
+                torch.nn.functional.cross_entropy(out, y).backward()
+
+    def engine_step() -> None:
+        ours.zero_grad(set_to_none=True)
+        stllr_step(ours, x, y, cfg)
+
+    times = time_round_robin({"official": official_step, "engine": engine_step}, {"official": 1, "engine": 3},
+                             device, warmup=0)
+    diff = max(float((mine[n].grad - p.grad.reshape(mine[n].shape)).norm() / p.grad.norm().clamp_min(1e-30))
+               for n, p in pairs.items())
+    base = {"model": "shd_rsnn_official", "rule": "stllr", "mode": "window", "T": T, "learn_steps": learn_steps,
+            "batch": batch, "grad_rel_diff_vs_official": diff}
+    records = [{**base, "impl": "official", "step_time_s": times["official"]},
+               {**base, "impl": "engine", "step_time_s": times["engine"]}]
+    tgt = target("authors' code / engine S-TLLR step time, SHD net (learn_steps=90, same weights)",
+                 times["official"] / times["engine"], ">=", 50.0)
+    return records, tgt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,12 +264,15 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--json", action="store_true", help="one JSON object per line")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--official", metavar="DIR", default=None,
+                    help="root of a clone of the authors' code (github.com/mapolinario94/S-TLLR): also time one "
+                         "S-TLLR step of the SHD net in it, same weights, and print the ratio")
 
 
 def execute(args: argparse.Namespace) -> int:
     note = ("--quick runs batch 32 and fewer repetitions; the targets are set for the full run "
             "(batch 128), where the reference ratio is larger") if args.quick else None
-    return report(*run(quick=args.quick, device=args.device), args, COLUMNS, note)
+    return report(*run(quick=args.quick, device=args.device, official=args.official), args, COLUMNS, note)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,25 @@ def test_bench_study_json():
     assert r["configs"] == 2 and r["concurrency"] == 2 and r["summed_run_s"] > 0
     assert r["overhead"] == pytest.approx(1 - (r["summed_run_s"] / 2) / r["wall_s"])
     assert targets[0]["threshold"] == 0.15 and targets[0]["op"] == "<="
+
+
+def test_official_dir_without_the_authors_code_is_one_line_and_exit_2(tmp_path):
+    p = _stllr("bench", "engine", "--quick", "--official", str(tmp_path))
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0
+    assert "no models/STDPAudioSNN.py there: give the root of a clone of github.com/mapolinario94/S-TLLR" in p.stderr
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("STLLR_OFFICIAL_DIR"),
+                    reason="set STLLR_OFFICIAL_DIR to a clone of the authors' code")
+def test_the_engine_computes_the_authors_update():
+    """Same weights and inputs: the shd_rsnn_official preset's S-TLLR update equals the
+    authors' code's (float32: their layers cast spikes to float32)."""
+    import os
+
+    import torch
+
+    from bench.engine import official_comparison
+
+    records, _ = official_comparison(os.environ["STLLR_OFFICIAL_DIR"], 4, torch.device("cpu"), T=12, learn_steps=8)
+    assert records[0]["grad_rel_diff_vs_official"] <= 1e-4
