@@ -43,7 +43,7 @@ from stllr_engine.train import resolve_device
 
 COLUMNS = ["model", "rule", "impl", "mode", "T", "learn_steps", "batch", "step_time_s",
            "learning_memory_bytes_measured_per_batch", "peak_step_bytes_measured_per_batch",
-           "learning_macs_formula_per_sample", "achieved_gflops", "efficiency"]
+           "learning_macs_formula_per_sample", "achieved_gflops", "efficiency", "grad_rel_diff_vs_official"]
 
 
 def _inputs(spec: NetworkSpec, T: int, batch: int, device: torch.device, density: float) -> tuple[torch.Tensor, torch.Tensor]:
