@@ -5,7 +5,12 @@ on every varied S-TLLR factor jointly, with the other varied settings (learn_ste
 depth, T) as covariates, and bootstraps configurations for intervals; intervals are
 Bonferroni-adjusted over the factors of a dataset, so a verdict is a family-wise 95% claim.
 :func:`answer_q1` turns the table into sentences and says "inconclusive" when the interval
-contains zero or the configurations are too few. :func:`param_importance` adds Optuna's
+contains zero, when it is wider than the whole spread of the configurations' values (a joint
+fit with too few configurations per term says nothing, however its point estimate falls), or
+when the configurations are too few. Per-layer factors (``layer{i}_*``) are fit over the
+configurations that set them (the deeper networks), where layer 0 takes the network-wide
+value; elsewhere a per-layer column that only restates the network-wide factor is left out so
+that no setting is counted twice. :func:`param_importance` adds Optuna's
 importance (PED-ANOVA) on a study rebuilt in memory, with maximised objectives negated so
 that importance is about reaching *high* accuracy.
 """
@@ -46,6 +51,20 @@ def _varied(df: pd.DataFrame, cols: list[str] | tuple[str, ...]) -> list[str]:
     return [c for c in cols if c in df.columns and df[c].astype(float).dropna().nunique() >= 2]
 
 
+def _restates(df: pd.DataFrame, col: str) -> bool:
+    """True if per-layer ``col`` equals its network-wide factor wherever it is set (layer 0 does)."""
+    base = col.partition("_")[2]
+    if base not in df.columns:
+        return False
+    d = df[[col, base]].astype(float).dropna()
+    return len(d) > 0 and bool(np.allclose(d[col], d[base], rtol=0, atol=1e-12))
+
+
+def _own_columns(df: pd.DataFrame) -> list[str]:
+    """Varied factors, network-wide then per-layer, without per-layer columns that restate a network-wide one."""
+    return _varied(df, FACTORS) + [c for c in _varied(df, layer_columns(df)) if not _restates(df, c)]
+
+
 def _covariate(df: pd.DataFrame, c: str) -> np.ndarray:
     v = df[c].astype(float).to_numpy()
     return np.log2(v) if c in ("lr", "width") and np.all(v > 0) else v
@@ -62,8 +81,11 @@ def factor_effects(configs: pd.DataFrame, metric: str = "val_accuracy", *, n_boo
 
     Returns one row per (dataset, factor): n_configs, n_runs, the explored range, ``slope`` (per
     unit of the factor) with its interval, ``effect`` = slope × range (the change across the
-    explored range, in the metric's units) with its interval, ``ci_level`` and ``verdict``
-    ("higher is better", "lower is better" or "inconclusive") with ``reason``.
+    explored range, in the metric's units) with its interval, ``ci_width`` (effect_hi −
+    effect_lo), ``spread`` (the largest minus the smallest configuration mean in the fit),
+    ``ci_level`` and ``verdict`` ("higher is better", "lower is better" or "inconclusive") with
+    ``reason``. An interval wider than ``spread`` is uninformative: its verdict is inconclusive
+    whatever its sign, with the reason saying so.
     """
     rows = []
     for dataset, g in stllr_configs(configs, metric).groupby("dataset", sort=True):
@@ -76,25 +98,34 @@ def factor_effects(configs: pd.DataFrame, metric: str = "val_accuracy", *, n_boo
             level = 1.0 - 0.05 / len(family)
             n = len(d)
             enough = n >= max(MIN_CONFIGS, len(family) + len(covs) + 5)
+            y = d[f"{metric}_mean"].astype(float).to_numpy()
+            spread = float(y.max() - y.min()) if n else np.nan
             if enough:
                 X = np.column_stack([d[f].astype(float).to_numpy() for f in family] + [_covariate(d, c) for c in covs])
-                fit = ols_bootstrap(X, d[f"{metric}_mean"].astype(float).to_numpy(), n_boot=n_boot, level=level, seed=seed)
+                fit = ols_bootstrap(X, y, n_boot=n_boot, level=level, seed=seed)
             for i, f in enumerate(family):
                 lo_x, hi_x = (float(d[f].min()), float(d[f].max())) if n else (np.nan, np.nan)
                 span = hi_x - lo_x
                 row = {"dataset": dataset, "factor": f, "metric": metric, "n_configs": n,
                        "n_runs": int(d["n_seeds"].sum()) if n else 0, "min": lo_x, "max": hi_x,
-                       "covariates": ";".join(covs), "ci_level": level}
+                       "covariates": ";".join(covs), "ci_level": level, "spread": spread}
                 if enough:
+                    width = (fit.hi[i] - fit.lo[i]) * span
                     row.update(slope=fit.coef[i], slope_lo=fit.lo[i], slope_hi=fit.hi[i], effect=fit.coef[i] * span,
-                               effect_lo=fit.lo[i] * span, effect_hi=fit.hi[i] * span)
-                    if not (np.isfinite(fit.lo[i]) and np.isfinite(fit.hi[i])) or fit.lo[i] <= 0 <= fit.hi[i]:
+                               effect_lo=fit.lo[i] * span, effect_hi=fit.hi[i] * span, ci_width=width)
+                    if not (np.isfinite(fit.lo[i]) and np.isfinite(fit.hi[i])):
+                        row.update(verdict="inconclusive", reason="no interval: the factor did not vary in resamples")
+                    elif width > spread:
+                        row.update(verdict="inconclusive", reason=(
+                            f"uninformative: the interval is wider than the spread of the configurations "
+                            f"({n} configurations for {len(family) + len(covs)} terms)"))
+                    elif fit.lo[i] <= 0 <= fit.hi[i]:
                         row.update(verdict="inconclusive", reason="the interval contains zero")
                     else:
                         row.update(verdict="higher is better" if fit.coef[i] > 0 else "lower is better", reason="")
                 else:
                     row.update(slope=np.nan, slope_lo=np.nan, slope_hi=np.nan, effect=np.nan, effect_lo=np.nan,
-                               effect_hi=np.nan, verdict="inconclusive",
+                               effect_hi=np.nan, ci_width=np.nan, verdict="inconclusive",
                                reason=f"too few configurations ({n}; need {max(MIN_CONFIGS, len(family) + len(covs) + 5)})")
                 rows.append(row)
     return pd.DataFrame(rows)
@@ -107,7 +138,7 @@ def factor_levels(configs: pd.DataFrame, metric: str = "val_accuracy", *, bins: 
     """
     rows = []
     for dataset, g in stllr_configs(configs, metric).groupby("dataset", sort=True):
-        for f in _varied(g, FACTORS) + _varied(g, layer_columns(g)):
+        for f in _own_columns(g):
             d = g.dropna(subset=[f])
             x = d[f].astype(float)
             levels = x if x.nunique() <= 8 else pd.qcut(x, bins, duplicates="drop").map(lambda iv: iv.mid).astype(float)
@@ -164,7 +195,7 @@ def param_importance(configs: pd.DataFrame, objectives: tuple[Objective, ...], *
     """
     rows = []
     for dataset, g in stllr_configs(configs).groupby("dataset", sort=True):
-        params = _varied(g, FACTORS) + _varied(g, layer_columns(g)) + _varied(g, COVARIATES)
+        params = _own_columns(g) + _varied(g, COVARIATES)
         vals = [f"{o.metric}_mean" for o in objectives]
         g = g[np.all(np.isfinite(g[vals].astype(float).to_numpy()), axis=1)]
         if len(g) < min_configs or not params:
@@ -215,8 +246,13 @@ def answer_q1(effects: pd.DataFrame, configs: pd.DataFrame, metric: str = "val_a
             ci = f"{100 * r['ci_level']:.1f}% CI {scale * r['effect_lo']:+.2f} to {scale * r['effect_hi']:+.2f}"
             change = (f"moving it from {r['min']:.3g} to {r['max']:.3g} changes {label(metric)} by "
                       f"{scale * r['effect']:+.2f} {unit} ({ci}; {counts})")
-            if r["verdict"] == "inconclusive":
-                parts.append(f"{_name(r['factor'])}: inconclusive — {change}; the interval contains zero.")
+            if r["verdict"] == "inconclusive" and str(r["reason"]).startswith("uninformative"):
+                parts.append(f"{_name(r['factor'])}: inconclusive — too few configurations for the joint fit: "
+                             f"its {100 * r['ci_level']:.1f}% interval is {scale * r['ci_width']:.2f} {unit} wide, "
+                             f"more than the whole spread of the configurations' {label(metric)} "
+                             f"({scale * r['spread']:.2f}; {counts}).")
+            elif r["verdict"] == "inconclusive":
+                parts.append(f"{_name(r['factor'])}: inconclusive — {change}; {r['reason']}.")
             else:
                 hint = ""
                 if r["factor"].endswith("alpha_post"):

@@ -170,7 +170,10 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
     sec = Section("Open question 1 — the causal / non-causal balance", [Text(
         "Validation accuracy of S-TLLR configurations regressed jointly on the varied factors (other varied "
         "settings as covariates); intervals: bootstrap over configurations, Bonferroni-adjusted over the factors "
-        "of a dataset. α_post < 0 favours causal order, α_post > 0 synchrony.", summary=True)])
+        "of a dataset; an interval wider than the whole spread of the configurations' accuracies is called "
+        "uninformative (inconclusive). Per-layer factors are fit over the configurations that set them (the "
+        "deeper networks), where layer 0 takes the network-wide value. α_post < 0 favours causal order, "
+        "α_post > 0 synchrony.", summary=True)])
     for d in datasets:
         sec.blocks.append(Text(f"{d}:", summary=True))
         sec.blocks.append(Bullets(answers.get(d, ["inconclusive: no S-TLLR factor was varied."]), summary=True))
@@ -178,7 +181,8 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
         sec.blocks.append(Table(effects, "q1_effects.csv", {
             "dataset": "dataset", "factor": "factor", "configs": "n_configs", "runs": "n_runs", "min": "min", "max": "max",
             "effect over range [CI]": _ci("effect", "effect_lo", "effect_hi"), "CI level": "ci_level",
-            "verdict": "verdict", "covariates": "covariates"}))
+            "spread of configurations": "spread", "verdict": "verdict", "reason": "reason",
+            "covariates": "covariates"}))
     for d in sorted(levels["dataset"].unique()) if len(levels) else []:
         fig = Figure(q1.factor_figure(configs, levels, d), f"q1_factors_{_slug(d)}", "q1_levels.csv")
         sec.blocks.append(fig)

@@ -93,3 +93,48 @@ def test_importance_on_the_synthetic_study_covers_every_objective():
     assert set(imp["objective"]) == {o.metric for o in DEFAULT_OBJECTIVES}
     macs = imp[imp["objective"] == "learning_macs_formula_per_sample"].set_index("param")
     assert macs.loc["learn_steps", "direction"] == "-"  # a longer window costs more MACs: worse
+
+
+def _deep_layer_study(n_deep: int, seed: int = 0) -> pd.DataFrame:
+    """Depth-1 and depth-2 configurations where, as the runner writes them, layer 0 restates the
+    network-wide factors and only layer 1 has its own; accuracy is pure noise around 0.7."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(40 + n_deep):
+        deep = i >= 40
+        f = {"alpha_post": rng.uniform(-1, 1), "lambda_post": rng.uniform(0, 1), "lambda_pre": rng.uniform(0, 1)}
+        row = {"dataset": "shd", "rule": "stllr", "config_id": f"c{i:03d}", "n_seeds": 3, "depth": 2 if deep else 1,
+               **f, "val_accuracy_mean": 0.7 + rng.normal(0, 0.02), "test_accuracy_mean": 0.7,
+               "val_accuracy_std": 0.01, "test_accuracy_std": 0.01}
+        for k, v in f.items():
+            row[f"layer0_{k}"] = v if deep else np.nan
+            row[f"layer1_{k}"] = rng.uniform(0, 1) if deep else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_a_joint_fit_wider_than_the_data_is_called_uninformative():
+    """Six per-layer terms fit on 14 deep configurations: intervals wider than the accuracies' whole spread."""
+    configs = _deep_layer_study(n_deep=14)
+    effects = factor_effects(configs, n_boot=400).set_index("factor")
+    layer = effects.loc[[f for f in effects.index if f.startswith("layer")]]
+    assert len(layer) == 6 and (layer["n_configs"] == 14).all()
+    wide = layer[layer["ci_width"] > layer["spread"]]
+    assert len(wide) >= 1, layer[["ci_width", "spread"]]
+    assert (wide["verdict"] == "inconclusive").all() and wide["reason"].str.startswith("uninformative").all()
+    text = " ".join(answer_q1(effects.reset_index(), configs)["shd"])
+    assert "too few configurations for the joint fit" in text and "more than the whole spread" in text
+    # with many deep configurations the same per-layer fit is informative (narrower than the spread)
+    many = factor_effects(_deep_layer_study(n_deep=120), n_boot=400).set_index("factor")
+    assert (many.loc["layer1_alpha_post", "ci_width"] < many.loc["layer1_alpha_post", "spread"])
+    assert not many["reason"].str.startswith("uninformative").any()
+
+
+def test_layer0_that_restates_the_network_wide_factor_is_not_counted_twice():
+    configs = _deep_layer_study(n_deep=60)
+    levels = set(factor_levels(configs)["factor"])
+    assert {"alpha_post", "layer1_alpha_post"} <= levels and "layer0_alpha_post" not in levels
+    imp = set(param_importance(configs, (Objective("val_accuracy", "maximize"),))["param"])
+    assert "layer0_alpha_post" not in imp and {"alpha_post", "layer1_alpha_post"} <= imp
+    # in the per-layer fit over the deep networks layer 0 is a term of its own
+    assert "layer0_alpha_post" in set(factor_effects(configs, n_boot=200)["factor"])
