@@ -29,6 +29,6 @@ for item in "${studies[@]}"; do
   fi
   mkdir -p "docs/findings/$name"
   cp "$dir/report/summary.md" "$dir"/report/*.csv "docs/findings/$name/"
-  cp "$dir/study.yaml" "docs/findings/$name/study.yaml"
+  cp "$dir/study.yaml" "$dir/budget.json" "docs/findings/$name/"
   echo "docs/findings/$name: $(ls docs/findings/$name | wc -l) files"
 done
