@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Subset
 from stllr_engine._checks import choice, integer, known_fields, real
 from stllr_engine.errors import StllrError
 from stllr_engine.network import NetworkSpec, build_network
-from stllr_engine.train import TrainConfig, fit
+from stllr_engine.train import TrainConfig, fit, resolve_device, resume_source
 
 __all__ = ["DataConfig", "RuntimeConfig", "ExperimentConfig", "run_experiment", "load_data",
            "RESUME_EXEMPT"]
@@ -377,22 +377,9 @@ def run_experiment(config: ExperimentConfig, checkpoint_dir: str | os.PathLike[s
     ``epochs`` and ``seed``. A finished checkpoint yields its final metrics again.
     """
     checkpoint_path = os.path.join(os.fspath(checkpoint_dir), "checkpoint.pt") if checkpoint_dir is not None else None
-    source = None
-    if resume_from is not None:
-        source = os.fspath(resume_from)
-        if os.path.isdir(source):
-            source = os.path.join(source, "checkpoint.pt")
-        if not os.path.exists(source):
-            raise StllrError(f"resume_from={os.fspath(resume_from)}: no checkpoint there (expected {source})")
-    elif resume:
-        if checkpoint_path is None:
-            raise StllrError("resume=True needs a checkpoint_dir to resume from")
-        if not os.path.exists(checkpoint_path):
-            raise StllrError(f"resume=True but {checkpoint_path} does not exist: start without resume")
-        source = checkpoint_path
+    source = resume_source(checkpoint_path, resume_from, resume, what="checkpoint_dir")
     if source is not None:
         _check_experiment(source, config)
-    from stllr_engine.train import resolve_device
 
     device = resolve_device(config.training.device)
     config.runtime.apply(device)

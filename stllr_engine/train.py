@@ -314,6 +314,30 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     return ckpt
 
 
+def resume_source(checkpoint_path: str | os.PathLike[str] | None, resume_from: str | os.PathLike[str] | None,
+                  resume: bool, *, what: str = "checkpoint_path") -> str | None:
+    """The checkpoint file a run continues from, or None for a fresh run.
+
+    ``resume_from`` (a checkpoint file, or a folder holding ``checkpoint.pt``) wins; otherwise
+    ``resume=True`` continues from ``checkpoint_path``, which must exist. ``what`` names the
+    caller's argument in the one-line errors.
+    """
+    if resume_from is not None:
+        source = os.fspath(resume_from)
+        if os.path.isdir(source):
+            source = os.path.join(source, "checkpoint.pt")
+        if not os.path.exists(source):
+            raise StllrError(f"resume_from={os.fspath(resume_from)}: no checkpoint there (expected {source})")
+        return source
+    if not resume:
+        return None
+    if checkpoint_path is None:
+        raise StllrError(f"resume=True needs a {what} to resume from")
+    if not os.path.exists(checkpoint_path):
+        raise StllrError(f"resume=True but {os.fspath(checkpoint_path)} does not exist: start without resume")
+    return os.fspath(checkpoint_path)
+
+
 def _load_dfa(net: Network, ckpt: dict[str, Any]) -> None:
     """Put the checkpoint's DFA feedback matrices back (they are derived from the seed, but
     the stored ones are what the run used)."""
@@ -402,13 +426,7 @@ def fit(
     ckpt = None
     if checkpoint_path is not None and os.path.isdir(checkpoint_path):
         raise StllrError(f"checkpoint path {checkpoint_path} is a folder: give a file name")
-    source = resume_from
-    if source is None and resume:
-        if checkpoint_path is None:
-            raise StllrError("resume=True needs a checkpoint_path to resume from")
-        if not os.path.exists(checkpoint_path):
-            raise StllrError(f"resume=True but checkpoint {checkpoint_path} does not exist: start without resume")
-        source = checkpoint_path
+    source = resume_source(checkpoint_path, resume_from, resume)
     if source is not None:
         ckpt = load_checkpoint(source, map_location=device)
         _check_resume(ckpt, net, cfg, source)

@@ -193,6 +193,18 @@ def test_resume_refuses_other_settings(tmp_path):
             fit(build_network(SPEC), DataLoader(ds, batch_size=32), other, checkpoint_path=path, resume=True)
     with pytest.raises(StllrError, match="another network spec"):
         fit(build_network(SPEC.replace(width=16)), DataLoader(ds, batch_size=32), cfg, checkpoint_path=path, resume=True)
+    # where to resume from: each missing piece is one line; a folder means its checkpoint.pt
+    loader = DataLoader(ds, batch_size=32)
+    with pytest.raises(StllrError, match="resume=True needs a checkpoint_path"):
+        fit(build_network(SPEC), loader, cfg, resume=True)
+    with pytest.raises(StllrError, match="does not exist: start without resume"):
+        fit(build_network(SPEC), loader, cfg, checkpoint_path=tmp_path / "none.pt", resume=True)
+    with pytest.raises(StllrError, match=r"no checkpoint there \(expected .*checkpoint.pt\)"):
+        fit(build_network(SPEC), loader, cfg, resume_from=tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(path.read_bytes())
+    done = list(fit(build_network(SPEC), loader, cfg, resume_from=tmp_path / "run"))
+    assert [m["epoch"] for m in done] == [2] and done[0].get("resumed_finished")
 
 
 def test_dfa_training_checkpoint_restores_the_same_feedback(tmp_path):
