@@ -8,53 +8,54 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
 from stllr_engine.errors import StllrError
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="stllr", description="Study S-TLLR against BPTT on spiking networks.")
-    sub = ap.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="benchmarks (speed, memory, learning)")
-    bsub = bench.add_subparsers(dest="what", required=True)
+def _add(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, help: str,
+         add_arguments: Callable[[argparse.ArgumentParser], None], run: Callable[[argparse.Namespace], int]) -> None:
+    p = sub.add_parser(name, help=help)
+    add_arguments(p)
+    p.set_defaults(run=run)
 
-    from bench import data, engine, learning
-    from bench import study as bench_study
 
-    p = bsub.add_parser("engine", help="step time, learning memory and FLOP efficiency of S-TLLR and BPTT")
-    engine.add_arguments(p)
-    p.set_defaults(run=engine.execute)
-    p = bsub.add_parser("data", help="SHD-format loading: first epoch, cached epoch, vs S-TLLR step time")
-    data.add_arguments(p)
-    p.set_defaults(run=data.execute)
-    p = bsub.add_parser("learning", help="both rules on the embedded digits and synthetic temporal tasks")
-    learning.add_arguments(p)
-    p.set_defaults(run=learning.execute)
-    p = bsub.add_parser("study", help="platform overhead of a 12-configuration sweep (2 concurrent ~20 s runs)")
-    bench_study.add_arguments(p)
-    p.set_defaults(run=bench_study.execute)
-
-    from study import commands
-
-    p = sub.add_parser("sweep", help="run (or --resume) a study: S-TLLR search + BPTT baselines on Ray Tune + Optuna")
-    commands.add_sweep_arguments(p)
-    p.set_defaults(run=commands.sweep)
-    p = sub.add_parser("train", help="one run of a study's configuration in-process (no Ray), for debugging")
-    commands.add_train_arguments(p)
-    p.set_defaults(run=commands.train)
-    p = sub.add_parser("status", help="a study folder: runs by status, best so far, frontier size")
+def _folder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder")
-    p.set_defaults(run=commands.status)
-    p = sub.add_parser("export", help="write a study's results table as CSV")
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder")
     p.add_argument("--out", help="CSV path (default: DIR/results.csv)")
-    p.set_defaults(run=commands.export)
 
+
+def _parser() -> argparse.ArgumentParser:
+    from bench import data, engine, learning
+    from bench import study as bench_study
     from reports import cli as report_cli
+    from study import commands
 
-    p = sub.add_parser("report", help="offline HTML report: frontiers against BPTT and the open questions")
-    report_cli.add_arguments(p)
-    p.set_defaults(run=report_cli.execute)
+    ap = argparse.ArgumentParser(prog="stllr", description="Study S-TLLR against BPTT on spiking networks.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    bsub = sub.add_parser("bench", help="benchmarks (speed, memory, learning)").add_subparsers(dest="what", required=True)
+    for name, module, help in [
+        ("engine", engine, "step time, learning memory and FLOP efficiency of S-TLLR and BPTT"),
+        ("data", data, "SHD-format loading: first epoch, cached epoch, vs S-TLLR step time"),
+        ("learning", learning, "both rules on the embedded digits and synthetic temporal tasks"),
+        ("study", bench_study, "platform overhead of a 12-configuration sweep (2 concurrent ~20 s runs)"),
+    ]:
+        _add(bsub, name, help, module.add_arguments, module.execute)
+    for name, help, add_arguments, run in [
+        ("sweep", "run (or --resume) a study: S-TLLR search + BPTT baselines on Ray Tune + Optuna",
+         commands.add_sweep_arguments, commands.sweep),
+        ("train", "one run of a study's configuration in-process (no Ray), for debugging",
+         commands.add_train_arguments, commands.train),
+        ("status", "a study folder: runs by status, best so far, frontier size", _folder_arguments, commands.status),
+        ("export", "write a study's results table as CSV", _export_arguments, commands.export),
+        ("report", "offline HTML report: frontiers against BPTT and the open questions",
+         report_cli.add_arguments, report_cli.execute),
+    ]:
+        _add(sub, name, help, add_arguments, run)
     return ap
 
 
