@@ -126,10 +126,11 @@ def _stllr_mode(config_json: Any, rule: Any) -> str | None:
     if str(rule).lower() != "stllr":
         return None
     try:
-        stllr = json.loads(config_json)["training"].get("stllr") or {}
+        stllr = json.loads(config_json)["training"].get("stllr")
     except (TypeError, ValueError, KeyError, AttributeError):
         return None
-    return str(stllr.get("mode", "window"))
+    mode = stllr.get("mode", "window") if isinstance(stllr, dict) else None
+    return mode if isinstance(mode, str) else None
 
 
 def _normalise(df: pd.DataFrame, name: str, dataset: str | None, path: Path) -> pd.DataFrame:

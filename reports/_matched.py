@@ -100,8 +100,10 @@ def window_memory_note(matched: pd.DataFrame) -> str | None:
         return None
     lo, hi = m["memory_ratio_measured"].min(), m["memory_ratio_measured"].max()
     span = fmt(lo) if lo == hi else f"{fmt(lo)} to {fmt(hi)}"
+    formula = m["memory_ratio_formula"].min()
+    by_formula = f", formula {fmt(formula)} or more" if np.isfinite(formula) else ""
     return (f"In {len(m)} of {len(matched)} matched architectures S-TLLR measured more learning memory than BPTT "
-            f"(memory ratio measured {span}, formula {fmt(m['memory_ratio_formula'].min())} or more). These runs used "
+            f"(memory ratio measured {span}{by_formula}). These runs used "
             "S-TLLR's window mode, which runs the learning window as one batch and keeps its records for one update "
             "(memory grows with learn_steps); the formula counts the streaming implementation's state, which does "
             "not grow with T. Set `fixed.stllr.mode: streaming` in the study file to measure that (slower on CPU).")

@@ -173,8 +173,9 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
     sec = Section("Open question 1 — the causal / non-causal balance", [Text(
         "Validation accuracy of S-TLLR configurations regressed jointly on the varied factors (other varied "
         "settings as covariates); intervals: bootstrap over configurations, Bonferroni-adjusted over the factors "
-        "of a dataset; an interval wider than the whole spread of the configurations' accuracies is called "
-        "uninformative (inconclusive). Per-layer factors are fit over the configurations that set them (the "
+        "of a dataset (network-wide and per-layer together); an interval wider than the whole spread of the "
+        "configurations' accuracies is flagged: 'uninformative' when it contains zero, 'imprecise' when it does "
+        "not (the sign stands, the size is poorly known). Per-layer factors are fit over the configurations that set them (the "
         "deeper networks), where layer 0 takes the network-wide value. α_post < 0 favours causal order, "
         "α_post > 0 synchrony.", summary=True)])
     for d in datasets:
