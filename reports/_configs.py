@@ -22,7 +22,7 @@ METRICS = (
 #: Settings of a configuration (the same for all its seeds).
 SETTINGS = (
     "dataset", "rule", "role", "arch_id", "model", "width", "depth", "T", "batch", "epochs",
-    "learn_steps", "learning_signal", "alpha_pre", "alpha_post", "lambda_pre", "lambda_post", "lr",
+    "learn_steps", "learning_signal", "stllr_mode", "alpha_pre", "alpha_post", "lambda_pre", "lambda_post", "lr",
 )
 
 

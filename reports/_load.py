@@ -8,6 +8,7 @@ Reports read only these two files, never Ray's internals. A study may still be r
 from __future__ import annotations
 
 import io
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ NUMERIC_COLUMNS = (
     "lambda_pre", "lambda_post", "learn_steps", "lr", "wall_time_s", "samples_per_s",
 )
 TEXT_COLUMNS = ("study", "trial_id", "config_id", "arch_id", "rule", "role", "status", "reason",
-                "dataset", "model", "learning_signal", "node")
+                "dataset", "model", "learning_signal", "node", "stllr_mode")
 REQUIRED_COLUMNS = ("trial_id", "config_id", "rule", "status")
 
 
@@ -120,12 +121,26 @@ def _read_study_yaml(folder: Path) -> tuple[str | None, str | None, tuple[Object
             _objectives(doc.get("objectives"), path))
 
 
+def _stllr_mode(config_json: Any, rule: Any) -> str | None:
+    """S-TLLR's implementation mode (``window`` / ``streaming``) from a row's ``config_json``."""
+    if str(rule).lower() != "stllr":
+        return None
+    try:
+        stllr = json.loads(config_json)["training"].get("stllr")
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+    mode = stllr.get("mode", "window") if isinstance(stllr, dict) else None
+    return mode if isinstance(mode, str) else None
+
+
 def _normalise(df: pd.DataFrame, name: str, dataset: str | None, path: Path) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise StllrError(f"report: {path} lacks column(s) {', '.join(missing)}; it was not written by "
                          f"`stllr sweep` (see the results table in the contract)")
     df = df.copy()
+    if "stllr_mode" not in df.columns and "config_json" in df.columns:
+        df["stllr_mode"] = [_stllr_mode(c, r) for c, r in zip(df["config_json"], df["rule"])]
     for col in NUMERIC_COLUMNS:
         df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else np.nan
     for col in df.columns:

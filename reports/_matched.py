@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from reports._configs import best_per_arch
+from reports._html import fmt
 
 #: The paper's Table 2 (TMLR version, mean ± std over 5 seeds), for datasets a study may share.
 PAPER_TABLE2 = pd.DataFrame([
@@ -60,7 +61,7 @@ def matched_table(configs: pd.DataFrame) -> pd.DataFrame:
         s, b = s.iloc[0], b.iloc[0]
         T, ls = float(s["T"]), float(s["learn_steps"])
         row = {"dataset": dataset, "model": s["model"], "arch_id": arch, "width": s["width"], "depth": s["depth"],
-               "T": T, "learn_steps": ls, "alpha_post": s["alpha_post"],
+               "T": T, "learn_steps": ls, "alpha_post": s["alpha_post"], "stllr_mode": s.get("stllr_mode"),
                "stllr_config_id": s["config_id"], "bptt_config_id": b["config_id"],
                "stllr_trial_ids": s["trial_ids"], "bptt_trial_ids": b["trial_ids"]}
         for tag, r in (("bptt", b), ("stllr", s)):
@@ -83,6 +84,29 @@ def matched_table(configs: pd.DataFrame) -> pd.DataFrame:
         rows.append(row)
     out = pd.DataFrame(rows)
     return out.sort_values(["dataset", "width", "depth", "T", "arch_id"]).reset_index(drop=True) if rows else out
+
+
+def window_memory_note(matched: pd.DataFrame) -> str | None:
+    """A sentence when S-TLLR, run in window mode, *measured* more learning memory than BPTT.
+
+    The formula counts the O(n) state of a streaming implementation; window mode runs the
+    window's steps as one batch and keeps their records for one update, O(learn_steps·n), so
+    its measured memory can exceed BPTT's. The reader needs to know which one a ratio is.
+    """
+    if matched.empty or "stllr_mode" not in matched.columns:
+        return None
+    m = matched[(matched["stllr_mode"] == "window") & (matched["memory_ratio_measured"] < 1.0)]
+    if m.empty:
+        return None
+    lo, hi = m["memory_ratio_measured"].min(), m["memory_ratio_measured"].max()
+    span = fmt(lo) if lo == hi else f"{fmt(lo)} to {fmt(hi)}"
+    formula = m["memory_ratio_formula"].min()
+    by_formula = f", formula {fmt(formula)} or more" if np.isfinite(formula) else ""
+    return (f"In {len(m)} of {len(matched)} matched architectures S-TLLR measured more learning memory than BPTT "
+            f"(memory ratio measured {span}{by_formula}). These runs used "
+            "S-TLLR's window mode, which runs the learning window as one batch and keeps its records for one update "
+            "(memory grows with learn_steps); the formula counts the streaming implementation's state, which does "
+            "not grow with T. Set `fixed.stllr.mode: streaming` in the study file to measure that (slower on CPU).")
 
 
 def paper_rows(datasets: list[str]) -> pd.DataFrame:

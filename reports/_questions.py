@@ -3,11 +3,12 @@
 Evidence is per configuration (seeds averaged). :func:`factor_effects` fits validation accuracy
 on every varied S-TLLR factor jointly, with the other varied settings (learn_steps, lr, width,
 depth, T) as covariates, and bootstraps configurations for intervals; intervals are
-Bonferroni-adjusted over the factors of a dataset, so a verdict is a family-wise 95% claim.
+Bonferroni-adjusted over all the factors of a dataset (network-wide and per-layer together),
+so a verdict is a family-wise 95% claim per dataset.
 :func:`answer_q1` turns the table into sentences and says "inconclusive" when the interval
-contains zero, when it is wider than the whole spread of the configurations' values (a joint
-fit with too few configurations per term says nothing, however its point estimate falls), or
-when the configurations are too few. Per-layer factors (``layer{i}_*``) are fit over the
+contains zero or the configurations are too few; an interval wider than the whole spread of
+the configurations' values is flagged ("uninformative" when it contains zero, "imprecise"
+when it does not) so that a sentence never quotes a range beyond what the data span. Per-layer factors (``layer{i}_*``) are fit over the
 configurations that set them (the deeper networks), where layer 0 takes the network-wide
 value; elsewhere a per-layer column that only restates the network-wide factor is left out so
 that no setting is counted twice. :func:`param_importance` adds Optuna's
@@ -84,18 +85,18 @@ def factor_effects(configs: pd.DataFrame, metric: str = "val_accuracy", *, n_boo
     explored range, in the metric's units) with its interval, ``ci_width`` (effect_hi −
     effect_lo), ``spread`` (the largest minus the smallest configuration mean in the fit),
     ``ci_level`` and ``verdict`` ("higher is better", "lower is better" or "inconclusive") with
-    ``reason``. An interval wider than ``spread`` is uninformative: its verdict is inconclusive
-    whatever its sign, with the reason saying so.
+    ``reason``. An interval wider than ``spread`` is flagged in ``reason``: "uninformative"
+    when it contains zero (the sentence then gives its width, not its absurd ends), "imprecise"
+    when it excludes zero (the verdict stands; the size is poorly known).
     """
     rows = []
     for dataset, g in stllr_configs(configs, metric).groupby("dataset", sort=True):
-        for family in (_varied(g, FACTORS), _varied(g, layer_columns(g))):
-            if not family:
-                continue
+        families = [f for f in (_varied(g, FACTORS), _varied(g, layer_columns(g))) if f]
+        level = 1.0 - 0.05 / max(1, sum(len(f) for f in families))
+        for family in families:
             covs = [c for c in _varied(g, COVARIATES) if c not in family]
             d = g.dropna(subset=family + covs)
             covs = [c for c in covs if d[c].nunique() >= 2]
-            level = 1.0 - 0.05 / len(family)
             n = len(d)
             enough = n >= max(MIN_CONFIGS, len(family) + len(covs) + 5)
             y = d[f"{metric}_mean"].astype(float).to_numpy()
@@ -113,16 +114,16 @@ def factor_effects(configs: pd.DataFrame, metric: str = "val_accuracy", *, n_boo
                     width = (fit.hi[i] - fit.lo[i]) * span
                     row.update(slope=fit.coef[i], slope_lo=fit.lo[i], slope_hi=fit.hi[i], effect=fit.coef[i] * span,
                                effect_lo=fit.lo[i] * span, effect_hi=fit.hi[i] * span, ci_width=width)
+                    wide = (f"the interval is wider than the spread of the configurations "
+                            f"({n} configurations for {len(family) + len(covs)} terms)")
                     if not (np.isfinite(fit.lo[i]) and np.isfinite(fit.hi[i])):
                         row.update(verdict="inconclusive", reason="no interval: the factor did not vary in resamples")
-                    elif width > spread:
-                        row.update(verdict="inconclusive", reason=(
-                            f"uninformative: the interval is wider than the spread of the configurations "
-                            f"({n} configurations for {len(family) + len(covs)} terms)"))
                     elif fit.lo[i] <= 0 <= fit.hi[i]:
-                        row.update(verdict="inconclusive", reason="the interval contains zero")
+                        row.update(verdict="inconclusive",
+                                   reason=f"uninformative: {wide}" if width > spread else "the interval contains zero")
                     else:
-                        row.update(verdict="higher is better" if fit.coef[i] > 0 else "lower is better", reason="")
+                        row.update(verdict="higher is better" if fit.coef[i] > 0 else "lower is better",
+                                   reason=f"imprecise: {wide}" if width > spread else "")
                 else:
                     row.update(slope=np.nan, slope_lo=np.nan, slope_hi=np.nan, effect=np.nan, effect_lo=np.nan,
                                effect_hi=np.nan, ci_width=np.nan, verdict="inconclusive",
@@ -247,10 +248,10 @@ def answer_q1(effects: pd.DataFrame, configs: pd.DataFrame, metric: str = "val_a
             change = (f"moving it from {r['min']:.3g} to {r['max']:.3g} changes {label(metric)} by "
                       f"{scale * r['effect']:+.2f} {unit} ({ci}; {counts})")
             if r["verdict"] == "inconclusive" and str(r["reason"]).startswith("uninformative"):
-                parts.append(f"{_name(r['factor'])}: inconclusive — too few configurations for the joint fit: "
-                             f"its {100 * r['ci_level']:.1f}% interval is {scale * r['ci_width']:.2f} {unit} wide, "
-                             f"more than the whole spread of the configurations' {label(metric)} "
-                             f"({scale * r['spread']:.2f}; {counts}).")
+                parts.append(f"{_name(r['factor'])}: inconclusive — uninformative: its {100 * r['ci_level']:.1f}% "
+                             f"interval is {scale * r['ci_width']:.2f} {unit} wide, more than the whole spread of the "
+                             f"configurations' {label(metric)} ({scale * r['spread']:.2f}; {counts}); the joint fit "
+                             "needs more configurations per term (or factors that vary independently).")
             elif r["verdict"] == "inconclusive":
                 parts.append(f"{_name(r['factor'])}: inconclusive — {change}; {r['reason']}.")
             else:
@@ -258,7 +259,9 @@ def answer_q1(effects: pd.DataFrame, configs: pd.DataFrame, metric: str = "val_a
                 if r["factor"].endswith("alpha_post"):
                     hint = (" (the non-causal term helps: synchrony)" if r["verdict"] == "higher is better"
                             else " (causality helps: negative α_post favours causal order)")
-                parts.append(f"{_name(r['factor'])}: {r['verdict']}{hint} — {change}.")
+                caveat = ("; imprecise: the interval is wider than the whole spread of the configurations "
+                          f"({scale * r['spread']:.2f})" if str(r["reason"]).startswith("imprecise") else "")
+                parts.append(f"{_name(r['factor'])}: {r['verdict']}{hint} — {change}{caveat}.")
         best = stllr_configs(configs, metric)
         best = best[best["dataset"] == dataset].sort_values(f"{metric}_mean", ascending=False).head(1)
         if len(best):

@@ -20,7 +20,7 @@ from reports import _window as lw
 from reports._configs import config_table
 from reports._load import STATUSES, Objective, complete_runs, load_studies, objectives_by_dataset, status_counts
 from reports._html import Bullets, Figure, Section, Table, Text, fmt, pm, render_html, render_markdown
-from reports._matched import matched_table, paper_rows
+from reports._matched import matched_table, paper_rows, window_memory_note
 from reports._static import FORMATS, check_available, export_figures
 from stllr_engine.errors import StllrError
 
@@ -39,7 +39,7 @@ def _frontier_view(objectives: tuple[Objective, ...]) -> dict:
 
 
 _MATCHED_VIEW: dict = {
-    "dataset": "dataset", "arch": "arch_id", "T": "T", "learn_steps": "learn_steps",
+    "dataset": "dataset", "arch": "arch_id", "T": "T", "learn_steps": "learn_steps", "S-TLLR mode": "stllr_mode",
     "BPTT test acc": lambda r: f"{fmt(r['bptt_test_accuracy_mean'])} ± {fmt(r['bptt_test_accuracy_std'])} (n={r['bptt_seeds']})",
     "S-TLLR test acc": lambda r: f"{fmt(r['stllr_test_accuracy_mean'])} ± {fmt(r['stllr_test_accuracy_std'])} (n={r['stllr_seeds']})",
     "acc diff (S-TLLR − BPTT) ± se": lambda r: f"{fmt(r['accuracy_diff'])} ± {fmt(r['accuracy_diff_se'])}",
@@ -158,6 +158,9 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
         "(memory T/2, MACs 2T/(3·learn_steps)).", summary=True)])
     if len(matched):
         sec.blocks.append(Table(matched, "matched.csv", _MATCHED_VIEW, summary=True))
+        note = window_memory_note(matched)
+        if note:
+            sec.blocks.append(Text(note, summary=True))
     else:
         sec.blocks.append(Text("No architecture has complete runs of both rules yet.", summary=True))
     if len(tables["paper_table2.csv"]):
@@ -170,8 +173,9 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
     sec = Section("Open question 1 — the causal / non-causal balance", [Text(
         "Validation accuracy of S-TLLR configurations regressed jointly on the varied factors (other varied "
         "settings as covariates); intervals: bootstrap over configurations, Bonferroni-adjusted over the factors "
-        "of a dataset; an interval wider than the whole spread of the configurations' accuracies is called "
-        "uninformative (inconclusive). Per-layer factors are fit over the configurations that set them (the "
+        "of a dataset (network-wide and per-layer together); an interval wider than the whole spread of the "
+        "configurations' accuracies is flagged: 'uninformative' when it contains zero, 'imprecise' when it does "
+        "not (the sign stands, the size is poorly known). Per-layer factors are fit over the configurations that set them (the "
         "deeper networks), where layer 0 takes the network-wide value. α_post < 0 favours causal order, "
         "α_post > 0 synchrony.", summary=True)])
     for d in datasets:

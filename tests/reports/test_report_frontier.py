@@ -85,3 +85,39 @@ def test_matched_table_ratios_match_the_formulas():
         cand = configs[(configs["arch_id"] == r["arch_id"]) & (configs["rule"] == "stllr")]
         assert r["stllr_val_accuracy_mean"] == cand["val_accuracy_mean"].max()
     print("\nmatched:", m[["arch_id", "accuracy_diff", "mac_ratio_formula", "memory_ratio_measured"]].round(3).to_dict("records")[:2])
+
+
+def test_window_mode_memory_above_bptt_is_explained(tmp_path):
+    """S-TLLR's mode comes from config_json; window mode measuring more than BPTT gets a sentence."""
+    import json
+
+    from report_cases import write_study
+    from reports import build_report, window_memory_note
+
+    runs = synthetic_runs(T=20, learn_steps=(20,), widths=(64,), depths=(1, 2))
+    stllr = runs["rule"] == "stllr"
+    runs["config_json"] = [json.dumps({"seed": 0, "training": {"rule": r, "stllr": {"mode": "window"}}})
+                           for r in runs["rule"]]
+    # window mode keeps the window's records: measured above BPTT's for every S-TLLR row
+    runs.loc[stllr, "learning_memory_bytes_measured_per_sample"] = 2.0 * runs["learning_memory_bytes_measured_per_sample"].max()
+    folder = write_study(tmp_path / "s", runs)
+    out = build_report([folder], out=tmp_path / "out").parent
+    m = matched_table(config_table(runs[runs["status"] == "complete"].assign(stllr_mode=lambda d: d["rule"].map(
+        {"stllr": "window"}))))
+    assert (m["stllr_mode"] == "window").all() and (m["memory_ratio_measured"] < 1).all()
+    note = window_memory_note(m)
+    assert note.startswith(f"In {len(m)} of {len(m)} matched architectures") and "window mode" in note
+    summary = (out / "summary.md").read_text()
+    assert "S-TLLR measured more learning memory than BPTT" in summary
+    assert set(__import__("pandas").read_csv(out / "matched.csv")["stllr_mode"]) == {"window"}
+    # the same runs in streaming mode need no explanation
+    assert window_memory_note(m.assign(stllr_mode="streaming")) is None
+    assert window_memory_note(m.assign(memory_ratio_measured=2.0)) is None
+    assert "formula" not in window_memory_note(m.assign(memory_ratio_formula=float("nan"))).split(")")[0]
+    # the mode as the loader reads it: S-TLLR rows only, from config_json, robust to odd files
+    from reports._load import _stllr_mode
+    assert _stllr_mode(json.dumps({"training": {"stllr": {"mode": "streaming"}}}), "stllr") == "streaming"
+    assert _stllr_mode(json.dumps({"training": {"stllr": {}}}), "stllr") == "window"  # the engine's default
+    for odd in (None, "not json", json.dumps({"training": {"stllr": 3}}), json.dumps({"training": {"stllr": {"mode": None}}})):
+        assert _stllr_mode(odd, "stllr") is None
+    assert _stllr_mode(json.dumps({"training": {"stllr": {"mode": "window"}}}), "bptt") is None
