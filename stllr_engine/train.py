@@ -45,7 +45,7 @@ from stllr_engine.network import Network, NetworkSpec, build_network
 from stllr_engine.stllr import STLLRConfig, StepStats, stllr_step
 
 __all__ = ["TrainConfig", "fit", "evaluate", "rule_step", "save_checkpoint", "load_checkpoint", "restore",
-           "resolve_device"]
+           "resolve_device", "resume_source"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -406,8 +406,9 @@ def fit(
         checkpoint_path: written after every epoch (atomically, fsynced) when given.
         resume: continue from ``checkpoint_path``, which must exist.
         val_loader: evaluated after every epoch when given (``val_accuracy``, ``val_loss``).
-        resume_from: continue from this checkpoint instead (e.g. one restored to another
-            folder); new checkpoints still go to ``checkpoint_path``.
+        resume_from: continue from this checkpoint file, or a folder's ``checkpoint.pt``,
+            instead (e.g. one restored to another folder); new checkpoints still go to
+            ``checkpoint_path``.
         extra: plain data stored in every checkpoint (e.g. the experiment config).
 
     The network and settings must be the stored ones (the device and ``measure_costs``

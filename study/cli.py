@@ -13,9 +13,9 @@ from typing import Callable
 from stllr_engine.errors import StllrError
 
 
-def _add(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, help: str,
+def _add(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, text: str,
          add_arguments: Callable[[argparse.ArgumentParser], None], run: Callable[[argparse.Namespace], int]) -> None:
-    p = sub.add_parser(name, help=help)
+    p = sub.add_parser(name, help=text)
     add_arguments(p)
     p.set_defaults(run=run)
 
@@ -25,7 +25,7 @@ def _folder_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder")
+    _folder_arguments(p)
     p.add_argument("--out", help="CSV path (default: DIR/results.csv)")
 
 
@@ -38,14 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="stllr", description="Study S-TLLR against BPTT on spiking networks.")
     sub = ap.add_subparsers(dest="command", required=True)
     bsub = sub.add_parser("bench", help="benchmarks (speed, memory, learning)").add_subparsers(dest="what", required=True)
-    for name, module, help in [
+    for name, module, text in [
         ("engine", engine, "step time, learning memory and FLOP efficiency of S-TLLR and BPTT"),
         ("data", data, "SHD-format loading: first epoch, cached epoch, vs S-TLLR step time"),
         ("learning", learning, "both rules on the embedded digits and synthetic temporal tasks"),
         ("study", bench_study, "platform overhead of a 12-configuration sweep (2 concurrent ~20 s runs)"),
     ]:
-        _add(bsub, name, help, module.add_arguments, module.execute)
-    for name, help, add_arguments, run in [
+        _add(bsub, name, text, module.add_arguments, module.execute)
+    for name, text, add_arguments, run in [
         ("sweep", "run (or --resume) a study: S-TLLR search + BPTT baselines on Ray Tune + Optuna",
          commands.add_sweep_arguments, commands.sweep),
         ("train", "one run of a study's configuration in-process (no Ray), for debugging",
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         ("report", "offline HTML report: frontiers against BPTT and the open questions",
          report_cli.add_arguments, report_cli.execute),
     ]:
-        _add(sub, name, help, add_arguments, run)
+        _add(sub, name, text, add_arguments, run)
     return ap
 
 
