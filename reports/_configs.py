@@ -17,7 +17,7 @@ METRICS = (
     "learning_macs_measured_per_sample", "learning_memory_values_formula_per_sample",
     "learning_memory_bytes_formula_per_sample", "learning_memory_bytes_measured_per_sample",
     "learning_memory_bytes_measured_per_batch", "peak_step_bytes_measured_per_batch",
-    "wall_time_s", "time_per_epoch_s", "samples_per_s",
+    "wall_time_s", "time_per_epoch_s", "samples_per_s", "late_train_gain",
 )
 #: Settings of a configuration (the same for all its seeds).
 SETTINGS = (
