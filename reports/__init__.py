@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from reports._load import DEFAULT_OBJECTIVES, Objective, Study, complete_runs, load_studies, load_study
     from reports._frontier import (frontier, frontier_figure, hypervolume, hypervolume_table, pareto_mask, projection_figure,
                                   projections)
-    from reports._matched import matched_table, window_memory_note
+    from reports._matched import matched_table, still_learning_note, window_memory_note
     from reports._questions import answer_q1, factor_effects, factor_figure, factor_levels, param_importance
     from reports._report import build_report
     from reports._scaling import (answer_q2, gap_figure, gap_scaling, memory_T_figure, memory_vs_T, scaling_exponents,
@@ -48,6 +48,7 @@ _WHERE = {
     "load_study": "reports._load",
     "matched_table": "reports._matched",
     "window_memory_note": "reports._matched",
+    "still_learning_note": "reports._matched",
     "memory_T_figure": "reports._scaling",
     "memory_vs_T": "reports._scaling",
     "param_importance": "reports._questions",
@@ -75,6 +76,6 @@ __all__ = [
     "complete_runs", "config_table", "factor_effects", "factor_figure", "factor_levels", "frontier",
     "frontier_figure", "gap_figure", "gap_scaling", "hypervolume", "hypervolume_table", "load_studies", "load_study",
     "matched_table", "memory_T_figure", "memory_vs_T", "pareto_mask", "param_importance", "projection_figure",
-    "projections", "scaling_exponents", "scaling_figure", "scaling_table", "window_figure", "window_memory_note",
-    "window_table",
+    "projections", "scaling_exponents", "scaling_figure", "scaling_table", "still_learning_note", "window_figure",
+    "window_memory_note", "window_table",
 ]

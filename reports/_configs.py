@@ -17,7 +17,7 @@ METRICS = (
     "learning_macs_measured_per_sample", "learning_memory_values_formula_per_sample",
     "learning_memory_bytes_formula_per_sample", "learning_memory_bytes_measured_per_sample",
     "learning_memory_bytes_measured_per_batch", "peak_step_bytes_measured_per_batch",
-    "wall_time_s", "time_per_epoch_s", "samples_per_s",
+    "wall_time_s", "time_per_epoch_s", "samples_per_s", "late_train_gain",
 )
 #: Settings of a configuration (the same for all its seeds).
 SETTINGS = (
@@ -68,6 +68,18 @@ def config_table(runs: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()[columns]
 
 
+def ranked(configs: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
+    """Configurations with a finite mean ``metric``, best first: the highest mean, then fewer
+    learning MACs, then the lower config_id. Every "best configuration" in a report comes from
+    this order, so the sections name the same one when two tie."""
+    c = configs[np.isfinite(configs[f"{metric}_mean"].astype(float))].copy()
+    macs = c["learning_macs_formula_per_sample_mean"] if "learning_macs_formula_per_sample_mean" in c else np.nan
+    c["_macs"] = pd.to_numeric(macs, errors="coerce")
+    c["_macs"] = c["_macs"].fillna(np.inf)
+    c = c.sort_values([f"{metric}_mean", "_macs", "config_id"], ascending=[False, True, True], kind="stable")
+    return c.drop(columns="_macs")
+
+
 def best_per_arch(configs: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
     """The configuration with the best mean ``metric`` for each (dataset, rule, arch_id).
 
@@ -76,10 +88,7 @@ def best_per_arch(configs: pd.DataFrame, metric: str = "val_accuracy") -> pd.Dat
     """
     if configs.empty:
         return configs.copy()
-    c = configs[np.isfinite(configs[f"{metric}_mean"].astype(float))].copy()
-    c["_macs"] = c["learning_macs_formula_per_sample_mean"].astype(float).fillna(np.inf)
-    c = c.sort_values([f"{metric}_mean", "_macs", "config_id"], ascending=[False, True, True])
-    best = c.groupby(["dataset", "rule", "arch_id"], sort=True).head(1).drop(columns="_macs")
+    best = ranked(configs, metric).groupby(["dataset", "rule", "arch_id"], sort=True).head(1)
     return best.sort_values(["dataset", "arch_id", "rule"]).reset_index(drop=True)
 
 

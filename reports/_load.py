@@ -31,7 +31,7 @@ NUMERIC_COLUMNS = (
     "learning_memory_bytes_formula_per_sample", "learning_memory_bytes_measured_per_batch",
     "learning_memory_bytes_measured_per_sample", "peak_step_bytes_measured_per_batch",
     "width", "depth", "T", "batch", "epochs", "epochs_done", "alpha_pre", "alpha_post",
-    "lambda_pre", "lambda_post", "learn_steps", "lr", "wall_time_s", "samples_per_s",
+    "lambda_pre", "lambda_post", "learn_steps", "lr", "wall_time_s", "samples_per_s", "late_train_gain",
 )
 TEXT_COLUMNS = ("study", "trial_id", "config_id", "arch_id", "rule", "role", "status", "reason",
                 "dataset", "model", "learning_signal", "node", "stllr_mode")
@@ -133,6 +133,23 @@ def _stllr_mode(config_json: Any, rule: Any) -> str | None:
     return mode if isinstance(mode, str) else None
 
 
+#: Epochs over which :func:`late_gain` looks for a run that is still learning.
+LATE_EPOCHS = 2
+
+
+def late_gain(curves_json: Any, key: str = "train_accuracy", epochs: int = LATE_EPOCHS) -> float:
+    """How much ``key`` rose over a run's last ``epochs`` epochs (NaN without such a curve).
+
+    A run whose training accuracy still climbs at its last epoch was stopped by the budget,
+    not by convergence: a comparison between rules at that budget is about learning speed.
+    """
+    try:
+        curve = [float(m[key]) for m in json.loads(curves_json) if m.get(key) is not None]
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return float("nan")
+    return curve[-1] - curve[-1 - epochs] if len(curve) > epochs else float("nan")
+
+
 def _normalise(df: pd.DataFrame, name: str, dataset: str | None, path: Path) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -141,6 +158,8 @@ def _normalise(df: pd.DataFrame, name: str, dataset: str | None, path: Path) -> 
     df = df.copy()
     if "stllr_mode" not in df.columns and "config_json" in df.columns:
         df["stllr_mode"] = [_stllr_mode(c, r) for c, r in zip(df["config_json"], df["rule"])]
+    if "late_train_gain" not in df.columns:
+        df["late_train_gain"] = [late_gain(c) for c in df["curves_json"]] if "curves_json" in df.columns else np.nan
     for col in NUMERIC_COLUMNS:
         df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else np.nan
     for col in df.columns:

@@ -69,6 +69,7 @@ def matched_table(configs: pd.DataFrame) -> pd.DataFrame:
                 row[f"{tag}_{split}_accuracy_mean"] = r[f"{split}_accuracy_mean"]
                 row[f"{tag}_{split}_accuracy_std"] = r[f"{split}_accuracy_std"]
             row[f"{tag}_seeds"] = int(r["n_seeds"])
+            row[f"{tag}_late_train_gain"] = r.get("late_train_gain_mean", np.nan)
         row["accuracy_diff"] = s["test_accuracy_mean"] - b["test_accuracy_mean"]
         var = sum((r["test_accuracy_std"] ** 2) / r["n_seeds"] for r in (s, b) if np.isfinite(r["test_accuracy_std"]))
         row["accuracy_diff_se"] = float(np.sqrt(var)) if (s["n_seeds"] > 1 and b["n_seeds"] > 1) else np.nan
@@ -112,3 +113,30 @@ def window_memory_note(matched: pd.DataFrame) -> str | None:
 def paper_rows(datasets: list[str]) -> pd.DataFrame:
     """The paper's Table 2 rows for the datasets in a report (empty if none match)."""
     return PAPER_TABLE2[PAPER_TABLE2["dataset"].isin(datasets)].reset_index(drop=True)
+
+
+def still_learning_note(matched: pd.DataFrame, threshold: float = 0.02) -> str | None:
+    """A sentence when a rule's chosen runs were still learning at their last epoch.
+
+    ``*_late_train_gain`` is the rise of training accuracy over the last
+    :data:`reports._load.LATE_EPOCHS` epochs (mean over seeds); above ``threshold`` the run
+    stopped because the epoch budget ran out, so the accuracy difference at that budget is
+    partly a difference in learning speed.
+    """
+    from reports._load import LATE_EPOCHS
+
+    parts = []
+    for tag, rule in (("bptt", "BPTT"), ("stllr", "S-TLLR")):
+        col = f"{tag}_late_train_gain"
+        if col not in matched.columns:
+            continue
+        g = matched[col].astype(float)
+        late = g[g > threshold]
+        if len(late):
+            parts.append(f"{rule} in {len(late)} of {len(matched)} matched architectures (training accuracy still rising by "
+                         f"{fmt(late.min())} to {fmt(late.max())} over the last {LATE_EPOCHS} epochs)")
+    if not parts:
+        return None
+    return ("Not converged at the end of the epoch budget: " + "; ".join(parts) + ". For these architectures "
+            "the accuracy difference is measured at a fixed number of epochs and partly reflects learning speed; "
+            "raise `budget.epochs` to compare converged accuracy.")

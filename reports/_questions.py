@@ -30,7 +30,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from reports._configs import as_percent, layer_columns
+from reports._configs import as_percent, layer_columns, ranked
 from reports._load import Objective
 from reports._stats import mean_ci, ols_bootstrap
 from reports._frontier import RULE_STYLE, label
@@ -263,7 +263,7 @@ def answer_q1(effects: pd.DataFrame, configs: pd.DataFrame, metric: str = "val_a
                           f"({scale * r['spread']:.2f})" if str(r["reason"]).startswith("imprecise") else "")
                 parts.append(f"{_name(r['factor'])}: {r['verdict']}{hint} — {change}{caveat}.")
         best = stllr_configs(configs, metric)
-        best = best[best["dataset"] == dataset].sort_values(f"{metric}_mean", ascending=False).head(1)
+        best = ranked(best[best["dataset"] == dataset], metric).head(1)
         if len(best):
             b = best.iloc[0]
             setting = ", ".join(f"{_name(f)} = {b[f]:.3g}" for f in FACTORS if f in b and np.isfinite(b[f]))

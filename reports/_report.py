@@ -20,7 +20,7 @@ from reports import _window as lw
 from reports._configs import config_table
 from reports._load import STATUSES, Objective, complete_runs, load_studies, objectives_by_dataset, status_counts
 from reports._html import Bullets, Figure, Section, Table, Text, fmt, pm, render_html, render_markdown
-from reports._matched import matched_table, paper_rows, window_memory_note
+from reports._matched import matched_table, paper_rows, still_learning_note, window_memory_note
 from reports._static import FORMATS, check_available, export_figures
 from stllr_engine.errors import StllrError
 
@@ -158,9 +158,9 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
         "(memory T/2, MACs 2T/(3·learn_steps)).", summary=True)])
     if len(matched):
         sec.blocks.append(Table(matched, "matched.csv", _MATCHED_VIEW, summary=True))
-        note = window_memory_note(matched)
-        if note:
-            sec.blocks.append(Text(note, summary=True))
+        for note in (still_learning_note(matched), window_memory_note(matched)):
+            if note:
+                sec.blocks.append(Text(note, summary=True))
     else:
         sec.blocks.append(Text("No architecture has complete runs of both rules yet.", summary=True))
     if len(tables["paper_table2.csv"]):

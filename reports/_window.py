@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from reports._configs import as_percent
+from reports._configs import as_percent, ranked
 from reports._stats import mean_ci
 from reports._frontier import RULE_STYLE, label
 
@@ -41,7 +41,7 @@ def window_table(configs: pd.DataFrame) -> pd.DataFrame:
         if g.empty:
             continue
         m, lo, hi = mean_ci(g["val_accuracy_mean"].to_numpy())
-        best = g.sort_values(["val_accuracy_mean", "config_id"], ascending=[False, True]).iloc[0]
+        best = ranked(g).iloc[0]
         ref = g["arch_id"].map(bptt_macs).astype(float)
         frac = (g["learning_macs_formula_per_sample_mean"].astype(float) / ref).to_numpy()
         no_post = (g["alpha_post"].astype(float) == 0).to_numpy()

@@ -121,3 +121,28 @@ def test_window_mode_memory_above_bptt_is_explained(tmp_path):
     for odd in (None, "not json", json.dumps({"training": {"stllr": 3}}), json.dumps({"training": {"stllr": {"mode": None}}})):
         assert _stllr_mode(odd, "stllr") is None
     assert _stllr_mode(json.dumps({"training": {"stllr": {"mode": "window"}}}), "bptt") is None
+
+
+def test_runs_still_learning_at_the_last_epoch_are_flagged(tmp_path):
+    """BPTT's curves still climb at the end of the budget, S-TLLR's are flat: the note names BPTT only."""
+    import json
+
+    from report_cases import write_study
+    from reports import build_report, still_learning_note
+    from reports._load import late_gain
+
+    assert late_gain(json.dumps([{"train_accuracy": a} for a in (0.1, 0.5, 0.6, 0.9)])) == 0.9 - 0.5
+    assert np.isnan(late_gain(json.dumps([{"train_accuracy": 0.1}, {"train_accuracy": 0.2}])))  # too short
+    assert np.isnan(late_gain("[]")) and np.isnan(late_gain(None)) and np.isnan(late_gain("not json"))
+
+    runs = synthetic_runs(T=20, learn_steps=(20,), widths=(64, 128), depths=(1,))
+    rising = json.dumps([{"epoch": e, "train_accuracy": 0.1 * e} for e in range(1, 6)])  # +0.2 over 2 epochs
+    flat = json.dumps([{"epoch": e, "train_accuracy": 0.9} for e in range(1, 6)])
+    runs["curves_json"] = np.where(runs["rule"] == "bptt", rising, flat)
+    out = build_report([write_study(tmp_path / "s", runs)], out=tmp_path / "out").parent
+    m = __import__("pandas").read_csv(out / "matched.csv")
+    assert np.allclose(m["bptt_late_train_gain"], 0.2) and np.allclose(m["stllr_late_train_gain"], 0.0)
+    note = still_learning_note(m)
+    assert note.startswith("Not converged at the end of the epoch budget: BPTT in 2 of 2 matched architectures")
+    assert "S-TLLR in" not in note and note in (out / "summary.md").read_text()
+    assert still_learning_note(m.assign(bptt_late_train_gain=0.0)) is None

@@ -169,3 +169,21 @@ def test_layer0_that_restates_the_network_wide_factor_is_not_counted_twice():
     assert "layer0_alpha_post" not in imp and {"alpha_post", "layer1_alpha_post"} <= imp
     # in the per-layer fit over the deep networks layer 0 is a term of its own
     assert "layer0_alpha_post" in set(factor_effects(configs, n_boot=200)["factor"])
+
+
+def test_every_section_names_the_same_best_configuration_when_two_tie():
+    """Two S-TLLR configurations tie on validation accuracy: fewer learning MACs wins everywhere."""
+    from reports import matched_table, window_table
+
+    runs = synthetic_runs(widths=(64,), depths=(1,), stllr_configs=3, learn_steps=(20,), seed=5)
+    runs = runs[runs["status"] == "complete"].copy()
+    ids = sorted(runs.loc[runs["rule"] == "stllr", "config_id"].unique())
+    top, tie = ids[0], ids[1]  # `tie` has the larger id but, below, fewer MACs: it must win
+    runs.loc[runs["config_id"].isin([top, tie]), "val_accuracy"] = 0.99
+    runs.loc[runs["config_id"] == tie, "learning_macs_formula_per_sample"] = 1.0
+    configs = config_table(runs)
+    text = " ".join(answer_q1(factor_effects(configs, n_boot=50), configs)["shd"])
+    assert f"Best S-TLLR configuration by validation accuracy: {tie} " in text
+    w = window_table(configs)
+    assert w.loc[w["rule"] == "stllr", "best_config_id"].tolist() == [tie]
+    assert matched_table(configs)["stllr_config_id"].tolist() == [tie]
