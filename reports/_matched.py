@@ -15,6 +15,7 @@ import pandas as pd
 
 from reports._configs import best_per_arch
 from reports._html import fmt
+from reports._load import LATE_EPOCHS
 
 #: The paper's Table 2 (TMLR version, mean ± std over 5 seeds), for datasets a study may share.
 PAPER_TABLE2 = pd.DataFrame([
@@ -87,6 +88,12 @@ def matched_table(configs: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["dataset", "width", "depth", "T", "arch_id"]).reset_index(drop=True) if rows else out
 
 
+def _span(values: pd.Series) -> str:
+    """``"lo to hi"`` of a column, or the one value when they are equal."""
+    lo, hi = values.min(), values.max()
+    return fmt(lo) if lo == hi else f"{fmt(lo)} to {fmt(hi)}"
+
+
 def window_memory_note(matched: pd.DataFrame) -> str | None:
     """A sentence when S-TLLR, run in window mode, *measured* more learning memory than BPTT.
 
@@ -99,8 +106,7 @@ def window_memory_note(matched: pd.DataFrame) -> str | None:
     m = matched[(matched["stllr_mode"] == "window") & (matched["memory_ratio_measured"] < 1.0)]
     if m.empty:
         return None
-    lo, hi = m["memory_ratio_measured"].min(), m["memory_ratio_measured"].max()
-    span = fmt(lo) if lo == hi else f"{fmt(lo)} to {fmt(hi)}"
+    span = _span(m["memory_ratio_measured"])
     formula = m["memory_ratio_formula"].min()
     by_formula = f", formula {fmt(formula)} or more" if np.isfinite(formula) else ""
     return (f"In {len(m)} of {len(matched)} matched architectures S-TLLR measured more learning memory than BPTT "
@@ -108,11 +114,6 @@ def window_memory_note(matched: pd.DataFrame) -> str | None:
             "S-TLLR's window mode, which runs the learning window as one batch and keeps its records for one update "
             "(memory grows with learn_steps); the formula counts the streaming implementation's state, which does "
             "not grow with T. Set `fixed.stllr.mode: streaming` in the study file to measure that (slower on CPU).")
-
-
-def paper_rows(datasets: list[str]) -> pd.DataFrame:
-    """The paper's Table 2 rows for the datasets in a report (empty if none match)."""
-    return PAPER_TABLE2[PAPER_TABLE2["dataset"].isin(datasets)].reset_index(drop=True)
 
 
 def still_learning_note(matched: pd.DataFrame, threshold: float = 0.02) -> str | None:
@@ -123,8 +124,6 @@ def still_learning_note(matched: pd.DataFrame, threshold: float = 0.02) -> str |
     stopped because the epoch budget ran out, so the accuracy difference at that budget is
     partly a difference in learning speed.
     """
-    from reports._load import LATE_EPOCHS
-
     parts = []
     for tag, rule in (("bptt", "BPTT"), ("stllr", "S-TLLR")):
         col = f"{tag}_late_train_gain"
@@ -134,9 +133,14 @@ def still_learning_note(matched: pd.DataFrame, threshold: float = 0.02) -> str |
         late = g[g > threshold]
         if len(late):
             parts.append(f"{rule} in {len(late)} of {len(matched)} matched architectures (training accuracy still rising by "
-                         f"{fmt(late.min())} to {fmt(late.max())} over the last {LATE_EPOCHS} epochs)")
+                         f"{_span(late)} over the last {LATE_EPOCHS} epochs)")
     if not parts:
         return None
     return ("Not converged at the end of the epoch budget: " + "; ".join(parts) + ". For these architectures "
             "the accuracy difference is measured at a fixed number of epochs and partly reflects learning speed; "
             "raise `budget.epochs` to compare converged accuracy.")
+
+
+def paper_rows(datasets: list[str]) -> pd.DataFrame:
+    """The paper's Table 2 rows for the datasets in a report (empty if none match)."""
+    return PAPER_TABLE2[PAPER_TABLE2["dataset"].isin(datasets)].reset_index(drop=True)
