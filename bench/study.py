@@ -78,7 +78,7 @@ def study_file(configs: int, epochs: int, concurrency: int) -> dict[str, Any]:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from study.results import read_results
+    from study.schema import read_results
     from study.runner import sweep
 
     per_epoch = _epoch_seconds(128)

@@ -20,8 +20,9 @@ import pandas as pd
 import yaml
 
 from stllr_engine.errors import StllrError
-
-STATUSES = ("complete", "pruned", "infeasible", "failed", "running")
+from study.schema import DEFAULT_OBJECTIVES as _DEFAULT_OBJECTIVES
+from study.schema import STATUSES, rows_from_files
+from study.schema import frame as _frame
 
 #: Numeric columns of the contract's results table (missing ones are added as NaN).
 NUMERIC_COLUMNS = (
@@ -50,11 +51,7 @@ class Objective:
         return self.direction == "maximize"
 
 
-DEFAULT_OBJECTIVES = (
-    Objective("val_accuracy", "maximize"),
-    Objective("learning_macs_formula_per_sample", "minimize"),
-    Objective("learning_memory_bytes_formula_per_sample", "minimize"),
-)
+DEFAULT_OBJECTIVES = tuple(Objective(m, d) for m, d in _DEFAULT_OBJECTIVES)
 
 
 @dataclass(frozen=True)
@@ -66,6 +63,7 @@ class Study:
     dataset: str | None
     objectives: tuple[Objective, ...]
     runs: pd.DataFrame  # every row of results.parquet, statuses included
+    description: str = ""
 
 
 def _read_parquet(path: Path, folder: Path) -> pd.DataFrame:
@@ -79,6 +77,12 @@ def _read_parquet(path: Path, folder: Path) -> pd.DataFrame:
         except Exception as exc:  # pyarrow raises several types for a damaged file
             last = exc
             time.sleep(0.2 * (attempt + 1))
+    rows = rows_from_files(str(folder))
+    if rows:  # every run keeps its own row.json: the table is rebuilt from them
+        df = _frame(rows.values())
+        df.attrs["rebuilt"] = (f"{path.name} could not be read; the {len(df)} runs' row.json files were read "
+                               "instead (the next `stllr sweep --resume` rewrites it)")
+        return df
     first = str(last).strip().splitlines()[0] if str(last).strip() else type(last).__name__
     raise StllrError(f"report: {path} cannot be read as parquet ({first[:160]}); the file is damaged: "
                      f"re-run the study or restore the file")
@@ -103,22 +107,23 @@ def _objectives(raw: Any, path: Path) -> tuple[Objective, ...]:
     return tuple(out)
 
 
-def _read_study_yaml(folder: Path) -> tuple[str | None, str | None, tuple[Objective, ...]]:
+def _read_study_yaml(folder: Path) -> tuple[str | None, str | None, tuple[Objective, ...], str]:
     path = folder / "study.yaml"
     if not path.is_file():
-        return None, None, DEFAULT_OBJECTIVES
+        return None, None, DEFAULT_OBJECTIVES, ""
     try:
         doc = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise StllrError(f"report: {path} is not valid YAML ({str(exc).splitlines()[0]}); "
                          f"restore the frozen study file") from None
     if not isinstance(doc, dict):
-        return None, None, DEFAULT_OBJECTIVES
+        return None, None, DEFAULT_OBJECTIVES, ""
     name = doc.get("name")
     data = doc.get("dataset")
     dataset = data.get("name") if isinstance(data, dict) else (data if isinstance(data, str) else None)
+    description = doc.get("description")
     return (str(name) if name is not None else None, str(dataset) if dataset is not None else None,
-            _objectives(doc.get("objectives"), path))
+            _objectives(doc.get("objectives"), path), description if isinstance(description, str) else "")
 
 
 def _stllr_mode(config_json: Any, rule: Any) -> str | None:
@@ -193,9 +198,10 @@ def load_study(folder: str | Path) -> Study:
     folder = Path(folder)
     if not folder.is_dir():
         raise StllrError(f"report: study folder {folder} does not exist; pass the folder given to `stllr sweep --out`")
-    name, dataset, objectives = _read_study_yaml(folder)
+    name, dataset, objectives, description = _read_study_yaml(folder)
     path = folder / "results.parquet"
     df = _read_parquet(path, folder)
+    rebuilt = df.attrs.get("rebuilt")
     label = name or (str(df["study"].dropna().iloc[0]) if "study" in df.columns and df["study"].notna().any()
                      else folder.resolve().name)
     df = _normalise(df, label, dataset, path)
@@ -203,7 +209,9 @@ def load_study(folder: str | Path) -> Study:
         if obj.metric not in df.columns:
             raise StllrError(f"report: {folder / 'study.yaml'}: objective metric {obj.metric!r} is not a column "
                              f"of results.parquet; use one of the contract's metric columns")
-    return Study(folder, label, dataset, objectives, df)
+    if rebuilt:
+        df.attrs["rebuilt"] = rebuilt
+    return Study(folder, label, dataset, objectives, df, description)
 
 
 def load_studies(folders: list[str | Path] | tuple[str | Path, ...]) -> list[Study]:
@@ -219,7 +227,7 @@ def load_studies(folders: list[str | Path] | tuple[str | Path, ...]) -> list[Stu
         if n:
             label = f"{s.name} ({n + 1})"
             runs = s.runs.assign(study=label)
-            s = Study(s.dir, label, s.dataset, s.objectives, runs)
+            s = Study(s.dir, label, s.dataset, s.objectives, runs, s.description)
         out.append(s)
     return out
 

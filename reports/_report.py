@@ -123,6 +123,8 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
              "seeds, error bars = seed std). Selection uses validation accuracy only; test accuracy is shown beside.",
              "Costs are per sample, learning phase only; 'formula' = DESIGN §4 counts as computed by the engine, "
              "'measured' = the engine's allocation tracker and FLOP counter."]
+    intro[1:1] = [f"Study {s.name}: {s.description}" for s in studies if s.description]
+    intro += [f"{s.name}: {s.runs.attrs['rebuilt']}" for s in studies if s.runs.attrs.get("rebuilt")]
     sections: list[Section] = [Section("Studies and runs", [Table(counts, "runs.csv", summary=True)])]
     figures: list[Figure] = []
     if not datasets:

@@ -20,15 +20,6 @@ def _add(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, 
     p.set_defaults(run=run)
 
 
-def _folder_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder")
-
-
-def _export_arguments(p: argparse.ArgumentParser) -> None:
-    _folder_arguments(p)
-    p.add_argument("--out", help="CSV path (default: DIR/results.csv)")
-
-
 def _parser() -> argparse.ArgumentParser:
     from bench import data, engine, learning
     from bench import study as bench_study
@@ -50,8 +41,10 @@ def _parser() -> argparse.ArgumentParser:
          commands.add_sweep_arguments, commands.sweep),
         ("train", "one run of a study's configuration in-process (no Ray), for debugging",
          commands.add_train_arguments, commands.train),
-        ("status", "a study folder: runs by status, best so far, frontier size", _folder_arguments, commands.status),
-        ("export", "write a study's results table as CSV", _export_arguments, commands.export),
+        ("status", "a study folder: budget and what is left, runs by status, best configuration, frontier size",
+         commands.add_status_arguments, commands.status),
+        ("export", "write a study's results table as CSV, JSON lines or parquet", commands.add_export_arguments,
+         commands.export),
         ("report", "offline HTML report: frontiers against BPTT and the open questions",
          report_cli.add_arguments, report_cli.execute),
     ]:
@@ -67,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     except StllrError as exc:
         print(f"stllr: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("stllr: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"stllr: {exc or 'interrupted'}", file=sys.stderr)
         return 130
 
 

@@ -32,21 +32,23 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("space", help="a study file (spaces/*.yaml), a preset name (quickstart, ...), or with --resume "
                                  "a study folder")
     p.add_argument("--out", help="study folder (default: runs/<name>-<time>)")
-    p.add_argument("--trials", type=int, help="S-TLLR configurations to train (each with every seed; the "
-                                              "matched BPTT baselines come on top)")
+    p.add_argument("--trials", type=int, help="S-TLLR configurations to train in all (each with every seed; the "
+                                              "matched BPTT baselines come on top); with --resume it may grow")
     p.add_argument("--address", help="join an existing Ray cluster (HOST:PORT or 'auto'); default: a local Ray")
     p.add_argument("--resume", action="store_true", help="continue the study in the folder SPACE")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study-file key, e.g. "
                                                                      "dataset.data_dir=/data")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--no-report", action="store_true", help="do not build the report at the end")
+    p.add_argument("--report", action="store_true", help="build the report even when the sweep is interrupted")
 
 
 def sweep(args: argparse.Namespace) -> int:
     from study.runner import sweep as run_sweep
 
     run_sweep(args.space, out=args.out, trials=args.trials, address=args.address, resume=args.resume,
-              overrides=parse_sets(args.set) or None, quiet=args.quiet, report=not args.no_report)
+              overrides=parse_sets(args.set) or None, quiet=args.quiet, report=not args.no_report,
+              report_when_interrupted=args.report)
     return 0
 
 
@@ -60,8 +62,6 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def train(args: argparse.Namespace) -> int:
-    import optuna
-
     from spaces import load_study
     from spaces._load import TOP_KEYS
     from stllr_engine.experiment import run_experiment
@@ -69,22 +69,17 @@ def train(args: argparse.Namespace) -> int:
     sets = parse_sets(args.set)
     file_keys = {k: v for k, v in sets.items() if k.split(".")[0] in TOP_KEYS}  # e.g. dataset.data_dir
     spec = load_study(args.space, file_keys or None)
-    fixed = {k: v for k, v in sets.items() if k not in file_keys}  # search parameters, e.g. layer1.alpha_post
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=[o.direction for o in spec.objectives],  # type: ignore[misc]
-                                sampler=optuna.samplers.RandomSampler(seed=0))
-    if fixed:
-        study.enqueue_trial(fixed, skip_if_exists=False)
-    trial = study.ask()
-    params = spec.suggest(trial)  # for --rule bptt the S-TLLR factors among them are unused
-    unknown = sorted(set(fixed) - set(params))
-    if unknown:
-        raise StllrError(f"--set {unknown[0]}: not a search parameter of {spec.source} (they are: "
-                         f"{', '.join(sorted(params))}); study-file keys start with a section, e.g. "
-                         "dataset.data_dir")
+    given = {k: v for k, v in sets.items() if k not in file_keys}  # search parameters, e.g. layer1.alpha_post
     seed = args.seed if args.seed is not None else spec.seeds[0]
+    params, sampled = spec.params_for_run(given, seed)  # checked against the space; the rest drawn at random
+    if args.out is not None:
+        from study.ledger import check_out_folder
+
+        check_out_folder(args.out)
     exp = spec.experiment(params, args.rule, seed)
     print(f"params: {json.dumps(params, sort_keys=True)}")
+    if sampled:
+        print(f"sampled at random (seed {seed}), since --set gave none: {', '.join(sampled)}")
     for m in run_experiment(exp, checkpoint_dir=args.out):
         val = m.get("val_accuracy")
         print(f"epoch {m['epoch']}/{exp.training.epochs}: train_acc {m['train_accuracy']:.4f}"
@@ -95,36 +90,56 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_status_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder")
+    p.add_argument("--json", action="store_true", help="print the status as one JSON object")
+
+
 def status(args: argparse.Namespace) -> int:
-    from study.runner import status as study_status
+    from study.status import study_status
 
     d = study_status(args.folder)
-    df = d["df"]
-    print(f"{args.folder}: {d['runs']} runs · " + ", ".join(f"{k} {v}" for k, v in sorted(d["counts"].items())))
-    complete = df[df["status"] == "complete"] if len(df) else df
-    if len(complete):
-        for rule in ("stllr", "bptt"):
-            sub = complete[complete["rule"] == rule]
-            if len(sub):
-                best = sub.loc[sub["val_accuracy"].idxmax()]
-                print(f"  best {rule}: val_accuracy {best['val_accuracy']:.4f} (test {best['test_accuracy']:.4f}) "
-                      f"run {best['trial_id']}")
-        try:
-            from reports import frontier  # type: ignore[attr-defined]
-
-            print(f"  frontier: {len(frontier(complete))} configurations")
-        except Exception:
-            pass
+    if args.json:
+        print(json.dumps(d, default=str))
+        return 0
+    print(f"{d['folder']}: {d['state']}")
+    print(f"  S-TLLR configurations: {d['configurations_trained']} trained of a budget of {d['budget']} "
+          f"({d['configurations_left']} left{', the search space is exhausted' if d['exhausted'] else ''})")
+    print(f"  BPTT baselines trained: {d['baselines_trained']}")
+    print("  runs: " + (", ".join(f"{k} {v}" for k, v in d["runs"].items()) or "none yet"))
+    for rule, best in d["best"].items():
+        print(f"  best {rule}: val_accuracy {best['val_accuracy_mean']:.4f} ± {best['val_accuracy_std']:.4f} over "
+              f"{best['n_seeds']} seeds (test {best['test_accuracy_mean']:.4f}), configuration {best['config_id']}")
+    if d["frontier_size"] is not None:
+        print(f"  frontier: {d['frontier_size']} configurations")
+    for note in d["notes"]:
+        print(f"  note: {note}")
     return 0
 
 
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder")
+    p.add_argument("--format", choices=("csv", "json", "parquet"), default="csv")
+    p.add_argument("--out", help="file to write (default: DIR/results.<format>)")
+
+
 def export(args: argparse.Namespace) -> int:
-    from study.results import read_results
+    from study.schema import read_results
 
     if not os.path.exists(os.path.join(args.folder, "study.yaml")):
         raise StllrError(f"{args.folder} is not a study folder (no study.yaml): give the folder a sweep wrote")
     df = read_results(args.folder)
-    out = args.out or os.path.join(args.folder, "results.csv")
-    df.to_csv(out, index=False)
+    out = args.out or os.path.join(args.folder, f"results.{args.format}")
+    if os.path.isdir(out):
+        raise StllrError(f"--out {out}: that is a folder: give a file path, e.g. {out}/results.{args.format}")
+    try:
+        if args.format == "csv":
+            df.to_csv(out, index=False)
+        elif args.format == "json":
+            df.to_json(out, orient="records", lines=True)
+        else:
+            df.to_parquet(out, index=False)
+    except OSError as exc:
+        raise StllrError(f"--out {out}: cannot write it ({exc.strerror})") from None
     print(f"{out}: {len(df)} rows")
     return 0

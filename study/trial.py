@@ -6,11 +6,14 @@ an :class:`~stllr_engine.experiment.ExperimentConfig` as a dict with its ``trial
 (after a resume). Every run checkpoints each epoch to ``DIR/runs/<trial_id>/`` and
 continues from there when the trial is retried after a crash or the study is resumed.
 
-Each epoch is reported to Tune; when a run ends its results row travels in the report
-(``run_row``) and the driver writes it to ``results.parquet``. The last report of a trial
-carries the configuration's objective values — means over its seeds — and
-``config_status`` (complete or failed). A run that fails with a user-level error (e.g. its
-loss turned NaN) is recorded as failed with its reason; the other seeds still run.
+Each epoch is reported to Tune; when a run ends its results row is written to the run's
+``row.json`` (so a result survives a driver killed before it hears of it) and travels in
+the report (``run_row``) to the driver's ledger. The last report of a trial carries the
+configuration's objective values — means over its seeds — and ``config_status``
+(complete or failed). A run that fails with a user-level error (e.g. its loss turned NaN)
+is recorded as failed with its reason; the other seeds still run. A checkpoint that
+cannot be read (truncated, e.g. by a full disk) is set aside and the run starts again
+from scratch, instead of failing the configuration for good.
 """
 
 from __future__ import annotations
@@ -66,11 +69,36 @@ def _load_curves(path: str, start_epoch: int) -> list[dict[str, Any]]:
     return [c for c in curves if int(c.get("epoch", 0)) <= start_epoch]
 
 
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
 def _write_json(path: str, data: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
         json.dump(data, fh, default=str)
     os.replace(tmp, path)
+
+
+def _usable_checkpoint(ckpt: str) -> bool:
+    """Whether ``ckpt`` can be resumed from; an unreadable one is moved aside (kept for a post-mortem)."""
+    from stllr_engine.errors import StllrError
+    from stllr_engine.train import load_checkpoint
+
+    if not os.path.exists(ckpt):
+        return False
+    try:
+        load_checkpoint(ckpt)
+    except StllrError as exc:
+        aside = f"{ckpt}.unreadable-{int(time.time())}"
+        os.replace(ckpt, aside)
+        print(f"stllr: {exc}; moved to {os.path.basename(aside)}: the run starts again from scratch", flush=True)
+        return False
+    return True
 
 
 def run_configuration(cfg: dict[str, Any]) -> None:
@@ -79,14 +107,14 @@ def run_configuration(cfg: dict[str, Any]) -> None:
 
     from stllr_engine.errors import StllrError
     from stllr_engine.experiment import ExperimentConfig, RuntimeConfig, run_experiment
-    from study.results import run_row
+    from study.schema import ENDED, run_row
 
     threads = max(1, int(cfg.get("threads", 1)))
     _limit_threads(threads)
     node = node_name()
     objectives: list[str] = list(cfg["objectives"])
     rows: list[dict[str, Any]] = [dict(r) for r in cfg.get("done", [])]
-    study_dir = cfg["study_dir"]
+    study_dir = cfg["folder"]
     iteration = 0
     pending = list(cfg["runs"])
     for k, run in enumerate(pending):
@@ -98,13 +126,13 @@ def run_configuration(cfg: dict[str, Any]) -> None:
         ckpt = os.path.join(run_dir, "checkpoint.pt")
         curves_path = os.path.join(run_dir, "curves.json")
         row_path = os.path.join(run_dir, "row.json")
-        if os.path.exists(row_path):  # ended in an earlier attempt of this trial: not run again
-            with open(row_path) as fh:
-                rows.append(json.load(fh))
+        ended = _read_json(row_path)
+        if isinstance(ended, dict) and ended.get("status") in ENDED:  # ended in an earlier attempt: not run again
+            rows.append(ended)
             continue
         with open(os.path.join(run_dir, "worker.pid"), "w") as fh:
             fh.write(f"{os.getpid()}\n")
-        resume = os.path.exists(ckpt)
+        resume = _usable_checkpoint(ckpt)
         started = _now()
         t_run = time.perf_counter()
         curves: list[dict[str, Any]] = []
@@ -127,7 +155,7 @@ def run_configuration(cfg: dict[str, Any]) -> None:
                 iteration += 1
                 last_epoch = m["epoch"] == exp.training.epochs
                 report: dict[str, Any] = {k2: v for k2, v in m.items() if isinstance(v, (int, float, str, bool))}
-                report.update(run_trial_id=run["trial_id"], config_done=False, iteration=iteration)
+                report.update(run_trial_id=run["trial_id"], seed=run["seed"], config_done=False, iteration=iteration)
                 if last_epoch and k == len(pending) - 1:
                     break  # the final report below carries this epoch
                 tune.report(report)
@@ -148,4 +176,10 @@ def run_configuration(cfg: dict[str, Any]) -> None:
     for o in objectives:
         values = [float(r[o]) for r in complete if r.get(o) is not None]
         final[o] = sum(values) / len(values) if values else float("nan")
+    tests = [float(r["test_accuracy"]) for r in complete if isinstance(r.get("test_accuracy"), (int, float))]
+    final["test_accuracy_mean"] = sum(tests) / len(tests) if tests else float("nan")
+    if pending:  # the last run's final epoch travels here (so schedulers and intermediate values see it)
+        last = json.loads(final["run_row"])
+        final.update(run_trial_id=last["trial_id"], seed=last["seed"], epoch=last.get("epochs_done"),
+                     val_accuracy_run=last.get("val_accuracy"))
     tune.report(final)

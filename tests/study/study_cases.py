@@ -50,6 +50,14 @@ def tiny_study(folder: Path, name: str = "tiny", **changes: Any) -> Path:
     return path
 
 
+def open_storage(folder: str) -> Any:
+    """The study's Optuna journal, opened as optuna-dashboard would (read-only use in tests)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(os.path.join(folder, "optuna.journal")))
+
+
 def stllr_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "study.cli", *args]
 

@@ -91,7 +91,7 @@ def test_early_stopped_runs_are_pruned_and_never_complete(study_file, tmp_path):
     """Single objective with ASHA: runs stopped at a rung are recorded as pruned (rows and Optuna)."""
     import optuna
 
-    from study.runner import open_storage
+    from study_cases import open_storage
 
     path = study_file(search={"width": {"type": "categorical", "choices": [32]},
                               "lr": {"type": "float", "low": 1e-7, "high": 1e-2, "log": True}},

@@ -10,7 +10,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from study.runner import open_storage, sweep
+from study.runner import sweep
+from study_cases import open_storage
 from study_cases import kill_group, run, start, wait_for
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def test_three_objective_sweep_with_constraint_and_baselines(study_file, tmp_pat
     if len(infeasible):  # priced, never trained, and the sampler was told
         assert (infeasible.width == 64).all() and infeasible.epochs_done.eq(0).all()
         assert infeasible.reason.str.contains("learning_memory_bytes_formula_per_sample").all()
-        assert not any(os.path.exists(folder / "runs" / t) for t in infeasible.trial_id)
+        assert not any(os.path.exists(folder / "runs" / t / "checkpoint.pt") for t in infeasible.trial_id)
         told = [t for t in studies["search"].trials if t.user_attrs.get("violations")]
         assert len(told) == infeasible.config_id.nunique()
         assert all(t.state == optuna.trial.TrialState.COMPLETE for t in told)
@@ -117,7 +118,7 @@ def test_resume_after_sigkill_of_the_driver(study_file, tmp_path):
 
 def test_a_folder_in_use_is_refused(study_file, tmp_path):
     from stllr_engine import StllrError
-    from study.runner import study_lock
+    from study.ledger import FolderLock as study_lock
 
     folder = tmp_path / "busy"
     folder.mkdir()

@@ -1,0 +1,162 @@
+"""Driver-side Tune callbacks: the results writer and the progress line.
+
+Both reach the ledger and the searcher through :class:`~study.searcher.DriverOnly`, so
+that Tune can pickle them (it does, with its run config).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+from study.plan import Configuration
+from study.schema import ENDED, run_row
+from study.searcher import DriverOnly
+
+__all__ = ["ResultsWriter", "Progress", "error_line", "fmt_s"]
+
+
+def fmt_s(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def error_line(trial: Any) -> str:
+    """The last line of a failed trial's error file that names an error."""
+    path = getattr(trial, "error_file", None) or ""
+    text = ""
+    try:
+        if path and os.path.exists(path):
+            with open(path) as fh:
+                text = fh.read()
+    except OSError:
+        pass
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln or "error" in ln:
+            return ln[:500]
+    return lines[-1][:500] if lines else "the trial's worker failed"
+
+
+def close_runs(ledger: Any, cfg: Configuration, status: str, reason: str) -> None:
+    """Rows for the runs of ``cfg`` that have not ended: ``status`` with ``reason``, the
+    epochs they trained read from their curves."""
+    rows = []
+    for run in cfg.runs:
+        old = ledger.rows.get(run.trial_id)
+        if old is not None and old.get("status") in ENDED:
+            continue
+        curves: list[dict[str, Any]] = []
+        try:
+            with open(os.path.join(cfg.folder, "runs", run.trial_id, "curves.json")) as fh:
+                curves = [c for c in json.load(fh) if isinstance(c, dict)]
+        except (OSError, ValueError):
+            pass
+        if old is None and not curves and status == "interrupted":
+            continue  # never started: nothing to record, the resume plans it anew
+        rows.append(run_row(cfg.study, run.trial_id, cfg.config_id, cfg.arch_id, cfg.role, run.config, status,
+                            reason=reason, metrics=curves, params=cfg.params))
+    if rows:
+        ledger.record(rows)
+
+
+class ResultsWriter(Callback):
+    """Records each run's row as it starts (``running``) and ends (driver side)."""
+
+    def __init__(self, ledger: Any, searcher: Any):
+        self.live = DriverOnly(ledger=ledger)
+        self.searcher = searcher
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        ledger = self.live.ledger
+        if result.get("run_row"):
+            ledger.record([json.loads(result["run_row"])])
+        tid = result.get("run_trial_id")
+        if tid and tid not in ledger.rows or (tid and ledger.rows[tid].get("status") == "interrupted"):
+            cfg = self.searcher.in_flight.get(trial.trial_id)
+            run = next((r for r in cfg.runs if r.trial_id == tid), None) if cfg else None
+            if run is not None:
+                metrics = [{k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}]
+                ledger.record([run_row(cfg.study, tid, cfg.config_id, cfg.arch_id, cfg.role, run.config, "running",
+                                       metrics=metrics, params=cfg.params)])
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        if result.get("run_row"):
+            self.live.ledger.record([json.loads(result["run_row"])])
+        cfg = self.searcher.finished.pop(trial.trial_id, None) or self.searcher.in_flight.get(trial.trial_id)
+        if cfg is not None and not result.get("config_done") and not self.searcher.stopping:
+            close_runs(self.live.ledger, cfg, "pruned", "stopped early by the scheduler")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        cfg = self.searcher.finished.pop(trial.trial_id, None) or self.searcher.in_flight.get(trial.trial_id)
+        if cfg is not None and not self.searcher.stopping:
+            close_runs(self.live.ledger, cfg, "failed", error_line(trial))
+
+
+class Progress(Callback):
+    """One line at every change and at least every ``every_s`` seconds: configurations
+    trained of the budget, baselines, running and pending trials (waiting for resources,
+    with what a trial needs and what is free), failed runs, best so far, ETA."""
+
+    def __init__(self, ledger: Any, searcher: Any, planner: Any, budget: int, need: dict[str, float],
+                 every_s: float = 5.0):
+        self.live = DriverOnly(ledger=ledger, planner=planner)
+        self.searcher = searcher
+        self.budget = budget
+        self.need = need
+        self.every_s = every_s
+        self.t0 = time.monotonic()
+        self.last_t = 0.0
+        self.last_state = ""
+        self.start_done = len(planner.trained(ledger.rows))
+        self.objective = (searcher.objectives[0], searcher.directions[0])
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        state = self.state(trials)
+        # a change of what is done (not the running count, which blinks between two trials) or every_s
+        key = state.split(" · running")[0] + (state.split(" · failed")[1] if " · failed" in state else "")
+        if key != self.last_state or now - self.last_t >= self.every_s:
+            self.last_state, self.last_t = key, now
+            print(f"[{fmt_s(now - self.t0)}] {state}{self.eta()}", flush=True)
+
+    def state(self, trials: list) -> str:
+        rows = self.live.ledger.rows
+        planner = self.live.planner
+        searched = len(planner.trained(rows))
+        baselines = len(planner.trained(rows, role="baseline"))
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        pending = sum(1 for t in trials if t.status == "PENDING")
+        failed = sum(1 for r in rows.values() if r.get("status") == "failed")
+        metric, direction = self.objective
+        complete = [r for r in rows.values() if r.get("status") == "complete" and isinstance(r.get(metric), float)]
+        best = ""
+        if complete:
+            b = (max if direction == "maximize" else min)(complete, key=lambda r: r[metric])
+            best = f" · best run {metric} {b[metric]:.4g} ({b['rule']})"
+        waiting = self.waiting() if pending and not running else ""
+        return (f"S-TLLR configurations {searched}/{self.budget} · BPTT baselines {baselines} · running {running}"
+                f" · failed runs {failed} · infeasible {self.searcher.infeasible}{best}{waiting}")
+
+    def waiting(self) -> str:
+        try:
+            import ray
+
+            free, total = ray.available_resources(), ray.cluster_resources()
+        except Exception:
+            return ""
+        parts = [f"{k} {free.get(k, 0.0):g} of {total.get(k, 0.0):g} free" for k, v in self.need.items() if v > 0]
+        needs = ", ".join(f"{v:g} {k}" for k, v in self.need.items() if v > 0)
+        return f" · waiting for resources: a trial needs {needs}; {'; '.join(parts)}"
+
+    def eta(self) -> str:
+        done = len(self.live.planner.trained(self.live.ledger.rows)) - self.start_done
+        left = self.budget - self.start_done - done
+        if done <= 0 or left <= 0:
+            return ""
+        return f" · ETA {fmt_s((time.monotonic() - self.t0) / done * left)}"
