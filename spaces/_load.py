@@ -17,8 +17,8 @@ from spaces._names import (
     ALIASES, ARCH, FORMULA_METRICS, KINDS, METRICS, SECTIONS, STLLR_FACTORS, closest, metric_name, parse_quantity,
 )
 from spaces._params import Param
-from spaces._study import _SAMPLERS, Constraint, Objective, SamplerSpec, StudySpec, event_source
-from spaces._yaml import parse_scalar, read_yaml
+from spaces._study import _SAMPLERS, MONOTONE, Constraint, Objective, SamplerSpec, StudySpec, event_source
+from spaces._yaml import MAX_FILE_BYTES, parse_scalar, read_yaml
 from stllr_engine._checks import is_int, is_real
 from stllr_engine.errors import StllrError
 from stllr_engine.network import KINDS as MODEL_KINDS
@@ -26,7 +26,7 @@ from stllr_engine.network import NetworkSpec
 from stllr_engine.stllr import STLLRConfig
 from stllr_engine.train import TrainConfig
 
-__all__ = ["load_study", "PRESET_NAMES", "PRESET_GROUPS", "preset_path"]
+__all__ = ["load_study", "PRESET_NAMES", "PRESET_GROUPS", "preset_path", "LIMITS"]
 
 PRESET_DIR = Path(__file__).resolve().parent
 PRESET_NAMES = (
@@ -55,6 +55,20 @@ _ELSEWHERE = {
     ("data", "data_dir"): "dataset.data_dir", ("data", "cache_dir"): "dataset.cache_dir",
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+#: Upper limits on sizes that make no sense beyond them (each refusal is one line naming it):
+#: key -> (limit, what it counts). Costs and memory are priced before training, so the
+#: limits only keep absurd values (a typo'd exponent, a bad --set) from reaching the sampler.
+LIMITS: dict[str, tuple[int, str]] = {
+    "width": (10**10, "neurons (vgg: channels) per layer"),
+    "depth": (10_000, "hidden layers (vgg: blocks)"),
+    "T": (100_000, "time steps"),
+    "trials": (100_000, "configurations"),
+    "epochs": (10_000, "epochs"),
+    "seeds": (1_000, "seeds"),
+}
+MAX_SAMPLER_SEED = 2**32 - 1  # numpy's RandomState, under every Optuna sampler
+MAX_GRID = 1_000_000  # grid points (sampler grid, baseline grids)
 
 
 def preset_path(name: str) -> str:
@@ -103,11 +117,7 @@ def load_study(source: str | os.PathLike[str], overrides: Mapping[str, Any] | No
         raise StllrError(f"{text_source}: no such study file; give a path to a .yaml study file or a preset name "
                          f"({', '.join(PRESET_NAMES)})")
     shown = _shown(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise StllrError(f"{shown}: cannot read it ({exc.strerror}); check the path and its permissions") from None
+    text = _read_text(path, shown)
     raw = read_yaml(text, shown)
     if not isinstance(raw, dict):
         raise StllrError(f"{shown}: the file must be a mapping of study keys (name, dataset, model, search, ...); "
@@ -116,8 +126,31 @@ def load_study(source: str | os.PathLike[str], overrides: Mapping[str, Any] | No
     return _Validator(shown).study(raw, check_data)
 
 
+def _read_text(path: str, shown: str) -> str:
+    """The file's UTF-8 text (a BOM dropped), at most :data:`~spaces._yaml.MAX_FILE_BYTES`, or one line."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise StllrError(f"{shown}: cannot read it ({exc.strerror}); check the path and its permissions") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise StllrError(f"{shown}: larger than a study file may be ({MAX_FILE_BYTES} bytes = "
+                         f"{MAX_FILE_BYTES >> 20} MiB); a study file is a few dozen lines: check the file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise StllrError(f"{shown}: line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 text ({exc.reason}); "
+                         "save the file as UTF-8") from None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any] | None, shown: str) -> dict[str, Any]:
-    """``raw`` with each dotted key set (intermediate mappings created as needed)."""
+    """``raw`` with each dotted key set (intermediate mappings created as needed).
+
+    Each value is read as the file would read it (:func:`~spaces._yaml.parse_scalar`: text
+    with the study loader, nested lists and mappings with their number-like strings as
+    floats, the same input limits), so an override is validated exactly like the file.
+    """
     out = _copy(raw)
     for key, value in (overrides or {}).items():
         parts = str(key).split(".")
@@ -133,7 +166,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any] | None, sh
                                  "set that key itself, e.g. --set " + ".".join(parts[:i + 1]) + "=...")
             node[part] = child
             node = child
-        node[parts[-1]] = parse_scalar(value)
+        node[parts[-1]] = parse_scalar(value, f"{shown}: --set {key}")
     return out
 
 
@@ -158,6 +191,13 @@ class _Validator:
 
     def fail(self, key: str, problem: str, fix: str) -> StllrError:
         return StllrError(f"{self.file}: {key}: {problem}; {fix}")
+
+    def limit(self, key: str, name: str, value: Any) -> None:
+        """Refuse a value above its :data:`LIMITS` entry."""
+        most, what = LIMITS[name]
+        if is_real(value) and value > most:
+            raise self.fail(key, f"{name}={value} is more than the limit of {most} {what}",
+                            f"use at most {most}")
 
     def wrap(self, key: str, exc: StllrError, fix: str = "") -> StllrError:
         msg = str(exc)
@@ -233,19 +273,32 @@ class _Validator:
                 raise self.fail("sampler.name", "grid needs a fixed set of parameters but per_layer adds "
                                 "parameters that depend on depth", "use tpe, nsga2 or random, or remove per_layer")
             for name, p in spec.search.items():
-                if p.values() is None:
+                if p.count() is None:
                     raise self.fail(f"search.{name}", "a continuous float cannot be a grid axis",
                                     "give it a step, make it categorical, or use another sampler")
-            size = math.prod(len(v) for v in (spec.grid() or {}).values())
+            size = math.prod(p.count() or 0 for p in spec.search.values())
+            if size > MAX_GRID:
+                raise self.fail("sampler.name", f"the grid has {size} points, more than the limit of {MAX_GRID}",
+                                "use coarser steps or fewer values, or another sampler (tpe, nsga2, random)")
             if spec.trials > size:
                 raise self.fail("budget.trials", f"{spec.trials} exceeds the grid's {size} points",
                                 f"use trials: {size} (seeds are the repeats)")
-        if spec.constraints:  # price the smallest corner once: a mistake shows now, not in a trial
-            try:
-                spec.price({k: p.smallest() if p.smallest() is not None else p.values()[0]  # type: ignore[index]
-                            for k, p in spec.search.items()}, "stllr")
-            except StllrError as exc:
-                raise self.wrap("constraints", exc, "the constraints cannot be priced for this model") from None
+        try:  # price both extremes of the space now: a mistake (a vgg too deep) shows now, not in a trial
+            least, greatest = spec.reach("stllr")
+        except StllrError as exc:
+            raise self.wrap("search", exc, "every configuration of the space must build: check model.fixed and the "
+                            "search ranges") from None
+        for i, c in enumerate(spec.constraints):
+            # the runner prices S-TLLR proposals; a constraint no configuration meets leaves nothing to train
+            cheapest = least[c.metric] if c.op == "<=" else greatest[c.metric]
+            if c.violated_by(cheapest.figure):
+                word = "cheapest" if c.op == "<=" else "dearest"
+                lower = [f"search.{n}.{'low' if c.op == '<=' else 'high'}" for n in (*MONOTONE, "alpha_post")
+                         if n in spec.search]
+                raise self.fail(f"constraints[{i}]", f"no configuration of the space meets {c}: the {word}, "
+                                f"{_describe(spec, cheapest.params)}, costs {c.metric}={cheapest.figure:.4g}",
+                                f"{'raise' if c.op == '<=' else 'lower'} the limit"
+                                + (f" or change {', '.join(lower)}" if lower else " or change the model"))
 
     # -- sections ----------------------------------------------------------------------
     def dataset(self, value: Any, check_data: bool) -> tuple[str, dict[str, Any], str | None, str | None, int | None]:
@@ -268,6 +321,7 @@ class _Validator:
                 raise self.wrap("dataset.options", exc) from None
         options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
         T = options.get("T", spec.defaults.get("T"))
+        self.limit("dataset.options.T", "T", T)
         folders: list[str | None] = []
         for key in ("data_dir", "cache_dir"):
             folder = d.get(key)
@@ -299,6 +353,8 @@ class _Validator:
                             f"use one of {', '.join(MODEL_KINDS)}")
         allowed = tuple(k for k, s in SECTIONS.items() if s == "network")
         fixed = self.mapping("model.fixed", d.get("fixed"), allowed)
+        for name in ("width", "depth"):
+            self.limit(f"model.fixed.{name}", name, fixed.get(name))
         try:
             _probe_network(kind, fixed)
         except StllrError as exc:
@@ -419,6 +475,9 @@ class _Validator:
             if name in taken:
                 raise self.fail(key, f"{name} is also set in {taken[name]}", "keep it in one place")
             p = self.param(key, name, dist)
+            if name in LIMITS:
+                for sub, v in p.extremes():
+                    self.limit(f"{key}.{sub}", name, v)
             for sub, v in p.extremes():
                 self.engine_accepts(f"{key}.{sub}", name, v, kind, model_fixed, fixed, dataset, options)
             out[name] = p
@@ -507,13 +566,14 @@ class _Validator:
         if not is_int(trials) or trials < 1:
             raise self.fail("baseline.trials", f"{trials!r} is not an integer >= 1", "give how many BPTT "
                             "configurations to train per architecture, e.g. 2")
+        self.limit("baseline.trials", "trials", trials)
         if not search and trials > 1:
             raise self.fail("baseline.trials", f"{trials} without baseline.search would train one BPTT "
                             "configuration several times", "add baseline.search (e.g. lr) or use trials: 1 "
                             "(budget.seeds are the repeats)")
-        grid = [p.values() for p in search.values()]
-        if search and all(v is not None for v in grid):
-            size = math.prod(len(v) for v in grid if v is not None)
+        counts = [p.count() for p in search.values()]
+        if search and all(n is not None for n in counts):
+            size = math.prod(n for n in counts if n is not None)
             if trials > size:
                 raise self.fail("baseline.trials", f"{trials} exceeds the {size} distinct baseline configurations",
                                 f"use trials <= {size} or make a parameter continuous")
@@ -600,9 +660,13 @@ class _Validator:
         for k in ("trials", "epochs"):
             if not is_int(d[k]) or d[k] < 1:
                 raise self.fail(f"budget.{k}", f"{d[k]!r} is not an integer >= 1", "give a whole number, e.g. 8")
+            self.limit(f"budget.{k}", k, d[k])
         seeds = d.get("seeds", [0])
         if is_int(seeds) and seeds >= 1:
+            self.limit("budget.seeds", "seeds", seeds)  # a count: never build a list of 10**9 seeds
             seeds = list(range(int(seeds)))
+        if isinstance(seeds, list):
+            self.limit("budget.seeds", "seeds", len(seeds))
         if (not isinstance(seeds, list) or not seeds or any(not is_int(s) or not 0 <= s < 2**31 for s in seeds)
                 or len(set(seeds)) != len(seeds)):
             raise self.fail("budget.seeds", f"{seeds!r} is not a list of distinct seeds in [0, 2**31)",
@@ -626,12 +690,19 @@ class _Validator:
         for k, v in d.items():
             if k == "name":
                 continue
-            ok = {"int": is_int(v) and v >= (2 if k == "population_size" else 0),
+            ok = {"int": is_int(v) and v >= (2 if k == "population_size" else 0)
+                   and (k != "seed" or v <= MAX_SAMPLER_SEED),
                   "bool": isinstance(v, bool),
                   "prob": v is None or (is_real(v) and 0.0 <= v <= 1.0)}[kinds[k]]
             if not ok:
                 want = {"int": "an integer >= 0", "bool": "true or false", "prob": "a probability in [0, 1]"}[kinds[k]]
-                raise self.fail(f"sampler.{k}", f"{v!r} is not {want}", f"give {want}")
+                fix = f"give {want}"
+                if k == "seed":
+                    want, fix = f"an integer in [0, {MAX_SAMPLER_SEED}]", "use a seed below 2**32 (numpy's range)"
+                elif k == "population_size":
+                    want = "an integer >= 2"
+                    fix = f"give {want}"
+                raise self.fail(f"sampler.{k}", f"{v!r} is not {want}", fix)
             options[k] = v
         return SamplerSpec(name, options)
 
@@ -668,6 +739,17 @@ class _Validator:
             raise self.fail("resources.concurrency", f"{conc!r} is not an integer >= 1",
                             "give the most trials to run at once, or null (as many as the resources fit)")
         return {"cpu": float(cpu), "gpu": float(gpu)}, None if conc is None else int(conc)
+
+
+def _describe(spec: StudySpec, params: dict[str, Any]) -> str:
+    """The cost-relevant settings of a configuration, e.g. ``width=64, depth=1, T=16, learn_steps=1``."""
+    arch = spec.arch(params)
+    parts = [f"{k}={arch[k]}" for k in ("width", "depth", "T")]
+    stllr = spec.fixed.get("stllr", {})
+    for k in ("learn_steps", "alpha_post"):
+        value = params.get(k, stllr.get(k, getattr(STLLRConfig, k)))
+        parts.append(f"{k}={value:g}" if is_real(value) else f"{k}={value}")
+    return ", ".join(parts)
 
 
 def _probe_network(kind: str, fields: dict[str, Any]) -> NetworkSpec:

@@ -5,10 +5,17 @@
 {'type': 'float', 'low': 0.0001, 'high': 0.01, 'log': True}
 >>> Param("depth", "int", low=1, high=3).values()
 [1, 2, 3]
+>>> Param("width", "int", low=16, high=2_000_000_000).count()
+1999999985
+>>> Param("alpha_post", "float", low=-1.0, high=1.0).normalise(2)
+Traceback (most recent call last):
+...
+ValueError: 2 is outside the range [-1.0, 1.0]
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,8 +56,66 @@ class Param:
         return trial.suggest_float(key, float(self.low or 0.0), float(self.high or 0.0),
                                    step=None if self.step is None else float(self.step), log=self.log)
 
+    def count(self) -> int | None:
+        """How many values :meth:`values` would list, without listing them (``None``: continuous)."""
+        if self.type == "categorical":
+            return len(self.choices)
+        if self.type == "int":
+            return (int(self.high or 0) - int(self.low or 0)) // int(self.step or 1) + 1
+        if self.step is None:
+            return None
+        return int(round((float(self.high or 0.0) - float(self.low or 0.0)) / float(self.step))) + 1
+
+    def describe(self) -> str:
+        """The distribution in words, for messages: ``[1, 3] (int)``, ``one of [16, 32]``."""
+        if self.type == "categorical":
+            return f"one of {list(self.choices)}"
+        step = f", step {self.step}" if self.step is not None else ""
+        log = ", log scale" if self.log else ""
+        return f"[{self.low}, {self.high}] ({self.type}{step}{log})"
+
+    def normalise(self, value: Any) -> Any:
+        """``value`` as Optuna would store it for this distribution, if the distribution holds it.
+
+        Mirrors Optuna's own membership test (``BaseDistribution._contains``): a value
+        outside it would be ignored by ``Study.enqueue_trial`` and sampled instead.
+
+        Raises:
+            ValueError: the value's type or range is wrong (the message says which).
+        """
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if self.type == "categorical":
+            for c in self.choices:
+                same_kind = isinstance(c, bool) == isinstance(value, bool) and (
+                    type(c) is type(value) or (numeric and isinstance(c, (int, float))))
+                if same_kind and c == value:
+                    return c
+            raise ValueError(f"{value!r} is not one of the choices {list(self.choices)}")
+        if self.type == "int":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{value!r} is not an integer")
+            low, high, step = int(self.low or 0), int(self.high or 0), int(self.step or 1)
+            if not low <= value <= high:
+                raise ValueError(f"{value} is outside the range [{low}, {high}]")
+            if (value - low) % step:
+                raise ValueError(f"{value} is not on the grid {low}, {low + step}, ... (step {step})")
+            return value
+        if not numeric or not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a finite number")
+        lo, hi = float(self.low or 0.0), float(self.high or 0.0)
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} is outside the range [{lo}, {hi}]")
+        if self.step is not None:
+            k = (value - lo) / float(self.step)
+            if abs(k - round(k)) >= 1e-8:
+                raise ValueError(f"{value} is not on the grid {lo}, {lo + float(self.step)}, ... (step {self.step})")
+        return float(value)
+
     def values(self) -> list[Any] | None:
-        """Every value, when the parameter is enumerable (categorical, int, float with a step)."""
+        """Every value, when the parameter is enumerable (categorical, int, float with a step).
+
+        Lists them all: check :meth:`count` first where the range may be large.
+        """
         if self.type == "categorical":
             return list(self.choices)
         if self.type == "int":

@@ -150,6 +150,8 @@ class Progress(Callback):
             free, total = ray.available_resources(), ray.cluster_resources()
         except Exception:
             return ""
+        if all(free.get(k, 0.0) >= v for k, v in self.need.items() if v > 0):
+            return ""  # what a trial needs is free: the trial is only starting
         parts = [f"{k} {free.get(k, 0.0):g} of {total.get(k, 0.0):g} free" for k, v in self.need.items() if v > 0]
         needs = ", ".join(f"{v:g} {k}" for k, v in self.need.items() if v > 0)
         return f" · waiting for resources: a trial needs {needs}; {'; '.join(parts)}"

@@ -37,6 +37,7 @@ class StopFlag:
 
     signal: str | None = None
     handlers: dict[int, Any] = field(default_factory=dict)
+    searcher: Any = None
 
     @property
     def requested(self) -> bool:
@@ -65,6 +66,8 @@ def _signals(flag: StopFlag) -> Iterator[StopFlag]:
         if flag.requested:
             raise KeyboardInterrupt
         flag.signal = signal.Signals(signum).name
+        if flag.searcher is not None:
+            flag.searcher.stopping = True  # before any worker's error (a terminal's Ctrl-C reaches them too)
         say(f"{flag.signal}: stopping the running trials (their checkpoints stay); press Ctrl-C again to quit at once")
 
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune's own handler would end the sweep as if it were done
@@ -91,7 +94,11 @@ def _connect(address: str | None) -> bool:
     kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False,
                                   configure_logging=True)
     if not address:
-        ray.init(**kwargs)
+        try:
+            ray.init(**kwargs)
+        except Exception as exc:  # a node that timed out starting (an overloaded machine), no /tmp space, ...
+            raise StllrError(f"cannot start a local Ray ({str(exc).splitlines()[0][:200]}): check free memory and "
+                             "space in /tmp (or RAY_TMPDIR), then run the same command again") from None
         return True
     if address != "auto":
         host, _, port = address.rpartition(":")
@@ -245,7 +252,7 @@ def _run(spec: Any, ledger: Ledger, node_bytes: int | None, quiet: bool) -> str 
                                   reduction_factor=float(spec.scheduler.get("reduction_factor", 2)))
     need = _need(spec)
     trainable = tune.with_resources(run_configuration, {"cpu": need["CPU"], "gpu": need["GPU"]})
-    flag = StopFlag()
+    flag = StopFlag(searcher=searcher)
     session = len(os.listdir(ledger.path("ray"))) if os.path.isdir(ledger.path("ray")) else 0
     tuner = tune.Tuner(
         trainable,

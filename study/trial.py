@@ -69,6 +69,12 @@ def _load_curves(path: str, start_epoch: int) -> list[dict[str, Any]]:
     return [c for c in curves if int(c.get("epoch", 0)) <= start_epoch]
 
 
+def _attempt(run_dir: str, what: str) -> None:
+    """One line per start and end of a run in ``attempts.log`` (when, where, which process)."""
+    with open(os.path.join(run_dir, "attempts.log"), "a") as fh:
+        fh.write(f"{time.time():.3f} {node_name()} pid {os.getpid()} {what}\n")
+
+
 def _read_json(path: str) -> Any:
     try:
         with open(path) as fh:
@@ -132,6 +138,7 @@ def run_configuration(cfg: dict[str, Any]) -> None:
             continue
         with open(os.path.join(run_dir, "worker.pid"), "w") as fh:
             fh.write(f"{os.getpid()}\n")
+        _attempt(run_dir, "start")
         resume = _usable_checkpoint(ckpt)
         started = _now()
         t_run = time.perf_counter()
@@ -164,6 +171,7 @@ def run_configuration(cfg: dict[str, Any]) -> None:
             row = run_row(status="failed", reason=str(exc), metrics=curves, ended_at=_now(), **meta)
         row["run_time_s"] = time.perf_counter() - t_run  # the whole run: data, training, evaluation
         _write_json(row_path, row)
+        _attempt(run_dir, f"end {row['status']}")
         rows.append(row)
         if k < len(pending) - 1:
             tune.report({"run_row": json.dumps(row, default=str), "config_done": False, "iteration": iteration,

@@ -1,0 +1,183 @@
+"""Interrupts and resumes of a real driver: Ctrl-C (SIGINT to the whole process group, as a
+terminal sends it), SIGTERM to the driver, kill -9 of a resume and a resume again, and a
+truncated checkpoint. Each run of a configuration must train every epoch exactly once in
+the record and never run twice at the same time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from study_cases import kill_group, open_storage, run, start, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _runs_started(folder: Path, n: int, epoch: int = 1):
+    def check() -> bool:
+        runs = folder / "runs"
+        started = 0
+        for d in runs.iterdir() if runs.exists() else []:
+            try:
+                curves = json.loads((d / "curves.json").read_text())
+            except (OSError, ValueError):
+                continue
+            started += bool(curves) and max(c["epoch"] for c in curves) >= epoch
+        return started >= n
+
+    return check
+
+
+def _attempts(folder: Path) -> dict[str, list[tuple[float, int, str]]]:
+    out: dict[str, list[tuple[float, int, str]]] = {}
+    for log in (folder / "runs").glob("*/attempts.log"):
+        for line in log.read_text().splitlines():
+            t, _node, _pid, pid, *what = line.split()
+            out.setdefault(log.parent.name, []).append((float(t), int(pid), " ".join(what)))
+    return out
+
+
+def _never_twice_at_once(folder: Path) -> None:
+    """Every run's attempts are one after another: a start never comes while another attempt of
+    the same run, alive, has not ended (a killed attempt's process is gone before the next)."""
+    for run_id, events in _attempts(folder).items():
+        live: set[int] = set()
+        for _t, pid, what in sorted(events):
+            if what == "start":
+                others = {p for p in live if p != pid and _alive(p)}
+                assert not others, f"{run_id} started while attempt {others} still ran"
+                live.add(pid)
+            else:
+                live.discard(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _check_finished(folder: Path, budget: int, epochs: int, seeds: int) -> pd.DataFrame:
+    df = pd.read_parquet(folder / "results.parquet")
+    trained = df[(df.role == "search") & (df.status != "infeasible")]
+    assert trained.config_id.nunique() == budget
+    assert set(df[df.status != "infeasible"].status) == {"complete"}, df.status.value_counts()
+    assert df.trial_id.is_unique
+    assert df[df.status == "complete"].groupby("config_id").seed.nunique().eq(seeds).all()
+    for curves in df[df.status == "complete"].curves_json:
+        assert [c["epoch"] for c in json.loads(curves)] == list(range(1, epochs + 1))
+    for name, s in ((s.study_name, optuna.load_study(study_name=s.study_name, storage=open_storage(str(folder))))
+                    for s in optuna.get_all_study_summaries(open_storage(str(folder)))):
+        assert not [t for t in s.trials if t.state == optuna.trial.TrialState.RUNNING], name
+    # every baseline configuration trained once: distinct configurations = the study's baseline.trials
+    base = df[df.role == "baseline"]
+    assert base.groupby("arch_id").config_id.nunique().le(2).all()
+    _never_twice_at_once(folder)
+    return df
+
+
+def test_ctrl_c_stops_records_interrupted_and_resume_finishes(study_file, tmp_path):
+    path = study_file(budget={"trials": 3, "epochs": 3, "seeds": [0, 1]}, sampler={"name": "random", "seed": 4},
+                      baseline={"search": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+                                "trials": 1})
+    folder = tmp_path / "study"
+    proc = start("sweep", str(path), "--out", str(folder), log=tmp_path / "first.log")
+    try:
+        wait_for(_runs_started(folder, 1), 240, "a run's first epoch")
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        rc = proc.wait(timeout=120)
+    finally:
+        kill_group(proc)
+    out = (tmp_path / "first.log").read_text()
+    assert rc == 130, out[-3000:]
+    line = [ln for ln in out.splitlines() if "interrupted:" in ln]
+    assert line and line[-1].startswith("stllr: interrupted: ") and line[-1].endswith(
+        f"configurations done; resume with stllr sweep --resume {folder}"), out[-2000:]
+    assert " of 3 configurations done" in line[-1]
+    assert "results:" not in out and "report:" not in out and not (folder / "report").exists()
+    df = pd.read_parquet(folder / "results.parquet")
+    assert (df.status == "interrupted").sum() >= 1
+    st = run("status", str(folder), "--json")
+    status = json.loads(st.stdout)
+    assert status["finished"] is False and status["budget"] == 3
+    assert status["state"].startswith("unfinished: resume with stllr sweep --resume")
+
+    res = run("sweep", "--resume", str(folder), "--quiet", "--no-report", timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _check_finished(folder, budget=3, epochs=3, seeds=2)
+    status = json.loads(run("status", str(folder), "--json").stdout)
+    assert status["finished"] is True and status["state"] == "finished" and status["configurations_left"] == 0
+    assert set(status["best"]) == {"stllr", "bptt"} and status["frontier_size"] >= 1
+
+
+def test_sigterm_to_the_driver_is_an_interrupt_too(study_file, tmp_path):
+    path = study_file(budget={"trials": 2, "epochs": 3, "seeds": [0]}, rules=["stllr"], baseline=None,
+                      sampler={"name": "random", "seed": 0})
+    folder = tmp_path / "study"
+    proc = start("sweep", str(path), "--out", str(folder), "--report", log=tmp_path / "log")
+    try:
+        wait_for(_runs_started(folder, 1), 240, "a run's first epoch")
+        os.kill(proc.pid, signal.SIGTERM)
+        rc = proc.wait(timeout=120)
+    finally:
+        kill_group(proc)
+    out = (tmp_path / "log").read_text()
+    assert rc == 130, out[-3000:]
+    assert "stllr: SIGTERM: stopping the running trials" in out
+    assert "stllr: interrupted: 0 of 2 configurations done" in out
+    assert (folder / "report" / "report.html").exists()  # --report asks for it even when interrupted
+    df = pd.read_parquet(folder / "results.parquet")
+    assert "interrupted" in set(df.status)
+    assert all(r.epochs_done >= 1 for r in df[df.status == "interrupted"].itertuples())
+
+
+def test_a_killed_resume_resumed_again_trains_each_run_once(study_file, tmp_path):
+    """The duplicate-baseline race: kill -9 a sweep, kill -9 its resume, resume again."""
+    path = study_file(budget={"trials": 4, "epochs": 2, "seeds": [0, 1]}, sampler={"name": "random", "seed": 1},
+                      baseline={"search": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+                                "trials": 2})
+    folder = tmp_path / "study"
+    first = start("sweep", str(path), "--out", str(folder), "--quiet", "--no-report", log=tmp_path / "1.log")
+    try:
+        wait_for(_runs_started(folder, 3, epoch=2), 240, "three runs at their second epoch")
+    finally:
+        kill_group(first)
+    second = start("sweep", "--resume", str(folder), "--quiet", "--no-report", log=tmp_path / "2.log")
+    try:
+        n = len(list((folder / "runs").glob("*/row.json")))
+        wait_for(lambda: len(list((folder / "runs").glob("*/row.json"))) >= n + 2, 240, "two more runs ended")
+    finally:
+        kill_group(second)
+    res = run("sweep", "--resume", str(folder), "--quiet", "--no-report", timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _check_finished(folder, budget=4, epochs=2, seeds=2)
+    assert any(len([e for e in ev if e[2] == "start"]) > 1 for ev in _attempts(folder).values()), \
+        "no run was interrupted and continued: the test did not kill in the middle of a run"
+
+
+def test_a_truncated_checkpoint_restarts_its_run_from_scratch(study_file, tmp_path):
+    path = study_file(search={"width": {"type": "categorical", "choices": [16]}},
+                      budget={"trials": 1, "epochs": 3, "seeds": [0]}, rules=["stllr"], baseline=None,
+                      sampler={"name": "random", "seed": 0})
+    folder = tmp_path / "study"
+    proc = start("sweep", str(path), "--out", str(folder), "--quiet", "--no-report", log=tmp_path / "1.log")
+    try:
+        wait_for(_runs_started(folder, 1, epoch=1), 240, "the first epoch")
+    finally:
+        kill_group(proc)
+    (ckpt,) = list((folder / "runs").glob("*/checkpoint.pt"))
+    ckpt.write_bytes(ckpt.read_bytes()[:200])  # a disk that filled mid-write
+    res = run("sweep", "--resume", str(folder), "--quiet", "--no-report", timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    df = pd.read_parquet(folder / "results.parquet")
+    assert list(df.status) == ["complete"]
+    assert [c["epoch"] for c in json.loads(df.curves_json[0])] == [1, 2, 3]
+    assert list(ckpt.parent.glob("checkpoint.pt.unreadable-*"))
