@@ -7,24 +7,21 @@ import json
 import os
 from typing import Any
 
-import yaml
-
+from spaces._yaml import parse_scalar
 from stllr_engine.errors import StllrError
 
 __all__ = ["add_sweep_arguments", "add_train_arguments", "sweep", "train", "status", "export", "parse_sets"]
 
 
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` → ``{"a.b": 1, "c": "x"}`` (values parsed as YAML scalars)."""
+    """``["a.b=1e-3", "c=x"]`` → ``{"a.b": 0.001, "c": "x"}`` (values read as the study file's loader reads
+    them, within its limits)."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise StllrError(f"--set {item!r}: write key=value, e.g. --set dataset.data_dir=/data")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            out[key.strip()] = value
+        out[key.strip()] = parse_scalar(value, f"--set {key.strip()}")  # as the study file's loader reads it
     return out
 
 

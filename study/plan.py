@@ -130,12 +130,13 @@ class Planner:
                              objectives=objectives, threads=self.threads, optuna_study=optuna_study,
                              optuna_number=optuna_number, seeds=self.seeds)
 
-    def infeasible_rows(self, params: dict[str, Any], violations: list[str],
-                        priced: dict[str, float]) -> list[dict[str, Any]]:
+    def infeasible_rows(self, params: dict[str, Any], violations: list[str], priced: dict[str, float],
+                        role: str = "search") -> list[dict[str, Any]]:
         """One ``infeasible`` row per seed: priced by the formulas, never trained."""
-        cid = config_id_of("search", "stllr", params)
-        return [run_row(self.spec.name, f"{cid}-s{seed}", cid, self.arch_id(params), "search",
-                        self.spec.experiment(params, "stllr", seed).to_dict(), "infeasible",
+        rule = "stllr" if role == "search" else "bptt"
+        cid = config_id_of(role, rule, params)
+        return [run_row(self.spec.name, f"{cid}-s{seed}", cid, self.arch_id(params), role,
+                        self.spec.experiment(params, rule, seed).to_dict(), "infeasible",
                         reason="; ".join(violations), costs=priced, params=params)
                 for seed in self.seeds]
 

@@ -194,12 +194,12 @@ class StudySearcher(Searcher):  # type: ignore[misc]
                 log.warning("the sampler proposes only configurations already trained: the space is exhausted")
                 return None
 
-    def _memory_violation(self, params: dict[str, Any]) -> list[str]:
-        check = getattr(self.live.spec, "check_fits", None)
-        if self.node_bytes is None or check is None:
+    def _memory_violation(self, params: dict[str, Any], rule: str = "stllr") -> list[str]:
+        """A run that needs more memory than the largest node has, by the formulas (one line)."""
+        if self.node_bytes is None:
             return []
         try:
-            check(params, "stllr", self.node_bytes)
+            self.live.spec.check_fits(params, rule, self.node_bytes)
         except StllrError as exc:
             return [str(exc)]
         return []
@@ -282,7 +282,8 @@ class StudySearcher(Searcher):  # type: ignore[misc]
             if cid in seen:
                 continue
             seen.append(cid)
-            if planner.ended(cid, rows) or cid in busy:
+            infeasible = any(r.get("status") == "infeasible" for r in planner.rows_of(cid, rows))
+            if planner.ended(cid, rows) or cid in busy or infeasible:
                 continue
             if t.state == optuna.trial.TrialState.RUNNING:  # cannot be: the ledger closed them; be safe
                 study.tell(t.number, state=optuna.trial.TrialState.FAIL)
@@ -301,6 +302,13 @@ class StudySearcher(Searcher):  # type: ignore[misc]
                 study.tell(new.number, state=optuna.trial.TrialState.FAIL)
                 continue
             seen.append(cid)
+            too_big = self._memory_violation(params, "bptt")
+            if too_big:  # BPTT keeps T·N values per sample: it may not fit where S-TLLR does
+                new.set_user_attr("violations", too_big)
+                study.tell(new.number, state=optuna.trial.TrialState.FAIL)
+                self.live.ledger.record(planner.infeasible_rows(params, too_big, spec.price(params, "bptt"),
+                                                                role="baseline"))
+                continue
             self.queue.append(planner.configuration("baseline", params, rows, name, new.number))
 
     def resume_baselines(self) -> None:
