@@ -187,8 +187,8 @@ class StudySearcher(Searcher):  # type: ignore[misc]
             else:
                 return planner.configuration("search", params, ledger.rows, "search", trial.number)
             if infeasible >= MAX_REJECTED_IN_A_ROW:
-                raise StllrError(f"the constraints rejected {infeasible} proposals in a row: loosen the constraints "
-                                 "or narrow the search space to configurations that fit them")
+                raise StllrError(f"the constraints (or the nodes' memory) rejected {infeasible} proposals in a row: "
+                                 "loosen the constraints or narrow the search space to configurations that fit")
             if rejected >= MAX_REJECTED_IN_A_ROW:
                 self.exhausted = True
                 log.warning("the sampler proposes only configurations already trained: the space is exhausted")

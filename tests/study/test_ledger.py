@@ -319,3 +319,36 @@ def test_the_search_study_names_its_metrics_and_records_what_each_trial_runs(stu
     assert t.user_attrs["config_id"] == search["config_id"] and t.user_attrs["arch_id"] == search["arch_id"]
     assert t.user_attrs["rule"] == "stllr" and t.user_attrs["test_accuracy"] == 0.45
     assert t.user_attrs["run_ids"] == [f"{search['config_id']}-s0", f"{search['config_id']}-s1"]
+
+
+def test_two_hundred_infeasible_proposals_in_a_row_end_in_seconds(study_file, tmp_path):
+    # formula memory is 2 traces × width × 4 bytes: only widths up to 37 of [16, 2e9] fit 300 bytes
+    search = {"width": {"type": "int", "low": 16, "high": 2_000_000_000},
+              "learn_steps": {"type": "int", "low": 2, "high": 4}}
+    spec = _spec(study_file, search=search, constraints=["learning_memory_bytes <= 300"],
+                 sampler={"name": "random", "seed": 0})
+    with Ledger.create(str(tmp_path / "s"), spec, 2) as led:
+        searcher = StudySearcher(spec, led, Planner(spec, led.folder, 1), 2, node_bytes=24 * 2**30)
+        t0 = time.monotonic()
+        with pytest.raises(StllrError, match=r"the constraints \(or the nodes' memory\) rejected 200 proposals in a row"):
+            searcher.suggest("t1")
+        assert time.monotonic() - t0 < 20
+        infeasible = [r for r in led.rows.values() if r["status"] == "infeasible"]
+        assert len(infeasible) == 200 * 2  # every proposal recorded, each seed, with the figure that broke it
+        assert all("learning_memory_bytes_formula_per_sample=" in r["reason"] for r in infeasible)
+    study = optuna.load_study(study_name="search", storage=open_storage(led.folder))
+    assert len(study.trials) == 200 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def test_a_run_bigger_than_the_node_is_infeasible_with_the_figure(study_file, tmp_path):
+    search = {"width": {"type": "categorical", "choices": [2_000_000_000]},
+              "learn_steps": {"type": "int", "low": 2, "high": 4}}
+    spec = _spec(study_file, search=search, sampler={"name": "random", "seed": 0}, constraints=None)
+    with Ledger.create(str(tmp_path / "s"), spec, 1) as led:
+        searcher = StudySearcher(spec, led, Planner(spec, led.folder, 1), 1, node_bytes=24 * 2**30)
+        t0 = time.monotonic()
+        with pytest.raises(StllrError, match="rejected 200 proposals"):
+            searcher.suggest("t1")
+        assert time.monotonic() - t0 < 20
+        row = next(iter(led.rows.values()))
+        assert row["status"] == "infeasible" and "the node has 24 GiB" in row["reason"]
