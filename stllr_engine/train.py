@@ -378,9 +378,6 @@ def _check_resume(ckpt: dict[str, Any], net: Network, cfg: TrainConfig, path: st
                          "resume with the stored settings or write to a new checkpoint path")
 
 
-_RESUME_EXEMPT = ("device", "measure_costs")
-
-
 def fit(
     net: Network,
     train_loader: Iterable[Any],
