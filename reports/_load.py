@@ -21,21 +21,14 @@ import yaml
 
 from stllr_engine.errors import StllrError
 from study.schema import DEFAULT_OBJECTIVES as _DEFAULT_OBJECTIVES
+from study.schema import COLUMNS as _COLUMNS
 from study.schema import STATUSES, rows_from_files
+from study.schema import TEXT_COLUMNS as _TEXT_COLUMNS
 from study.schema import frame as _frame
 
-#: Numeric columns of the contract's results table (missing ones are added as NaN).
-NUMERIC_COLUMNS = (
-    "seed", "val_accuracy", "test_accuracy", "val_loss", "test_loss", "train_accuracy",
-    "forward_macs_formula_per_sample", "learning_macs_formula_per_sample",
-    "learning_macs_measured_per_sample", "learning_memory_values_formula_per_sample",
-    "learning_memory_bytes_formula_per_sample", "learning_memory_bytes_measured_per_batch",
-    "learning_memory_bytes_measured_per_sample", "peak_step_bytes_measured_per_batch",
-    "width", "depth", "T", "batch", "epochs", "epochs_done", "alpha_pre", "alpha_post",
-    "lambda_pre", "lambda_post", "learn_steps", "lr", "wall_time_s", "samples_per_s", "late_train_gain",
-)
-TEXT_COLUMNS = ("study", "trial_id", "config_id", "arch_id", "rule", "role", "status", "reason",
-                "dataset", "model", "learning_signal", "node", "stllr_mode")
+#: Numeric and text columns of the results table (study.schema), with the ones the report derives.
+NUMERIC_COLUMNS = tuple(c for c in _COLUMNS if c not in _TEXT_COLUMNS) + ("late_train_gain",)
+TEXT_COLUMNS = _TEXT_COLUMNS + ("stllr_mode",)
 REQUIRED_COLUMNS = ("trial_id", "config_id", "rule", "status")
 
 
