@@ -48,7 +48,7 @@ else
     echo "$problems" >&2
     echo "setup.sh: $LOCK does not cover pyproject.toml; run: bash scripts/lock.sh" \
          "(installing what is missing, unlocked)" >&2
-    python -m pip install -q -e ".[dev]" "${torch_args[@]}"
+    PYTHONWARNINGS=ignore python -m pip install -q --no-build-isolation -e ".[dev]" "${torch_args[@]}"
   fi
 fi
 python -c "import torch, ray, optuna, tonic, stllr_engine; print('stllr set up: torch', torch.__version__)"
