@@ -172,8 +172,9 @@ class StudySpec:
             "search": {k: p.to_dict() for k, p in self.search.items()},
             "per_layer": list(self.per_layer),
             "fixed": {k: dict(v) for k, v in self.fixed.items()},
-            "baseline": {"search": {k: p.to_dict() for k, p in self.baseline_search.items()},
-                         "trials": self.baseline_trials},
+            # no bptt, no baseline: the validator refuses a baseline section then (the frozen file must load)
+            "baseline": ({"search": {k: p.to_dict() for k, p in self.baseline_search.items()},
+                          "trials": self.baseline_trials} if "bptt" in self.rules else None),
             "objectives": [{"metric": o.metric, "direction": o.direction} for o in self.objectives],
             "constraints": [str(c) for c in self.constraints],
             "budget": {"trials": self.trials, "epochs": self.epochs, "seeds": list(self.seeds)},

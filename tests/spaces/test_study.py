@@ -180,6 +180,10 @@ def test_overrides_and_frozen_copy(write_study, tmp_path):
     frozen.write_text(spec.to_yaml())
     assert load_study(str(frozen)) == spec
     assert load_study(str(frozen)).to_dict() == spec.to_dict()
+    # an S-TLLR-only study (no bptt, no baseline section) reads back too: --resume reads the frozen copy
+    alone = load_study(str(path), {"rules": ["stllr"], "baseline": None})
+    frozen.write_text(alone.to_yaml())
+    assert load_study(str(frozen)) == alone and alone.to_dict()["baseline"] is None
 
 
 def test_quantities():

@@ -80,6 +80,43 @@ def test_cluster_without_the_resources_is_one_line(cluster, study_file, tmp_path
     line = res.stderr.strip()
     assert len(line.splitlines()) == 1
     assert "each trial needs 4 CPU and 0 GPU but no node of the cluster has that" in line
+    assert not (tmp_path / "s").exists()  # refused before its first run: no study left behind
+
+
+_HOLDER = """
+import sys, time, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+@ray.remote(num_cpus=1)
+class Hold:
+    def ping(self):
+        return 1
+held = [Hold.remote() for _ in range(2)]
+ray.get([h.ping.remote() for h in held])
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_progress_says_it_waits_for_resources_held_by_other_jobs(cluster, study_file, tmp_path):
+    """Another job holds every CPU of the cluster: the sweep says what it waits for, then runs."""
+    address, cluster_env = cluster
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, address, "25"], env=cluster_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        path = study_file(budget={"trials": 1, "epochs": 1, "seeds": [0]}, rules=["stllr"], baseline=None,
+                          sampler={"name": "random", "seed": 0})
+        res = _sweep(["sweep", str(path), "--out", str(tmp_path / "s"), "--address", address, "--no-report"],
+                     cluster_env)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.returncode == 0, res.stderr[-3000:]
+    waiting = [ln for ln in res.stdout.splitlines() if "waiting for resources" in ln]
+    assert waiting, res.stdout
+    assert waiting[0].endswith("waiting for resources: a trial needs 1 CPU; CPU 0 of 2 free")
+    assert "running 0" in waiting[0]
+    assert pd.read_parquet(tmp_path / "s" / "results.parquet").status.tolist() == ["complete"]
 
 
 def test_export_of_a_folder_that_is_not_a_study():

@@ -165,7 +165,7 @@ def test_a_killed_resume_resumed_again_trains_each_run_once(study_file, tmp_path
 
 def test_a_truncated_checkpoint_restarts_its_run_from_scratch(study_file, tmp_path):
     path = study_file(search={"width": {"type": "categorical", "choices": [16]}},
-                      budget={"trials": 1, "epochs": 3, "seeds": [0]}, rules=["stllr"], baseline=None,
+                      budget={"trials": 1, "epochs": 12, "seeds": [0]}, rules=["stllr"], baseline=None,
                       sampler={"name": "random", "seed": 0})
     folder = tmp_path / "study"
     proc = start("sweep", str(path), "--out", str(folder), "--quiet", "--no-report", log=tmp_path / "1.log")
@@ -174,10 +174,11 @@ def test_a_truncated_checkpoint_restarts_its_run_from_scratch(study_file, tmp_pa
     finally:
         kill_group(proc)
     (ckpt,) = list((folder / "runs").glob("*/checkpoint.pt"))
+    assert not (ckpt.parent / "row.json").exists(), "the run ended before the kill: nothing to test"
     ckpt.write_bytes(ckpt.read_bytes()[:200])  # a disk that filled mid-write
     res = run("sweep", "--resume", str(folder), "--quiet", "--no-report", timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     df = pd.read_parquet(folder / "results.parquet")
     assert list(df.status) == ["complete"]
-    assert [c["epoch"] for c in json.loads(df.curves_json[0])] == [1, 2, 3]
+    assert [c["epoch"] for c in json.loads(df.curves_json[0])] == list(range(1, 13))
     assert list(ckpt.parent.glob("checkpoint.pt.unreadable-*"))
