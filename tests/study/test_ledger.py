@@ -352,3 +352,19 @@ def test_a_run_bigger_than_the_node_is_infeasible_with_the_figure(study_file, tm
         assert time.monotonic() - t0 < 20
         row = next(iter(led.rows.values()))
         assert row["status"] == "infeasible" and "the node has 24 GiB" in row["reason"]
+
+
+def test_the_table_on_disk_has_every_column_and_every_row(study_file, tmp_path):
+    spec = _spec(study_file)
+    rows = [_row(spec, PARAMS, 0, "complete", 0.4), _row(spec, PARAMS, 1, "failed"),
+            _row(spec, {**PARAMS, "width": 32}, 0, "infeasible")]
+    with Ledger.create(str(tmp_path / "s"), spec, 3) as led:
+        led.record(rows)
+    df = pd.read_parquet(tmp_path / "s" / "results.parquet")
+    assert set(COLUMNS) <= set(df.columns), set(COLUMNS) - set(df.columns)
+    assert sorted(df.trial_id) == sorted(r["trial_id"] for r in rows)
+    for r in rows:
+        got = df[df.trial_id == r["trial_id"]].iloc[0]
+        for c in COLUMNS:
+            want = r[c]
+            assert (pd.isna(got[c]) if want is None else got[c] == want), (c, got[c], want)
