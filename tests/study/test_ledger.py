@@ -368,3 +368,18 @@ def test_the_table_on_disk_has_every_column_and_every_row(study_file, tmp_path):
         for c in COLUMNS:
             want = r[c]
             assert (pd.isna(got[c]) if want is None else got[c] == want), (c, got[c], want)
+
+
+def test_optunas_own_lock_left_by_an_old_killed_driver_is_removed_at_open(study_file, tmp_path, capfd):
+    """Optuna's lock names no process; while the folder lock is ours no sweep can be writing."""
+    spec = _spec(study_file)
+    folder = tmp_path / "s"
+    Ledger.create(str(folder), spec, 3).close()
+    lock = folder / "optuna.journal.lock"
+    os.symlink(folder / "optuna.journal", lock)  # JournalFileSymlinkLock's lock
+    os.utime(lock, (time.time() - 60, time.time() - 60), follow_symlinks=False)
+    t0 = time.monotonic()
+    with Ledger.open(str(folder), spec) as led:
+        optuna.create_study(study_name="x", storage=led.storage)
+    assert time.monotonic() - t0 < 5 and not os.path.lexists(lock)
+    assert "removed the stale journal lock" in capfd.readouterr().err
