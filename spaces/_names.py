@@ -50,7 +50,7 @@ del _cls, _f
 ARCH = ("T", "width", "depth")  # with model.kind: the architecture a BPTT baseline copies
 STLLR_FACTORS = ("lambda_pre", "lambda_post", "alpha_pre", "alpha_post")  # per-layer capable
 
-# Metric -> the direction that improves it (results columns, study/results.py).
+# Metric -> the direction that improves it (results columns, study/schema.py).
 METRICS: dict[str, str] = {
     "val_accuracy": "maximize", "val_loss": "minimize",
     "train_accuracy": "maximize", "train_loss": "minimize",

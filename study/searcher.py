@@ -125,7 +125,7 @@ class StudySearcher(Searcher):  # type: ignore[misc]
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         if self.stopping:
             return Searcher.FINISHED
         while self.queue:  # baselines first: they are what the search configurations are compared with
@@ -135,9 +135,10 @@ class StudySearcher(Searcher):  # type: ignore[misc]
             return self._propose(trial_id, cfg)
         if self.remaining <= 0 or self.exhausted:
             return Searcher.FINISHED
-        cfg = self._next_search_config()
-        if cfg is None:
+        found = self._next_search_config()
+        if found is None:
             return Searcher.FINISHED
+        cfg = found
         self.remaining -= 1
         if self.with_baselines:
             self.queue_baselines(self.live.planner.arch_params(cfg.params), cfg.arch_id)
