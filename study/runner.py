@@ -71,13 +71,13 @@ def _signals(flag: StopFlag) -> Iterator[StopFlag]:
         say(f"{flag.signal}: stopping the running trials (their checkpoints stay); press Ctrl-C again to quit at once")
 
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune's own handler would end the sweep as if it were done
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        flag.handlers[signum] = signal.signal(signum, handler)
+    for which in (signal.SIGINT, signal.SIGTERM):
+        flag.handlers[which] = signal.signal(which, handler)
     try:
         yield flag
     finally:
-        for signum, old in flag.handlers.items():
-            signal.signal(signum, old)
+        for number, old in flag.handlers.items():
+            signal.signal(number, old)
 
 
 # -- Ray ---------------------------------------------------------------------------------------
