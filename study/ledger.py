@@ -79,6 +79,15 @@ def _write_atomic(path: str, text: str) -> None:
         raise
 
 
+def _disk_error(folder: str, exc: OSError) -> Exception:
+    """A write of the ledger failed: one line (what is kept, what to do), or the error itself."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        return StllrError(f"{folder}: cannot write the results ({exc.strerror}): what was recorded before is "
+                          "intact; free space (or fix the permissions), then resume with stllr sweep --resume "
+                          f"{folder}")
+    return exc
+
+
 def check_out_folder(out: str) -> None:
     """Refuse a ``--out`` that is not a local folder path (a URI, an existing file)."""
     if "://" in out:
@@ -490,8 +499,11 @@ class Ledger:
                         return  # the run's own record of its end wins
             except (OSError, ValueError):
                 pass
-        os.makedirs(folder, exist_ok=True)
-        _write_atomic(path, json.dumps(row, default=str))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            _write_atomic(path, json.dumps(row, default=str))
+        except OSError as exc:
+            raise _disk_error(self.folder, exc) from None
 
     def _write_table(self) -> None:
         df = frame(self.rows.values())
@@ -506,10 +518,7 @@ class Ledger:
         except OSError as exc:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-            if exc.errno == errno.ENOSPC:
-                raise StllrError(f"{self.folder}: the disk is full: results.parquet was not updated (the runs' "
-                                 "row.json files hold every result); free space, then resume with --resume") from None
-            raise
+            raise _disk_error(self.folder, exc) from None
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)

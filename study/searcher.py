@@ -224,7 +224,11 @@ class StudySearcher(Searcher):  # type: ignore[misc]
             return
         by_epoch = self.epoch_values.setdefault(trial_id, {}).setdefault(int(epoch), {})
         by_epoch[int(seed)] = float(val)
-        self.live.ledger.storage.set_trial_intermediate_value(oid, int(epoch), sum(by_epoch.values()) / len(by_epoch))
+        try:  # a curve for the dashboard: never worth stopping the sweep for
+            self.live.ledger.storage.set_trial_intermediate_value(oid, int(epoch),
+                                                                  sum(by_epoch.values()) / len(by_epoch))
+        except Exception as exc:  # e.g. the trial was closed meanwhile
+            log.warning("intermediate value of tune %s not stored: %s", trial_id, exc)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         import optuna
