@@ -286,6 +286,8 @@ def save_checkpoint(path: str | os.PathLike[str], net: Network, optimizer: torch
             os.unlink(tmp)
         if isinstance(exc, OSError):
             raise StllrError(f"cannot write checkpoint {path}: {exc.strerror}") from None
+        if isinstance(exc, RuntimeError) and "writ" in str(exc):  # torch.save's stream writer on a full disk
+            raise StllrError(f"cannot write checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
         raise
 
 

@@ -95,7 +95,10 @@ class ResultsWriter(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         cfg = self.searcher.finished.pop(trial.trial_id, None) or self.searcher.in_flight.get(trial.trial_id)
         if cfg is not None and not self.searcher.stopping:
-            close_runs(self.live.ledger, cfg, "failed", error_line(trial))
+            line = error_line(trial)
+            # a worker that could not write (a full disk) leaves its runs to a resume, never ended
+            status = "interrupted" if "cannot write checkpoint" in line else "failed"
+            close_runs(self.live.ledger, cfg, status, line)
 
 
 class Progress(Callback):

@@ -40,6 +40,7 @@ from stllr_engine.errors import StllrError
 from study.schema import ENDED, frame, read_results, rows_from_files
 
 __all__ = ["Ledger", "FolderLock", "PidFileLock", "repair_journal", "read_results", "check_out_folder",
+           "check_free_space", "free_bytes", "min_free_bytes", "disk_error",
            "RESUME_EXEMPT", "say"]
 
 #: Study-file keys a resume may change: where the data lives, and the budget (``--trials``).
@@ -79,13 +80,38 @@ def _write_atomic(path: str, text: str) -> None:
         raise
 
 
-def _disk_error(folder: str, exc: OSError) -> Exception:
+def disk_error(folder: str, exc: OSError) -> Exception:
     """A write of the ledger failed: one line (what is kept, what to do), or the error itself."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
         return StllrError(f"{folder}: cannot write the results ({exc.strerror}): what was recorded before is "
                           "intact; free space (or fix the permissions), then resume with stllr sweep --resume "
                           f"{folder}")
     return exc
+
+
+def min_free_bytes() -> int:
+    """Free space a sweep keeps on its folder's disk (``STLLR_MIN_FREE_MB``, default 200 MB)."""
+    try:
+        return int(float(os.environ.get("STLLR_MIN_FREE_MB", "200")) * 2**20)
+    except ValueError:
+        raise StllrError(f"STLLR_MIN_FREE_MB={os.environ['STLLR_MIN_FREE_MB']!r}: give megabytes, e.g. 200") from None
+
+
+def free_bytes(folder: str) -> int:
+    """Free space on the disk holding ``folder`` (or its nearest existing parent)."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return int(shutil.disk_usage(path).free)
+
+
+def check_free_space(folder: str) -> None:
+    """Refuse to start on a disk that cannot hold checkpoints and results (one line)."""
+    free, need = free_bytes(folder), min_free_bytes()
+    if free < need:
+        raise StllrError(f"{folder}: its disk has {free / 2**20:.0f} MB free, below the {need / 2**20:.0f} MB a sweep "
+                         "keeps for checkpoints and results: free space, choose another --out, or set "
+                         "STLLR_MIN_FREE_MB")
 
 
 def check_out_folder(out: str) -> None:
@@ -215,8 +241,12 @@ class PidFileLock:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
                 continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{os.getpid()} {socket.gethostname()}\n")
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(f"{os.getpid()} {socket.gethostname()}\n")
+            except OSError as exc:  # a full disk: leave no lock behind
+                self.release()
+                raise disk_error(os.path.dirname(self.path), exc) from None
             return True
 
     def release(self) -> None:
@@ -503,7 +533,7 @@ class Ledger:
             os.makedirs(folder, exist_ok=True)
             _write_atomic(path, json.dumps(row, default=str))
         except OSError as exc:
-            raise _disk_error(self.folder, exc) from None
+            raise disk_error(self.folder, exc) from None
 
     def _write_table(self) -> None:
         df = frame(self.rows.values())
@@ -518,7 +548,7 @@ class Ledger:
         except OSError as exc:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-            raise _disk_error(self.folder, exc) from None
+            raise disk_error(self.folder, exc) from None
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)

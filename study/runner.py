@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from stllr_engine.errors import StllrError
-from study.ledger import Ledger, check_out_folder, say
+from study.ledger import Ledger, check_free_space, check_out_folder, disk_error, say
 
 __all__ = ["sweep", "SweepInterrupted", "StopFlag"]
 
@@ -44,14 +44,32 @@ class StopFlag:
         return self.signal is not None
 
 
-def _stopper(flag: StopFlag, searcher: Any) -> Any:
+LOW_DISK = "a nearly full disk"
+
+
+def _stopper(flag: StopFlag, searcher: Any, folder: str) -> Any:
+    """Stops every trial once a signal came, or when the study's disk runs low (checked every 2 s)."""
+    import time
+
     from ray.tune import Stopper
+
+    from study.ledger import free_bytes, min_free_bytes
+
+    need = min_free_bytes()
+    last = [0.0]
 
     class _Stop(Stopper):
         def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
             return False
 
         def stop_all(self) -> bool:
+            if not flag.requested and time.monotonic() - last[0] > 2:
+                last[0] = time.monotonic()
+                free = free_bytes(folder)
+                if free < need:
+                    flag.signal = LOW_DISK
+                    say(f"{folder}: its disk has {free / 2**20:.0f} MB free (below {need / 2**20:.0f} MB): stopping "
+                        "the running trials before a write fails")
             if flag.requested:
                 searcher.stopping = True
             return flag.requested
@@ -194,18 +212,24 @@ def sweep(space: str, out: str | None = None, trials: int | None = None, address
     interrupted: str | None = None
     try:
         node_bytes = _largest_node_bytes(spec)  # before any file is written: a refusal leaves nothing behind
+        check_free_space(folder)
         ledger = (Ledger.open(folder, spec, trials) if resume
                   else Ledger.create(folder, spec, trials if trials is not None else int(spec.trials)))
         with ledger, _log_to(ledger.folder):
             for line in ledger.notes:
                 log.warning(line)
-            interrupted = _run(spec, ledger, node_bytes, quiet)
+            try:
+                interrupted = _run(spec, ledger, node_bytes, quiet)
+            except OSError as exc:  # the journal's or Tune's own write on a full disk
+                raise disk_error(ledger.folder, exc) from None
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
     folder = os.path.abspath(folder)
+    if interrupted is not None and interrupted.startswith(f"stopped by {LOW_DISK}"):
+        raise StllrError(interrupted)  # no report: it would need the space that is missing
     if report and (interrupted is None or report_when_interrupted):
         from reports import build_report
 
@@ -260,7 +284,7 @@ def _run(spec: Any, ledger: Ledger, node_bytes: int | None, quiet: bool) -> str 
                                max_concurrent_trials=spec.concurrency, reuse_actors=True,
                                trial_dirname_creator=_trial_name, trial_name_creator=_trial_name),
         run_config=RunConfig(name=f"session{session}", storage_path=ledger.path("ray"), verbose=0,
-                             stop=_stopper(flag, searcher),
+                             stop=_stopper(flag, searcher, ledger.folder),
                              callbacks=[ResultsWriter(ledger, searcher),
                                         Progress(ledger, searcher, planner, ledger.budget, need, every_s=5.0)]
                              if not quiet else [ResultsWriter(ledger, searcher)],
@@ -273,11 +297,18 @@ def _run(spec: Any, ledger: Ledger, node_bytes: int | None, quiet: bool) -> str 
         ledger.mark_exhausted()
     if not flag.requested:
         return None
-    for cfg in list(searcher.in_flight.values()):
-        close_runs(ledger, cfg, "interrupted", f"interrupted by {flag.signal}; resume with stllr sweep --resume")
+    try:
+        for cfg in list(searcher.in_flight.values()):
+            close_runs(ledger, cfg, "interrupted", f"interrupted by {flag.signal}; resume with stllr sweep --resume")
+    except StllrError as exc:  # the disk is full: the rows stay as they were (running: a resume interrupts them)
+        log.warning("interrupted runs not recorded: %s", exc)
     done = len(planner.trained(ledger.rows))
     line = (f"interrupted: {done} of {ledger.budget} configurations done; resume with stllr sweep --resume "
             f"{ledger.folder}")
+    if flag.signal == LOW_DISK:
+        line = (f"stopped by {LOW_DISK}: {done} of {ledger.budget} configurations done, what was recorded is "
+                f"intact; free space (or lower STLLR_MIN_FREE_MB), then resume with stllr sweep --resume "
+                f"{ledger.folder}")
     log.warning(line)
     return line
 

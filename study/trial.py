@@ -168,6 +168,8 @@ def run_configuration(cfg: dict[str, Any]) -> None:
                 tune.report(report)
             row = run_row(status="complete", metrics=curves, ended_at=_now(), **meta)
         except StllrError as exc:
+            if str(exc).startswith("cannot write checkpoint"):  # the disk, not the run: never an ended run
+                raise RuntimeError(f"{exc} (the run stays unfinished; free space, then resume)") from None
             row = run_row(status="failed", reason=str(exc), metrics=curves, ended_at=_now(), **meta)
         row["run_time_s"] = time.perf_counter() - t_run  # the whole run: data, training, evaluation
         _write_json(row_path, row)

@@ -75,8 +75,9 @@ def start(*args: str, log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(stllr_cmd(*args), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+def run(*args: str, timeout: float = 300, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(stllr_cmd(*args), cwd=ROOT, env={**env(), **(extra_env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def kill_group(proc: subprocess.Popen) -> None:

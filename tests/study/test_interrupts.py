@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import optuna
@@ -185,3 +186,46 @@ def test_a_truncated_checkpoint_restarts_its_run_from_scratch(study_file, tmp_pa
     assert list(df.status) == ["complete"]
     assert [c["epoch"] for c in json.loads(df.curves_json[0])] == list(range(1, 13))
     assert list(ckpt.parent.glob("checkpoint.pt.unreadable-*"))
+
+
+def test_a_disk_without_room_refuses_the_sweep_and_leaves_nothing(study_file, tmp_path):
+    env_big = {"STLLR_MIN_FREE_MB": str(10**12)}
+    res = run("sweep", str(study_file()), "--out", str(tmp_path / "s"), timeout=120, extra_env=env_big)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
+    assert "MB free, below the 1000000000000 MB a sweep keeps" in res.stderr
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MB filesystem (tmpfs; needs root, as CI has)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_disk_that_fills_stops_the_sweep_in_one_line_and_loses_nothing(study_file, small_disk, tmp_path):
+    # width 512: each checkpoint (weights and Adam's state) is ~0.5 MB, so 3 MB fill within a few runs
+    path = study_file(search={"width": {"type": "categorical", "choices": [384, 512]},
+                              "alpha_post": {"type": "float", "low": -1.0, "high": 1.0},
+                              "learn_steps": {"type": "int", "low": 2, "high": 16}},
+                      budget={"trials": 10, "epochs": 2, "seeds": [0, 1]}, sampler={"name": "random", "seed": 0})
+    folder = small_disk / "s"
+    res = run("sweep", str(path), "--out", str(folder), timeout=400, extra_env={"STLLR_MIN_FREE_MB": "1"})
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("stllr: error: stopped by a nearly full disk: ") and "resume with stllr sweep" in last
+    before = pd.read_parquet(folder / "results.parquet")
+    done = before[before.status == "complete"].set_index("trial_id")
+    assert len(done) >= 1 and set(before.status) <= {"complete", "interrupted", "running", "infeasible"}
+    subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
+    again = run("sweep", "--resume", str(folder), "--quiet", "--no-report", timeout=600,
+                extra_env={"STLLR_MIN_FREE_MB": "1"})
+    assert again.returncode == 0, again.stderr[-2000:]
+    df = _check_finished(folder, budget=10, epochs=2, seeds=2)
+    assert (df.set_index("trial_id").loc[done.index].ended_at == done.ended_at).all()  # nothing lost or redone
