@@ -209,6 +209,10 @@ class ExperimentConfig:
         if self.training.rule == "stllr" and T is not None and self.training.stllr.learn_steps > T:
             raise StllrError(f"experiment: training.stllr.learn_steps={self.training.stllr.learn_steps} exceeds the "
                              f"dataset's T={T}: use learn_steps <= T (learn_steps = T learns at every step)")
+        window = self.training.loss_steps
+        if self.training.rule == "bptt" and T is not None and window is not None and window > T:
+            raise StllrError(f"experiment: training.loss='per_step' averages over training.stllr.learn_steps={window} "
+                             f"steps, more than the dataset's T={T}: use learn_steps <= T")
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -279,6 +283,7 @@ class ExperimentConfig:
     def result_keys(self) -> dict[str, Any]:
         """The flattened settings that change results (the resume check compares these)."""
         flat = _flatten(self.to_dict())
+        flat["training.loss"] = self.training.loss_kind  # unset means the rule's own objective
         return {k: v for k, v in flat.items() if k not in RESUME_EXEMPT}
 
     def derived_seed(self, purpose: str) -> int:

@@ -8,7 +8,8 @@ r"""Naive, obviously-correct references for the fast paths (tests and benchmarks
   :func:`reference_stllr_online_sgd` applies each window step's update with a plain
   SGD step before the next step (online S-TLLR).
 * :func:`reference_bptt_loss` is the plainly unrolled network, step by step, with
-  :func:`stllr_engine.neurons.lif_step`, for autograd to differentiate through time.
+  :func:`stllr_engine.neurons.lif_step`, for autograd to differentiate through time,
+  with any of BPTT's objectives (``"sum_output"``, ``"per_step"``, ``"per_step_all"``).
 
 The S-TLLR factors, the weight standardisation and the DFA matrices are computed here
 by their own code, not by the fast path's helpers (tests pin those helpers to numbers).
@@ -239,16 +240,28 @@ def _psi(layer: SpikingLayer, v: Tensor) -> Tensor:
     return get_surrogate(layer.lif.surrogate)(v)
 
 
-def reference_bptt_loss(net: Network, x: Tensor, labels: Tensor) -> Tensor:
-    """``CE(Σ_t o[t], label)`` of the plainly unrolled network (differentiable)."""
+def reference_bptt_loss(net: Network, x: Tensor, labels: Tensor, loss: str = "sum_output",
+                        learn_steps: int | None = None) -> Tensor:
+    """The objective ``loss`` of the plainly unrolled network (differentiable).
+
+    ``"sum_output"``: ``CE(Σ_t o[t], label)`` (per-step labels: the last step's);
+    ``"per_step"``: the mean over the last ``learn_steps`` steps of ``CE(o[t], label[t])``;
+    ``"per_step_all"``: the same mean over all ``T`` steps. CE is the batch mean.
+    """
     T, batch = x.shape[0], x.shape[1]
+    if loss not in ("sum_output", "per_step", "per_step_all"):
+        raise ValueError(f"unknown loss {loss!r}")
+    if loss == "per_step" and (learn_steps is None or not 1 <= learn_steps <= T):
+        raise ValueError(f"loss='per_step' needs 1 <= learn_steps <= T={T}, got {learn_steps}")
+    first = T - learn_steps if loss == "per_step" else 0  # type: ignore[operator]
     layers = net.hidden_layers
     ro = net.readout
     u = [x.new_zeros(batch, *layer.out_shape) for layer in layers]
     y_prev = [x.new_zeros(batch, *layer.out_shape) for layer in layers]
     o = x.new_zeros(batch, ro.num_classes)
     o_sum = torch.zeros_like(o)
-    for xt in x.unbind(0):
+    per_step: list[Tensor] = []
+    for t, xt in enumerate(x.unbind(0)):
         inp = xt
         for i, layer in enumerate(layers):
             w, w_rec = reference_weights(layer)
@@ -260,4 +273,8 @@ def reference_bptt_loss(net: Network, x: Tensor, labels: Tensor) -> Tensor:
             inp = y
         o = ro.gamma_o * o + F.linear(ro.pre(inp), ro.weight, ro.bias)
         o_sum = o_sum + o
-    return F.cross_entropy(o_sum, labels if labels.dim() == 1 else labels[-1])
+        if t >= first:
+            per_step.append(F.cross_entropy(o, labels if labels.dim() == 1 else labels[t]))
+    if loss == "sum_output":
+        return F.cross_entropy(o_sum, labels if labels.dim() == 1 else labels[-1])
+    return torch.stack(per_step).sum() / len(per_step)

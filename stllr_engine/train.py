@@ -11,7 +11,8 @@
 >>> m["epoch"], m["learning_macs_formula_per_sample"], m["forward_macs_formula_per_sample"], m["finished"]
 (2, 2176, 1536, True)
 
-Every epoch yields a flat dict of metrics: accuracy and loss, the named costs
+Every epoch yields a flat dict of metrics: accuracy and loss, the objective that ran
+(``loss_kind``, ``loss_steps``) and its value (``train_objective``), the named costs
 (``{quantity}_{formula|measured}_{per_sample|per_batch}``, e.g.
 ``learning_memory_bytes_measured_per_batch``) with the counting convention, ``T``,
 ``batch`` and ``learn_steps``, ``wall_time_s`` and ``samples_per_s``. A seed makes CPU runs
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stllr_engine._checks import choice, integer, known_fields, real
-from stllr_engine.bptt import bptt_step
+from stllr_engine.bptt import LOSSES, bptt_step
 from stllr_engine.costs import formula_costs, measure_costs
 from stllr_engine.errors import StllrError
 from stllr_engine.forward import run_inference
@@ -56,7 +57,21 @@ class TrainConfig:
 
     Attributes:
         rule: ``"stllr"`` or ``"bptt"``.
-        stllr: S-TLLR settings (ignored for BPTT).
+        stllr: S-TLLR settings (ignored for BPTT, except ``learn_steps`` with
+            ``loss="per_step"``).
+        loss: the objective the rule minimises (DESIGN §8, "same objective"), with ``o[t]``
+            the readout at step ``t`` and CE the batch-mean cross-entropy:
+
+            * ``"sum_output"``: ``CE(Σ_t o[t], label)``, the paper's BPTT (BPTT only);
+            * ``"per_step"``: the mean of ``CE(o[t], label)`` over the last
+              ``stllr.learn_steps`` steps, S-TLLR's objective; BPTT takes the window from
+              ``stllr.learn_steps`` (which must then be given in :meth:`from_dict`);
+            * ``"per_step_all"``: the mean of ``CE(o[t], label)`` over all ``T`` steps (BPTT only);
+            * ``None`` (default): the rule's own, ``"per_step"`` for S-TLLR (the only one its
+              per-step learning signal follows) and ``"sum_output"`` for BPTT.
+
+            :attr:`loss_kind` is the objective that runs; metrics report it as ``loss_kind``
+            and its value as ``train_objective``, and a checkpoint resumes only with the same.
         optimizer: ``"adam"`` or ``"sgd"``.
         lr, momentum, weight_decay: optimiser settings (momentum: SGD only).
         epochs: epochs to train.
@@ -77,6 +92,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     measure_costs: bool = True
+    loss: str | None = None  # last: positional construction keeps its meaning
 
     def __post_init__(self) -> None:
         w = "training"
@@ -90,10 +106,33 @@ class TrainConfig:
         integer(w, "seed", self.seed)
         if not isinstance(self.stllr, STLLRConfig):
             raise StllrError(f"{w}: stllr must be an STLLRConfig (or a dict of its fields in from_dict)")
+        if self.loss is not None:
+            choice(w, "loss", self.loss, LOSSES)
+            if self.rule == "stllr" and self.loss != "per_step":
+                raise StllrError(f"{w}: loss={self.loss!r} with rule 'stllr': S-TLLR's learning signal is per step "
+                                 "(the mean CE(o[t], label) over its last learn_steps steps): use loss='per_step' "
+                                 "or leave loss unset")
         if not isinstance(self.device, str) or not self.device:
             raise StllrError(f"{w}: device={self.device!r} must be a name such as 'cpu' or 'cuda:0'")
         if not isinstance(self.measure_costs, bool):
             raise StllrError(f"{w}: measure_costs={self.measure_costs!r} must be true or false")
+
+    @property
+    def loss_kind(self) -> str:
+        """The objective that runs: ``loss``, or the rule's own when it is unset.
+
+        >>> TrainConfig(rule="bptt").loss_kind, TrainConfig(rule="stllr").loss_kind
+        ('sum_output', 'per_step')
+        """
+        if self.loss is not None:
+            return self.loss
+        return "per_step" if self.rule == "stllr" else "sum_output"
+
+    @property
+    def loss_steps(self) -> int | None:
+        """The steps a per-step objective averages over: ``stllr.learn_steps`` for
+        ``"per_step"``; ``None`` (all ``T``) otherwise."""
+        return self.stllr.learn_steps if self.loss_kind == "per_step" else None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -102,7 +141,22 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """From plain data (a study file's ``training`` section, a checkpoint's config).
+
+        BPTT with ``loss="per_step"`` needs its window: ``stllr.learn_steps`` must be given,
+        so that S-TLLR's default window is never taken silently.
+
+        >>> TrainConfig.from_dict({"rule": "bptt", "loss": "per_step"})
+        Traceback (most recent call last):
+        ...
+        stllr_engine.errors.StllrError: training: loss='per_step' with rule 'bptt' averages over the last learn_steps steps: set training.stllr.learn_steps (S-TLLR's window)
+        """
         d = known_fields("training", cls, d)
+        stllr = d.get("stllr")
+        if (d.get("rule") == "bptt" and d.get("loss") == "per_step"
+                and not (isinstance(stllr, STLLRConfig) or (isinstance(stllr, dict) and "learn_steps" in stllr))):
+            raise StllrError("training: loss='per_step' with rule 'bptt' averages over the last learn_steps steps: "
+                             "set training.stllr.learn_steps (S-TLLR's window)")
         if "stllr" in d and isinstance(d["stllr"], dict):
             d["stllr"] = STLLRConfig.from_dict(d["stllr"])
         return cls(**d)
@@ -127,7 +181,14 @@ def resolve_device(name: str | torch.device) -> torch.device:
 def rule_step(cfg: TrainConfig) -> Callable[..., StepStats]:
     """``step(net, x, labels, probe=None) -> StepStats`` for time-major ``x``."""
     if cfg.rule == "bptt":
-        return bptt_step
+        if cfg.loss_kind == "sum_output":
+            return bptt_step
+        loss, learn_steps = cfg.loss_kind, cfg.loss_steps
+
+        def bptt(net: Network, x: Tensor, labels: Tensor, probe: Any = None) -> StepStats:
+            return bptt_step(net, x, labels, probe, loss=loss, learn_steps=learn_steps)
+
+        return bptt
 
     def step(net: Network, x: Tensor, labels: Tensor, probe: Any = None,
              optimizer: torch.optim.Optimizer | None = None) -> StepStats:
@@ -371,8 +432,10 @@ def _check_resume(ckpt: dict[str, Any], net: Network, cfg: TrainConfig, path: st
     if ckpt["config"]["network"] != net.spec.to_dict():
         raise StllrError(f"checkpoint {path} was written for another network spec: resume with the spec it "
                          "stores (stllr_engine.restore) or write to a new checkpoint path")
-    then = TrainConfig.from_dict(ckpt["config"]["train"]).to_dict()
-    now = cfg.to_dict()
+    stored = TrainConfig.from_dict(ckpt["config"]["train"])
+    then, now = stored.to_dict(), cfg.to_dict()
+    if stored.loss_kind == cfg.loss_kind:  # unset means the rule's own: the same objective, named or not
+        then["loss"] = now["loss"] = cfg.loss_kind
     changed = sorted(k for k in now if k not in ("device", "measure_costs") and now[k] != then[k])
     if changed:
         hint = " (the cosine schedule is fixed by epochs when a run starts)" if "epochs" in changed else ""
@@ -416,8 +479,11 @@ def fit(
     yields its final metrics once more (with ``resumed_finished=True``) and trains nothing.
 
     Metrics per epoch: ``train_loss`` / ``test_loss`` / ``val_loss`` are ``CE(Σ_t o[t], label)``
-    for both rules (comparable); ``train_objective`` is what the rule minimises (S-TLLR:
-    the mean per-step CE over the learning window; BPTT: the same as ``train_loss``); the
+    for both rules (comparable); ``loss_kind`` names the objective that ran
+    (``cfg.loss_kind``: ``"sum_output"``, ``"per_step"`` or ``"per_step_all"``),
+    ``loss_steps`` the steps it averages over (``learn_steps`` for ``"per_step"``, else
+    ``T``) and ``train_objective`` is its value (S-TLLR: the mean per-step CE over the
+    learning window; BPTT with ``"sum_output"``: the same as ``train_loss``); the
     named costs of :func:`stllr_engine.costs.measure_costs` (formula and measured, per
     sample and per batch) with ``T``, ``batch``, ``learn_steps``, ``bytes_per_value`` and
     ``counting``; ``finished`` is true on the last epoch.
@@ -510,12 +576,14 @@ def _fit(
         n = 0
         # sums stay on the device: no host synchronisation per batch on a GPU
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        steps = 0
         objective_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct_sum = torch.zeros((), device=device, dtype=torch.int64)
         measure_time = 0.0
         t_start = time.perf_counter()
         for batch in train_loader:
             x, labels = _batch_to(batch, net, device)
+            steps = x.shape[0]
             if costs is None:
                 _check_shape(net, x)
                 t_m = time.perf_counter()
@@ -549,6 +617,8 @@ def _fit(
             "mode": (cfg.stllr.mode + ("+online" if online else "")) if cfg.rule == "stllr" else "fused_scan",
             "lr": opt.param_groups[0]["lr"],
             "train_loss": loss_total / n,
+            "loss_kind": cfg.loss_kind,
+            "loss_steps": cfg.loss_steps if cfg.loss_steps is not None else steps,
             "train_objective": objective_total / n,
             "train_accuracy": correct / n,
             "wall_time_s": wall,

@@ -42,6 +42,10 @@ def test_round_trips_through_dict_json_and_yaml():
     (lambda d: d["data"].update(dataset="mnist"), "dataset='mnist' is unknown"),
     (lambda d: d["data"].update(options={"TT": 3}), "has no option 'TT'"),
     (lambda d: d["training"]["stllr"].update(learn_steps=13), "learn_steps=13 exceeds the dataset's T=12"),
+    (lambda d: (d["training"].update(rule="bptt", loss="per_step"), d["training"]["stllr"].update(learn_steps=13)),
+     "loss='per_step' averages over training.stllr.learn_steps=13 steps, more than the dataset's T=12"),
+    (lambda d: d["training"].update(loss="per_step_all"), "S-TLLR's learning signal is per step"),
+    (lambda d: d["training"].update(rule="bptt", loss="l2"), "loss='l2': use one of 'sum_output', 'per_step'"),
     (lambda d: d["runtime"].update(dtype="float16"), "dtype='float16'"),
     (lambda d: d.update(seed=-1), "seed=-1 must be an integer >= 0"),
     (lambda d: d.update(colour=1), "unknown keys ['colour']"),
@@ -53,6 +57,18 @@ def test_bad_configs_are_one_line_errors(mutate, message):
     with pytest.raises(StllrError) as err:
         ExperimentConfig.from_dict(d)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_loss_enters_the_result_keys_as_the_objective_that_runs():
+    """An unset loss is the rule's own: resuming with it named is the same experiment."""
+    unset = _cfg(rule="bptt")
+    assert unset.result_keys()["training.loss"] == "sum_output"
+    assert _cfg(rule="bptt", loss="sum_output").result_keys() == unset.result_keys()
+    assert _cfg(rule="bptt", loss="per_step").result_keys()["training.loss"] == "per_step"
+    assert _cfg().result_keys()["training.loss"] == "per_step"
+    d = unset.to_dict()
+    del d["training"]["loss"]  # a config stored before the key existed
+    assert ExperimentConfig.from_dict(d).result_keys() == unset.result_keys()
 
 
 def test_validation_split_is_held_out_of_training_and_fixed_by_the_seed():

@@ -140,6 +140,14 @@ def test_bad_config_values_are_clear_errors():
         (lambda: TrainConfig(epochs=2.5), "training: epochs=2.5 must be an integer >= 1"),
         (lambda: TrainConfig(lr=float("inf")), "training: lr=inf must lie in (0, inf)"),
         (lambda: TrainConfig(weight_decay=-1), "training: weight_decay=-1 must lie in [0, inf)"),
+        (lambda: TrainConfig(rule="bptt", loss="mse"),
+         "training: loss='mse': use one of 'sum_output', 'per_step', 'per_step_all'"),
+        (lambda: TrainConfig(rule="stllr", loss="sum_output"), "S-TLLR's learning signal is per step"),
+        (lambda: TrainConfig(rule="stllr", loss="per_step_all"), "S-TLLR's learning signal is per step"),
+        (lambda: TrainConfig.from_dict({"rule": "bptt", "loss": "per_step"}),
+         "loss='per_step' with rule 'bptt' averages over the last learn_steps steps: set training.stllr.learn_steps"),
+        (lambda: TrainConfig.from_dict({"rule": "bptt", "loss": "per_step", "stllr": {"alpha_post": 1.0}}),
+         "set training.stllr.learn_steps"),
     ]
     for make, message in cases:
         with pytest.raises(StllrError) as info:
@@ -247,3 +255,63 @@ def test_online_stllr_steps_the_optimiser_inside_the_step_and_measures_without_m
     for k, v in net.state_dict().items():
         assert torch.allclose(v, by_hand.state_dict()[k], rtol=0, atol=1e-6), k
     assert not torch.equal(net.layers[0].weight, build_network(SPEC).layers[0].weight)
+
+
+@pytest.mark.parametrize("rule, loss", [("bptt", None), ("bptt", "sum_output"), ("bptt", "per_step"),
+                                        ("bptt", "per_step_all"), ("stllr", None), ("stllr", "per_step")])
+def test_the_chosen_loss_is_trained_and_reported(rule, loss):
+    """``train_objective`` is the value of the chosen loss (one full batch, measured before
+    the update), ``loss_kind`` names it; ``train_loss`` stays CE(Σ_t o[t]) for every loss."""
+    from stllr_engine.reference import reference_bptt_loss
+
+    ds = _task(n=32, T=10)
+    cfg = TrainConfig(rule=rule, loss=loss, stllr=STLLRConfig(learn_steps=4), epochs=1, lr=1e-2, measure_costs=False)
+    kind = cfg.loss_kind
+    assert kind == (loss or ("per_step" if rule == "stllr" else "sum_output"))
+    net = build_network(SPEC)
+    x, y = ds.tensors
+    with torch.no_grad():
+        want = reference_bptt_loss(net, x.transpose(0, 1), y, kind, 4 if kind == "per_step" else None)
+        plain = reference_bptt_loss(net, x.transpose(0, 1), y)
+    m = list(fit(net, DataLoader(ds, batch_size=32), cfg))[-1]
+    assert m["loss_kind"] == kind
+    assert m["loss_steps"] == (4 if kind == "per_step" else 10)
+    assert m["train_objective"] == pytest.approx(float(want), rel=1e-5)
+    assert m["train_loss"] == pytest.approx(float(plain), rel=1e-5)
+
+
+def test_bptt_per_step_with_measured_costs_and_per_step_labels():
+    x = (torch.rand(16, 6, 20) < 0.3).float()
+    labels = torch.randint(0, 2, (16, 6))
+    cfg = TrainConfig(rule="bptt", loss="per_step", stllr=STLLRConfig(learn_steps=3), epochs=1)
+    m = list(fit(build_network(SPEC), DataLoader(TensorDataset(x, labels), batch_size=8), cfg))[-1]
+    assert m["loss_kind"] == "per_step" and m["loss_steps"] == 3 and m["train_objective"] > 0
+    assert m["learning_macs_measured_per_sample"] > 0 and m["learn_steps"] == 6  # BPTT's costs: all T steps
+    with pytest.raises(StllrError, match="learn_steps=7 exceeds the T=6 steps"):
+        cfg7 = TrainConfig(rule="bptt", loss="per_step", stllr=STLLRConfig(learn_steps=7), epochs=1)
+        list(fit(build_network(SPEC), DataLoader(TensorDataset(x, labels), batch_size=8), cfg7))
+
+
+def test_resume_refuses_another_loss(tmp_path):
+    ds = _task(n=64)
+    path = tmp_path / "b.pt"
+    cfg = TrainConfig(rule="bptt", epochs=2, measure_costs=False)  # loss unset: BPTT's own, sum_output
+    list(fit(build_network(SPEC), DataLoader(ds, batch_size=32), cfg, checkpoint_path=path))
+    for loss in ("per_step", "per_step_all"):
+        other = TrainConfig(rule="bptt", loss=loss, epochs=2, measure_costs=False)
+        with pytest.raises(StllrError, match=r"other settings \(loss differ"):
+            fit(build_network(SPEC), DataLoader(ds, batch_size=32), other, checkpoint_path=path, resume=True)
+    # the same objective named explicitly is the same setting
+    same = TrainConfig(rule="bptt", loss="sum_output", epochs=2, measure_costs=False)
+    done = list(fit(build_network(SPEC), DataLoader(ds, batch_size=32), same, checkpoint_path=path, resume=True))
+    assert done[0].get("resumed_finished") and done[0]["loss_kind"] == "sum_output"
+    # a per_step checkpoint: another window is another objective
+    path2 = tmp_path / "p.pt"
+    cfg2 = TrainConfig(rule="bptt", loss="per_step", stllr=STLLRConfig(learn_steps=4), epochs=1, measure_costs=False)
+    list(fit(build_network(SPEC), DataLoader(ds, batch_size=32), cfg2, checkpoint_path=path2))
+    assert load_checkpoint(path2)["config"]["train"]["loss"] == "per_step"
+    other2 = TrainConfig(rule="bptt", loss="per_step", stllr=STLLRConfig(learn_steps=5), epochs=1, measure_costs=False)
+    with pytest.raises(StllrError, match=r"other settings \(stllr differ"):
+        fit(build_network(SPEC), DataLoader(ds, batch_size=32), other2, checkpoint_path=path2, resume=True)
+    restored = restore(path2)[1]
+    assert restored == cfg2 and restored.loss_kind == "per_step"
