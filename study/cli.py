@@ -7,6 +7,7 @@ non-zero exit (``StllrError``), never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -61,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stllr: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(f"stllr: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"stllr: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `stllr status DIR | head`: the reader left; nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

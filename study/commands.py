@@ -100,8 +100,11 @@ def status(args: argparse.Namespace) -> int:
         print(json.dumps(d, default=str))
         return 0
     print(f"{d['folder']}: {d['state']}")
-    print(f"  S-TLLR configurations: {d['configurations_trained']} trained of a budget of {d['budget']} "
-          f"({d['configurations_left']} left{', the search space is exhausted' if d['exhausted'] else ''})")
+    if d["budget"] is None:
+        print(f"  S-TLLR configurations: {d['configurations_trained']} trained; the budget is unknown (see the note)")
+    else:
+        print(f"  S-TLLR configurations: {d['configurations_trained']} trained of a budget of {d['budget']} "
+              f"({d['configurations_left']} left{', the search space is exhausted' if d['exhausted'] else ''})")
     print(f"  BPTT baselines trained: {d['baselines_trained']}")
     print("  runs: " + (", ".join(f"{k} {v}" for k, v in d["runs"].items()) or "none yet"))
     for rule, best in d["best"].items():
@@ -126,9 +129,13 @@ def export(args: argparse.Namespace) -> int:
     if not os.path.exists(os.path.join(args.folder, "study.yaml")):
         raise StllrError(f"{args.folder} is not a study folder (no study.yaml): give the folder a sweep wrote")
     df = read_results(args.folder)
-    out = args.out or os.path.join(args.folder, f"results.{args.format}")
+    default = "results-export.parquet" if args.format == "parquet" else f"results.{args.format}"
+    out = args.out or os.path.join(args.folder, default)
     if os.path.isdir(out):
         raise StllrError(f"--out {out}: that is a folder: give a file path, e.g. {out}/results.{args.format}")
+    if os.path.abspath(out) == os.path.abspath(os.path.join(args.folder, "results.parquet")):
+        raise StllrError(f"--out {out}: that is the study's own results table (the sweep writes it): give "
+                         "another file name")
     try:
         if args.format == "csv":
             df.to_csv(out, index=False)
@@ -137,6 +144,6 @@ def export(args: argparse.Namespace) -> int:
         else:
             df.to_parquet(out, index=False)
     except OSError as exc:
-        raise StllrError(f"--out {out}: cannot write it ({exc.strerror})") from None
+        raise StllrError(f"--out {out}: cannot write it ({exc.strerror or exc})") from None
     print(f"{out}: {len(df)} rows")
     return 0

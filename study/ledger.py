@@ -119,11 +119,17 @@ def check_out_folder(out: str) -> None:
     if "://" in out:
         raise StllrError(f"--out {out}: a study folder must be on a filesystem (it holds a journal with a file "
                          "lock); give a local or shared path, e.g. --out runs/my_study")
+    if not out.strip():
+        raise StllrError("--out '': give a folder path, e.g. --out runs/my_study")
     if os.path.exists(out) and not os.path.isdir(out):
         raise StllrError(f"--out {out}: that is a file, not a folder: give a new folder path")
+    if any(len(part.encode()) > 255 for part in out.split(os.sep)):
+        raise StllrError(f"--out {out[:60]}...: a folder name is longer than 255 bytes: choose a shorter name")
     parent = os.path.dirname(os.path.abspath(out))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise StllrError(f"--out {out}: {parent} is a file, not a folder: give a path under a folder")
     if not os.access(parent, os.W_OK):
         raise StllrError(f"--out {out}: cannot create it ({parent} is not writable): choose a writable place")
 
@@ -213,13 +219,13 @@ class PidFileLock:
         pid, host = self.holder()
         if pid is not None and host == socket.gethostname() and not _pid_alive(pid):
             return f"left by pid {pid}, which is no longer running"
-        if pid is None:  # Optuna's own lock names no process: its rule, 30 s untouched
-            try:
-                age = time.time() - os.lstat(self.path).st_mtime
-            except OSError:
-                return None
-            if age > 30:
-                return f"no process named, untouched for {age:.0f} s"
+        try:  # a journal write holds the lock for milliseconds: 30 s untouched is stale (Optuna's own rule)
+            age = time.time() - os.lstat(self.path).st_mtime
+        except OSError:
+            return None
+        if age > 30:
+            who = f"pid {pid} on {host}" if pid is not None else "no process named"
+            return f"{who}, untouched for {age:.0f} s"
         return None
 
     def acquire(self) -> bool:
@@ -340,6 +346,7 @@ class Ledger:
         self.budget = 0
         self.storage: Any = None
         self.notes: list[str] = []
+        self.budget_given = False
         self._lock = FolderLock(self.folder)
 
     def path(self, *parts: str) -> str:
@@ -410,18 +417,21 @@ class Ledger:
 
     def _read_budget(self, trials: int | None) -> None:
         path = self.path("budget.json")
-        if trials is not None:
-            self.set_budget(trials)
+        if trials is not None:  # written by the runner once it is checked against what is trained
+            self.budget, self.budget_given = int(trials), True
             return
         try:
             with open(path) as fh:
-                self.budget = int(json.load(fh)["trials"])
+                value = json.load(fh)["trials"]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(value)
+            self.budget = value
         except FileNotFoundError:
             raise StllrError(f"{path} is missing: give the budget again with --trials N (S-TLLR configurations in "
                              "all, those already trained included)") from None
-        except (OSError, ValueError, KeyError, TypeError):
-            raise StllrError(f"{path} is damaged: give the budget again with --trials N (S-TLLR configurations "
-                             "in all, those already trained included)") from None
+        except (OSError, ValueError, KeyError, TypeError, OverflowError):
+            raise StllrError(f"{path} is damaged (its trials must be a whole number >= 1): give the budget again "
+                             "with --trials N (S-TLLR configurations in all, those already trained included)") from None
 
     def set_budget(self, trials: int) -> None:
         self.budget = int(trials)
@@ -442,18 +452,21 @@ class Ledger:
                       f"as {os.path.basename(backup)}")
         lock = PidFileLock.make(journal)
         why = lock.stale()
-        if why is None and os.path.lexists(lock.path) and lock.holder()[0] is None:
-            # Optuna's own lock (no pid): while we hold the folder lock no sweep writes this journal
+        if why is None and os.path.lexists(lock.path):
+            # while we hold the folder lock no sweep writes this journal: a lock older than a write is left over
+            pid, host = lock.holder()
             age = time.time() - os.lstat(lock.path).st_mtime
             if age > 2:
-                why = f"no process named, {age:.0f} s old, and no sweep holds the folder"
+                who = f"pid {pid} on {host}" if pid is not None else "no process named"
+                why = f"{who}, {age:.0f} s old, and no sweep holds the folder"
         if why:
             lock.remove(why)
         try:
             self.storage = JournalStorage(JournalFileBackend(journal, lock_obj=lock))
         except (ValueError, UnicodeDecodeError) as exc:
-            raise StllrError(f"{journal} cannot be read ({exc}): restore it from its .bak file or start a new "
-                             "study folder") from None
+            raise StllrError(f"{journal} cannot be read ({exc}): it is damaged before its last line; move it aside "
+                             f"(mv {journal} {journal}.damaged) and resume: results.parquet keeps every run, only "
+                             "Optuna's history starts again") from None
 
     def _read_rows(self) -> None:
         import pandas as pd
@@ -468,8 +481,12 @@ class Ledger:
             except Exception as exc:  # pyarrow raises several types for a damaged file
                 backup = f"{path}.bad-{_now()}"
                 os.replace(path, backup)
+                folders = len([d for d in os.listdir(self.path("runs")) if os.path.exists(
+                    self.path("runs", d, "attempts.log"))]) if os.path.isdir(self.path("runs")) else 0
+                lost = max(0, folders - len(on_disk))
                 self.note(f"{path} could not be read ({type(exc).__name__}): rebuilt from {len(on_disk)} "
-                          f"runs/*/row.json files; the damaged file is kept as {os.path.basename(backup)}")
+                          f"runs/*/row.json files; the damaged file is kept as {os.path.basename(backup)}"
+                          + (f"; {lost} run folder(s) have no readable row.json: those runs train again" if lost else ""))
                 self.rows = {}
         # rows of runs that ended while no driver listened (killed between the run's end and its report)
         fresh = [r for t, r in on_disk.items()

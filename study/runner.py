@@ -208,25 +208,32 @@ def sweep(space: str, out: str | None = None, trials: int | None = None, address
     if trials is not None and trials < 1:
         raise StllrError(f"--trials {trials}: give at least 1 configuration")
     spec, folder = _load(space, out, resume, overrides)
-    started_ray = _connect(address)
-    interrupted: str | None = None
-    try:
-        node_bytes = _largest_node_bytes(spec)  # before any file is written: a refusal leaves nothing behind
-        check_free_space(folder)
-        ledger = (Ledger.open(folder, spec, trials) if resume
-                  else Ledger.create(folder, spec, trials if trials is not None else int(spec.trials)))
-        with ledger, _log_to(ledger.folder):
-            for line in ledger.notes:
-                log.warning(line)
-            try:
-                interrupted = _run(spec, ledger, node_bytes, quiet)
-            except OSError as exc:  # the journal's or Tune's own write on a full disk
-                raise disk_error(ledger.folder, exc) from None
-    finally:
-        if started_ray:
-            import ray
+    if resume and trials is None and "budget.trials" in (overrides or {}):
+        trials = int(spec.trials)  # --set budget.trials=N on a resume means --trials N
+    import ray
 
-            ray.shutdown()
+    ours = not ray.is_initialized()
+    interrupted: str | None = None
+    flag = StopFlag()
+    with _signals(flag):  # from here a Ctrl-C sets the flag: never a KeyboardInterrupt inside ray.init
+        try:
+            _connect(address)
+            node_bytes = _largest_node_bytes(spec)  # before any file is written: a refusal leaves nothing behind
+            check_free_space(folder)
+            if flag.requested:
+                raise SweepInterrupted(f"interrupted by {flag.signal} before the sweep started: nothing was stored")
+            ledger = (Ledger.open(folder, spec, trials) if resume
+                      else Ledger.create(folder, spec, trials if trials is not None else int(spec.trials)))
+            with ledger, _log_to(ledger.folder):
+                for line in ledger.notes:
+                    log.warning(line)
+                try:
+                    interrupted = _run(spec, ledger, node_bytes, quiet, flag)
+                except OSError as exc:  # the journal's or Tune's own write on a full disk
+                    raise disk_error(ledger.folder, exc) from None
+        finally:
+            if ours and ray.is_initialized():
+                ray.shutdown()
     folder = os.path.abspath(folder)
     if interrupted is not None and interrupted.startswith(f"stopped by {LOW_DISK}"):
         raise StllrError(interrupted)  # no report: it would need the space that is missing
@@ -243,7 +250,7 @@ def sweep(space: str, out: str | None = None, trials: int | None = None, address
     return folder
 
 
-def _run(spec: Any, ledger: Ledger, node_bytes: int | None, quiet: bool) -> str | None:
+def _run(spec: Any, ledger: Ledger, node_bytes: int | None, quiet: bool, flag: StopFlag) -> str | None:
     """The Tuner over the remaining budget; returns the interrupt line, or ``None`` when done."""
     import optuna
     from ray import tune
@@ -258,8 +265,16 @@ def _run(spec: Any, ledger: Ledger, node_bytes: int | None, quiet: bool) -> str 
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # baselines report other metrics than searches
     threads = max(1, int(round(float(spec.resources.get("cpu", 1)))))
     planner = Planner(spec, ledger.folder, threads)
-    remaining = max(0, ledger.budget - len(planner.trained(ledger.rows)))
+    trained = len(planner.trained(ledger.rows))
+    if ledger.budget_given:
+        if ledger.budget < trained:
+            raise StllrError(f"--trials {ledger.budget}: {trained} configurations are trained already; give at least "
+                             f"{trained} (the budget counts them)")
+        ledger.set_budget(ledger.budget)
+    remaining = max(0, ledger.budget - trained)
     searcher = StudySearcher(spec, ledger, planner, remaining, node_bytes)
+    flag.searcher = searcher
+    searcher.resume_searches()
     searcher.resume_baselines()
     log.info("ledger: budget %d, %d configurations to train", ledger.budget, remaining)
     if not quiet:
@@ -276,7 +291,6 @@ def _run(spec: Any, ledger: Ledger, node_bytes: int | None, quiet: bool) -> str 
                                   reduction_factor=float(spec.scheduler.get("reduction_factor", 2)))
     need = _need(spec)
     trainable = tune.with_resources(run_configuration, {"cpu": need["CPU"], "gpu": need["GPU"]})
-    flag = StopFlag(searcher=searcher)
     session = len(os.listdir(ledger.path("ray"))) if os.path.isdir(ledger.path("ray")) else 0
     tuner = tune.Tuner(
         trainable,
@@ -290,9 +304,8 @@ def _run(spec: Any, ledger: Ledger, node_bytes: int | None, quiet: bool) -> str 
                              if not quiet else [ResultsWriter(ledger, searcher)],
                              failure_config=FailureConfig(max_failures=2), log_to_file=True),
     )
-    with _signals(flag):
-        if not flag.requested:
-            tuner.fit()
+    if not flag.requested:
+        tuner.fit()
     if searcher.exhausted:
         ledger.mark_exhausted()
     if not flag.requested:

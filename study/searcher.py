@@ -316,6 +316,25 @@ class StudySearcher(Searcher):  # type: ignore[misc]
                 continue
             self.queue.append(planner.configuration("baseline", params, rows, name, new.number))
 
+    def resume_searches(self) -> None:
+        """After a resume: search configurations with runs but not every seed ended are proposed
+        again first (their missing seeds only), whatever Optuna recorded for them."""
+        import json
+
+        import optuna
+
+        planner, rows = self.live.planner, self.live.ledger.rows
+        study = self._study("search")
+        waiting = [t.system_attrs.get("fixed_params") for t in
+                   study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
+        for r in sorted(rows.values(), key=lambda r: str(r.get("trial_id"))):
+            if r.get("role") != "search" or r.get("status") == "infeasible" or planner.ended(r["config_id"], rows):
+                continue
+            params = json.loads(r.get("params_json") or "{}")
+            if params and params not in waiting:
+                study.enqueue_trial(params, user_attrs={"unfinished": r["config_id"]})
+                waiting.append(params)
+
     def resume_baselines(self) -> None:
         """After a resume: every architecture searched before keeps (or finishes) its baselines."""
         if not self.with_baselines:

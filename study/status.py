@@ -21,8 +21,11 @@ def _budget(folder: str) -> tuple[int | None, bool]:
     try:
         with open(os.path.join(folder, "budget.json")) as fh:
             d = json.load(fh)
-        return int(d["trials"]), bool(d.get("exhausted", False))
-    except (OSError, ValueError, KeyError, TypeError):
+        trials = d["trials"]
+        if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+            return None, False
+        return trials, bool(d.get("exhausted", False))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None, False
 
 
@@ -45,7 +48,12 @@ def study_status(folder: str) -> dict[str, Any]:
     if budget is None:
         notes.append("budget.json is missing or damaged: resume with --trials N to set the budget")
     counts = {s: int((df["status"] == s).sum()) for s in STATUSES if int((df["status"] == s).sum())}
-    unfinished = counts.get("running", 0) + counts.get("interrupted", 0)
+    runs_dir = os.path.join(folder, "runs")
+    unrecorded = [d for d in (os.listdir(runs_dir) if os.path.isdir(runs_dir) else [])
+                  if os.path.exists(os.path.join(runs_dir, d, "attempts.log")) and d not in rows]
+    if unrecorded:  # started, but the driver stopped before it wrote a row (kill -9 in the first epoch)
+        counts["started, not recorded yet"] = len(unrecorded)
+    unfinished = counts.get("running", 0) + counts.get("interrupted", 0) + len(unrecorded)
     searched_archs = {r["arch_id"] for r in rows.values() if r.get("role") == "search"
                       and r.get("status") != "infeasible"}
     baseline_archs = {r["arch_id"] for r in rows.values() if r.get("role") == "baseline"}
@@ -59,7 +67,8 @@ def study_status(folder: str) -> dict[str, Any]:
         state = "unfinished: resume with stllr sweep --resume " + folder
     best, frontier_size = _ranking(folder, notes)
     return {"folder": folder, "state": state, "finished": done, "budget": budget,
-            "configurations_trained": trained, "configurations_left": max(0, (budget or 0) - trained),
+            "configurations_trained": trained,
+            "configurations_left": None if budget is None else max(0, budget - trained),
             "exhausted": exhausted, "baselines_trained": baselines, "runs": counts, "best": best,
             "frontier_size": frontier_size, "notes": notes}
 

@@ -110,7 +110,8 @@ def test_resume_refuses_an_edited_study_and_names_the_keys(study_file, tmp_path)
     # growing the budget and moving the data are allowed
     grown = load_study(str(frozen), {"budget.epochs": 1, "budget.trials": 9, "dataset.cache_dir": str(tmp_path)})
     with Ledger.open(str(folder), grown, trials=9) as led:
-        assert led.budget == 9
+        assert led.budget == 9 and led.budget_given  # the runner writes it once checked against what is trained
+        led.set_budget(led.budget)
     assert json.loads((folder / "budget.json").read_text())["trials"] == 9
 
 
@@ -383,3 +384,48 @@ def test_optunas_own_lock_left_by_an_old_killed_driver_is_removed_at_open(study_
         optuna.create_study(study_name="x", storage=led.storage)
     assert time.monotonic() - t0 < 5 and not os.path.lexists(lock)
     assert "removed the stale journal lock" in capfd.readouterr().err
+
+
+def test_out_paths_that_cannot_be_a_folder_are_one_line(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, expect in ((str(afile / "sub"), "is a file, not a folder: give a path under a folder"),
+                        ("", "give a folder path"), (str(tmp_path / ("a" * 300)), "longer than 255 bytes")):
+        with pytest.raises(StllrError, match=expect):
+            check_out_folder(out)
+
+
+def test_status_of_a_damaged_budget_says_so_instead_of_a_figure(study_file, tmp_path):
+    from study.status import study_status
+
+    spec = _spec(study_file)
+    folder = tmp_path / "s"
+    Ledger.create(str(folder), spec, 3).close()
+    for text in ('{"trials": 1e309}', '{"trials": -5}', '{"trials": 3.7}', "garbage"):
+        (folder / "budget.json").write_text(text)
+        d = study_status(str(folder))
+        assert d["budget"] is None and d["configurations_left"] is None and not d["finished"], text
+        assert any("budget.json is missing or damaged" in n for n in d["notes"])
+        with pytest.raises(StllrError, match="budget.json is damaged"):
+            Ledger.open(str(folder), spec)
+
+
+def test_a_configuration_missing_a_seed_is_proposed_again_whatever_optuna_recorded(study_file, tmp_path):
+    """A double fault (an unreadable row.json and results table) loses one seed's row: the resume
+    trains that seed, though Optuna has the configuration COMPLETE."""
+    spec = _spec(study_file)
+    one = _row(spec, PARAMS, 1, "complete", 0.6)
+    with Ledger.create(str(tmp_path / "s"), spec, 3) as led:
+        led.record([one])
+        study = optuna.create_study(study_name="search", storage=led.storage,
+                                    directions=["maximize", "minimize", "minimize"])
+        study.enqueue_trial(PARAMS)
+        t = study.ask()
+        assert spec.suggest(t) == PARAMS
+        study.tell(t, [0.6, 1.0, 1.0])
+        searcher = StudySearcher(spec, led, Planner(spec, led.folder, 1), 3)
+        searcher.resume_searches()
+        proposals = [searcher.suggest(f"t{i}") for i in range(3)]
+    search = [p for p in proposals if p["role"] == "search"]
+    assert search[0]["config_id"] == one["config_id"] and [r["seed"] for r in search[0]["runs"]] == [0]
+    assert [r["seed"] for r in search[0]["done"]] == [1]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import optuna
 import pandas as pd
@@ -12,7 +14,7 @@ import pytest
 
 from study.runner import sweep
 from study_cases import open_storage
-from study_cases import kill_group, run, start, wait_for
+from study_cases import ROOT, env, kill_group, run, start, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -169,10 +171,22 @@ def test_the_main_command_runs_the_quickstart_to_a_report(tmp_path):
     for fmt in ("csv", "json", "parquet"):
         out = run("export", str(folder), "--format", fmt)
         assert out.returncode == 0, out.stderr
-        path = folder / f"results.{fmt}"
+        path = folder / ("results-export.parquet" if fmt == "parquet" else f"results.{fmt}")
         back = {"csv": pd.read_csv, "parquet": pd.read_parquet,
                 "json": lambda p: pd.read_json(p, lines=True)}[fmt](path)
         assert len(back) == len(df) and list(back.trial_id) == list(df.trial_id)
+    own = run("export", str(folder), "--format", "csv", "--out", str(folder / "results.parquet"))
+    assert own.returncode == 2 and "the study's own results table" in own.stderr
+    # the budget: never below what is trained; --set budget.trials on a resume is --trials
+    smaller = run("sweep", "--resume", str(folder), "--trials", "3", "--quiet", "--no-report")
+    assert smaller.returncode == 2 and "10 configurations are trained already; give at least 10" in smaller.stderr
+    grown = run("sweep", "--resume", str(folder), "--set", "budget.trials=11", "--quiet", "--no-report", timeout=300)
+    assert grown.returncode == 0, grown.stderr[-2000:]
+    assert json.loads((folder / "budget.json").read_text())["trials"] == 11
+    assert json.loads(run("status", str(folder), "--json").stdout)["configurations_trained"] == 11
+    piped = subprocess.run(f"{sys.executable} -m study.cli status {folder} | head -1", shell=True, cwd=ROOT, env=env(),
+                           capture_output=True, text=True)
+    assert piped.stderr == "" and piped.stdout.startswith(str(folder))  # a reader that leaves: no traceback
 
 
 @pytest.mark.parametrize("sampler", [{"name": "tpe", "seed": 0, "n_startup_trials": 1, "multivariate": True},
