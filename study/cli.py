@@ -11,8 +11,6 @@ import os
 import sys
 from typing import Callable
 
-from stllr_engine.errors import StllrError
-
 
 def _add(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, text: str,
          add_arguments: Callable[[argparse.ArgumentParser], None], run: Callable[[argparse.Namespace], int]) -> None:
@@ -54,13 +52,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = _parser()
-    args = ap.parse_args(argv)
-    try:
-        return int(args.run(args))
-    except StllrError as exc:
-        print(f"stllr: error: {exc}", file=sys.stderr)
-        return 2
+    try:  # the imports too: a Ctrl-C while torch loads is an interrupt like any other
+        from stllr_engine.errors import StllrError
+
+        ap = _parser()
+        args = ap.parse_args(argv)
+        try:
+            return int(args.run(args))
+        except StllrError as exc:
+            print(f"stllr: error: {exc}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt as exc:
         print(f"stllr: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130

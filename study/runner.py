@@ -38,6 +38,7 @@ class StopFlag:
     signal: str | None = None
     handlers: dict[int, Any] = field(default_factory=dict)
     searcher: Any = None
+    arm: Any = None  # installs the handlers again (ray.init puts its own C++ SIGTERM handler in their place)
 
     @property
     def requested(self) -> bool:
@@ -91,6 +92,7 @@ def _signals(flag: StopFlag) -> Iterator[StopFlag]:
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune's own handler would end the sweep as if it were done
     for which in (signal.SIGINT, signal.SIGTERM):
         flag.handlers[which] = signal.signal(which, handler)
+    flag.arm = lambda: [signal.signal(w, handler) for w in (signal.SIGINT, signal.SIGTERM)]
     try:
         yield flag
     finally:
@@ -112,11 +114,18 @@ def _connect(address: str | None) -> bool:
     kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False,
                                   configure_logging=True)
     if not address:
+        # Ray's own processes (GCS, raylet, workers) are started in this process group: a scheduler's
+        # SIGTERM to the whole group (scancel, systemd) must reach this driver only, which then stops the
+        # trials itself. They inherit a blocked SIGTERM (as Ray already blocks SIGINT for them);
+        # ray.shutdown() ends them with SIGKILL after its grace period.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
             ray.init(**kwargs)
         except Exception as exc:  # a node that timed out starting (an overloaded machine), no /tmp space, ...
             raise StllrError(f"cannot start a local Ray ({str(exc).splitlines()[0][:200]}): check free memory and "
                              "space in /tmp (or RAY_TMPDIR), then run the same command again") from None
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return True
     if address != "auto":
         host, _, port = address.rpartition(":")
@@ -218,6 +227,7 @@ def sweep(space: str, out: str | None = None, trials: int | None = None, address
     with _signals(flag):  # from here a Ctrl-C sets the flag: never a KeyboardInterrupt inside ray.init
         try:
             _connect(address)
+            flag.arm()
             node_bytes = _largest_node_bytes(spec)  # before any file is written: a refusal leaves nothing behind
             check_free_space(folder)
             if flag.requested:

@@ -120,15 +120,16 @@ def test_ctrl_c_stops_records_interrupted_and_resume_finishes(study_file, tmp_pa
     assert set(status["best"]) == {"stllr", "bptt"} and status["frontier_size"] >= 1
 
 
-def test_sigterm_to_the_driver_is_an_interrupt_too(study_file, tmp_path):
+def test_sigterm_to_the_whole_job_is_an_interrupt_too(study_file, tmp_path):
+    """A scheduler's SIGTERM (scancel, systemd) reaches every process of the job, Ray's own included."""
     path = study_file(budget={"trials": 2, "epochs": 15, "seeds": [0]}, rules=["stllr"], baseline=None,
                       sampler={"name": "random", "seed": 0})
     folder = tmp_path / "study"
     proc = start("sweep", str(path), "--out", str(folder), "--report", log=tmp_path / "log")
     try:
         wait_for(_runs_started(folder, 1), 240, "a run's first epoch")
-        os.kill(proc.pid, signal.SIGTERM)
-        rc = proc.wait(timeout=120)
+        os.killpg(proc.pid, signal.SIGTERM)
+        rc = proc.wait(timeout=60)
     finally:
         kill_group(proc)
     out = (tmp_path / "log").read_text()
@@ -229,3 +230,22 @@ def test_a_disk_that_fills_stops_the_sweep_in_one_line_and_loses_nothing(study_f
     assert again.returncode == 0, again.stderr[-2000:]
     df = _check_finished(folder, budget=10, epochs=2, seeds=2)
     assert (df.set_index("trial_id").loc[done.index].ended_at == done.ended_at).all()  # nothing lost or redone
+
+
+@pytest.mark.parametrize("delay", [1.0, 4.0])
+def test_ctrl_c_while_ray_starts_stores_nothing_and_exits_130(study_file, tmp_path, delay):
+    import time
+
+    folder = tmp_path / "study"
+    proc = start("sweep", str(study_file()), "--out", str(folder), log=tmp_path / "log")
+    try:
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=120)
+    finally:
+        kill_group(proc)
+    out = (tmp_path / "log").read_text()
+    assert rc == 130, out[-3000:]
+    assert "Traceback" not in out and out.strip().splitlines()[-1].startswith("stllr: interrupted")
+    if not (folder / "study.yaml").exists():  # stopped before the ledger: nothing at all
+        assert not folder.exists() or not any(folder.iterdir())
