@@ -220,6 +220,16 @@ class Network(nn.Module):
         return run_inference(self, x.transpose(0, 1))
 
 
+def vgg_halvings(spec: NetworkSpec) -> int:
+    """How often a VGG of ``spec`` halves its input; refuses an input it cannot halve that often."""
+    h, w = spec.input_shape[1:]
+    halvings = spec.depth if spec.pool_last_block else spec.depth - 1
+    if h % (2**halvings) or w % (2**halvings):
+        raise StllrError(f"vgg depth {spec.depth} halves {h}x{w} {halvings} times: use an input size "
+                         f"divisible by {2**halvings} or a smaller depth")
+    return halvings
+
+
 def build_network(spec: NetworkSpec) -> Network:
     """Build (and initialise, seeded by ``spec.seed``) the network ``spec`` describes."""
     lif = LIFParameters(gamma=spec.gamma, theta=spec.theta, reset=spec.reset, surrogate=spec.surrogate)
@@ -242,13 +252,7 @@ def build_network(spec: NetworkSpec) -> Network:
             readout = Readout(shape, spec.num_classes, spec.gamma_o)
         else:
             pool = "avgpool" if spec.pool == "avg" else "maxpool"
-            h, w = spec.input_shape[1:]
-            halvings = spec.depth if spec.pool_last_block else spec.depth - 1
-            if h % (2**halvings) or w % (2**halvings):
-                raise StllrError(
-                    f"vgg depth {spec.depth} halves {h}x{w} {halvings} times: use an input size "
-                    f"divisible by {2**halvings} or a smaller depth"
-                )
+            vgg_halvings(spec)
             pre = Transform()
             for k in range(2 * spec.depth):
                 block = k // 2

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 from stllr_engine._checks import integer
 from stllr_engine.errors import StllrError
-from stllr_engine.network import NetworkSpec
+from stllr_engine.network import NetworkSpec, vgg_halvings
 from stllr_engine.stllr import STLLRConfig
 
 __all__ = ["LayerRun", "NetworkShape", "network_shape", "spec_formula_costs", "memory_need_bytes",
@@ -149,12 +149,7 @@ def network_shape(spec: NetworkSpec) -> NetworkShape:
         readout_in = width
     else:
         h, w = spec.input_shape[1:]
-        halvings = spec.depth if spec.pool_last_block else spec.depth - 1
-        if h % (2**halvings) or w % (2**halvings):
-            raise StllrError(
-                f"vgg depth {spec.depth} halves {h}x{w} {halvings} times: use an input size "
-                f"divisible by {2**halvings} or a smaller depth"
-            )
+        halvings = vgg_halvings(spec)
         channels_in = spec.input_shape[0]
         for k in range(2 * spec.depth):
             block = k // 2

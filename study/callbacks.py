@@ -118,6 +118,8 @@ class Progress(Callback):
         self.last_state = ""
         self.start_done = len(planner.trained(ledger.rows))
         self.objective = (searcher.objectives[0], searcher.directions[0])
+        self._summary: tuple[int, tuple[int, int, int, str]] = (-1, (0, 0, 0, ""))
+        self._waiting: tuple[float, str] = (-1e9, "")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()
@@ -128,25 +130,40 @@ class Progress(Callback):
             self.last_state, self.last_t = key, now
             print(f"[{fmt_s(now - self.t0)}] {state}{self.eta()}", flush=True)
 
+    def summary(self) -> tuple[int, int, int, str]:
+        """Configurations and baselines trained, failed runs, the best run: derived from the rows
+        once per change of the ledger (Tune calls ``on_step_end`` many times a second)."""
+        ledger = self.live.ledger
+        if self._summary[0] != ledger.version:
+            rows, planner = ledger.rows, self.live.planner
+            failed = sum(1 for r in rows.values() if r.get("status") == "failed")
+            metric, direction = self.objective
+            complete = [r for r in rows.values() if r.get("status") == "complete"
+                        and isinstance(r.get(metric), float)]
+            best = ""
+            if complete:
+                b = (max if direction == "maximize" else min)(complete, key=lambda r: r[metric])
+                best = f" · best run {metric} {b[metric]:.4g} ({b['rule']})"
+            self._summary = (ledger.version, (len(planner.trained(rows)), len(planner.trained(rows, role="baseline")),
+                                              failed, best))
+        return self._summary[1]
+
     def state(self, trials: list) -> str:
-        rows = self.live.ledger.rows
-        planner = self.live.planner
-        searched = len(planner.trained(rows))
-        baselines = len(planner.trained(rows, role="baseline"))
+        searched, baselines, failed, best = self.summary()
         running = sum(1 for t in trials if t.status == "RUNNING")
         pending = sum(1 for t in trials if t.status == "PENDING")
-        failed = sum(1 for r in rows.values() if r.get("status") == "failed")
-        metric, direction = self.objective
-        complete = [r for r in rows.values() if r.get("status") == "complete" and isinstance(r.get(metric), float)]
-        best = ""
-        if complete:
-            b = (max if direction == "maximize" else min)(complete, key=lambda r: r[metric])
-            best = f" · best run {metric} {b[metric]:.4g} ({b['rule']})"
         waiting = self.waiting() if pending and not running else ""
         return (f"S-TLLR configurations {searched}/{self.budget} · BPTT baselines {baselines} · running {running}"
                 f" · failed runs {failed} · infeasible {self.searcher.infeasible}{best}{waiting}")
 
     def waiting(self) -> str:
+        """What a pending trial waits for; asks Ray at most once a second."""
+        if time.monotonic() - self._waiting[0] < 1.0:
+            return self._waiting[1]
+        self._waiting = (time.monotonic(), self._ask_ray())
+        return self._waiting[1]
+
+    def _ask_ray(self) -> str:
         try:
             import ray
 
@@ -160,7 +177,7 @@ class Progress(Callback):
         return f" · waiting for resources: a trial needs {needs}; {'; '.join(parts)}"
 
     def eta(self) -> str:
-        done = len(self.live.planner.trained(self.live.ledger.rows)) - self.start_done
+        done = self.summary()[0] - self.start_done
         left = self.budget - self.start_done - done
         if done <= 0 or left <= 0:
             return ""

@@ -347,6 +347,7 @@ class Ledger:
         self.storage: Any = None
         self.notes: list[str] = []
         self.budget_given = False
+        self.version = 0  # grows with every change of the rows (readers cache what they derive from them)
         self._lock = FolderLock(self.folder)
 
     def path(self, *parts: str) -> str:
@@ -534,6 +535,7 @@ class Ledger:
             if row.get("status") != "running":
                 self._write_row_file(row)
         if changed:
+            self.version += 1
             self._write_table()
 
     def _write_row_file(self, row: dict[str, Any]) -> None:

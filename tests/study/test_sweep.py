@@ -152,6 +152,8 @@ def test_the_main_command_runs_the_quickstart_to_a_report(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-2:] == [f"report: {folder}/report/report.html",
                                                     f"results: {folder}/results.parquet"]
+    progress = [ln for ln in res.stdout.splitlines() if ln.startswith("[")]
+    assert "S-TLLR configurations 10/10 · BPTT baselines " in progress[-1], progress[-3:]  # counts follow the rows
     df = pd.read_parquet(folder / "results.parquet")
     assert set(COLUMNS) <= set(df.columns), set(COLUMNS) - set(df.columns)  # no column dropped on write
     trained = df[(df.role == "search") & (df.status != "infeasible")]
