@@ -74,11 +74,18 @@ class TrainConfig:
             and its value as ``train_objective``, and a checkpoint resumes only with the same.
         optimizer: ``"adam"`` or ``"sgd"``.
         lr, momentum, weight_decay: optimiser settings (momentum: SGD only).
-        epochs: epochs to train.
+        epochs: epochs to train; with ``patience`` the most epochs a run may take
+            (``max_epochs`` in a study's budget).
         schedule: ``"cosine"`` (to 0 over ``epochs``) or ``"constant"``.
         seed: seeds torch before training (initialisation is seeded by the network spec).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         measure_costs: instrument the first batch (measured memory and FLOPs).
+        patience: early stopping on validation (DESIGN §8, "trained to convergence"):
+            stop after this many epochs without a better validation result, put the
+            best-validation weights back and evaluate those (needs a validation loader).
+            Better means a higher ``val_accuracy`` by more than ``min_delta``, or the same
+            accuracy with a lower ``val_loss``. ``None`` (default): train all ``epochs``.
+        min_delta: the accuracy gain that counts as better (with ``patience``).
     """
 
     rule: str = "stllr"
@@ -92,7 +99,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     measure_costs: bool = True
-    loss: str | None = None  # last: positional construction keeps its meaning
+    loss: str | None = None  # new fields go last: positional construction keeps its meaning
+    patience: int | None = None
+    min_delta: float = 0.0
 
     def __post_init__(self) -> None:
         w = "training"
@@ -112,6 +121,9 @@ class TrainConfig:
                 raise StllrError(f"{w}: loss={self.loss!r} with rule 'stllr': S-TLLR's learning signal is per step "
                                  "(the mean CE(o[t], label) over its last learn_steps steps): use loss='per_step' "
                                  "or leave loss unset")
+        if self.patience is not None:
+            integer(w, "patience", self.patience, 1)
+        real(w, "min_delta", self.min_delta, 0.0, 1.0)
         if not isinstance(self.device, str) or not self.device:
             raise StllrError(f"{w}: device={self.device!r} must be a name such as 'cpu' or 'cuda:0'")
         if not isinstance(self.measure_costs, bool):
@@ -297,13 +309,15 @@ def _fsync_dir(folder: str) -> None:
 
 def save_checkpoint(path: str | os.PathLike[str], net: Network, optimizer: torch.optim.Optimizer | None,
                     scheduler: Any, epoch: int, cfg: TrainConfig, metrics: dict[str, Any] | None = None,
-                    loader_rng_state: Tensor | None = None, extra: dict[str, Any] | None = None) -> None:
+                    loader_rng_state: Tensor | None = None, extra: dict[str, Any] | None = None,
+                    early_stopping: dict[str, Any] | None = None) -> None:
     """Write a checkpoint atomically and durably: temp file, fsync, rename, fsync the folder.
 
     The file gets the permissions of a normally created file (``0666 & ~umask``). It holds
     the model, optimiser and scheduler state, the epoch, the network spec and training
     config, RNG states (CPU, and CUDA when used), the loader's generator state, the DFA
-    feedback matrices, the library versions, the epoch's metrics and ``extra`` (plain data).
+    feedback matrices, the library versions, the epoch's metrics, ``extra`` (plain data) and,
+    with early stopping, its state (best epoch and weights, epochs without improvement).
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -325,6 +339,7 @@ def save_checkpoint(path: str | os.PathLike[str], net: Network, optimizer: torch
         "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (bool, int, float, str, type(None)))},
         "versions": _versions(),
         "extra": extra or {},
+        "early_stopping": early_stopping,
     }
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -487,9 +502,18 @@ def fit(
     named costs of :func:`stllr_engine.costs.measure_costs` (formula and measured, per
     sample and per batch) with ``T``, ``batch``, ``learn_steps``, ``bytes_per_value`` and
     ``counting``; ``finished`` is true on the last epoch.
+
+    Every epoch also says how the run stops: ``stopped_by`` (``None`` while it goes on;
+    ``"patience"``, ``"max_epochs"``, or ``"fixed"`` when ``cfg.patience`` is unset),
+    ``epochs_trained`` and, with early stopping, ``best_epoch``. With ``cfg.patience`` the
+    last epoch's ``val_*`` and ``test_*`` figures are those of the restored best-validation
+    weights (the epoch's own weights' are kept as ``epoch_val_accuracy``, ...).
     """
     device = resolve_device(cfg.device)
     ckpt = None
+    if cfg.patience is not None and val_loader is None:
+        raise StllrError(f"training: patience={cfg.patience} stops on validation, but there is no validation split: "
+                         "set data.val_fraction > 0 (or leave patience unset to train every epoch)")
     if checkpoint_path is not None and os.path.isdir(checkpoint_path):
         raise StllrError(f"checkpoint path {checkpoint_path} is a folder: give a file name")
     source = resume_source(checkpoint_path, resume_from, resume)
@@ -527,6 +551,58 @@ def _first_costs(net: Network, step: Callable[..., StepStats], x: Tensor, labels
     return out
 
 
+class _EarlyStopping:
+    """Early stopping on validation: the best epoch, its weights and the epochs since.
+
+    Better: a higher ``val_accuracy`` by more than ``min_delta``, or the same accuracy with
+    a lower ``val_loss``. ``patience=None``: no early stopping (the run trains every epoch
+    and keeps its last weights; ``stopped_by`` is ``"fixed"`` at the end).
+    """
+
+    def __init__(self, patience: int | None, min_delta: float):
+        self.patience, self.min_delta = patience, min_delta
+        self.best_epoch: int | None = None
+        self.best_accuracy = -math.inf
+        self.best_loss = math.inf
+        self.bad_epochs = 0
+        self.best_state: dict[str, Tensor] = {}
+        self.stopped = False
+
+    def update(self, net: Network, metrics: dict[str, Any], epoch: int, last: bool) -> str | None:
+        """Take one epoch's validation figures; returns how the run stops, or ``None``."""
+        if self.patience is None:
+            return "fixed" if last else None
+        acc, loss = float(metrics["val_accuracy"]), float(metrics["val_loss"])
+        better = acc > self.best_accuracy + self.min_delta or (
+            acc >= self.best_accuracy and loss < self.best_loss and self.best_epoch is not None)
+        if self.best_epoch is None or better:
+            self.best_epoch, self.best_accuracy, self.best_loss, self.bad_epochs = epoch, acc, loss, 0
+            self.best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs >= self.patience:
+            self.stopped = True
+            return "patience"
+        if last:
+            self.stopped = True
+            return "max_epochs"
+        return None
+
+    def state(self) -> dict[str, Any] | None:
+        if self.patience is None:
+            return None
+        return {"best_epoch": self.best_epoch, "best_accuracy": self.best_accuracy, "best_loss": self.best_loss,
+                "bad_epochs": self.bad_epochs, "stopped": self.stopped, "best_state": self.best_state}
+
+    def load(self, state: dict[str, Any] | None, device: torch.device) -> None:
+        if self.patience is None or not state:
+            return
+        self.best_epoch, self.bad_epochs = state["best_epoch"], int(state["bad_epochs"])
+        self.best_accuracy, self.best_loss = float(state["best_accuracy"]), float(state["best_loss"])
+        self.stopped = bool(state["stopped"])
+        self.best_state = {k: v.to(device) for k, v in state["best_state"].items()}
+
+
 def _diverged(loss: float, epoch: int, batch: int | None) -> None:
     where = f" (batch {batch})" if batch is not None else ""
     raise StllrError(f"training diverged: the loss became {loss} in epoch {epoch + 1}{where}: "
@@ -549,6 +625,7 @@ def _fit(
     opt = _make_optimizer(net, cfg)
     sched = _make_scheduler(opt, cfg)
     loader_gen = _loader_generator(train_loader)
+    early = _EarlyStopping(cfg.patience, cfg.min_delta)
     start = 0
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
@@ -563,7 +640,8 @@ def _fit(
             torch.cuda.set_rng_state(ckpt["cuda_rng_state"], device)
         if loader_gen is not None and ckpt.get("loader_rng_state") is not None:
             loader_gen.set_state(ckpt["loader_rng_state"])
-        if start >= cfg.epochs:
+        early.load(ckpt.get("early_stopping"), device)
+        if start >= cfg.epochs or early.stopped:
             final = dict(ckpt.get("metrics") or {})
             final["resumed_finished"] = True
             yield final
@@ -628,8 +706,21 @@ def _fit(
         metrics.update(costs or {})
         _evaluate_into(metrics, "val", net, val_loader, device)
         _evaluate_into(metrics, "test", net, test_loader, device)
-        metrics["finished"] = epoch + 1 == cfg.epochs
+        stopped_by = early.update(net, metrics, epoch + 1, epoch + 1 == cfg.epochs)
+        metrics.update(stopped_by=stopped_by, epochs_trained=epoch + 1, best_epoch=early.best_epoch)
+        if stopped_by in ("patience", "max_epochs"):
+            # the run's result is its best-validation weights: put them back, evaluate those
+            for key in ("val_accuracy", "val_loss", "test_accuracy", "test_loss"):
+                if key in metrics:
+                    metrics[f"epoch_{key}"] = metrics[key]
+            net.load_state_dict(early.best_state)
+            _evaluate_into(metrics, "val", net, val_loader, device)
+            _evaluate_into(metrics, "test", net, test_loader, device)
+        metrics["finished"] = stopped_by is not None
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, net, opt, sched, epoch + 1, cfg, metrics,
-                            loader_gen.get_state() if loader_gen is not None else None, extra)
+                            loader_gen.get_state() if loader_gen is not None else None, extra,
+                            early_stopping=early.state())
         yield metrics
+        if stopped_by is not None:
+            return

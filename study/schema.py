@@ -7,11 +7,15 @@ imports neither Ray nor Optuna nor torch). A study folder holds one row per run
     pandas.read_parquet("DIR/results.parquet")
 
 Columns (:data:`COLUMNS`): identity (``study``, ``trial_id`` = ``<config_id>-s<seed>``,
-``config_id``, ``arch_id``, ``rule``, ``role`` — search or baseline — ``seed``), outcome
+``config_id``, ``arch_id``, ``rule``, ``role`` — ``search`` (S-TLLR's factor search),
+``baseline`` (BPTT's tuning) or ``tuned`` (S-TLLR at its chosen factors, given BPTT's
+tuning) — ``seed``), outcome
 (``status``, ``reason``), accuracies (``val_accuracy`` is what studies select on,
 ``test_accuracy`` is reported, never optimised), the engine's named costs, the
 configuration's settings, ``wall_time_s`` (training, summed over epochs), ``run_time_s``
-(the whole run), ``node``, ``config_json`` (the full
+(the whole run), the objective (``loss_kind``: ``per_step``, ``sum_output`` or
+``per_step_all``; ``loss_steps``), how the run stopped (``stopped_by``: ``patience``,
+``max_epochs`` or ``fixed``; ``epochs_trained``, ``best_epoch``, ``patience``), ``node``, ``config_json`` (the full
 :class:`~stllr_engine.experiment.ExperimentConfig`), ``params_json`` (the searched
 parameters) and ``curves_json`` (per-epoch metrics). Per-layer factors add
 ``layer{i}_{factor}`` columns.
@@ -66,6 +70,7 @@ COLUMNS = (
     *_METRICS,
     *COST_COLUMNS,
     "dataset", "model", "width", "depth", "T", "batch", "epochs", "epochs_done",
+    "loss_kind", "loss_steps", "patience", "epochs_trained", "best_epoch", "stopped_by",
     "alpha_pre", "alpha_post", "lambda_pre", "lambda_post", "learn_steps", "learning_signal", "lr",
     "wall_time_s", "run_time_s", "samples_per_s", "node", "started_at", "ended_at", "counting", "bytes_per_value",
     "config_json", "params_json", "curves_json",
@@ -73,6 +78,7 @@ COLUMNS = (
 
 #: Columns stored as text (the rest are numbers).
 TEXT_COLUMNS = ("study", "trial_id", "config_id", "arch_id", "rule", "role", "status", "reason", "dataset",
+                "loss_kind", "stopped_by",
                 "model", "learning_signal", "node", "started_at", "ended_at", "counting", "config_json",
                 "params_json", "curves_json")
 
@@ -110,7 +116,8 @@ def run_row(study: str, trial_id: str, config_id: str, arch_id: str, role: str, 
     row.update(study=study, trial_id=trial_id, config_id=config_id, arch_id=arch_id, rule=rule, role=role,
                seed=int(config["seed"]), status=status, reason=reason, dataset=data["dataset"],
                model=net["kind"], width=net["width"], depth=net["depth"], T=T, batch=data["batch_size"],
-               epochs=train["epochs"], lr=train["lr"], node=node, started_at=started_at, ended_at=ended_at,
+               epochs=train["epochs"], lr=train["lr"], patience=train.get("patience"),
+               loss_kind=train.get("loss") or ("per_step" if rule == "stllr" else "sum_output"), node=node, started_at=started_at, ended_at=ended_at,
                config_json=json.dumps(config, sort_keys=True),
                params_json=json.dumps(dict(params or {}), sort_keys=True, default=str))
     if rule == "stllr":
@@ -138,6 +145,9 @@ def run_row(study: str, trial_id: str, config_id: str, arch_id: str, role: str, 
         if T is None:
             row["T"] = last.get("T")
         row["epochs_done"] = int(last.get("epoch", len(metrics)))
+        for k in ("loss_kind", "loss_steps", "epochs_trained", "best_epoch", "stopped_by"):
+            if last.get(k) is not None:
+                row[k] = last[k]
         row["wall_time_s"] = float(sum(m.get("wall_time_s", 0.0) for m in metrics))
         row["curves_json"] = json.dumps([{k: v for k, v in m.items() if isinstance(v, (int, float, str, bool))
                                           or v is None} for m in metrics])

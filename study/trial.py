@@ -160,7 +160,7 @@ def run_configuration(cfg: dict[str, Any]) -> None:
                 _write_json(curves_path, [{k2: v for k2, v in c.items() if not isinstance(v, (list, dict))}
                                           for c in curves])
                 iteration += 1
-                last_epoch = m["epoch"] == exp.training.epochs
+                last_epoch = bool(m.get("finished")) or m["epoch"] == exp.training.epochs  # early stopping ends sooner
                 report: dict[str, Any] = {k2: v for k2, v in m.items() if isinstance(v, (int, float, str, bool))}
                 report.update(run_trial_id=run["trial_id"], seed=run["seed"], config_done=False, iteration=iteration)
                 if last_epoch and k == len(pending) - 1:
