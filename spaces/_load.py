@@ -20,6 +20,7 @@ from spaces._params import Param
 from spaces._study import _SAMPLERS, MONOTONE, Constraint, Objective, SamplerSpec, StudySpec, event_source
 from spaces._yaml import MAX_FILE_BYTES, parse_scalar, read_yaml
 from stllr_engine._checks import is_int, is_real
+from stllr_engine.bptt import LOSSES as BPTT_LOSSES
 from stllr_engine.errors import StllrError
 from stllr_engine.network import KINDS as MODEL_KINDS
 from stllr_engine.network import NetworkSpec
@@ -53,6 +54,8 @@ _ELSEWHERE = {
     ("training", "rule"): "rules", ("training", "stllr"): "fixed.stllr", ("training", "epochs"): "budget.epochs",
     ("training", "seed"): "budget.seeds", ("data", "dataset"): "dataset.name", ("data", "options"): "dataset.options",
     ("data", "data_dir"): "dataset.data_dir", ("data", "cache_dir"): "dataset.cache_dir",
+    ("training", "loss"): "baseline.loss (S-TLLR always learns its per-step objective; BPTT's objectives go there)",
+    ("training", "patience"): "budget.patience",
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -240,11 +243,11 @@ class _Validator:
         search = self.search("search", raw["search"], taken, kind, model_fixed, fixed, dataset, options)
         per_layer = self.per_layer(raw.get("per_layer"), search, kind, model_fixed)
         self.learn_steps(search, fixed, T)
-        baseline_search, baseline_trials = self.baseline(raw.get("baseline"), rules, taken, kind, model_fixed,
-                                                         fixed, dataset, options)
+        baseline_search, baseline_trials, baseline_losses = self.baseline(raw.get("baseline"), rules, taken, kind,
+                                                                          model_fixed, fixed, dataset, options)
         objectives = self.objectives(raw.get("objectives"), fixed)
         constraints = self.constraints(raw.get("constraints"))
-        trials, epochs, seeds = self.budget(raw["budget"])
+        trials, epochs, seeds, patience = self.budget(raw["budget"], fixed)
         sampler = self.sampler(raw.get("sampler"))
         scheduler = self.scheduler(raw.get("scheduler"), objectives)
         resources, concurrency = self.resources(raw.get("resources"))
@@ -256,7 +259,7 @@ class _Validator:
             name=name, source=self.file, description=description, dataset=dataset, dataset_options=options,
             data_dir=data_dir, cache_dir=cache_dir, model_kind=kind, model_fixed=model_fixed, rules=rules,
             search=search, per_layer=per_layer, fixed=fixed, baseline_search=baseline_search,
-            baseline_trials=baseline_trials, objectives=objectives, constraints=constraints, trials=trials,
+            baseline_trials=baseline_trials, baseline_losses=baseline_losses, patience=patience, objectives=objectives, constraints=constraints, trials=trials,
             epochs=epochs, seeds=seeds, sampler=sampler, scheduler=scheduler, resources=resources,
             concurrency=concurrency, storage=storage, default_T=T,
         )
@@ -554,7 +557,7 @@ class _Validator:
 
     def baseline(self, value: Any, rules: list[str], taken: dict[str, str], kind: str, model_fixed: dict[str, Any],
                  fixed: dict[str, dict[str, Any]], dataset: str, options: dict[str, Any]) -> tuple[dict[str, Param], int]:
-        d = self.mapping("baseline", value, ("search", "trials"))
+        d = self.mapping("baseline", value, ("search", "trials", "loss"))
         if d and "bptt" not in rules:
             raise self.fail("baseline", "rules has no bptt, so there is no baseline to search",
                             "add bptt to rules or remove baseline")
@@ -577,7 +580,15 @@ class _Validator:
             if trials > size:
                 raise self.fail("baseline.trials", f"{trials} exceeds the {size} distinct baseline configurations",
                                 f"use trials <= {size} or make a parameter continuous")
-        return search, int(trials)
+        losses = d.get("loss", ["per_step"])
+        if isinstance(losses, str):
+            losses = [losses]
+        if (not isinstance(losses, list) or not losses or len(set(map(str, losses))) != len(losses)
+                or any(x not in BPTT_LOSSES for x in losses)):
+            raise self.fail("baseline.loss", f"{losses!r} is not a list of distinct BPTT objectives",
+                            f"use some of {', '.join(BPTT_LOSSES)}: per_step is S-TLLR's own objective (the "
+                            "default), [per_step, sum_output] runs the 2x2 of rule x objective")
+        return search, int(trials), [str(x) for x in losses]
 
     def objectives(self, value: Any, fixed: dict[str, dict[str, Any]]) -> list[Objective]:
         if value is None:
@@ -633,7 +644,8 @@ class _Validator:
                 item = {"metric": m.group(1), "op": m.group(2), "value": m.group(3)}
             d = self.mapping(key, item, ("metric", "op", "value"), ("metric", "op", "value"))
             raw = str(d["metric"])
-            metric = metric_name(raw)
+            # constraints are priced before training: a cost alias means its formula there
+            metric = ALIASES.get(f"{raw}_formula") if f"{raw}_formula" in ALIASES else metric_name(raw)
             if metric not in FORMULA_METRICS:
                 raise self.fail(key, f"{raw} cannot be priced before training" if metric else
                                 f"unknown metric {raw!r}{closest(raw, (*FORMULA_METRICS, *ALIASES))}",
@@ -655,8 +667,17 @@ class _Validator:
             out.append(Constraint(metric, op, float(number), text.strip()))
         return out
 
-    def budget(self, value: Any) -> tuple[int, int, list[int]]:
-        d = self.mapping("budget", value, ("trials", "epochs", "seeds"), ("trials", "epochs"))
+    def budget(self, value: Any, fixed: dict[str, dict[str, Any]]) -> tuple[int, int, list[int], int | None]:
+        d = self.mapping("budget", value, ("trials", "epochs", "seeds", "patience"), ("trials", "epochs"))
+        patience = d.get("patience")
+        if patience is not None:
+            if not is_int(patience) or patience < 1:
+                raise self.fail("budget.patience", f"{patience!r} is not an integer >= 1",
+                                "give the epochs without a better validation result before a run stops, e.g. 3 "
+                                "(or null to train every run for budget.epochs)")
+            if fixed.get("data", {}).get("val_fraction", 0.1) == 0:
+                raise self.fail("budget.patience", "early stopping needs a validation split, but "
+                                "fixed.data.val_fraction is 0", "set val_fraction > 0 or remove budget.patience")
         for k in ("trials", "epochs"):
             if not is_int(d[k]) or d[k] < 1:
                 raise self.fail(f"budget.{k}", f"{d[k]!r} is not an integer >= 1", "give a whole number, e.g. 8")
@@ -671,7 +692,7 @@ class _Validator:
                 or len(set(seeds)) != len(seeds)):
             raise self.fail("budget.seeds", f"{seeds!r} is not a list of distinct seeds in [0, 2**31)",
                             "write e.g. seeds: [0, 1, 2] (or a count: seeds: 3)")
-        return int(d["trials"]), int(d["epochs"]), [int(s) for s in seeds]
+        return int(d["trials"]), int(d["epochs"]), [int(s) for s in seeds], None if patience is None else int(patience)
 
     def sampler(self, value: Any) -> SamplerSpec:
         if value is None:

@@ -154,6 +154,8 @@ class StudySpec:
     concurrency: int | None
     storage: str
     default_T: int | None = None
+    baseline_losses: list[str] = dataclasses.field(default_factory=lambda: ["per_step"])
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         # the last few prices: the runner asks violations, constraint values and figures of one proposal
@@ -174,10 +176,12 @@ class StudySpec:
             "fixed": {k: dict(v) for k, v in self.fixed.items()},
             # no bptt, no baseline: the validator refuses a baseline section then (the frozen file must load)
             "baseline": ({"search": {k: p.to_dict() for k, p in self.baseline_search.items()},
-                          "trials": self.baseline_trials} if "bptt" in self.rules else None),
+                          "trials": self.baseline_trials, "loss": list(self.baseline_losses)}
+                         if "bptt" in self.rules else None),
             "objectives": [{"metric": o.metric, "direction": o.direction} for o in self.objectives],
             "constraints": [str(c) for c in self.constraints],
-            "budget": {"trials": self.trials, "epochs": self.epochs, "seeds": list(self.seeds)},
+            "budget": {"trials": self.trials, "epochs": self.epochs, "seeds": list(self.seeds),
+                       "patience": self.patience},
             "sampler": {"name": self.sampler.name, **self.sampler.options},
             "scheduler": None if self.scheduler is None else dict(self.scheduler),
             "resources": {**self.resources, "concurrency": self.concurrency},
@@ -213,9 +217,36 @@ class StudySpec:
                 params[f"layer{i}.{factor}"] = self.search[factor].suggest(trial, f"layer{i}.{factor}")
         return params
 
-    def suggest_baseline(self, trial: Any, arch: dict[str, Any]) -> dict[str, Any]:
-        """BPTT's own small search for the architecture ``arch`` (may be empty)."""
+    def suggest_baseline(self, trial: Any, arch: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One setting of the hyper-parameters both rules are tuned over (``baseline.search``)."""
         return {name: p.suggest(trial) for name, p in self.baseline_search.items()}
+
+    def tuning_settings(self, arch_id: str) -> list[dict[str, Any]]:
+        """The settings of ``baseline.search`` both rules get for one architecture (equal tuning).
+
+        ``baseline.trials`` distinct settings drawn by a random sampler seeded from the
+        study's sampler seed and the architecture: the same list for S-TLLR (at its chosen
+        factors) and for BPTT (each objective), and again on a resume. Empty search: ``[{}]``.
+        """
+        if not self.baseline_search:
+            return [{}]
+        import zlib
+
+        seed = (int(self.sampler.options.get("seed") or 0) * 1_000_003 + zlib.crc32(arch_id.encode())) % 2**31
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed))
+            out: list[dict[str, Any]] = []
+            for _ in range(50 * self.baseline_trials):
+                values = self.suggest_baseline(study.ask())
+                if values not in out:
+                    out.append(values)
+                if len(out) == self.baseline_trials:
+                    break
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+        return out
 
     def hidden_layers(self, params: dict[str, Any]) -> int:
         """Spiking layers of the network a configuration builds (vgg: two per block)."""
@@ -242,6 +273,11 @@ class StudySpec:
         }
         layers: dict[int, dict[str, Any]] = {}
         for key, value in params.items():
+            if key == "loss":  # a BPTT baseline's objective (baseline.loss)
+                if rule != "bptt":
+                    raise StllrError(f"{self.source}: loss={value!r} is BPTT's objective; S-TLLR learns its per-step one")
+                s["training"]["loss"] = value
+                continue
             layer = _LAYER_KEY.match(key)
             if layer is not None:
                 layers.setdefault(int(layer.group(1)), {})[layer.group(2)] = value
@@ -256,12 +292,17 @@ class StudySpec:
             s["dataset"].setdefault("T", self.default_T)
         tr = s["training"]
         tr.update(rule=rule, epochs=self.epochs)
+        if self.patience is not None:
+            tr["patience"] = self.patience
         if self.resources.get("gpu", 0) > 0:
             tr.setdefault("device", "cuda")
         if rule == "stllr":
             if layers:
                 s["stllr"]["layer_factors"] = layers
             tr["stllr"] = s["stllr"]
+        elif tr.get("loss") == "per_step":
+            # S-TLLR's objective: the mean per-step CE over S-TLLR's window (its learn_steps)
+            tr["stllr"] = {"learn_steps": s["stllr"].get("learn_steps", STLLRConfig.learn_steps)}
         return s
 
     def experiment(self, params: dict[str, Any], rule: str, seed: int) -> Any:

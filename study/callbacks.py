@@ -144,16 +144,17 @@ class Progress(Callback):
             if complete:
                 b = (max if direction == "maximize" else min)(complete, key=lambda r: r[metric])
                 best = f" · best run {metric} {b[metric]:.4g} ({b['rule']})"
-            self._summary = (ledger.version, (len(planner.trained(rows)), len(planner.trained(rows, role="baseline")),
-                                              failed, best))
+            self._summary = (ledger.version, (len(planner.trained(rows)), len(planner.trained(rows, role="tuned")),
+                                              len(planner.trained(rows, role="baseline")), failed, best))
         return self._summary[1]
 
     def state(self, trials: list) -> str:
-        searched, baselines, failed, best = self.summary()
+        searched, tuned, baselines, failed, best = self.summary()
         running = sum(1 for t in trials if t.status == "RUNNING")
         pending = sum(1 for t in trials if t.status == "PENDING")
         waiting = self.waiting() if pending and not running else ""
-        return (f"S-TLLR configurations {searched}/{self.budget} · BPTT baselines {baselines} · running {running}"
+        return (f"S-TLLR configurations {searched}/{self.budget} · tuning: S-TLLR {tuned}, BPTT {baselines}"
+                f" · running {running}"
                 f" · failed runs {failed} · infeasible {self.searcher.infeasible}{best}{waiting}")
 
     def waiting(self) -> str:

@@ -105,7 +105,7 @@ def status(args: argparse.Namespace) -> int:
     else:
         print(f"  S-TLLR configurations: {d['configurations_trained']} trained of a budget of {d['budget']} "
               f"({d['configurations_left']} left{', the search space is exhausted' if d['exhausted'] else ''})")
-    print(f"  BPTT baselines trained: {d['baselines_trained']}")
+    print(f"  equal tuning trained: S-TLLR {d['tuned_trained']}, BPTT {d['baselines_trained']} configurations")
     print("  runs: " + (", ".join(f"{k} {v}" for k, v in d["runs"].items()) or "none yet"))
     for rule, best in d["best"].items():
         print(f"  best {rule}: val_accuracy {best['val_accuracy_mean']:.4f} ± {best['val_accuracy_std']:.4f} over "

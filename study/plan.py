@@ -1,7 +1,9 @@
 """What to train: configurations and their runs, as plain data.
 
-A *configuration* is one point of the search (``role="search"``, S-TLLR) or one of an
-architecture's matched BPTT baselines (``role="baseline"``); it is trained once per seed
+A *configuration* is one point of the search (``role="search"``, S-TLLR), or one point of
+an architecture's equal tuning (DESIGN §8): S-TLLR at the factors its search chose
+(``role="tuned"``) or BPTT (``role="baseline"``), each with the same settings of the
+hyper-parameters both rules have (``baseline.search``); it is trained once per seed
 of the study, each seed a *run* with its own ``trial_id`` (``<config_id>-s<seed>``) and
 results row. The :class:`Planner` turns searched parameters into configurations, leaving
 out the seeds whose runs already ended (a resumed study trains only what is missing),
@@ -18,10 +20,12 @@ from typing import Any, Iterable
 
 from study.schema import ENDED, run_row
 
-__all__ = ["Run", "Configuration", "Planner", "Outcome", "config_id_of", "arch_id_of", "ARCH_KEYS"]
+__all__ = ["Run", "Configuration", "Planner", "Outcome", "config_id_of", "arch_id_of", "ARCH_KEYS", "ROLE_RULE"]
 
 #: The searched parameters that fix an architecture (a baseline copies them).
 ARCH_KEYS = ("width", "depth", "T")
+#: The rule each role trains.
+ROLE_RULE = {"search": "stllr", "tuned": "stllr", "baseline": "bptt"}
 
 
 def config_id_of(role: str, rule: str, params: dict[str, Any]) -> str:
@@ -115,7 +119,7 @@ class Planner:
     def configuration(self, role: str, params: dict[str, Any], rows: dict[str, dict[str, Any]],
                       optuna_study: str, optuna_number: int) -> Configuration:
         """The configuration of ``params``, with a run for each seed whose row has not ended."""
-        rule = "stllr" if role == "search" else "bptt"
+        rule = ROLE_RULE[role]
         cid = config_id_of(role, rule, params)
         runs, done = [], []
         for seed in self.seeds:
@@ -133,7 +137,7 @@ class Planner:
     def infeasible_rows(self, params: dict[str, Any], violations: list[str], priced: dict[str, float],
                         role: str = "search") -> list[dict[str, Any]]:
         """One ``infeasible`` row per seed: priced by the formulas, never trained."""
-        rule = "stllr" if role == "search" else "bptt"
+        rule = ROLE_RULE[role]
         cid = config_id_of(role, rule, params)
         return [run_row(self.spec.name, f"{cid}-s{seed}", cid, self.arch_id(params), role,
                         self.spec.experiment(params, rule, seed).to_dict(), "infeasible",
@@ -153,6 +157,26 @@ class Planner:
         ids = {r["config_id"]: r for r in rows.values() if r.get("role") == role}
         return {cid: json.loads(r.get("params_json") or "{}") for cid, r in sorted(ids.items())
                 if self.ended(cid, rows)}
+
+    def chosen(self, rows: dict[str, dict[str, Any]]) -> dict[str, tuple[str, dict[str, Any], float]]:
+        """Per architecture, the S-TLLR search configuration the matched comparison uses:
+        the highest mean ``val_accuracy`` over seeds among those whose every seed completed
+        (ties: the smaller config id). ``arch_id -> (config_id, params, mean val_accuracy)``."""
+        by_config: dict[str, list[dict[str, Any]]] = {}
+        for r in rows.values():
+            if r.get("role") == "search":
+                by_config.setdefault(r["config_id"], []).append(r)
+        best: dict[str, tuple[str, dict[str, Any], float]] = {}
+        for cid in sorted(by_config):
+            got = self.rows_of(cid, rows)
+            vals = [r.get("val_accuracy") for r in got if r.get("status") == "complete"]
+            if len(vals) < len(self.seeds) or any(not isinstance(v, (int, float)) or v != v for v in vals):
+                continue
+            score = sum(vals) / len(vals)
+            aid = got[0]["arch_id"]
+            if aid not in best or score > best[aid][2]:
+                best[aid] = (cid, json.loads(got[0].get("params_json") or "{}"), score)
+        return best
 
     def outcome(self, run_rows: Iterable[dict[str, Any]], objectives: tuple[str, ...]) -> Outcome:
         """A configuration's outcome from its runs' rows: COMPLETE (with the means over seeds)

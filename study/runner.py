@@ -285,11 +285,10 @@ def _run(spec: Any, ledger: Ledger, node_bytes: int | None, quiet: bool, flag: S
     searcher = StudySearcher(spec, ledger, planner, remaining, node_bytes)
     flag.searcher = searcher
     searcher.resume_searches()
-    searcher.resume_baselines()
     log.info("ledger: budget %d, %d configurations to train", ledger.budget, remaining)
     if not quiet:
         print(f"study {spec.name}: {remaining} S-TLLR configurations to train × {len(spec.seeds)} seeds "
-              f"(+ BPTT baselines) in {ledger.folder}", flush=True)
+              f"(+ equal tuning of S-TLLR and BPTT per architecture) in {ledger.folder}", flush=True)
     scheduler = None
     if spec.scheduler and len(spec.objectives) == 1:
         from ray.tune.schedulers import ASHAScheduler

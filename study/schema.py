@@ -47,7 +47,7 @@ ENDED = ("complete", "failed", "pruned")
 DEFAULT_OBJECTIVES: tuple[tuple[str, str], ...] = (
     ("val_accuracy", "maximize"),
     ("learning_macs_formula_per_sample", "minimize"),
-    ("learning_memory_bytes_formula_per_sample", "minimize"),
+    ("learning_memory_bytes_measured_per_sample", "minimize"),
 )
 
 COST_COLUMNS = (

@@ -5,8 +5,12 @@
   either proposes it to Tune or tells Optuna at once: ``infeasible`` (a constraint broken,
   or more memory than any node has; the rows say by how much), already trained (a
   resumed study; told from the rows), or a duplicate of a running one.
-* Every architecture a search configuration uses gets its matched BPTT baselines once:
-  ``baseline.trials`` distinct configurations from a small Optuna study of its own.
+* Equal tuning (DESIGN §8): once the search has ended, every architecture it trained gets
+  the same tuning for both rules. S-TLLR at the factors its search chose for that
+  architecture (best mean ``val_accuracy``; ``role="tuned"``) and BPTT under each objective
+  of ``baseline.loss`` (``role="baseline"``; ``per_step`` over the chosen ``learn_steps``)
+  each train the same ``baseline.trials`` settings of ``baseline.search``
+  (:meth:`~spaces._study.StudySpec.tuning_settings`), with the same seeds.
 * ``on_trial_result`` stores the mean validation accuracy over seeds per epoch as Optuna
   intermediate values; ``on_trial_complete`` tells the configuration's outcome: COMPLETE
   with the means over seeds, PRUNED when a scheduler stopped it, FAIL otherwise. After an
@@ -91,7 +95,7 @@ class StudySearcher(Searcher):  # type: ignore[misc]
         self.optuna_ids: dict[str, int] = {}  # tune trial id -> Optuna's internal trial id
         self.epoch_values: dict[str, dict[int, dict[int, float]]] = {}  # tune id -> epoch -> seed -> val
         self.queue: list[Configuration] = []
-        self.baselined: set[str] = set()
+        self.tuning_queued = False
         self.infeasible = 0
         self.exhausted = False
         self.stopping = False
@@ -112,9 +116,8 @@ class StudySearcher(Searcher):  # type: ignore[misc]
                     raise StllrError(f"the Optuna study 'search' in {self.live.ledger.folder} has directions "
                                      f"{study.directions}, not the study file's {want}: use a new study folder")
                 _metric_names(study, list(self.objectives))
-            else:
-                aid = name[len("baseline "):]
-                sampler = optuna.samplers.TPESampler(seed=zlib.crc32(aid.encode()) & 0x7FFFFFFF)
+            else:  # "tuned <arch>" / "baseline <arch> <loss>": the settings are enqueued (tuning_settings)
+                sampler = optuna.samplers.RandomSampler(seed=zlib.crc32(name.encode()) & 0x7FFFFFFF)
                 study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler,
                                             load_if_exists=True)
                 _metric_names(study, ["val_accuracy"])
@@ -128,21 +131,24 @@ class StudySearcher(Searcher):  # type: ignore[misc]
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         if self.stopping:
             return Searcher.FINISHED
-        while self.queue:  # baselines first: they are what the search configurations are compared with
-            cfg = self.queue.pop(0)
-            if any(c.config_id == cfg.config_id for c in self.in_flight.values()):
-                continue
-            return self._propose(trial_id, cfg)
-        if self.remaining <= 0 or self.exhausted:
-            return Searcher.FINISHED
-        found = self._next_search_config()
-        if found is None:
-            return Searcher.FINISHED
-        cfg = found
-        self.remaining -= 1
-        if self.with_baselines:
-            self.queue_baselines(self.live.planner.arch_params(cfg.params), cfg.arch_id)
-        return self._propose(trial_id, cfg)
+        while True:
+            while self.queue:
+                cfg = self.queue.pop(0)
+                if any(c.config_id == cfg.config_id for c in self.in_flight.values()):
+                    continue
+                return self._propose(trial_id, cfg)
+            if self.remaining > 0 and not self.exhausted:
+                found = self._next_search_config()
+                if found is not None:
+                    self.remaining -= 1
+                    return self._propose(trial_id, found)
+                if not self.exhausted:
+                    return Searcher.FINISHED
+            if not self.with_baselines or self.tuning_queued:
+                return Searcher.FINISHED
+            if any(c.role == "search" for c in self.in_flight.values()):
+                return None  # the tuning waits for the search's choice: Tune asks again
+            self.queue_tuning()
 
     def _propose(self, trial_id: str, cfg: Configuration) -> dict[str, Any]:
         self.in_flight[trial_id] = cfg
@@ -265,56 +271,50 @@ class StudySearcher(Searcher):  # type: ignore[misc]
         """The configuration a Tune trial runs (or ran, until the callbacks have seen its end)."""
         return self.in_flight.get(trial_id) or self.finished.get(trial_id)
 
-    # -- baselines ---------------------------------------------------------------------------
-    def queue_baselines(self, arch: dict[str, Any], aid: str) -> None:
-        """Queue the BPTT baselines of an architecture not yet trained: the distinct
-        configurations its baseline study proposed before whose runs have not all ended
-        (a resume), then new ones up to ``baseline.trials``."""
+    # -- equal tuning ------------------------------------------------------------------------
+    def queue_tuning(self) -> None:
+        """Queue the equal tuning of every architecture the search trained (module docstring):
+        the configurations whose runs have not all ended (a resume trains only those)."""
+        self.tuning_queued = True
+        spec, planner, rows = self.live.spec, self.live.planner, self.live.ledger.rows
+        busy = {c.config_id for c in self.in_flight.values()} | {c.config_id for c in self.queue}
+        for aid, (chosen_id, chosen, score) in sorted(planner.chosen(rows).items()):
+            arch = planner.arch_params(chosen)
+            settings = spec.tuning_settings(aid)
+            log.info("tuning %s: S-TLLR at %s (val %.4f) and BPTT, %d settings of %s", aid, chosen_id, score,
+                     len(settings), ", ".join(spec.baseline_search) or "nothing")
+            for values in settings:
+                self._queue_tuned("tuned", f"tuned {aid}", {**chosen, **values}, busy, chosen_id)
+                for loss in spec.baseline_losses:
+                    params = {**arch, **values, "loss": loss}
+                    if loss == "per_step" and "learn_steps" in chosen:
+                        params["learn_steps"] = chosen["learn_steps"]  # S-TLLR's window, its objective
+                    self._queue_tuned("baseline", f"baseline {aid} {loss}", params, busy, chosen_id)
+
+    def _queue_tuned(self, role: str, study_name: str, params: dict[str, Any], busy: set[str], chosen_id: str) -> None:
         import optuna
 
-        if aid in self.baselined:
+        planner, rows = self.live.planner, self.live.ledger.rows
+        rule = "stllr" if role == "tuned" else "bptt"
+        cid = config_id_of(role, rule, params)
+        if planner.ended(cid, rows) or cid in busy or any(r.get("status") == "infeasible"
+                                                          for r in planner.rows_of(cid, rows)):
             return
-        self.baselined.add(aid)
-        spec, planner, rows = self.live.spec, self.live.planner, self.live.ledger.rows
-        name = f"baseline {aid}"
-        study = self._study(name)
-        study.set_user_attr("arch_params", arch)
-        busy = {c.config_id for c in self.in_flight.values()} | {c.config_id for c in self.queue}
-        seen: list[str] = []
-        for t in list(study.trials):
-            params = {**arch, **dict(t.params)}
-            cid = config_id_of("baseline", "bptt", params)
-            if cid in seen:
-                continue
-            seen.append(cid)
-            infeasible = any(r.get("status") == "infeasible" for r in planner.rows_of(cid, rows))
-            if planner.ended(cid, rows) or cid in busy or infeasible:
-                continue
-            if t.state == optuna.trial.TrialState.RUNNING:  # cannot be: the ledger closed them; be safe
-                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-            study.enqueue_trial(dict(t.params))
-            again = study.ask()
-            self.queue.append(planner.configuration("baseline", {**arch, **spec.suggest_baseline(again, arch)}, rows,
-                                                    name, again.number))
-        tries = 0
-        while len(seen) < spec.baseline_trials and tries < 50:
-            tries += 1
-            new = study.ask()
-            params = {**arch, **spec.suggest_baseline(new, arch)}
-            cid = config_id_of("baseline", "bptt", params)
-            if cid in seen:  # the same baseline twice: once is enough
-                new.set_user_attr("duplicate", True)
-                study.tell(new.number, state=optuna.trial.TrialState.FAIL)
-                continue
-            seen.append(cid)
-            too_big = self._memory_violation(params, "bptt")
-            if too_big:  # BPTT keeps T·N values per sample: it may not fit where S-TLLR does
-                new.set_user_attr("violations", too_big)
-                study.tell(new.number, state=optuna.trial.TrialState.FAIL)
-                self.live.ledger.record(planner.infeasible_rows(params, too_big, spec.price(params, "bptt"),
-                                                                role="baseline"))
-                continue
-            self.queue.append(planner.configuration("baseline", params, rows, name, new.number))
+        busy.add(cid)
+        study = self._study(study_name)
+        study.set_user_attr("chosen", chosen_id)
+        shared = {k: v for k, v in params.items() if k in self.live.spec.baseline_search}
+        study.enqueue_trial(shared)
+        trial = study.ask()
+        self.live.spec.suggest_baseline(trial)  # the enqueued values, recorded in the trial
+        too_big = self._memory_violation(params, rule)
+        if too_big:  # BPTT keeps T·N values per sample: it may not fit where S-TLLR does
+            trial.set_user_attr("violations", too_big)
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            self.live.ledger.record(planner.infeasible_rows(params, too_big, self.live.spec.price(params, rule),
+                                                            role=role))
+            return
+        self.queue.append(planner.configuration(role, params, rows, study_name, trial.number))
 
     def resume_searches(self) -> None:
         """After a resume: search configurations with runs but not every seed ended are proposed
@@ -334,21 +334,6 @@ class StudySearcher(Searcher):  # type: ignore[misc]
             if params and params not in waiting:
                 study.enqueue_trial(params, user_attrs={"unfinished": r["config_id"]})
                 waiting.append(params)
-
-    def resume_baselines(self) -> None:
-        """After a resume: every architecture searched before keeps (or finishes) its baselines."""
-        if not self.with_baselines:
-            return
-        planner, rows = self.live.planner, self.live.ledger.rows
-        archs: dict[str, dict[str, Any]] = {}
-        for r in rows.values():
-            if r.get("role") == "search" and r.get("status") in ENDED + ("interrupted",):
-                import json
-
-                params = json.loads(r.get("params_json") or "{}")
-                archs.setdefault(planner.arch_id(params), planner.arch_params(params))
-        for aid, arch in sorted(archs.items()):
-            self.queue_baselines(arch, aid)
 
     # The journal and the results table are the ledger, not Tune's experiment state.
     def save(self, checkpoint_path: str) -> None:

@@ -44,6 +44,7 @@ def study_status(folder: str) -> dict[str, Any]:
     planner = Planner(spec, folder, 1)
     trained = len(planner.trained(rows))
     baselines = len(planner.trained(rows, role="baseline"))
+    tuned = len(planner.trained(rows, role="tuned"))
     budget, exhausted = _budget(folder)
     if budget is None:
         notes.append("budget.json is missing or damaged: resume with --trials N to set the budget")
@@ -54,10 +55,11 @@ def study_status(folder: str) -> dict[str, Any]:
     if unrecorded:  # started, but the driver stopped before it wrote a row (kill -9 in the first epoch)
         counts["started, not recorded yet"] = len(unrecorded)
     unfinished = counts.get("running", 0) + counts.get("interrupted", 0) + len(unrecorded)
-    searched_archs = {r["arch_id"] for r in rows.values() if r.get("role") == "search"
-                      and r.get("status") != "infeasible"}
+    # equal tuning: every architecture with a chosen S-TLLR configuration gets tuned S-TLLR and BPTT runs
+    chosen_archs = set(planner.chosen(rows))
+    tuned_archs = {r["arch_id"] for r in rows.values() if r.get("role") == "tuned"}
     baseline_archs = {r["arch_id"] for r in rows.values() if r.get("role") == "baseline"}
-    missing_baselines = "bptt" in spec.rules and not searched_archs <= baseline_archs
+    missing_baselines = "bptt" in spec.rules and not chosen_archs <= (baseline_archs & tuned_archs)
     done = budget is not None and (trained >= budget or exhausted) and not unfinished and not missing_baselines
     if counts.get("running") and _locked(folder):
         state = "running"
@@ -69,7 +71,7 @@ def study_status(folder: str) -> dict[str, Any]:
     return {"folder": folder, "state": state, "finished": done, "budget": budget,
             "configurations_trained": trained,
             "configurations_left": None if budget is None else max(0, budget - trained),
-            "exhausted": exhausted, "baselines_trained": baselines, "runs": counts, "best": best,
+            "exhausted": exhausted, "baselines_trained": baselines, "tuned_trained": tuned, "runs": counts, "best": best,
             "frontier_size": frontier_size, "notes": notes}
 
 
