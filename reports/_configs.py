@@ -7,6 +7,8 @@ the first value stands for all.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -17,12 +19,14 @@ METRICS = (
     "learning_macs_measured_per_sample", "learning_memory_values_formula_per_sample",
     "learning_memory_bytes_formula_per_sample", "learning_memory_bytes_measured_per_sample",
     "learning_memory_bytes_measured_per_batch", "peak_step_bytes_measured_per_batch",
-    "wall_time_s", "time_per_epoch_s", "samples_per_s", "late_train_gain",
+    "wall_time_s", "time_per_epoch_s", "samples_per_s", "late_train_gain", "epochs_trained", "best_epoch",
 )
+#: How a run ended its training (``stopped_by``): counted per configuration as ``n_stopped_<value>``.
+STOPPED_BY = ("patience", "max_epochs", "fixed")
 #: Settings of a configuration (the same for all its seeds).
 SETTINGS = (
     "dataset", "rule", "role", "arch_id", "model", "width", "depth", "T", "batch", "epochs",
-    "learn_steps", "learning_signal", "stllr_mode", "alpha_pre", "alpha_post", "lambda_pre", "lambda_post", "lr",
+    "learn_steps", "learning_signal", "stllr_mode", "loss_kind", "alpha_pre", "alpha_post", "lambda_pre", "lambda_post", "lr",
 )
 
 
@@ -40,8 +44,10 @@ def config_table(runs: pd.DataFrame) -> pd.DataFrame:
         runs: complete runs (see :func:`reports._load.complete_runs`).
 
     Returns:
-        Settings, ``n_seeds``, ``seeds``, ``trial_ids`` (``;``-joined, traceable to runs) and
-        ``<metric>_mean`` / ``<metric>_std`` (sample std over seeds; NaN with one seed).
+        Settings, ``n_seeds``, ``seeds``, ``trial_ids`` (``;``-joined, traceable to runs),
+        ``<metric>_mean`` / ``<metric>_std`` (sample std over seeds; NaN with one seed),
+        ``test_accuracy_by_seed`` (JSON ``{seed: accuracy}``, for differences paired by seed)
+        and ``n_stopped_<how>`` for each of :data:`STOPPED_BY` (runs that ended that way).
     """
     runs = runs.copy()
     if "time_per_epoch_s" not in runs.columns and {"wall_time_s", "epochs_done"} <= set(runs.columns):
@@ -53,6 +59,9 @@ def config_table(runs: pd.DataFrame) -> pd.DataFrame:
     metric_cols = list(METRICS)
     columns = ["study", "config_id", *settings, "n_seeds", "seeds", "trial_ids"]
     columns += [f"{m}_{s}" for m in metric_cols for s in ("mean", "std")]
+    columns += ["test_accuracy_by_seed", *(f"n_stopped_{how}" for how in STOPPED_BY)]
+    if "stopped_by" not in runs.columns:
+        runs["stopped_by"] = None
     if runs.empty:
         return pd.DataFrame(columns=columns)
     runs = runs.sort_values("trial_id", kind="stable")
@@ -65,7 +74,29 @@ def config_table(runs: pd.DataFrame) -> pd.DataFrame:
     means, stds = g[metric_cols].mean(), g[metric_cols].std(ddof=1)
     for m in metric_cols:
         out[f"{m}_mean"], out[f"{m}_std"] = means[m], stds[m]
+    out["test_accuracy_by_seed"] = g[["seed", "test_accuracy"]].apply(_by_seed)
+    for how in STOPPED_BY:
+        out[f"n_stopped_{how}"] = g["stopped_by"].agg(lambda s, h=how: int((s.astype(object) == h).sum()))
     return out.reset_index()[columns]
+
+
+def _by_seed(g: pd.DataFrame) -> str:
+    """``{"seed": value}`` as JSON, over the seeds with a finite seed number and value."""
+    pairs = {str(int(s)): float(v) for s, v in zip(g["seed"].astype(float), g["test_accuracy"].astype(float))
+             if np.isfinite(s) and np.isfinite(v)}
+    return json.dumps(pairs, sort_keys=True)
+
+
+def seed_values(cell: object) -> dict[int, float]:
+    """``test_accuracy_by_seed`` back as ``{seed: value}`` (empty for a missing or odd cell).
+
+    >>> seed_values('{"0": 0.5, "1": 0.75}'), seed_values(None)
+    ({0: 0.5, 1: 0.75}, {})
+    """
+    try:
+        return {int(k): float(v) for k, v in json.loads(str(cell)).items()}
+    except (TypeError, ValueError, AttributeError):
+        return {}
 
 
 def ranked(configs: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:

@@ -21,6 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from reports._configs import as_percent
+from reports._html import byte_unit, mac_unit
 from reports._load import DEFAULT_OBJECTIVES, Objective
 
 RULE_STYLE = {"stllr": ("S-TLLR", "#1f77b4", "circle"), "bptt": ("BPTT", "#d62728", "square")}
@@ -148,15 +149,67 @@ def hypervolume_table(configs: pd.DataFrame, objectives: tuple[Objective, ...]) 
     return pd.DataFrame(rows)
 
 
-def _hover(df: pd.DataFrame, objectives: tuple[Objective, ...], scale: float) -> list[str]:
+#: Costs shown beside every point, whichever the objectives are: both counts of each.
+COSTS = ("learning_macs_formula_per_sample", "learning_macs_measured_per_sample",
+         "learning_memory_bytes_measured_per_sample", "learning_memory_bytes_formula_per_sample")
+
+
+def unit_of(metric: str, values: object) -> tuple[float, str]:
+    """The factor that puts ``metric`` in units a person reads, and the unit: %, KiB/MiB, M MACs.
+
+    >>> unit_of("val_accuracy", [0.5, 0.9]), unit_of("learning_memory_bytes_measured_per_sample", [34408.5])
+    ((100.0, '%'), (0.0009765625, 'KiB'))
+    """
+    if "accuracy" in metric:
+        s = as_percent(values)
+        return s, "%" if s == 100.0 else ""
+    if "bytes" in metric:
+        div, name = byte_unit(values)
+        return 1.0 / div, name
+    if "macs" in metric:
+        div, name = mac_unit(values)
+        return 1.0 / div, name
+    return 1.0, ""
+
+
+def axis_title(metric: str, unit: str) -> str:
+    """``label(metric)`` with its unit, e.g. ``learning memory / sample (measured) [KiB]``."""
+    return label(metric).replace("memory bytes", "memory") + (f" [{unit}]" if unit else "")
+
+
+def _units(df: pd.DataFrame, metrics: list[str] | tuple[str, ...]) -> dict[str, tuple[float, str]]:
+    """One unit per metric over the whole figure (so every point of an axis reads alike)."""
+    return {m: unit_of(m, df[f"{m}_mean"] if f"{m}_mean" in df else []) for m in metrics}
+
+
+def _v(r: pd.Series, metric: str, units: dict[str, tuple[float, str]], std: bool = True) -> str:
+    f, u = units[metric]
+    m, s = r.get(f"{metric}_mean", np.nan), r.get(f"{metric}_std", np.nan)
+    m = float(m) if m is not None else np.nan
+    s = float(s) if s is not None else np.nan
+    if not np.isfinite(m):
+        return "–"
+    spread = f" ± {f * s:.3g}" if std and np.isfinite(s) and s > 0 else ""
+    return f"{f * m:.4g}{spread} {u}".rstrip()
+
+
+def _hover(df: pd.DataFrame, objectives: tuple[Objective, ...], units: dict[str, tuple[float, str]]) -> list[str]:
+    """Hover text of each configuration; every user-supplied string is HTML-escaped (plotly renders tags)."""
     out = []
     for _, r in df.iterrows():
+        loss = r.get("loss_kind")
         lines = [f"<b>{html.escape(rule_name(r['rule']))}</b> {html.escape(str(r['config_id']))}",
-                 f"study {html.escape(str(r['study']))}, arch {html.escape(str(r['arch_id']))}"]
+                 f"study {html.escape(str(r['study']))}, arch {html.escape(str(r['arch_id']))}"
+                 + (f", objective {html.escape(str(loss))}" if isinstance(loss, str) else "")]
         for o in objectives:
-            lines.append(f"{label(o.metric)}: {r[f'{o.metric}_mean']:.4g} ± {r[f'{o.metric}_std']:.2g}")
-        lines.append(f"test accuracy: {scale * r['test_accuracy_mean']:.2f} ± {scale * r['test_accuracy_std']:.2f}")
-        lines.append(f"{int(r['n_seeds'])} seed(s): {html.escape(str(r['trial_ids']))[:120]}")
+            if o.metric not in COSTS:
+                lines.append(f"{label(o.metric)}: {_v(r, o.metric, units)}")
+        lines.append(f"test accuracy: {_v(r, 'test_accuracy', units)}")
+        lines.append(f"learning MACs / sample: formula {_v(r, COSTS[0], units, False)}, "
+                     f"measured {_v(r, COSTS[1], units, False)}")
+        lines.append(f"learning memory / sample: measured {_v(r, COSTS[2], units, False)}, "
+                     f"formula {_v(r, COSTS[3], units, False)}")
+        lines.append(f"{int(r['n_seeds'])} seed(s): {html.escape(str(r['trial_ids'])[:120])}")
         out.append("<br>".join(lines))
     return out
 
@@ -165,25 +218,59 @@ def _keys(df: pd.DataFrame) -> pd.Series:
     return df["study"].astype(str) + "\x1f" + df["config_id"].astype(str)
 
 
-def _axis(metric: str) -> dict:
-    return {"title": {"text": label(metric)}, **({} if "accuracy" in metric else {"type": "log"})}
+def _axis(metric: str, unit: str) -> dict:
+    return {"title": {"text": axis_title(metric, unit)}, **({} if "accuracy" in metric else {"type": "log"})}
+
+
+def add_floors(fig: go.Figure, floors: dict | None, metric: str, scale: float, axis: str = "y") -> None:
+    """Chance and the linear read-out of the task as lines across an accuracy axis (``axis`` "y" or "x").
+
+    The read-out's validation accuracy goes on a validation axis, its test accuracy on a test
+    axis. Without floors (an older study) a note says they were not measured.
+    """
+    if "accuracy" not in metric:
+        return
+    if not floors:
+        fig.add_annotation(text="floors not measured", xref="paper", yref="paper", x=0.0, y=1.0, xanchor="left",
+                           yanchor="bottom", showarrow=False, font={"size": 11, "color": "#777"})
+        return
+    split = "test" if metric.startswith("test") else "val"
+    lines = [("chance", floors.get("chance"), "dot", "#777"),
+             (f"linear read-out ({split})", (floors.get("linear_readout") or {}).get(f"{split}_accuracy"),
+              "dash", "#2a7a2a")]
+    for name, value, dash, color in lines:
+        try:
+            v = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+        if not np.isfinite(v):
+            continue
+        text = f"{name} {scale * v:.1f}{'%' if scale == 100 else ''}"
+        style = {"line": {"color": color, "dash": dash, "width": 1.5}, "annotation_text": text,
+                 "annotation_font": {"size": 11, "color": color}}
+        if axis == "y":
+            fig.add_hline(y=scale * v, annotation_position="bottom right", **style)
+        else:
+            fig.add_vline(x=scale * v, annotation_position="top left", **style)
 
 
 def frontier_figure(frontier_df: pd.DataFrame, objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES,
-                    configs: pd.DataFrame | None = None, title: str = "") -> go.Figure:
-    """One dataset's frontier: first objective against the second, the third as colour.
+                    configs: pd.DataFrame | None = None, title: str = "", floors: dict | None = None) -> go.Figure:
+    """One dataset's frontier: first objective against the second; the others in the hover text.
 
-    S-TLLR and BPTT differ by symbol; frontier points are large and outlined with their
-    seeds' standard deviation as error bars, dominated configurations (``configs``) faint.
-    A plain 2-D chart (no WebGL), so it renders in any browser and exports to PDF.
+    Points are coloured by rule (S-TLLR blue circles, BPTT red squares); frontier points are
+    large and outlined with their seeds' standard deviation as error bars, dominated
+    configurations (``configs``) small and faint. Axes in %, KiB/MiB and M MACs; the task's
+    floors (chance, linear read-out) as horizontal lines. A plain 2-D chart (no WebGL), so it
+    renders in any browser and exports to PDF.
     """
     y_obj, x_obj = objectives[0], objectives[min(1, len(objectives) - 1)]
-    c_obj = objectives[2] if len(objectives) > 2 else None
     fig = go.Figure()
-    scale = as_percent(frontier_df["test_accuracy_mean"]) if "test_accuracy_mean" in frontier_df else 100.0
-    everything = pd.concat([d for d in (configs, frontier_df) if d is not None and len(d)]) if len(frontier_df) else frontier_df
-    cvals = np.log10(everything[f"{c_obj.metric}_mean"].astype(float)) if c_obj is not None and len(everything) else None
-    cmin, cmax = (float(np.nanmin(cvals)), float(np.nanmax(cvals))) if cvals is not None and np.isfinite(cvals).any() else (0.0, 1.0)
+    parts = [d for d in (configs, frontier_df) if d is not None and len(d)]
+    everything = pd.concat(parts) if parts else frontier_df
+    units = _units(everything, list(dict.fromkeys([x_obj.metric, y_obj.metric, *(o.metric for o in objectives),
+                                                   "test_accuracy", *COSTS])))
+    (xs, xu), (ys, yu) = units[x_obj.metric], units[y_obj.metric]
     for on in (False, True):
         for rule, (name, color, symbol) in RULE_STYLE.items():
             df = frontier_df if on else configs
@@ -194,21 +281,17 @@ def frontier_figure(frontier_df: pd.DataFrame, objectives: tuple[Objective, ...]
                 d = d[~_keys(d).isin(set(_keys(frontier_df)))]
             if d.empty:
                 continue
-            marker: dict = {"symbol": symbol, "size": 12 if on else 6, "opacity": 1.0 if on else 0.35,
+            marker: dict = {"symbol": symbol, "color": color, "size": 13 if on else 7, "opacity": 1.0 if on else 0.4,
                             "line": {"width": 1.5 if on else 0, "color": "#000"}}
-            if c_obj is not None:
-                marker.update(color=np.log10(d[f"{c_obj.metric}_mean"].astype(float)), colorscale="Viridis",
-                              cmin=cmin, cmax=cmax, showscale=on and rule == "stllr",
-                              colorbar={"title": {"text": "log10 " + label(c_obj.metric)}})
-            else:
-                marker["color"] = color
             fig.add_trace(go.Scatter(
-                x=d[f"{x_obj.metric}_mean"], y=d[f"{y_obj.metric}_mean"], mode="markers",
-                name=f"{name} frontier" if on else f"{name} dominated", marker=marker,
-                error_y={"array": d[f"{y_obj.metric}_std"].fillna(0.0), "visible": on, "color": color},
-                error_x={"array": d[f"{x_obj.metric}_std"].fillna(0.0), "visible": on, "color": color},
-                hovertext=_hover(d, objectives, scale), hoverinfo="text"))
-    fig.update_layout(title={"text": html.escape(title)}, xaxis=_axis(x_obj.metric), yaxis=_axis(y_obj.metric),
+                x=xs * d[f"{x_obj.metric}_mean"].astype(float), y=ys * d[f"{y_obj.metric}_mean"].astype(float),
+                mode="markers", name=f"{name} frontier" if on else f"{name} dominated", marker=marker,
+                error_y={"array": ys * d[f"{y_obj.metric}_std"].astype(float).fillna(0.0), "visible": on, "color": color},
+                error_x={"array": xs * d[f"{x_obj.metric}_std"].astype(float).fillna(0.0), "visible": on, "color": color},
+                hovertext=_hover(d, objectives, units), hoverinfo="text"))
+    add_floors(fig, floors, y_obj.metric, ys, "y")
+    add_floors(fig, floors if "accuracy" in x_obj.metric else None, x_obj.metric, xs, "x")
+    fig.update_layout(title={"text": html.escape(title)}, xaxis=_axis(x_obj.metric, xu), yaxis=_axis(y_obj.metric, yu),
                       height=520, margin={"l": 60, "r": 10, "t": 50, "b": 50},
                       legend={"orientation": "h", "y": -0.18})
     return fig
@@ -230,35 +313,55 @@ def projections(configs: pd.DataFrame, objectives: tuple[Objective, ...]) -> pd.
             mask = pareto_mask(_losses(sub, (x, y)))
             for (_, r), m in zip(sub.iterrows(), mask):
                 rows.append({"dataset": dataset, "x": x.metric, "y": y.metric, "study": r["study"],
-                             "config_id": r["config_id"], "rule": r["rule"], "n_seeds": r["n_seeds"],
+                             "config_id": r["config_id"], "rule": r["rule"], "arch_id": r.get("arch_id"),
+                             "loss_kind": r.get("loss_kind"), "n_seeds": r["n_seeds"], "trial_ids": r.get("trial_ids"),
                              "x_mean": r[f"{x.metric}_mean"], "x_std": r[f"{x.metric}_std"],
                              "y_mean": r[f"{y.metric}_mean"], "y_std": r[f"{y.metric}_std"],
                              "test_accuracy_mean": r["test_accuracy_mean"], "test_accuracy_std": r["test_accuracy_std"],
+                             **{f"{c}_mean": r.get(f"{c}_mean", np.nan) for c in COSTS},
                              "on_2d_front": bool(m)})
     return pd.DataFrame(rows)
 
 
-def projection_figure(proj: pd.DataFrame, x: str, y: str, title: str = "") -> go.Figure:
-    """One 2-D projection: every configuration with seed error bars, its 2-D front as a step line."""
+def projection_figure(proj: pd.DataFrame, x: str, y: str, title: str = "", floors: dict | None = None) -> go.Figure:
+    """One 2-D projection: every configuration coloured by rule with seed error bars, its 2-D
+    front as a step line, the task's floors across an accuracy axis."""
     d = proj[(proj["x"] == x) & (proj["y"] == y)]
     fig = go.Figure()
-    scale = as_percent(d["test_accuracy_mean"]) if len(d) else 100.0
+    (xs, xu), (ys, yu) = unit_of(x, d["x_mean"]), unit_of(y, d["y_mean"])
+    cols = [c for c in ("test_accuracy", *COSTS) if f"{c}_mean" in d.columns]
+    units = {c: unit_of(c, d[f"{c}_mean"]) for c in cols}
     for rule, (name, color, symbol) in RULE_STYLE.items():
         r = d[d["rule"] == rule]
         if r.empty:
             continue
-        text = [f"{html.escape(name)} {html.escape(str(c))} ({html.escape(str(s))})<br>test accuracy "
-                f"{scale * t:.2f} ± {scale * ts:.2f}, {int(n)} seed(s)"
-                for c, s, t, ts, n in zip(r["config_id"], r["study"], r["test_accuracy_mean"],
-                                          r["test_accuracy_std"].fillna(0.0), r["n_seeds"])]
-        fig.add_trace(go.Scatter(x=r["x_mean"], y=r["y_mean"], mode="markers", name=name,
-                                 marker={"color": color, "symbol": symbol, "size": 7},
-                                 error_x={"array": r["x_std"].fillna(0.0)}, error_y={"array": r["y_std"].fillna(0.0)},
+        text = []
+        for _, row in r.iterrows():
+            lines = [f"<b>{html.escape(name)}</b> {html.escape(str(row['config_id']))}",
+                     f"study {html.escape(str(row['study']))}, arch {html.escape(str(row.get('arch_id')))}",
+                     f"{label(y)}: {ys * row['y_mean']:.4g} {yu}".rstrip(), f"{label(x)}: {xs * row['x_mean']:.4g} {xu}".rstrip()]
+            if "test_accuracy" in units:
+                lines.append(f"test accuracy: {_v(row, 'test_accuracy', units)}")
+            if all(c in units for c in COSTS):
+                lines.append(f"learning MACs / sample: formula {_v(row, COSTS[0], units, False)}, "
+                             f"measured {_v(row, COSTS[1], units, False)}")
+                lines.append(f"learning memory / sample: measured {_v(row, COSTS[2], units, False)}, "
+                             f"formula {_v(row, COSTS[3], units, False)}")
+            lines.append(f"{int(row['n_seeds'])} seed(s)")
+            text.append("<br>".join(lines))
+        fig.add_trace(go.Scatter(x=xs * r["x_mean"].astype(float), y=ys * r["y_mean"].astype(float), mode="markers",
+                                 name=name, marker={"color": color, "symbol": symbol, "size": 8},
+                                 error_x={"array": xs * r["x_std"].astype(float).fillna(0.0), "color": color},
+                                 error_y={"array": ys * r["y_std"].astype(float).fillna(0.0), "color": color},
                                  hovertext=text, hoverinfo="text"))
-    front = d[d["on_2d_front"]].sort_values("x_mean")
+    front = d[d["on_2d_front"].astype(bool)].sort_values("x_mean")
     if len(front):
-        fig.add_trace(go.Scatter(x=front["x_mean"], y=front["y_mean"], mode="lines", name="2-D front",
-                                 line={"shape": "hv", "color": "#444", "dash": "dot"}, hoverinfo="skip"))
-    fig.update_layout(title={"text": html.escape(title)}, xaxis=_axis(x), yaxis=_axis(y), height=420,
+        fig.add_trace(go.Scatter(x=xs * front["x_mean"].astype(float), y=ys * front["y_mean"].astype(float),
+                                 mode="lines", name="2-D front", line={"shape": "hv", "color": "#444", "dash": "dot"},
+                                 hoverinfo="skip"))
+    add_floors(fig, floors, y, ys, "y")
+    if "accuracy" in x:
+        add_floors(fig, floors, x, xs, "x")
+    fig.update_layout(title={"text": html.escape(title)}, xaxis=_axis(x, xu), yaxis=_axis(y, yu), height=420,
                       margin={"l": 60, "r": 10, "t": 40, "b": 50})
     return fig

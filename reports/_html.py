@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -28,6 +29,7 @@ class Table:
     columns: dict[str, Union[str, Callable[[pd.Series], str]]] | None = None
     caption: str = ""
     summary: bool = False  # also in summary.md
+    tags: dict[str, Callable[[pd.Series], str]] | None = None  # header -> CSS class of its cells (HTML only)
 
 
 @dataclass
@@ -54,9 +56,15 @@ Block = Union[Table, Figure, Text, Bullets]
 
 @dataclass
 class Section:
+    """A heading and its blocks. ``box``: drawn as the boxed verdict at the top of the page.
+    ``collapsed``: a one-line summary shown instead of the blocks (which stay one click away
+    in the page and are left out of the markdown summary)."""
+
     title: str
     blocks: list[Block] = field(default_factory=list)
     level: int = 2
+    box: bool = False
+    collapsed: str | None = None
 
 
 def fmt(x: object) -> str:
@@ -84,6 +92,59 @@ def fmt(x: object) -> str:
         return str(x)
 
 
+def pct(x: object, signed: bool = False) -> str:
+    """An accuracy (a fraction) in percent with one decimal; ``signed`` for differences in points.
+
+    >>> pct(0.87777), pct(-0.0312, signed=True), pct(float("nan"))
+    ('87.8', '-3.1', '–')
+    """
+    try:
+        v = 100.0 * float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "–"
+    if not math.isfinite(v):
+        return "–"
+    return f"{v:+.1f}" if signed else f"{v:.1f}"
+
+
+def byte_unit(values: object) -> tuple[float, str]:
+    """The divisor and name that print byte counts as a person reads them (B, KiB, MiB, GiB).
+
+    >>> byte_unit([512.0, 34408.5]), byte_unit([3e6]), byte_unit([float("nan")])
+    ((1024, 'KiB'), (1048576, 'MiB'), (1, 'B'))
+    """
+    m = _largest(values)
+    for div, name in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if m >= div:
+            return div, name
+    return 1, "B"
+
+
+def mac_unit(values: object) -> tuple[float, str]:
+    """The divisor and name for MAC counts: k, M or G MACs (M from 10⁵ up, so 0.2 M rather than 200 k; G from 10⁹).
+
+    >>> mac_unit([827392.0]), mac_unit([6.06e9]), mac_unit([5e3])
+    ((1000000.0, 'M MACs'), (1000000000.0, 'G MACs'), (1000.0, 'k MACs'))
+    """
+    m = _largest(values)
+    if m >= 1e9:
+        return 1e9, "G MACs"
+    if m >= 1e5:
+        return 1e6, "M MACs"
+    return (1e3, "k MACs") if m >= 1e3 else (1.0, "MACs")
+
+
+def _largest(values: object) -> float:
+    v = pd.to_numeric(pd.Series(np.ravel(np.asarray(values, dtype=object))), errors="coerce").to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    return float(np.abs(v).max()) if v.size else float("nan")
+
+
+def scaled(col: str, div: float) -> Callable[[pd.Series], str]:
+    """A table column formatter: ``row[col] / div`` with :func:`fmt`."""
+    return lambda r: fmt(float(r[col]) / div) if r.get(col) is not None else "–"
+
+
 def pm(row: pd.Series, col: str) -> str:
     """``mean ± std`` of ``col`` from a configuration row (std omitted with one seed)."""
     m, s = row.get(f"{col}_mean"), row.get(f"{col}_std")
@@ -98,14 +159,22 @@ def _cells(t: Table) -> tuple[list[str], list[list[str]]]:
     return list(cols), rows
 
 
+def _classes(t: Table) -> list[list[str]]:
+    head = list(t.columns or {c: c for c in t.df.columns})
+    tags = t.tags or {}
+    return [[tags[h](r) if h in tags else "" for h in head] for _, r in t.df.iterrows()]
+
+
 def _html_table(t: Table) -> str:
     head, rows = _cells(t)
+    classes = _classes(t)
     out = ['<div class="tbl"><table>']
     if t.caption:
         out.append(f"<caption>{html.escape(t.caption)}</caption>")
     out.append("<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>")
-    for r in rows:
-        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
+    for r, cl in zip(rows, classes):
+        out.append("<tr>" + "".join(f'<td class="{html.escape(k)}">{html.escape(c)}</td>' if k else
+                                    f"<td>{html.escape(c)}</td>" for c, k in zip(r, cl)) + "</tr>")
     out.append("</tbody></table>")
     out.append(f'<p class="src">numbers: <a href="{html.escape(t.csv)}">{html.escape(t.csv)}</a>'
                f"{' (' + str(len(t.df)) + ' rows)' if len(t.df) else ''}</p></div>")
@@ -119,7 +188,30 @@ table{border-collapse:collapse;font-size:.82rem;margin:.4rem 0}td,th{border:1px 
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}caption{text-align:left;font-weight:600;padding:.3rem 0}
 .tbl{overflow-x:auto}.src{color:#666;font-size:.78rem;margin:.1rem 0 1rem}.fig{margin:1rem 0 .2rem}
 li{margin:.25rem 0}.note{color:#555;font-size:.9rem}
+.verdict{border:2px solid #333;border-radius:6px;padding:.3rem 1rem .6rem;margin:1.2rem 0;background:#fcfcfc}
+.verdict h2{margin-top:.6rem;border:none}.verdict h3{margin:.8rem 0 .2rem;font-size:1.05rem}
+.verdict td,.verdict th{font-size:.9rem}
+td.fav-stllr{background:#dbe9f6;color:#0b3d6e;font-weight:600;text-align:left}
+td.fav-bptt{background:#f8dcdc;color:#7a1212;font-weight:600;text-align:left}
+td.fav-none{background:#eee;color:#444;text-align:left}
+details.collapsed>summary{cursor:pointer;margin:1.4rem 0 .3rem}details.collapsed>summary>*{display:inline}
+details.collapsed>summary h2,details.collapsed>summary h3{font-size:1.1rem;border:none}
+details.collapsed>summary span{color:#555;margin-left:.6rem}
 """
+
+
+def _block_html(b: Block, first: bool) -> tuple[str, bool]:
+    """One block as HTML; ``first`` is True until plotly.js has been inlined."""
+    if isinstance(b, Text):
+        return f"<p>{html.escape(b.text)}</p>", first
+    if isinstance(b, Bullets):
+        return "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in b.items) + "</ul>", first
+    if isinstance(b, Table):
+        return _html_table(b), first
+    div = b.fig.to_html(full_html=False, include_plotlyjs=True if first else False,
+                        config={"displaylogo": False, "toImageButtonOptions": {"filename": b.name}})
+    return (f'<div class="fig">{div}</div><p class="src">numbers: '
+            f'<a href="{html.escape(b.csv)}">{html.escape(b.csv)}</a></p>'), False
 
 
 def render_html(title: str, intro: list[str], sections: list[Section]) -> str:
@@ -130,20 +222,20 @@ def render_html(title: str, intro: list[str], sections: list[Section]) -> str:
     parts += [f'<p class="note">{html.escape(p)}</p>' for p in intro]
     first = True
     for s in sections:
-        parts.append(f"<h{s.level}>{html.escape(s.title)}</h{s.level}>")
+        head = f"<h{s.level}>{html.escape(s.title)}</h{s.level}>"
+        if s.collapsed is not None:  # one line; the blocks one click away
+            parts.append(f'<details class="collapsed"><summary>{head}<span>{html.escape(s.collapsed)}</span></summary>')
+        elif s.box:
+            parts.append(f'<div class="verdict" id="verdict">{head}')
+        else:
+            parts.append(head)
         for b in s.blocks:
-            if isinstance(b, Text):
-                parts.append(f"<p>{html.escape(b.text)}</p>")
-            elif isinstance(b, Bullets):
-                parts.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in b.items) + "</ul>")
-            elif isinstance(b, Table):
-                parts.append(_html_table(b))
-            else:
-                div = b.fig.to_html(full_html=False, include_plotlyjs=True if first else False,
-                                    config={"displaylogo": False, "toImageButtonOptions": {"filename": b.name}})
-                first = False
-                parts.append(f'<div class="fig">{div}</div><p class="src">numbers: '
-                             f'<a href="{html.escape(b.csv)}">{html.escape(b.csv)}</a></p>')
+            text, first = _block_html(b, first)
+            parts.append(text)
+        if s.collapsed is not None:
+            parts.append("</details>")
+        elif s.box:
+            parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -156,6 +248,9 @@ def render_markdown(title: str, intro: list[str], sections: list[Section]) -> st
     """The summary: the blocks marked ``summary`` (tables, answers), readable without the page."""
     out = [f"# {_md(title)}", ""] + [f"{_md(p)}  " for p in intro] + [""]
     for s in sections:
+        if s.collapsed is not None:
+            out += ["#" * s.level + " " + _md(s.title), "", _md(s.collapsed), ""]
+            continue
         blocks = [b for b in s.blocks if getattr(b, "summary", False)]
         if not blocks:
             continue

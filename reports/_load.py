@@ -26,10 +26,17 @@ from study.schema import STATUSES, rows_from_files
 from study.schema import TEXT_COLUMNS as _TEXT_COLUMNS
 from study.schema import frame as _frame
 
-#: Numeric and text columns of the results table (study.schema), with the ones the report derives.
-NUMERIC_COLUMNS = tuple(c for c in _COLUMNS if c not in _TEXT_COLUMNS) + ("late_train_gain",)
-TEXT_COLUMNS = _TEXT_COLUMNS + ("stllr_mode",)
+#: Text columns of the results table (study.schema), with the ones the report derives or that
+#: newer sweeps write (an older table lacks them: they are derived or left empty).
+TEXT_COLUMNS = tuple(dict.fromkeys(_TEXT_COLUMNS + ("stllr_mode", "loss_kind", "stopped_by")))
+#: Numeric columns: the rest of the schema's, with the derived and the newer ones.
+NUMERIC_COLUMNS = tuple(dict.fromkeys(tuple(c for c in _COLUMNS if c not in TEXT_COLUMNS)
+                                      + ("late_train_gain", "epochs_trained", "best_epoch")))
 REQUIRED_COLUMNS = ("trial_id", "config_id", "rule", "status")
+#: The objective each rule minimises when a row does not say (the engine's defaults, DESIGN §8).
+DEFAULT_LOSS = {"stllr": "per_step", "bptt": "sum_output"}
+#: What the sweep measures per task beside the runs (chance, a linear read-out; DESIGN §8).
+FLOORS_FILE = "floors.json"
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class Study:
     objectives: tuple[Objective, ...]
     runs: pd.DataFrame  # every row of results.parquet, statuses included
     description: str = ""
+    floors: dict | None = None  # floors.json (chance, linear read-out), None when not measured
 
 
 def _read_parquet(path: Path, folder: Path) -> pd.DataFrame:
@@ -148,6 +156,36 @@ def late_gain(curves_json: Any, key: str = "train_accuracy", epochs: int = LATE_
     return curve[-1] - curve[-1 - epochs] if len(curve) > epochs else float("nan")
 
 
+def _loss_kind(config_json: Any, rule: Any) -> str | None:
+    """The objective a run minimised, from its ``config_json`` (``training.loss``; unset is the rule's own)."""
+    rule = str(rule).lower()
+    try:
+        loss = json.loads(config_json)["training"].get("loss")
+    except (TypeError, ValueError, KeyError, AttributeError):
+        loss = None
+    return loss if isinstance(loss, str) else DEFAULT_LOSS.get(rule)
+
+
+def last_epoch(curves_json: Any, key: str) -> Any:
+    """``key`` of a run's last epoch in ``curves_json`` (None without it)."""
+    try:
+        curve = json.loads(curves_json)
+        return curve[-1].get(key) if curve else None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError):
+        return None
+
+
+def _fill_from_curves(df: pd.DataFrame, col: str) -> None:
+    """A column newer sweeps write, filled from the last epoch of ``curves_json`` where missing."""
+    have = df[col] if col in df.columns else pd.Series([None] * len(df), index=df.index, dtype=object)
+    if "curves_json" in df.columns:
+        missing = have.isna()
+        if missing.any():
+            have = have.astype(object)
+            have[missing] = [last_epoch(c, col) for c in df.loc[missing, "curves_json"]]
+    df[col] = have
+
+
 def _normalise(df: pd.DataFrame, name: str, dataset: str | None, path: Path) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -158,6 +196,12 @@ def _normalise(df: pd.DataFrame, name: str, dataset: str | None, path: Path) -> 
         df["stllr_mode"] = [_stllr_mode(c, r) for c, r in zip(df["config_json"], df["rule"])]
     if "late_train_gain" not in df.columns:
         df["late_train_gain"] = [late_gain(c) for c in df["curves_json"]] if "curves_json" in df.columns else np.nan
+    for col in ("loss_kind", "stopped_by", "epochs_trained", "best_epoch"):
+        _fill_from_curves(df, col)
+    if df["loss_kind"].isna().any():  # older tables: from the config, else the rule's own objective
+        missing = df["loss_kind"].isna()
+        cfgs = df["config_json"] if "config_json" in df.columns else pd.Series([None] * len(df), index=df.index)
+        df.loc[missing, "loss_kind"] = [_loss_kind(c, r) for c, r in zip(cfgs[missing], df.loc[missing, "rule"])]
     for col in NUMERIC_COLUMNS:
         df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else np.nan
     for col in df.columns:
@@ -204,7 +248,47 @@ def load_study(folder: str | Path) -> Study:
                              f"of results.parquet; use one of the contract's metric columns")
     if rebuilt:
         df.attrs["rebuilt"] = rebuilt
-    return Study(folder, label, dataset, objectives, df, description)
+    return Study(folder, label, dataset, objectives, df, description, read_floors(folder))
+
+
+def read_floors(folder: str | Path) -> dict | None:
+    """``floors.json`` of a study folder, or None when it is absent or unreadable (older studies).
+
+    Kept: ``dataset``, ``chance``, ``linear_readout`` (``val_accuracy``, ``test_accuracy``), and
+    when present ``count_readout``, ``features``, ``method``. A value that is not a number is NaN.
+    """
+    try:
+        doc = json.loads((Path(folder) / FLOORS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict) or "chance" not in doc or not isinstance(doc.get("linear_readout"), dict):
+        return None
+
+    def num(x: Any) -> float:
+        return float(x) if is_finite(x) else float("nan")
+
+    out: dict[str, Any] = {"dataset": str(doc["dataset"]) if doc.get("dataset") is not None else None,
+                           "chance": num(doc["chance"]),
+                           "features": str(doc.get("features") or ""), "method": str(doc.get("method") or "")}
+    for key in ("linear_readout", "count_readout"):
+        r = doc.get(key)
+        if isinstance(r, dict):
+            out[key] = {"val_accuracy": num(r.get("val_accuracy")), "test_accuracy": num(r.get("test_accuracy"))}
+    return out
+
+
+def floors_by_dataset(studies: list[Study]) -> dict[str, dict]:
+    """The floors of each dataset: those of the first study that measured them."""
+    out: dict[str, dict] = {}
+    for s in studies:
+        if s.floors is None:
+            continue
+        names = {s.floors.get("dataset") or s.dataset}
+        names |= set(s.runs["dataset"].unique()) if len(s.runs) and not s.floors.get("dataset") else set()
+        for d in names:
+            if d is not None:
+                out.setdefault(str(d), s.floors)
+    return out
 
 
 def load_studies(folders: list[str | Path] | tuple[str | Path, ...]) -> list[Study]:
@@ -220,7 +304,7 @@ def load_studies(folders: list[str | Path] | tuple[str | Path, ...]) -> list[Stu
         if n:
             label = f"{s.name} ({n + 1})"
             runs = s.runs.assign(study=label)
-            s = Study(s.dir, label, s.dataset, s.objectives, runs, s.description)
+            s = Study(s.dir, label, s.dataset, s.objectives, runs, s.description, s.floors)
         out.append(s)
     return out
 

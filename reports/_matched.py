@@ -1,21 +1,27 @@
 """Best S-TLLR against BPTT at a matched architecture, in the layout of the paper's Table 2.
 
 For every (dataset, arch_id) that both rules trained, the best configuration of each rule is
-chosen by mean validation accuracy (the test split never chooses); the table then shows test
-accuracy (mean ± std over seeds), learning MACs and learning memory of both, and the ratios
-BPTT / S-TLLR three ways: from the engine's formula counts, from the measured counts, and
-from the closed forms of DESIGN §4 (memory T/2; MACs 2T/(3·learn_steps), or T/learn_steps
-when α_post = 0).
+chosen by mean validation accuracy (the test split never chooses): S-TLLR at its tuned factors
+(the same learning-rate search as BPTT) where the study ran that, BPTT once per objective it
+was trained with (DESIGN §8). The table then shows test accuracy (mean ± std over seeds), the
+difference paired by seed with its bootstrap interval, learning MACs and learning memory of
+both, and the ratios BPTT / S-TLLR three ways: from the engine's formula counts, from the
+measured counts, and from the closed forms of DESIGN §4 (memory T/2; MACs 2T/(3·learn_steps),
+or T/learn_steps when α_post = 0).
 """
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-from reports._configs import best_per_arch
+from reports._claims import N_BOOT, bootstrap_p
+from reports._configs import STOPPED_BY, ranked, seed_values
 from reports._html import fmt
-from reports._load import LATE_EPOCHS
+from reports._load import DEFAULT_LOSS, LATE_EPOCHS
 
 #: The paper's Table 2 (TMLR version, mean ± std over 5 seeds), for datasets a study may share.
 PAPER_TABLE2 = pd.DataFrame([
@@ -38,54 +44,153 @@ _COSTS = {
     "memory_bytes_formula": "learning_memory_bytes_formula_per_sample_mean",
     "memory_bytes_measured": "learning_memory_bytes_measured_per_sample_mean",
 }
+#: Objectives in the order the table lists them: S-TLLR's own first (the same objective, DESIGN §8).
+LOSS_ORDER = ("per_step", "per_step_all", "sum_output")
 
 
 def _ratio(a: float, b: float) -> float:
     return float(a) / float(b) if np.isfinite(a) and np.isfinite(b) and b > 0 else np.nan
 
 
-def matched_table(configs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, arch_id) with a complete S-TLLR and a complete BPTT configuration.
+def paired_stats(diffs: np.ndarray | list[float], *, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, float]:
+    """Mean of paired differences, its 95% percentile bootstrap interval and two p-values of "no difference".
+
+    ``p_bootstrap`` comes from the resampled means (:func:`reports._claims.bootstrap_p`);
+    ``p_t`` from the paired t-test. With a handful of seeds the bootstrap alone is
+    over-confident (two differences of one sign give p = 1/(n_boot+1)), so ``p`` — what a
+    claim uses — is the larger of the two. Fewer than two differences: no interval, no p.
+
+    >>> r = paired_stats([0.02, 0.03, 0.01, 0.04, 0.02])
+    >>> round(r["mean"], 3), r["n"], bool(r["low"] > 0), bool(r["p"] >= r["p_bootstrap"])
+    (0.024, 5, True, True)
+    """
+    d = np.asarray(diffs, dtype=float)
+    d = d[np.isfinite(d)]
+    out = {"n": int(d.size), "mean": float(d.mean()) if d.size else np.nan, "se": np.nan, "low": np.nan,
+           "high": np.nan, "p_bootstrap": np.nan, "p_t": np.nan, "p": np.nan}
+    if d.size < 2:
+        return out
+    out["se"] = float(d.std(ddof=1) / np.sqrt(d.size))
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, d.size, (n_boot, d.size))].mean(axis=1)
+    out["low"], out["high"] = (float(v) for v in np.quantile(boots, [0.025, 0.975]))
+    out["p_bootstrap"] = bootstrap_p(boots)
+    if d.std(ddof=1) > 0:
+        out["p_t"] = float(stats.ttest_1samp(d, 0.0).pvalue)
+    else:  # every seed the same difference: no spread to test against
+        out["p_t"] = 1.0 if d[0] == 0 else 0.0
+    out["p"] = max(out["p_bootstrap"], out["p_t"])
+    return out
+
+
+def _loss(r: pd.Series) -> str:
+    v = r.get("loss_kind")
+    return v if isinstance(v, str) and v else DEFAULT_LOSS.get(str(r["rule"]), "unknown")
+
+
+def _count(g: pd.DataFrame, col: str) -> int:
+    return int(pd.to_numeric(g[col], errors="coerce").fillna(0).sum()) if col in g.columns else 0
+
+
+def matched_table(configs: pd.DataFrame, floors: dict[str, dict] | None = None) -> pd.DataFrame:
+    """S-TLLR against BPTT at each architecture both rules trained, per BPTT objective.
+
+    Per (dataset, arch_id): S-TLLR's configuration is the best (by mean validation accuracy)
+    of role ``tuned`` — its chosen factors with the same learning-rate search BPTT got — or,
+    when the study has none at that architecture, the best of its factor search
+    (``stllr_tuned`` False). BPTT's is the best of its configurations there, separately for
+    each objective (``loss_kind``) the study trained it with: one row per BPTT objective.
 
     Columns: dataset, model, arch_id, width, depth, T, learn_steps (S-TLLR's), both
-    config_ids and trial_ids, test and validation accuracy (mean, std, seeds) of each rule,
-    ``accuracy_diff`` = S-TLLR − BPTT test accuracy and its standard error, each rule's
-    costs, and ``mac_ratio_*`` / ``memory_ratio_*`` (BPTT / S-TLLR; > 1 means S-TLLR needs less)
-    for ``formula``, ``measured`` and ``paper`` (DESIGN §4 closed form).
+    config_ids, trial_ids and objectives (``*_loss_kind``); test and validation accuracy
+    (mean, std, seeds) of each rule; ``accuracy_diff``: the mean over the seeds both ran of
+    S-TLLR − BPTT test accuracy (seed s of each rule shares split, data order and
+    initialisation), ``n_pairs``, ``paired_seeds``, ``accuracy_diff_lo``/``_hi`` (95%
+    bootstrap over the paired differences), ``accuracy_diff_se``, ``accuracy_diff_p``
+    (:func:`paired_stats`); without a common seed the difference of the means, unpaired, with
+    no interval. Each rule's costs and ``mac_ratio_*`` / ``memory_ratio_*`` (BPTT / S-TLLR;
+    > 1 means S-TLLR needs less) for ``formula``, ``measured`` and ``paper`` (DESIGN §4 closed
+    form). The tuning each side got at that architecture: ``stllr_search_configs``/``_runs``
+    (S-TLLR's factor search), ``stllr_tuning_trials``/``_runs`` (its learning-rate tuning) and
+    ``bptt_tuning_trials``/``_runs``. How the chosen runs stopped: ``{rule}_stopped_{how}``.
+    The floors of the task (``chance_accuracy``, ``linear_readout_{val,test}_accuracy``;
+    NaN when not measured).
     """
-    best = best_per_arch(configs)
+    floors = floors or {}
     rows = []
-    for (dataset, arch), g in best.groupby(["dataset", "arch_id"], sort=True):
-        s, b = g[g["rule"] == "stllr"], g[g["rule"] == "bptt"]
-        if s.empty or b.empty:
+    if configs.empty:
+        return pd.DataFrame(rows)
+    for (dataset, arch), g in configs.groupby(["dataset", "arch_id"], sort=True):
+        st, bp = g[g["rule"] == "stllr"], g[g["rule"] == "bptt"]
+        role = st["role"].astype(object) if "role" in st.columns else pd.Series([None] * len(st), index=st.index)
+        tuned, search = st[role == "tuned"], st[role != "tuned"]
+        pick = ranked(tuned if len(ranked(tuned)) else search)
+        if pick.empty or ranked(bp).empty:
             continue
-        s, b = s.iloc[0], b.iloc[0]
-        T, ls = float(s["T"]), float(s["learn_steps"])
-        row = {"dataset": dataset, "model": s["model"], "arch_id": arch, "width": s["width"], "depth": s["depth"],
-               "T": T, "learn_steps": ls, "alpha_post": s["alpha_post"], "stllr_mode": s.get("stllr_mode"),
-               "stllr_config_id": s["config_id"], "bptt_config_id": b["config_id"],
-               "stllr_trial_ids": s["trial_ids"], "bptt_trial_ids": b["trial_ids"]}
-        for tag, r in (("bptt", b), ("stllr", s)):
-            for split in ("test", "val"):
-                row[f"{tag}_{split}_accuracy_mean"] = r[f"{split}_accuracy_mean"]
-                row[f"{tag}_{split}_accuracy_std"] = r[f"{split}_accuracy_std"]
-            row[f"{tag}_seeds"] = int(r["n_seeds"])
-            row[f"{tag}_late_train_gain"] = r.get("late_train_gain_mean", np.nan)
+        s = pick.iloc[0]
+        fl = floors.get(str(dataset)) or {}
+        lin = fl.get("linear_readout") or {}
+        bp = bp.assign(_loss=[_loss(r) for _, r in bp.iterrows()])
+        kinds = sorted(bp["_loss"].unique(), key=lambda k: (LOSS_ORDER.index(k) if k in LOSS_ORDER else 9, k))
+        for kind in kinds:
+            cand = ranked(bp[bp["_loss"] == kind])
+            if cand.empty:
+                continue
+            b = cand.iloc[0]
+            rows.append(_row(dataset, arch, s, b, kind, tuned, search, bp[bp["_loss"] == kind], fl, lin))
+    out = pd.DataFrame(rows)
+    return out.sort_values(["dataset", "width", "depth", "T", "arch_id", "_order"]).drop(columns="_order").reset_index(
+        drop=True) if rows else out
+
+
+def _row(dataset: str, arch: str, s: pd.Series, b: pd.Series, kind: str, tuned: pd.DataFrame, search: pd.DataFrame,
+         bptt: pd.DataFrame, fl: dict, lin: dict) -> dict:
+    T, ls = float(s["T"]), float(s["learn_steps"])
+    row = {"dataset": dataset, "model": s["model"], "arch_id": arch, "width": s["width"], "depth": s["depth"],
+           "T": T, "learn_steps": ls, "alpha_post": s["alpha_post"], "stllr_mode": s.get("stllr_mode"),
+           "stllr_loss_kind": _loss(s), "bptt_loss_kind": kind,
+           "_order": LOSS_ORDER.index(kind) if kind in LOSS_ORDER else 9,
+           "stllr_tuned": bool(len(tuned)), "stllr_role": s.get("role"),
+           "stllr_config_id": s["config_id"], "bptt_config_id": b["config_id"],
+           "stllr_trial_ids": s["trial_ids"], "bptt_trial_ids": b["trial_ids"]}
+    for tag, r in (("bptt", b), ("stllr", s)):
+        for split in ("test", "val"):
+            row[f"{tag}_{split}_accuracy_mean"] = r[f"{split}_accuracy_mean"]
+            row[f"{tag}_{split}_accuracy_std"] = r[f"{split}_accuracy_std"]
+        row[f"{tag}_seeds"] = int(r["n_seeds"])
+        row[f"{tag}_late_train_gain"] = r.get("late_train_gain_mean", np.nan)
+        for how in STOPPED_BY:
+            row[f"{tag}_stopped_{how}"] = int(r.get(f"n_stopped_{how}", 0) or 0)
+    sv, bv = seed_values(s.get("test_accuracy_by_seed")), seed_values(b.get("test_accuracy_by_seed"))
+    common = sorted(set(sv) & set(bv))
+    diffs = [sv[k] - bv[k] for k in common]
+    ps = paired_stats(diffs)
+    row["n_pairs"], row["paired_seeds"] = len(common), ";".join(str(k) for k in common)
+    row["paired_diffs"] = json.dumps({str(k): d for k, d in zip(common, diffs)})
+    if common:
+        row["accuracy_diff"], row["accuracy_diff_se"] = ps["mean"], ps["se"]
+    else:  # no seed in common (an older study): the difference of the means, unpaired
         row["accuracy_diff"] = s["test_accuracy_mean"] - b["test_accuracy_mean"]
         var = sum((r["test_accuracy_std"] ** 2) / r["n_seeds"] for r in (s, b) if np.isfinite(r["test_accuracy_std"]))
         row["accuracy_diff_se"] = float(np.sqrt(var)) if (s["n_seeds"] > 1 and b["n_seeds"] > 1) else np.nan
-        for name, col in _COSTS.items():
-            row[f"bptt_{name}"], row[f"stllr_{name}"] = b[col], s[col]
-        row["mac_ratio_formula"] = _ratio(b[_COSTS["learning_macs_formula"]], s[_COSTS["learning_macs_formula"]])
-        row["mac_ratio_measured"] = _ratio(b[_COSTS["learning_macs_measured"]], s[_COSTS["learning_macs_measured"]])
-        no_post = np.isfinite(s["alpha_post"]) and s["alpha_post"] == 0
-        row["mac_ratio_paper"] = _ratio(2 * T, (2 if no_post else 3) * ls)
-        row["memory_ratio_formula"] = _ratio(b[_COSTS["memory_bytes_formula"]], s[_COSTS["memory_bytes_formula"]])
-        row["memory_ratio_measured"] = _ratio(b[_COSTS["memory_bytes_measured"]], s[_COSTS["memory_bytes_measured"]])
-        row["memory_ratio_paper"] = T / 2.0
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    return out.sort_values(["dataset", "width", "depth", "T", "arch_id"]).reset_index(drop=True) if rows else out
+    row["accuracy_diff_lo"], row["accuracy_diff_hi"] = ps["low"], ps["high"]
+    row["accuracy_diff_p_bootstrap"], row["accuracy_diff_p_t"], row["accuracy_diff_p"] = (
+        ps["p_bootstrap"], ps["p_t"], ps["p"])
+    for name, col in _COSTS.items():
+        row[f"bptt_{name}"], row[f"stllr_{name}"] = b.get(col, np.nan), s.get(col, np.nan)
+    for kind_, which in (("mac", "learning_macs"), ("memory", "memory_bytes")):
+        for how in ("formula", "measured"):
+            row[f"{kind_}_ratio_{how}"] = _ratio(row[f"bptt_{which}_{how}"], row[f"stllr_{which}_{how}"])
+    no_post = np.isfinite(s["alpha_post"]) and s["alpha_post"] == 0
+    row["mac_ratio_paper"] = _ratio(2 * T, (2 if no_post else 3) * ls)
+    row["memory_ratio_paper"] = T / 2.0
+    row["stllr_search_configs"], row["stllr_search_runs"] = len(search), _count(search, "n_seeds")
+    row["stllr_tuning_trials"], row["stllr_tuning_runs"] = len(tuned), _count(tuned, "n_seeds")
+    row["bptt_tuning_trials"], row["bptt_tuning_runs"] = len(bptt), _count(bptt, "n_seeds")
+    row["chance_accuracy"] = fl.get("chance", np.nan)
+    row["linear_readout_val_accuracy"] = lin.get("val_accuracy", np.nan)
+    row["linear_readout_test_accuracy"] = lin.get("test_accuracy", np.nan)
+    return row
 
 
 def _span(values: pd.Series) -> str:
@@ -139,6 +244,64 @@ def still_learning_note(matched: pd.DataFrame, threshold: float = 0.02) -> str |
     return ("Not converged at the end of the epoch budget: " + "; ".join(parts) + ". For these architectures "
             "the accuracy difference is measured at a fixed number of epochs and partly reflects learning speed; "
             "raise `budget.epochs` to compare converged accuracy.")
+
+
+def tuning_note(matched: pd.DataFrame) -> str | None:
+    """The tuning each side got: S-TLLR tuned or not per architecture, and its extra factor search.
+
+    DESIGN §8: the same learning-rate search for both rules (sampler, trials, seeds); S-TLLR's
+    factors are searched on top, and that extra search is reported, not hidden.
+    """
+    if matched.empty:
+        return None
+    per_arch = matched.drop_duplicates(["dataset", "arch_id"])
+    untuned = per_arch[~per_arch["stllr_tuned"].astype(bool)]
+    tuned = per_arch[per_arch["stllr_tuned"].astype(bool)]
+    parts = []
+    if len(untuned):
+        parts.append(f"S-TLLR tuned: no — factor search only at {len(untuned)} of {len(per_arch)} architectures "
+                     f"({', '.join(str(a) for a in untuned['arch_id'][:6])}{', …' if len(untuned) > 6 else ''}): "
+                     "its best factor-search configuration is compared, without the learning-rate search BPTT got.")
+    if len(tuned):
+        parts.append(f"S-TLLR tuned at {len(tuned)} of {len(per_arch)} architectures: its chosen factors got "
+                     f"{_span(tuned['stllr_tuning_trials'])} learning-rate trials per architecture against BPTT's "
+                     f"{_span(matched.loc[matched['stllr_tuned'].astype(bool), 'bptt_tuning_trials'])}.")
+    search, runs = int(per_arch["stllr_search_configs"].sum()), int(per_arch["stllr_search_runs"].sum())
+    parts.append(f"On top, S-TLLR's factors were searched over {search} configurations ({runs} runs) at these "
+                 f"architectures ({_span(per_arch['stllr_search_configs'])} per architecture), a search BPTT, which has "
+                 "no such factors, did not get.")
+    return " ".join(parts)
+
+
+def stopping_note(configs: pd.DataFrame, matched: pd.DataFrame) -> str | None:
+    """Runs that stopped at the epoch maximum while still improving, per rule; the share stopped by patience.
+
+    From ``stopped_by`` (``patience``, ``max_epochs``, or ``fixed`` without early stopping);
+    None when no run says how it stopped (an older study: :func:`still_learning_note` then).
+    """
+    cols = [f"n_stopped_{h}" for h in STOPPED_BY]
+    if configs.empty or not set(cols) <= set(configs.columns) or configs[cols].to_numpy().sum() == 0:
+        return None
+    parts = []
+    for rule, name in (("stllr", "S-TLLR"), ("bptt", "BPTT")):
+        c = configs[configs["rule"] == rule]
+        n, late = int(c["n_seeds"].sum()), int(c["n_stopped_max_epochs"].sum())
+        if n:
+            parts.append(f"{name} {late} of {n} runs")
+    text = ("Stopped by the epoch maximum while still improving (stopped_by = max_epochs): " + ", ".join(parts) + ".")
+    if not matched.empty:
+        m = matched.drop_duplicates(["dataset", "arch_id", "stllr_config_id", "bptt_config_id"])
+        runs = int(m["stllr_seeds"].sum() + m["bptt_seeds"].sum())
+        late = int(m["stllr_stopped_max_epochs"].sum() + m["bptt_stopped_max_epochs"].sum())
+        pat = int(m["stllr_stopped_patience"].sum() + m["bptt_stopped_patience"].sum())
+        fixed = int(m["stllr_stopped_fixed"].sum() + m["bptt_stopped_fixed"].sum())
+        text += (f" Of the {runs} runs in the matched table, {pat} ({100 * pat / max(runs, 1):.0f}%) stopped by "
+                 f"patience (converged on validation), {late} at the epoch maximum while still improving")
+        text += f", {fixed} ran a fixed number of epochs (early stopping off)." if fixed else "."
+        if late:
+            text += (" For those the accuracy difference is measured before convergence: raise the epoch maximum "
+                     "(`budget.epochs`).")
+    return text
 
 
 def paper_rows(datasets: list[str]) -> pd.DataFrame:

@@ -1,58 +1,500 @@
 """``build_report``: study folders in, one offline HTML page + markdown summary + CSV tables out.
 
-Every analysis is a function returning a DataFrame (written as a CSV); figures are drawn
-from those frames; the page is assembled once from them (:mod:`reports._html`).
+Two phases. :func:`analyse` computes every table of every dataset (matched architectures,
+verdict, Q1, Q2, ...) and collects every :class:`~reports._claims.Claim` the report will make
+in one list; Holm's correction runs once over that list. Only then :func:`sections` writes
+the page, so a sentence says "in favour of" only for a claim that holds after correction.
+Every table is a CSV written beside the page; figures are drawn from those frames; the page is
+assembled once from them (:mod:`reports._html`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from reports import _frontier as fr
 from reports import _questions as q1
 from reports import _scaling as q2
 from reports import _window as lw
+from reports._claims import Claim, holm
 from reports._configs import config_table
-from reports._load import STATUSES, Objective, complete_runs, load_studies, objectives_by_dataset, status_counts
-from reports._html import Bullets, Figure, Section, Table, Text, fmt, pm, render_html, render_markdown
-from reports._matched import matched_table, paper_rows, still_learning_note, window_memory_note
+from reports._html import (Bullets, Figure, Section, Table, Text, byte_unit, fmt, mac_unit, pct, render_html,
+                           render_markdown, scaled)
+from reports._load import (STATUSES, Objective, Study, complete_runs, floors_by_dataset, load_studies,
+                           objectives_by_dataset, status_counts)
+from reports._matched import (paper_rows, still_learning_note, stopping_note, matched_table, tuning_note,
+                              window_memory_note)
 from reports._static import FORMATS, check_available, export_figures
+from reports._verdict import settle, verdict_table
 from stllr_engine.errors import StllrError
+
 
 def _slug(s: object) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s)).strip("_") or "x"
 
 
-def _frontier_view(objectives: tuple[Objective, ...]) -> dict:
-    view: dict = {"rule": lambda r: fr.rule_name(r["rule"]), "study": "study", "config": "config_id"}
+# -- phase 1: analyses ------------------------------------------------------------------------
+
+
+@dataclass
+class Q1:
+    """Open question 1 (today's additive fit; the response-surface analysis replaces it)."""
+
+    effects: pd.DataFrame
+    levels: pd.DataFrame
+    importance: pd.DataFrame
+    claims: list[Claim] = field(default_factory=list)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"q1_effects.csv": self.effects, "q1_levels.csv": self.levels, "q1_importance.csv": self.importance}
+
+
+@dataclass
+class Q2:
+    """Open question 2 (scaling with width, depth and T)."""
+
+    scaling: pd.DataFrame
+    exponents: pd.DataFrame
+    gaps: pd.DataFrame
+    memory: pd.DataFrame
+    matched: pd.DataFrame
+    claims: list[Claim] = field(default_factory=list)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"q2_scaling.csv": self.scaling, "q2_exponents.csv": self.exponents, "q2_gap.csv": self.gaps,
+                "q2_memory_vs_T.csv": self.memory}
+
+
+def q1_analysis(configs: pd.DataFrame, objs: dict[str, tuple[Objective, ...]], datasets: list[str]) -> Q1:
+    """Where Q1's numbers (and claims, if any) come from: one call, swapped when Q1 changes."""
+    importance = _concat([q1.param_importance(configs[configs["dataset"] == d], objs[d]) for d in datasets])
+    return Q1(_ensure(q1.factor_effects(configs)), _ensure(q1.factor_levels(configs)), importance)
+
+
+def q2_analysis(configs: pd.DataFrame, matched: pd.DataFrame) -> Q2:
+    """Where Q2's numbers come from. The gap is fitted over one matched row per architecture:
+    BPTT on S-TLLR's own objective where the study trained it (DESIGN §8), else its other."""
+    primary = _primary(matched)
+    return Q2(_ensure(q2.scaling_table(configs)), _ensure(q2.scaling_exponents(configs)),
+              _ensure(q2.gap_scaling(primary)), _ensure(q2.memory_vs_T(configs)), primary)
+
+
+@dataclass
+class Analysis:
+    """Everything the page shows, computed before a word of it is written."""
+
+    studies: list[Study]
+    runs: pd.DataFrame
+    configs: pd.DataFrame
+    objectives: dict[str, tuple[Objective, ...]]
+    floors: dict[str, dict]
+    datasets: list[str]
+    tables: dict[str, pd.DataFrame]
+    q1: Q1
+    q2: Q2
+    claims: list[Claim]
+
+
+def analyse(studies: list[Study]) -> Analysis:
+    """Every table and every claim of the report; Holm's correction over all claims, once."""
+    runs = complete_runs(studies)
+    configs = config_table(runs)
+    objs = objectives_by_dataset(studies)
+    floors = floors_by_dataset(studies)
+    datasets = sorted(configs["dataset"].unique()) if len(configs) else []
+    tables: dict[str, pd.DataFrame] = {"runs.csv": status_counts(studies), "configurations.csv": configs}
+    tables["frontier.csv"] = _concat([fr.frontier(configs[configs["dataset"] == d], objs[d]) for d in datasets])
+    tables["hypervolume.csv"] = _concat([fr.hypervolume_table(configs[configs["dataset"] == d], objs[d]) for d in datasets])
+    tables["projections.csv"] = _concat([fr.projections(configs[configs["dataset"] == d], objs[d]) for d in datasets])
+    matched = _ensure(matched_table(configs, floors))
+    tables["matched.csv"] = matched
+    tables["paper_table2.csv"] = paper_rows(datasets)
+    verdict, claims = verdict_table(matched)
+    a1 = q1_analysis(configs, objs, datasets)
+    a2 = q2_analysis(configs, matched)
+    claims = claims + list(getattr(a1, "claims", [])) + list(getattr(a2, "claims", []))
+    holm(claims)  # one family: every claim of the report
+    tables["verdict.csv"] = settle(verdict, claims)
+    tables["claims.csv"] = pd.DataFrame([{"key": c.key, "claim": c.text, "estimate": c.estimate, "low": c.low,
+                                          "high": c.high, "p": c.p, "p_holm": c.p_adj, "holds": c.holds()}
+                                         for c in claims], columns=["key", "claim", "estimate", "low", "high", "p",
+                                                                    "p_holm", "holds"])
+    tables.update(a1.tables())
+    tables.update(a2.tables())
+    tables["window.csv"] = _ensure(lw.window_table(configs))
+    return Analysis(studies, runs, configs, objs, floors, datasets, tables, a1, a2, claims)
+
+
+# -- phase 2: the page ------------------------------------------------------------------------
+
+
+def _units(df: pd.DataFrame, macs: list[str], mem: list[str]) -> tuple[tuple[float, str], tuple[float, str]]:
+    """One MAC unit and one byte unit for a table (from every cost column it shows)."""
+    m = [df[c] for c in macs if c in df.columns]
+    b = [df[c] for c in mem if c in df.columns]
+    return (mac_unit(pd.concat(m)) if m else (1.0, "MACs")), (byte_unit(pd.concat(b)) if b else (1, "B"))
+
+
+_FAVOUR_CLASS = {"S-TLLR": "fav-stllr", "BPTT": "fav-bptt"}
+
+
+def _favour_tag(col: str) -> Callable[[pd.Series], str]:
+    return lambda r: _FAVOUR_CLASS.get(str(r[col]), "fav-none")
+
+
+def _verdict_rows(v: pd.Series) -> pd.DataFrame:
+    """One verdict row (a dataset and BPTT objective) as the box's rows: quantity, estimate, low, high, p, side."""
+    acc_side = v["accuracy_favours"]
+    if acc_side == "no difference":
+        acc_side = "no difference at the corrected level"
+    rows = [{"quantity": "test accuracy, S-TLLR − BPTT [points]", "estimate": pct(v["accuracy_diff"], True),
+             "low": pct(v["accuracy_diff_lo"], True), "high": pct(v["accuracy_diff_hi"], True),
+             "p (Holm)": fmt(v["accuracy_diff_p_holm"]), "in favour of": acc_side, "side": v["accuracy_favours"]}]
+    names = {"mac": "learning MACs", "memory": "learning memory"}
+    for kind, how in (("mac", "measured"), ("mac", "formula"), ("memory", "measured"), ("memory", "formula")):
+        side = v[f"{kind}_{how}_favours"]
+        rows.append({"quantity": f"{names[kind]}, BPTT ÷ S-TLLR, {how} [×]", "estimate": fmt(v[f"{kind}_ratio_{how}"]),
+                     "low": fmt(v[f"{kind}_ratio_{how}_min"]), "high": fmt(v[f"{kind}_ratio_{how}_max"]),
+                     "p (Holm)": "", "in favour of": "mixed across architectures" if side == "mixed" else side,
+                     "side": side})
+    return pd.DataFrame(rows)
+
+
+def verdict_section(a: Analysis) -> Section:
+    """The box at the top: per dataset (and BPTT objective), accuracy, MACs and memory, each with its side."""
+    v = a.tables["verdict.csv"]
+    sec = Section("Verdict: S-TLLR against BPTT at matched architectures", box=True)
+    if v.empty:
+        sec.blocks.append(Text("No architecture has complete runs of both rules yet: no verdict.", summary=True))
+        return sec
+    sec.blocks.append(Text(
+        "Accuracy: S-TLLR − BPTT test accuracy, paired by seed (seed s of both rules shares split, data order and "
+        "initialisation), averaged over the matched architectures; low/high: 95% bootstrap interval over seeds; a side "
+        f"is named only when the p-value, corrected (Holm) over all {len(a.claims)} claims of this report, is below "
+        "0.05. Costs: BPTT ÷ S-TLLR (> 1: S-TLLR needs less), geometric mean over the matched architectures, low/high: "
+        "the lowest and highest architecture.", summary=True))
+    for _, r in v.iterrows():
+        several = (v["dataset"] == r["dataset"]).sum() > 1
+        sec.blocks.append(Text(
+            f"{r['dataset']}{' — BPTT objective ' + str(r['bptt_loss_kind']) if several else ''}: "
+            f"S-TLLR ({r['stllr_loss_kind']}) vs BPTT ({r['bptt_loss_kind']}), {int(r['architectures'])} matched "
+            f"architecture(s), {int(r['n_seed_blocks'])} paired seed(s); {_tuned_phrase(r)}; {_floor_phrase(r, a)}",
+            summary=True))
+        rows = _verdict_rows(r)
+        sec.blocks.append(Table(rows, "verdict.csv", {c: (lambda x, c=c: str(x[c])) for c in (
+                                    "quantity", "estimate", "low", "high", "p (Holm)", "in favour of")},
+                                summary=True, tags={"in favour of": _favour_tag("side")}))
+    return sec
+
+
+def _tuned_phrase(r: pd.Series) -> str:
+    n, k = int(r["architectures"]), int(r["stllr_tuned_architectures"])
+    if k == 0:
+        return "S-TLLR tuned: no — factor search only"
+    return f"S-TLLR tuned (BPTT's learning-rate search) at {k} of {n} architecture(s)"
+
+
+def _floor_phrase(r: pd.Series, a: Analysis) -> str:
+    f = a.floors.get(str(r["dataset"]))
+    if not f:
+        return "floors not measured."
+    chance, lin = r["chance_accuracy"], r["linear_readout_test_accuracy"]
+    out = f"floors: chance {pct(chance)}%, linear read-out {pct(lin)}% (test)"
+    best = max(float(r["stllr_best_test_accuracy"]), float(r["bptt_best_test_accuracy"]))
+    if np.isfinite(lin) and np.isfinite(best) and best <= lin:
+        out += " — neither rule beats the linear read-out of the input frames"
+    elif np.isfinite(chance) and np.isfinite(best) and best <= chance + 0.02:
+        out += " — both rules are at chance"
+    return out + "."
+
+
+def _frontier_view(front: pd.DataFrame, objectives: tuple[Objective, ...], several_studies: bool) -> dict:
+    (mdiv, mu), (bdiv, bu) = _units(front, [f"{c}_mean" for c in fr.COSTS[:2]], [f"{c}_mean" for c in fr.COSTS[2:]])
+    view: dict = {"rule": lambda r: fr.rule_name(r["rule"])}
+    if several_studies:
+        view["study"] = "study"
+    view.update({"config": "config_id", "arch": "arch_id"})
+    if "loss_kind" in front.columns:
+        view["objective"] = "loss_kind"
+    for m in dict.fromkeys(["val_accuracy", *(o.metric for o in objectives if "accuracy" in o.metric),
+                            "test_accuracy"]):
+        tag = "val" if m == "val_accuracy" else m.replace("_accuracy", "")
+        view[f"{tag} acc [%]"] = lambda r, m=m: pct(r[f"{m}_mean"])
+        view[f"{tag} std"] = lambda r, m=m: pct(r[f"{m}_std"])
+    view[f"MACs formula [{mu.split()[0]}]"] = scaled(f"{fr.COSTS[0]}_mean", mdiv)
+    view[f"MACs measured [{mu.split()[0]}]"] = scaled(f"{fr.COSTS[1]}_mean", mdiv)
+    view[f"memory measured [{bu}]"] = scaled(f"{fr.COSTS[2]}_mean", bdiv)
+    view[f"memory formula [{bu}]"] = scaled(f"{fr.COSTS[3]}_mean", bdiv)
     for o in objectives:
-        view[f"{fr.label(o.metric)} ({'max' if o.maximize else 'min'})"] = lambda r, m=o.metric: pm(r, m)
-    view["test accuracy (not used to select)"] = lambda r: pm(r, "test_accuracy")
+        if "accuracy" not in o.metric and o.metric not in fr.COSTS:
+            view[fr.label(o.metric)] = f"{o.metric}_mean"
     view["seeds"] = "n_seeds"
-    view["trial_ids"] = "trial_ids"
     return view
 
 
-_MATCHED_VIEW: dict = {
-    "dataset": "dataset", "arch": "arch_id", "T": "T", "learn_steps": "learn_steps", "S-TLLR mode": "stllr_mode",
-    "BPTT test acc": lambda r: f"{fmt(r['bptt_test_accuracy_mean'])} ± {fmt(r['bptt_test_accuracy_std'])} (n={r['bptt_seeds']})",
-    "S-TLLR test acc": lambda r: f"{fmt(r['stllr_test_accuracy_mean'])} ± {fmt(r['stllr_test_accuracy_std'])} (n={r['stllr_seeds']})",
-    "acc diff (S-TLLR − BPTT) ± se": lambda r: f"{fmt(r['accuracy_diff'])} ± {fmt(r['accuracy_diff_se'])}",
-    "learning MACs BPTT / S-TLLR (formula)": lambda r: f"{fmt(r['bptt_learning_macs_formula'])} / {fmt(r['stllr_learning_macs_formula'])}",
-    "MAC ratio formula; measured; paper": lambda r: f"{fmt(r['mac_ratio_formula'])}; {fmt(r['mac_ratio_measured'])}; {fmt(r['mac_ratio_paper'])}",
-    "memory bytes BPTT / S-TLLR (formula)": lambda r: f"{fmt(r['bptt_memory_bytes_formula'])} / {fmt(r['stllr_memory_bytes_formula'])}",
-    "memory ratio formula; measured; paper": lambda r: f"{fmt(r['memory_ratio_formula'])}; {fmt(r['memory_ratio_measured'])}; {fmt(r['memory_ratio_paper'])}",
-    "configs (S-TLLR, BPTT)": lambda r: f"{r['stllr_config_id']}, {r['bptt_config_id']}",
-}
+def frontier_sections(a: Analysis) -> tuple[list[Section], list[Figure]]:
+    sections, figures = [], []
+    several = len(a.studies) > 1
+    for d in a.datasets:
+        c, o = a.configs[a.configs["dataset"] == d], a.objectives[d]
+        f = a.tables["frontier.csv"][a.tables["frontier.csv"]["dataset"] == d]
+        sec = Section(f"Frontier — {d}", [Text(
+            f"{len(f)} non-dominated configurations of {len(c)} over " +
+            ", ".join(f"{fr.label(x.metric)} ({'max' if x.maximize else 'min'})" for x in o) + ". Points: S-TLLR blue, "
+            "BPTT red; lines: the task's floors (chance, linear read-out of the input frames).", summary=True),
+            Table(f, "frontier.csv", _frontier_view(f, o, several), caption=f"Frontier ({d})", summary=True)])
+        fig = Figure(fr.frontier_figure(f, o, c, title=f"{d}: frontier (large, outlined) and dominated configurations",
+                                        floors=a.floors.get(d)), f"frontier_{_slug(d)}", "frontier.csv")
+        sec.blocks.append(fig)
+        figures.append(fig)
+        p = a.tables["projections.csv"]
+        p = p[p["dataset"] == d] if len(p) else p
+        for x, y in (p[["x", "y"]].drop_duplicates().itertuples(index=False) if len(p) else []):
+            pf = Figure(fr.projection_figure(p, x, y, title=f"{d}: {fr.label(y)} vs {fr.label(x)}",
+                                             floors=a.floors.get(d)),
+                        f"projection_{_slug(d)}_{_slug(x)}_{_slug(y)}", "projections.csv")
+            sec.blocks.append(pf)
+            figures.append(pf)
+        hv = a.tables["hypervolume.csv"]
+        sec.blocks.append(Table(hv[hv["dataset"] == d], "hypervolume.csv", {
+            "rules": lambda r: {"all": "both", **{k: v[0] for k, v in fr.RULE_STYLE.items()}}.get(r["rules"], r["rules"]),
+            "configurations": "configurations", "frontier points": "frontier_points",
+            "hypervolume (normalised)": "hypervolume_normalised"}, caption=(
+            "Hypervolume, normalised (objectives scaled to ideal 0 / worst 1, reference 1.1, divided by 1.1^k)"),
+            summary=True))
+        sections.append(sec)
+    return sections, figures
 
 
-def _ci(est: str, lo: str, hi: str) -> Callable[[pd.Series], str]:
-    return lambda r: f"{fmt(r[est])} [{fmt(r[lo])}, {fmt(r[hi])}]"
+def matched_section(a: Analysis) -> Section:
+    m = a.tables["matched.csv"]
+    sec = Section("Best S-TLLR vs BPTT at matched architecture (paper Table 2 layout)", [Text(
+        "Per architecture, S-TLLR at its tuned factors (the same learning-rate search as BPTT) — or, where the study did "
+        "not tune it, its best factor-search configuration — against the best BPTT configuration, per BPTT objective; "
+        "both chosen by mean validation accuracy. Test accuracy in %, difference S-TLLR − BPTT in points paired by seed "
+        "with its 95% bootstrap interval; cost ratios are BPTT ÷ S-TLLR (> 1: S-TLLR needs less); 'paper' = DESIGN §4 "
+        "closed forms (memory T/2, MACs 2T/(3·learn_steps)).", summary=True)])
+    if m.empty:
+        sec.blocks.append(Text("No architecture has complete runs of both rules yet.", summary=True))
+        return sec
+    several_kinds = m.groupby(["dataset", "arch_id"]).size().max() > 1
+    floors = m["chance_accuracy"].notna().any()
+    acc: dict = {"dataset": "dataset", "arch": "arch_id", "S-TLLR objective": "stllr_loss_kind",
+                 "BPTT objective": "bptt_loss_kind", "S-TLLR tuned": lambda r: "yes" if r["stllr_tuned"] else "no",
+                 "S-TLLR test [%]": lambda r: pct(r["stllr_test_accuracy_mean"]),
+                 "S-TLLR std": lambda r: pct(r["stllr_test_accuracy_std"]),
+                 "BPTT test [%]": lambda r: pct(r["bptt_test_accuracy_mean"]),
+                 "BPTT std": lambda r: pct(r["bptt_test_accuracy_std"]),
+                 "paired seeds": "n_pairs", "diff [points]": lambda r: pct(r["accuracy_diff"], True),
+                 "95% low": lambda r: pct(r["accuracy_diff_lo"], True),
+                 "95% high": lambda r: pct(r["accuracy_diff_hi"], True)}
+    if floors:
+        acc["chance [%]"] = lambda r: pct(r["chance_accuracy"])
+        acc["linear read-out [%]"] = lambda r: pct(r["linear_readout_test_accuracy"])
+    sec.blocks.append(Table(m, "matched.csv", acc, caption="Accuracy (test split; selection by validation)",
+                            summary=True))
+    if not floors:
+        sec.blocks.append(Text("Floors not measured: the study folder has no floors.json (chance and a linear "
+                               "read-out of the input frames), so the table cannot show when both rules fail.",
+                               summary=True))
+    (mdiv, mu), (bdiv, bu) = _units(m, ["bptt_learning_macs_measured", "stllr_learning_macs_measured"],
+                                    ["bptt_memory_bytes_measured", "stllr_memory_bytes_measured"])
+    cost: dict = {"dataset": "dataset", "arch": "arch_id"}
+    if several_kinds:
+        cost["BPTT objective"] = "bptt_loss_kind"
+    cost.update({"learn_steps": "learn_steps", "S-TLLR mode": "stllr_mode",
+                 f"S-TLLR MACs [{mu.split()[0]}]": scaled("stllr_learning_macs_measured", mdiv),
+                 f"BPTT MACs [{mu.split()[0]}]": scaled("bptt_learning_macs_measured", mdiv),
+                 "MACs × measured": "mac_ratio_measured", "MACs × formula": "mac_ratio_formula",
+                 "MACs × paper": "mac_ratio_paper",
+                 f"S-TLLR memory [{bu}]": scaled("stllr_memory_bytes_measured", bdiv),
+                 f"BPTT memory [{bu}]": scaled("bptt_memory_bytes_measured", bdiv),
+                 "memory × measured": "memory_ratio_measured", "memory × formula": "memory_ratio_formula",
+                 "memory × paper": "memory_ratio_paper"})
+    sec.blocks.append(Table(m, "matched.csv", cost, caption="Learning costs per sample, measured (× = BPTT ÷ S-TLLR; "
+                                                            "formula counts are in matched.csv)", summary=True))
+    tune: dict = {"dataset": "dataset", "arch": "arch_id"}
+    if several_kinds:
+        tune["BPTT objective"] = "bptt_loss_kind"
+    tune.update({"S-TLLR config": "stllr_config_id", "BPTT config": "bptt_config_id",
+                 "S-TLLR factor search: configs": "stllr_search_configs", "its runs": "stllr_search_runs",
+                 "S-TLLR lr trials": "stllr_tuning_trials", "BPTT lr trials": "bptt_tuning_trials",
+                 "S-TLLR runs at max epochs": "stllr_stopped_max_epochs",
+                 "BPTT runs at max epochs": "bptt_stopped_max_epochs"})
+    sec.blocks.append(Table(m, "matched.csv", tune, caption="Tuning each side got, and how its chosen runs stopped",
+                            summary=True))
+    for note in (tuning_note(m), stopping_note(a.configs, m) or still_learning_note(m), window_memory_note(m)):
+        if note:
+            sec.blocks.append(Text(note, summary=True))
+    if len(a.tables["paper_table2.csv"]):
+        sec.blocks.append(Table(a.tables["paper_table2.csv"], "paper_table2.csv",
+                                caption="Paper Table 2 (TMLR), for reference; its MACs are a quarter of exact counts "
+                                        "and its MB assume ~2 bytes per value (DESIGN §7)", summary=True))
+    return sec
+
+
+def _ci_cols(est: str, lo: str, hi: str, f: Callable[[object], str] = fmt) -> dict:
+    return {"estimate": lambda r: f(r[est]), "95% low": lambda r: f(r[lo]), "95% high": lambda r: f(r[hi])}
+
+
+def q1_section(r: Q1, a: Analysis) -> tuple[Section, list[Figure]]:
+    """How Q1 is shown: one call, swapped with :func:`q1_analysis`."""
+    effects, levels, importance = r.effects, r.levels, r.importance
+    answers = q1.answer_q1(effects, a.configs)
+    sec = Section("Open question 1 — the causal / non-causal balance", [Text(
+        "Validation accuracy of S-TLLR configurations regressed jointly on the varied factors (other varied "
+        "settings as covariates); intervals: bootstrap over configurations, Bonferroni-adjusted over the factors "
+        "of a dataset (network-wide and per-layer together); an interval wider than the whole spread of the "
+        "configurations' accuracies is flagged: 'uninformative' when it contains zero, 'imprecise' when it does "
+        "not (the sign stands, the size is poorly known). Per-layer factors are fit over the configurations that set "
+        "them (the deeper networks), where layer 0 takes the network-wide value. α_post < 0 favours causal order, "
+        "α_post > 0 synchrony.", summary=True)])
+    figures: list[Figure] = []
+    for d in a.datasets:
+        sec.blocks.append(Text(f"{d}:", summary=True))
+        sec.blocks.append(Bullets(answers.get(d, ["inconclusive: no S-TLLR factor was varied."]), summary=True))
+    if len(effects):
+        view = {"dataset": "dataset", "factor": "factor", "configs": "n_configs", "runs": "n_runs", "min": "min",
+                "max": "max", **{f"effect [points] {k}": v for k, v in _ci_cols(
+                    "effect", "effect_lo", "effect_hi", lambda x: pct(x, True)).items()},
+                "CI level": "ci_level", "spread [points]": lambda r: pct(r["spread"]), "verdict": "verdict",
+                "reason": "reason"}
+        sec.blocks.append(Table(effects, "q1_effects.csv", view))
+    for d in sorted(levels["dataset"].unique()) if len(levels) else []:
+        fig = Figure(q1.factor_figure(a.configs, levels, d), f"q1_factors_{_slug(d)}", "q1_levels.csv")
+        sec.blocks.append(fig)
+        figures.append(fig)
+    if len(importance):
+        sec.blocks.append(Table(importance, "q1_importance.csv", caption=(
+            "Optuna PED-ANOVA importance (study rebuilt from the table; maximised objectives negated); direction "
+            "'+' = a higher setting goes with a better objective (Spearman)")))
+    verdicts = set(effects["verdict"]) if len(effects) and "verdict" in effects else set()
+    if not verdicts or verdicts <= {"inconclusive"}:
+        sec.collapsed = ("no data: no S-TLLR factor was varied." if not verdicts else
+                         f"inconclusive for every factor ({len(effects)} tested; q1_effects.csv).")
+    return sec, figures
+
+
+def q2_section(r: Q2, a: Analysis) -> tuple[Section, list[Figure]]:
+    """How Q2 is shown: one call, swapped with :func:`q2_analysis`."""
+    scaling, exps, gaps, mem = r.scaling, r.exponents, r.gaps, r.memory
+    sec = Section("Open question 2 — scaling with width, depth and T", [Text(
+        "Costs: log-log exponents over configurations (y ∝ size^b, other varied sizes and learn_steps controlled). "
+        "Accuracy and the S-TLLR − BPTT gap: change per doubling. 95% bootstrap intervals.", summary=True)])
+    figures: list[Figure] = []
+    a2 = q2.answer_q2(exps, gaps, a.configs)
+    for d in a.datasets:
+        sec.blocks.append(Text(f"{d}:", summary=True))
+        sec.blocks.append(Bullets(a2.get(d, ["inconclusive: nothing to fit."]), summary=True))
+    if len(exps):
+        sec.blocks.append(Table(exps, "q2_exponents.csv", {
+            "dataset": "dataset", "rule": lambda x: fr.rule_name(x["rule"]), "metric": "metric", "size": "size",
+            "kind": "kind", **_ci_cols("estimate", "ci_lo", "ci_hi"), "configs": "n_points", "runs": "n_runs",
+            "verdict": "verdict"}))
+    if len(gaps):
+        sec.blocks.append(Table(gaps, "q2_gap.csv", {
+            "dataset": "dataset", "size": "size", **{f"gap change per doubling {k}": v for k, v in _ci_cols(
+                "estimate", "ci_lo", "ci_hi").items()}, "architectures": "n_points", "runs": "n_runs",
+            "verdict": "verdict"}))
+    for d in a.datasets:
+        s = scaling[scaling["dataset"] == d]
+        for size in q2.SIZES:
+            if s[size].nunique() > 1:
+                fig = Figure(q2.scaling_figure(scaling, d, size), f"q2_{_slug(d)}_{size}", "q2_scaling.csv")
+                sec.blocks.append(fig)
+                figures.append(fig)
+        if len(r.matched[r.matched["dataset"] == d]):
+            fig = Figure(q2.gap_figure(r.matched, d), f"q2_gap_{_slug(d)}", "matched.csv")
+            sec.blocks.append(fig)
+            figures.append(fig)
+        fig = Figure(q2.memory_T_figure(mem, d), f"q2_memory_T_{_slug(d)}", "q2_memory_vs_T.csv")
+        sec.blocks.append(fig)
+        figures.append(fig)
+    verdicts = set(exps.get("verdict", pd.Series(dtype=object))) | set(gaps.get("verdict", pd.Series(dtype=object)))
+    if not verdicts or verdicts <= {"inconclusive"}:
+        sec.collapsed = ("no data: the study did not vary width, depth or T." if not verdicts else
+                         "inconclusive for every size (q2_exponents.csv, q2_gap.csv).")
+    return sec, figures
+
+
+def window_section(a: Analysis) -> tuple[Section, list[Figure]]:
+    window = a.tables["window.csv"]
+    sec = Section("The learning window (learn_steps)", [Text(
+        "S-TLLR validation accuracy (mean over configurations with 95% CI, and the best configuration with its test "
+        "accuracy) and learning MACs as a fraction of BPTT's at the same architecture; BPTT at learn_steps = T.",
+        summary=True)])
+    figures: list[Figure] = []
+    if window.empty:
+        sec.collapsed = "no data: no S-TLLR configuration has finished."
+        return sec, figures
+    sec.blocks.append(Table(window, "window.csv", {
+        "dataset": "dataset", "rule": lambda r: fr.rule_name(r["rule"]), "T": "T", "learn_steps": "learn_steps",
+        "configs": "n_configs", "runs": "n_runs",
+        **{f"val acc [%] {k}": v for k, v in _ci_cols("val_accuracy_mean", "val_accuracy_ci_lo", "val_accuracy_ci_hi",
+                                                       pct).items()},
+        "best config": "best_config_id", "best val [%]": lambda r: pct(r["best_val_accuracy"]),
+        "its test [%]": lambda r: pct(r["best_test_accuracy"]), "MACs / BPTT": "mac_fraction_of_bptt",
+        "formula": "mac_fraction_of_bptt_paper"}, summary=True))
+    for d in sorted(window["dataset"].unique()):
+        fig = Figure(lw.window_figure(window, d), f"window_{_slug(d)}", "window.csv")
+        sec.blocks.append(fig)
+        figures.append(fig)
+    return sec, figures
+
+
+def configurations_section(a: Analysis) -> Section:
+    c = a.configs
+    (mdiv, mu), (bdiv, bu) = _units(c, [f"{x}_mean" for x in fr.COSTS[:2]], [f"{x}_mean" for x in fr.COSTS[2:]])
+    sec = Section("All configurations", [Table(c, "configurations.csv", {
+        "study": "study", "config": "config_id", "rule": lambda r: fr.rule_name(r["rule"]), "role": "role",
+        "arch": "arch_id", "objective": "loss_kind", "learn_steps": "learn_steps", "α_post": "alpha_post",
+        "λ_post": "lambda_post", "λ_pre": "lambda_pre", "lr": "lr",
+        "val [%]": lambda r: pct(r["val_accuracy_mean"]), "val std": lambda r: pct(r["val_accuracy_std"]),
+        "test [%]": lambda r: pct(r["test_accuracy_mean"]), "test std": lambda r: pct(r["test_accuracy_std"]),
+        f"MACs [{mu.split()[0]}]": scaled(f"{fr.COSTS[0]}_mean", mdiv),
+        f"memory measured [{bu}]": scaled(f"{fr.COSTS[2]}_mean", bdiv),
+        f"memory formula [{bu}]": scaled(f"{fr.COSTS[3]}_mean", bdiv), "seeds": "n_seeds"})])
+    sec.collapsed = f"{len(c)} configurations (mean over seeds), click to show; every column in configurations.csv."
+    return sec
+
+
+def sections(a: Analysis) -> tuple[str, list[str], list[Section], list[Figure]]:
+    """The page from an :class:`Analysis`: title, intro lines, sections and the figures among them."""
+    counts = a.tables["runs.csv"]
+    names = ", ".join(s.name for s in a.studies)
+    title = f"S-TLLR vs BPTT: {names}"
+    excluded = {st: int(counts[st].sum()) for st in STATUSES if st != "complete"}
+    intro = [f"Generated {_dt.datetime.now().isoformat(timespec='seconds')} from "
+             f"{', '.join(str(s.dir) for s in a.studies)}.",
+             f"{len(a.runs)} complete runs in {len(a.configs)} configurations enter the analyses; excluded: "
+             + ", ".join(f"{v} {k}" for k, v in excluded.items()) + ". A configuration is one point (mean over its "
+             "seeds, error bars = seed std). Selection uses validation accuracy only; test accuracy is shown beside.",
+             "Costs are per sample, learning phase only; 'formula' = DESIGN §4 counts as computed by the engine, "
+             "'measured' = the engine's allocation tracker and FLOP counter. Accuracies in %, memory in KiB/MiB."]
+    intro[1:1] = [f"Study {s.name}: {s.description}" for s in a.studies if s.description]
+    intro += [f"{s.name}: {s.runs.attrs['rebuilt']}" for s in a.studies if s.runs.attrs.get("rebuilt")]
+    out: list[Section] = [verdict_section(a)]
+    figures: list[Figure] = []
+    out.append(Section("Studies and runs", [Table(counts, "runs.csv", summary=True)]))
+    if not a.datasets:
+        out.append(Section("No complete runs yet", [Text(
+            "No run has status complete yet; the report fills in as the study finishes runs.", summary=True)]))
+    secs, figs = frontier_sections(a)
+    out += secs
+    figures += figs
+    out.append(matched_section(a))
+    for part in (q1_section(a.q1, a), q2_section(a.q2, a), window_section(a)):
+        out.append(part[0])
+        figures += part[1]
+    out.append(configurations_section(a))
+    return title, intro, out, figures
 
 
 def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, out: str | Path | None = None,
@@ -60,8 +502,9 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
     """Build the report of one or several study folders.
 
     Args:
-        dirs: study folders (each with ``results.parquet`` and ``study.yaml``); a study may
-            still be running (its ``running`` rows are ignored).
+        dirs: study folders (each with ``results.parquet`` and ``study.yaml``; ``floors.json``
+            when the sweep measured the task's floors); a study may still be running (its
+            ``running`` rows are ignored).
         out: output folder; default ``<first dir>/report``.
         formats: static figure formats among ``png``, ``svg``, ``pdf`` (needs kaleido and a
             Chromium; see :mod:`reports._static`).
@@ -83,185 +526,25 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
     folder = Path(out) if out is not None else Path(dirs[0]) / "report"
     folder.mkdir(parents=True, exist_ok=True)
 
-    runs = complete_runs(studies)
-    configs = config_table(runs)
-    objs = objectives_by_dataset(studies)
-    datasets = sorted(configs["dataset"].unique()) if len(configs) else []
-    counts = status_counts(studies)
-
-    tables: dict[str, pd.DataFrame] = {"runs.csv": counts, "configurations.csv": configs}
-    front_parts, hv_parts, proj_parts = [], [], []
-    for d in datasets:
-        c = configs[configs["dataset"] == d]
-        front_parts.append(fr.frontier(c, objs[d]))
-        hv_parts.append(fr.hypervolume_table(c, objs[d]))
-        proj_parts.append(fr.projections(c, objs[d]))
-    tables["frontier.csv"] = _concat(front_parts)
-    tables["hypervolume.csv"] = _concat(hv_parts)
-    tables["projections.csv"] = _concat(proj_parts)
-    matched = _ensure(matched_table(configs))
-    tables["matched.csv"] = matched
-    tables["paper_table2.csv"] = paper_rows(datasets)
-    effects, levels = _ensure(q1.factor_effects(configs)), _ensure(q1.factor_levels(configs))
-    importance = _concat([q1.param_importance(configs[configs["dataset"] == d], objs[d]) for d in datasets])
-    tables.update({"q1_effects.csv": effects, "q1_levels.csv": levels, "q1_importance.csv": importance})
-    scaling, exps, gaps, mem = (_ensure(q2.scaling_table(configs)), _ensure(q2.scaling_exponents(configs)),
-                                _ensure(q2.gap_scaling(matched)), _ensure(q2.memory_vs_T(configs)))
-    tables.update({"q2_scaling.csv": scaling, "q2_exponents.csv": exps, "q2_gap.csv": gaps, "q2_memory_vs_T.csv": mem})
-    window = _ensure(lw.window_table(configs))
-    tables["window.csv"] = window
-    for name, df in tables.items():
+    a = analyse(studies)
+    for name, df in a.tables.items():
         df.to_csv(folder / name, index=False)
-
-    names = ", ".join(s.name for s in studies)
-    title = f"S-TLLR vs BPTT: {names}"
-    excluded = {st: int(counts[st].sum()) for st in STATUSES if st != "complete"}
-    intro = [f"Generated {_dt.datetime.now().isoformat(timespec='seconds')} from "
-             f"{', '.join(str(s.dir) for s in studies)}.",
-             f"{len(runs)} complete runs in {len(configs)} configurations enter the analyses; excluded: "
-             + ", ".join(f"{v} {k}" for k, v in excluded.items()) + ". A configuration is one point (mean over its "
-             "seeds, error bars = seed std). Selection uses validation accuracy only; test accuracy is shown beside.",
-             "Costs are per sample, learning phase only; 'formula' = DESIGN §4 counts as computed by the engine, "
-             "'measured' = the engine's allocation tracker and FLOP counter."]
-    intro[1:1] = [f"Study {s.name}: {s.description}" for s in studies if s.description]
-    intro += [f"{s.name}: {s.runs.attrs['rebuilt']}" for s in studies if s.runs.attrs.get("rebuilt")]
-    sections: list[Section] = [Section("Studies and runs", [Table(counts, "runs.csv", summary=True)])]
-    figures: list[Figure] = []
-    if not datasets:
-        sections.append(Section("No complete runs yet", [Text(
-            "No run has status complete yet; the report fills in as the study finishes runs.", summary=True)]))
-
-    for d in datasets:
-        c, o = configs[configs["dataset"] == d], objs[d]
-        f = tables["frontier.csv"][tables["frontier.csv"]["dataset"] == d]
-        sec = Section(f"Frontier — {d}", [Text(
-            f"{len(f)} non-dominated configurations of {len(c)} over " +
-            ", ".join(f"{fr.label(x.metric)} ({'max' if x.maximize else 'min'})" for x in o) + ".", summary=True),
-            Table(f, "frontier.csv", _frontier_view(o), caption=f"Frontier ({d})", summary=True)])
-        fig = Figure(fr.frontier_figure(f, o, c, title=f"{d}: frontier (bold) and dominated configurations"),
-                     f"frontier_{_slug(d)}", "frontier.csv")
-        sec.blocks.append(fig)
-        figures.append(fig)
-        p = tables["projections.csv"]
-        for x, y in p[p["dataset"] == d][["x", "y"]].drop_duplicates().itertuples(index=False):
-            pf = Figure(fr.projection_figure(p[p["dataset"] == d], x, y, title=f"{d}: {fr.label(y)} vs {fr.label(x)}"),
-                        f"projection_{_slug(d)}_{_slug(x)}_{_slug(y)}", "projections.csv")
-            sec.blocks.append(pf)
-            figures.append(pf)
-        hv = tables["hypervolume.csv"]
-        sec.blocks.append(Table(hv[hv["dataset"] == d], "hypervolume.csv", caption=(
-            "Hypervolume, normalised (objectives scaled to ideal 0 / worst 1, reference 1.1, divided by 1.1^k)"),
-            summary=True))
-        sections.append(sec)
-
-    sec = Section("Best S-TLLR vs BPTT at matched architecture (paper Table 2 layout)", [Text(
-        "Per arch_id, the best configuration of each rule by mean validation accuracy; test accuracy mean ± std "
-        "(n seeds); ratios are BPTT / S-TLLR (> 1: S-TLLR needs less); 'paper' = DESIGN §4 closed forms "
-        "(memory T/2, MACs 2T/(3·learn_steps)).", summary=True)])
-    if len(matched):
-        sec.blocks.append(Table(matched, "matched.csv", _MATCHED_VIEW, summary=True))
-        for note in (still_learning_note(matched), window_memory_note(matched)):
-            if note:
-                sec.blocks.append(Text(note, summary=True))
-    else:
-        sec.blocks.append(Text("No architecture has complete runs of both rules yet.", summary=True))
-    if len(tables["paper_table2.csv"]):
-        sec.blocks.append(Table(tables["paper_table2.csv"], "paper_table2.csv",
-                                caption="Paper Table 2 (TMLR), for reference; its MACs are a quarter of exact counts "
-                                        "and its MB assume ~2 bytes per value (DESIGN §7)", summary=True))
-    sections.append(sec)
-
-    answers = q1.answer_q1(effects, configs)
-    sec = Section("Open question 1 — the causal / non-causal balance", [Text(
-        "Validation accuracy of S-TLLR configurations regressed jointly on the varied factors (other varied "
-        "settings as covariates); intervals: bootstrap over configurations, Bonferroni-adjusted over the factors "
-        "of a dataset (network-wide and per-layer together); an interval wider than the whole spread of the "
-        "configurations' accuracies is flagged: 'uninformative' when it contains zero, 'imprecise' when it does "
-        "not (the sign stands, the size is poorly known). Per-layer factors are fit over the configurations that set them (the "
-        "deeper networks), where layer 0 takes the network-wide value. α_post < 0 favours causal order, "
-        "α_post > 0 synchrony.", summary=True)])
-    for d in datasets:
-        sec.blocks.append(Text(f"{d}:", summary=True))
-        sec.blocks.append(Bullets(answers.get(d, ["inconclusive: no S-TLLR factor was varied."]), summary=True))
-    if len(effects):
-        sec.blocks.append(Table(effects, "q1_effects.csv", {
-            "dataset": "dataset", "factor": "factor", "configs": "n_configs", "runs": "n_runs", "min": "min", "max": "max",
-            "effect over range [CI]": _ci("effect", "effect_lo", "effect_hi"), "CI level": "ci_level",
-            "spread of configurations": "spread", "verdict": "verdict", "reason": "reason",
-            "covariates": "covariates"}))
-    for d in sorted(levels["dataset"].unique()) if len(levels) else []:
-        fig = Figure(q1.factor_figure(configs, levels, d), f"q1_factors_{_slug(d)}", "q1_levels.csv")
-        sec.blocks.append(fig)
-        figures.append(fig)
-    if len(importance):
-        sec.blocks.append(Table(importance, "q1_importance.csv", caption=(
-            "Optuna PED-ANOVA importance (study rebuilt from the table; maximised objectives negated); direction "
-            "'+' = a higher setting goes with a better objective (Spearman)")))
-    sections.append(sec)
-
-    sec = Section("Open question 2 — scaling with width, depth and T", [Text(
-        "Costs: log-log exponents over configurations (y ∝ size^b, other varied sizes and learn_steps controlled). "
-        "Accuracy and the S-TLLR − BPTT gap: change per doubling. 95% bootstrap intervals.", summary=True)])
-    a2 = q2.answer_q2(exps, gaps, configs)
-    for d in datasets:
-        sec.blocks.append(Text(f"{d}:", summary=True))
-        sec.blocks.append(Bullets(a2.get(d, ["inconclusive: nothing to fit."]), summary=True))
-    if len(exps):
-        sec.blocks.append(Table(exps, "q2_exponents.csv", {
-            "dataset": "dataset", "rule": lambda r: fr.rule_name(r["rule"]), "metric": "metric", "size": "size",
-            "kind": "kind", "estimate [95% CI]": _ci("estimate", "ci_lo", "ci_hi"), "configs": "n_points",
-            "runs": "n_runs", "verdict": "verdict"}))
-    if len(gaps):
-        sec.blocks.append(Table(gaps, "q2_gap.csv", {
-            "dataset": "dataset", "size": "size", "gap change per doubling [95% CI]": _ci("estimate", "ci_lo", "ci_hi"),
-            "architectures": "n_points", "runs": "n_runs", "verdict": "verdict"}))
-    for d in datasets:
-        s = scaling[scaling["dataset"] == d]
-        for size in q2.SIZES:
-            if s[size].nunique() > 1:
-                fig = Figure(q2.scaling_figure(scaling, d, size), f"q2_{_slug(d)}_{size}", "q2_scaling.csv")
-                sec.blocks.append(fig)
-                figures.append(fig)
-        if len(matched[matched["dataset"] == d]):
-            fig = Figure(q2.gap_figure(matched, d), f"q2_gap_{_slug(d)}", "matched.csv")
-            sec.blocks.append(fig)
-            figures.append(fig)
-        fig = Figure(q2.memory_T_figure(mem, d), f"q2_memory_T_{_slug(d)}", "q2_memory_vs_T.csv")
-        sec.blocks.append(fig)
-        figures.append(fig)
-    sections.append(sec)
-
-    sec = Section("The learning window (learn_steps)", [Text(
-        "S-TLLR validation accuracy (mean over configurations with 95% CI, and the best configuration with its test "
-        "accuracy) and learning MACs as a fraction of BPTT's at the same architecture; BPTT at learn_steps = T.",
-        summary=True)])
-    if len(window):
-        sec.blocks.append(Table(window, "window.csv", {
-            "dataset": "dataset", "rule": lambda r: fr.rule_name(r["rule"]), "T": "T", "learn_steps": "learn_steps",
-            "configs": "n_configs", "runs": "n_runs", "val acc mean [95% CI]": _ci("val_accuracy_mean", "val_accuracy_ci_lo",
-                                                                                 "val_accuracy_ci_hi"),
-            "best config": "best_config_id", "best val": "best_val_accuracy", "its test": "best_test_accuracy",
-            "MACs / BPTT": "mac_fraction_of_bptt", "formula": "mac_fraction_of_bptt_paper"}, summary=True))
-        for d in sorted(window["dataset"].unique()):
-            fig = Figure(lw.window_figure(window, d), f"window_{_slug(d)}", "window.csv")
-            sec.blocks.append(fig)
-            figures.append(fig)
-    sections.append(sec)
-    sections.append(Section("All configurations", [Table(configs, "configurations.csv", {
-        "study": "study", "config": "config_id", "rule": lambda r: fr.rule_name(r["rule"]), "arch": "arch_id",
-        "learn_steps": "learn_steps", "α_post": "alpha_post", "λ_post": "lambda_post", "λ_pre": "lambda_pre",
-        "val acc": lambda r: pm(r, "val_accuracy"), "test acc": lambda r: pm(r, "test_accuracy"),
-        "learning MACs": "learning_macs_formula_per_sample_mean",
-        "memory bytes": "learning_memory_bytes_formula_per_sample_mean", "seeds": "n_seeds", "trial_ids": "trial_ids"})]))
-
+    title, intro, secs, figures = sections(a)
     path = folder / "report.html"
     tmp = folder / ".report.html.tmp"
-    tmp.write_text(render_html(title, intro, sections), encoding="utf-8")
+    tmp.write_text(render_html(title, intro, secs), encoding="utf-8")
     tmp.replace(path)
-    (folder / "summary.md").write_text(render_markdown(title, intro, sections), encoding="utf-8")
+    (folder / "summary.md").write_text(render_markdown(title, intro, secs), encoding="utf-8")
     if formats:
         export_figures({f.name: f.fig for f in figures}, folder / "figures", tuple(formats))
     return path
+
+
+def _primary(matched: pd.DataFrame) -> pd.DataFrame:
+    """One matched row per architecture: the first BPTT objective listed (S-TLLR's own when trained)."""
+    if matched.empty:
+        return matched
+    return matched.groupby(["dataset", "arch_id"], sort=False).head(1).reset_index(drop=True)
 
 
 def _ensure(df: pd.DataFrame) -> pd.DataFrame:
@@ -274,3 +557,7 @@ def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
     if full:
         return pd.concat(full, ignore_index=True)
     return _ensure(parts[0].iloc[0:0]) if parts else pd.DataFrame(columns=["dataset"])
+
+
+__all__ = ["Analysis", "Q1", "Q2", "analyse", "build_report", "q1_analysis", "q1_section", "q2_analysis", "q2_section",
+           "sections", "verdict_section"]

@@ -80,13 +80,13 @@ def test_plotly_embedded_once_and_user_text_escaped(built):
 
 
 def test_every_number_on_the_page_is_in_a_csv(built):
-    """Spot check: the frontier, matched and window tables print cells of their CSVs, rounded."""
+    """Spot check: the frontier, matched and window tables print cells of their CSVs, rounded (accuracies in %)."""
     out, _ = built
     summary = (out / "summary.md").read_text()
     front = pd.read_csv(out / "frontier.csv")
-    from reports._html import fmt
+    from reports._html import fmt, pct
     for v in front["val_accuracy_mean"]:
-        assert fmt(float(v)) in summary
+        assert f"| {pct(float(v))} |" in summary
     matched = pd.read_csv(out / "matched.csv")
     for v in matched["memory_ratio_measured"]:
         assert fmt(float(v)) in summary

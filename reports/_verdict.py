@@ -1,0 +1,134 @@
+"""The verdict per dataset: is S-TLLR more accurate, cheaper in MACs, cheaper in memory than BPTT?
+
+One row per (dataset, BPTT objective) over the matched architectures (:mod:`reports._matched`):
+
+* **accuracy**: S-TLLR − BPTT test accuracy, paired by seed. Seed s of both rules shares the
+  split, the data order and the initialisation, so a seed is one block: its difference is
+  the mean over the matched architectures of that seed's paired differences; the estimate
+  is the mean over seeds, with a 95% bootstrap interval over seeds and the p-value of
+  :func:`reports._matched.paired_stats`. This is a :class:`~reports._claims.Claim`: the
+  report corrects it with every other claim (Holm) before it says "in favour of".
+* **learning MACs and memory**, measured and formula: BPTT ÷ S-TLLR (> 1: S-TLLR needs
+  less), the geometric mean over the matched architectures with the lowest and highest.
+  Counts and exact byte measurements carry no sampling noise, so a side is favoured when
+  every architecture agrees by more than :data:`EQUAL_WITHIN`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from reports._claims import Claim
+from reports._matched import paired_stats
+
+#: Ratios within this relative distance of 1 count as "no difference".
+EQUAL_WITHIN = 0.01
+QUANTITIES = (("mac", "measured"), ("mac", "formula"), ("memory", "measured"), ("memory", "formula"))
+
+
+def ratio_favours(ratios: pd.Series | np.ndarray) -> str:
+    """``"S-TLLR"`` / ``"BPTT"`` when every BPTT ÷ S-TLLR ratio is above / below 1, else ``"no difference"`` or ``"mixed"``.
+
+    >>> ratio_favours([2.0, 3.0]), ratio_favours([0.5]), ratio_favours([1.0, 1.005]), ratio_favours([0.5, 2.0])
+    ('S-TLLR', 'BPTT', 'no difference', 'mixed')
+    >>> ratio_favours([float("nan")])
+    'not measured'
+    """
+    r = np.asarray(ratios, dtype=float)
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return "not measured"
+    if np.all(np.abs(r - 1.0) <= EQUAL_WITHIN):
+        return "no difference"
+    if np.all(r > 1.0 + EQUAL_WITHIN):
+        return "S-TLLR"
+    if np.all(r < 1.0 - EQUAL_WITHIN):
+        return "BPTT"
+    return "mixed"
+
+
+def _geomean(r: np.ndarray) -> float:
+    r = r[np.isfinite(r) & (r > 0)]
+    return float(np.exp(np.mean(np.log(r)))) if r.size else np.nan
+
+
+def _seed_blocks(g: pd.DataFrame) -> dict[int, float]:
+    """Per seed: the mean over architectures of that seed's paired S-TLLR − BPTT difference."""
+    per: dict[int, list[float]] = {}
+    for cell in g.get("paired_diffs", pd.Series(dtype=object)):
+        try:
+            items = json.loads(str(cell)).items()
+        except (TypeError, ValueError, AttributeError):
+            continue
+        for k, v in items:
+            per.setdefault(int(k), []).append(float(v))
+    return {k: float(np.mean(v)) for k, v in sorted(per.items())}
+
+
+def verdict_table(matched: pd.DataFrame) -> tuple[pd.DataFrame, list[Claim]]:
+    """The verdict rows (one per dataset and BPTT objective) and their accuracy claims.
+
+    The claims' adjusted p-values are unknown here: call :func:`reports._claims.holm` over
+    every claim of the report, then :func:`settle` to write the directions into the table.
+    """
+    rows, claims = [], []
+    if matched.empty:
+        return pd.DataFrame(columns=["dataset", "bptt_loss_kind"]), claims
+    several = matched.groupby("dataset")["bptt_loss_kind"].nunique()
+    for (dataset, kind), g in matched.groupby(["dataset", "bptt_loss_kind"], sort=False):
+        blocks = _seed_blocks(g)
+        ps = paired_stats(list(blocks.values()))
+        paired = bool(blocks)
+        row = {"dataset": dataset, "bptt_loss_kind": kind,
+               "stllr_loss_kind": ";".join(sorted(set(g["stllr_loss_kind"].astype(str)))),
+               "architectures": len(g), "stllr_tuned_architectures": int(g["stllr_tuned"].astype(bool).sum()),
+               "paired_seeds": ";".join(str(k) for k in blocks), "n_seed_blocks": len(blocks),
+               "accuracy_diff": ps["mean"] if paired else float(g["accuracy_diff"].mean()),
+               "accuracy_diff_lo": ps["low"], "accuracy_diff_hi": ps["high"],
+               "accuracy_diff_p_bootstrap": ps["p_bootstrap"], "accuracy_diff_p_t": ps["p_t"],
+               "accuracy_diff_p": ps["p"], "accuracy_diff_p_holm": np.nan, "accuracy_favours": "",
+               "stllr_best_test_accuracy": float(g["stllr_test_accuracy_mean"].max()),
+               "bptt_best_test_accuracy": float(g["bptt_test_accuracy_mean"].max()),
+               "chance_accuracy": float(g["chance_accuracy"].iloc[0]),
+               "linear_readout_test_accuracy": float(g["linear_readout_test_accuracy"].iloc[0])}
+        for kind_, how in QUANTITIES:
+            r = g[f"{kind_}_ratio_{how}"].astype(float).to_numpy()
+            fin = r[np.isfinite(r)]
+            row[f"{kind_}_ratio_{how}"] = _geomean(r)
+            row[f"{kind_}_ratio_{how}_min"] = float(fin.min()) if fin.size else np.nan
+            row[f"{kind_}_ratio_{how}_max"] = float(fin.max()) if fin.size else np.nan
+            row[f"{kind_}_{how}_favours"] = ratio_favours(r)
+        key = f"verdict:{dataset}:accuracy" + (f":bptt_{kind}" if several[dataset] > 1 else "")
+        est = row["accuracy_diff"]
+        text = (f"on {dataset}, S-TLLR reaches a {'higher' if est > 0 else 'lower'} test accuracy than BPTT "
+                f"(BPTT objective {kind})")
+        claims.append(Claim(key, text, est, ps["low"], ps["high"], ps["p"],
+                            extra={"dataset": dataset, "bptt_loss_kind": kind, "n": ps["n"]}))
+        rows.append(row)
+    return pd.DataFrame(rows), claims
+
+
+def settle(verdict: pd.DataFrame, claims: list[Claim]) -> pd.DataFrame:
+    """Write each accuracy claim's adjusted p-value and direction into the verdict rows (after Holm).
+
+    ``accuracy_favours``: the rule with the higher accuracy when its claim holds, ``"no
+    difference"`` when it does not, or says why no test was possible.
+    """
+    out = verdict.copy()
+    by = {(c.extra.get("dataset"), c.extra.get("bptt_loss_kind")): c for c in claims}
+    for i, r in out.iterrows():
+        c = by.get((r["dataset"], r["bptt_loss_kind"]))
+        if c is None:
+            continue
+        out.at[i, "accuracy_diff_p_holm"] = c.p_adj
+        if not np.isfinite(c.p):
+            out.at[i, "accuracy_favours"] = ("no test: fewer than 2 paired seeds" if c.extra.get("n", 0) < 2
+                                             else "no test")
+        elif c.holds():
+            out.at[i, "accuracy_favours"] = "S-TLLR" if c.estimate > 0 else "BPTT"
+        else:
+            out.at[i, "accuracy_favours"] = "no difference"
+    return out
