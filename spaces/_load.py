@@ -247,7 +247,7 @@ class _Validator:
                                                                           model_fixed, fixed, dataset, options)
         objectives = self.objectives(raw.get("objectives"), fixed)
         constraints = self.constraints(raw.get("constraints"))
-        trials, epochs, seeds, patience = self.budget(raw["budget"], fixed)
+        trials, epochs, seeds, patience = self.budget(raw["budget"])
         sampler = self.sampler(raw.get("sampler"))
         scheduler = self.scheduler(raw.get("scheduler"), objectives)
         resources, concurrency = self.resources(raw.get("resources"))
@@ -667,7 +667,7 @@ class _Validator:
             out.append(Constraint(metric, op, float(number), text.strip()))
         return out
 
-    def budget(self, value: Any, fixed: dict[str, dict[str, Any]]) -> tuple[int, int, list[int], int | None]:
+    def budget(self, value: Any) -> tuple[int, int, list[int], int | None]:
         d = self.mapping("budget", value, ("trials", "epochs", "seeds", "patience"), ("trials", "epochs"))
         patience = d.get("patience")
         if patience is not None:
@@ -675,9 +675,7 @@ class _Validator:
                 raise self.fail("budget.patience", f"{patience!r} is not an integer >= 1",
                                 "give the epochs without a better validation result before a run stops, e.g. 3 "
                                 "(or null to train every run for budget.epochs)")
-            if fixed.get("data", {}).get("val_fraction", 0.1) == 0:
-                raise self.fail("budget.patience", "early stopping needs a validation split, but "
-                                "fixed.data.val_fraction is 0", "set val_fraction > 0 or remove budget.patience")
+            # (a study always has a validation split: fixed.data.val_fraction 0 is refused)
         for k in ("trials", "epochs"):
             if not is_int(d[k]) or d[k] < 1:
                 raise self.fail(f"budget.{k}", f"{d[k]!r} is not an integer >= 1", "give a whole number, e.g. 8")
