@@ -1,19 +1,45 @@
-"""Open question 1: the causal / non-causal balance of S-TLLR (α_post, λ_post, λ_pre, per layer).
+r"""Open question 1: the causal / non-causal balance of S-TLLR (α_post, λ_post, λ_pre, per layer).
 
-Evidence is per configuration (seeds averaged). :func:`factor_effects` fits validation accuracy
-on every varied S-TLLR factor jointly, with the other varied settings (learn_steps, lr, width,
-depth, T) as covariates, and bootstraps configurations for intervals; intervals are
-Bonferroni-adjusted over all the factors of a dataset (network-wide and per-layer together),
-so a verdict is a family-wise 95% claim per dataset.
-:func:`answer_q1` turns the table into sentences and says "inconclusive" when the interval
-contains zero or the configurations are too few; an interval wider than the whole spread of
-the configurations' values is flagged ("uninformative" when it contains zero, "imprecise"
-when it does not) so that a sentence never quotes a range beyond what the data span. Per-layer factors (``layer{i}_*``) are fit over the
-configurations that set them (the deeper networks), where layer 0 takes the network-wide
-value; elsewhere a per-layer column that only restates the network-wide factor is left out so
-that no setting is counted twice. :func:`param_importance` adds Optuna's
-importance (PED-ANOVA) on a study rebuilt in memory, with maximised objectives negated so
-that importance is about reaching *high* accuracy.
+The answer the report prints comes from :func:`q1_analysis` and :func:`q1_items` (DESIGN §8,
+"effects with their structure"). The unit of evidence is a configuration (seeds averaged);
+per dataset:
+
+1. **Collapse apart.** A configuration whose mean validation accuracy is below
+   chance + :data:`COLLAPSE_MARGIN` collapsed. The collapse rate is compared between the low and
+   high slice of every varied factor and setting (α split at 0, anything else at its median),
+   with a bootstrap over configurations; the accuracy surface never sees these runs, so a
+   corner at chance cannot pass for an effect on accuracy.
+2. **A response surface chosen by held-out fit.** Candidates, factors scaled to [−1, 1]
+   over their observed range and the other varied settings (learn_steps, lr, width, depth,
+   T) entering linearly:
+
+   .. math:: \text{linear: } y = \beta_0 + \sum_i \beta_i z_i + \gamma^\top c, \qquad
+             \text{quadratic: } + \sum_{i \le j} \beta_{ij} z_i z_j
+
+   and the quadratic with a ridge penalty (chosen by leave-one-out inside each training
+   fold). The one with the best 10-fold cross-validated R² (5 shuffles) is used, and every
+   candidate's held-out and in-sample R² is reported. (A Gaussian process was left out: the
+   10,000 refits of the bootstrap need a closed-form fit, and with a few factors and
+   ≤ 150 configurations the quadratic is the surface the data can pin down.)
+3. **Conditional effects.** A factor's effect is the change of the surface when it moves
+   from its smallest to its largest value, the other factors uniform over their range; when
+   the surface has interactions, also within each slice of every factor it interacts with
+   (λ_post where α_post < 0 and where α_post > 0). Because the surface is quadratic these
+   are linear in its coefficients, so all 10,000 bootstrap refits (weighted normal equations
+   solved at once, :func:`reports._stats.weighted_lstsq`) give their intervals and p-values.
+4. **The best region**: the surface's argmax on a grid over the observed box, with the spread
+   of the resampled argmaxes per factor and the predicted accuracy there.
+5. Per-layer factors (``layer{i}_*`` that do not restate the network-wide value) get a second
+   surface over the configurations that set them.
+
+Every statement is a :class:`~reports._claims.Claim` with a raw bootstrap p-value; the report
+adjusts all its claims together (:func:`~reports._claims.holm`) before :func:`q1_items` writes
+a direction, and only for a claim that holds.
+
+Superseded (kept while the report switches over): :func:`factor_effects` and
+:func:`answer_q1`, an additive fit with Bonferroni intervals per dataset, which averages an
+α_post × λ_post interaction away; :func:`factor_levels` / :func:`factor_figure` (level means)
+and :func:`param_importance` (Optuna PED-ANOVA importance) remain useful descriptions.
 """
 
 from __future__ import annotations
@@ -84,6 +110,8 @@ def stllr_configs(configs: pd.DataFrame, metric: str = "val_accuracy") -> pd.Dat
 def factor_effects(configs: pd.DataFrame, metric: str = "val_accuracy", *, n_boot: int = 1000,
                    seed: int = 0) -> pd.DataFrame:
     """Joint effect of each varied S-TLLR factor on ``metric``, per dataset.
+
+    Superseded by :func:`q1_analysis` (an additive fit averages interactions away).
 
     Returns one row per (dataset, factor): n_configs, n_runs, the explored range, ``slope`` (per
     unit of the factor) with its interval, ``effect`` = slope × range (the change across the
@@ -236,7 +264,10 @@ def param_importance(configs: pd.DataFrame, objectives: tuple[Objective, ...], *
 
 
 def answer_q1(effects: pd.DataFrame, configs: pd.DataFrame, metric: str = "val_accuracy") -> dict[str, list[str]]:
-    """Plain-language sentences per dataset from :func:`factor_effects` (numbers, CI, counts)."""
+    """Plain-language sentences per dataset from :func:`factor_effects` (numbers, CI, counts).
+
+    Superseded by :func:`q1_items`.
+    """
     out: dict[str, list[str]] = {}
     if effects.empty:
         return out
@@ -368,7 +399,7 @@ class _Box:
     def scale(self, raw: np.ndarray) -> np.ndarray:
         return (raw - self.center) / self.half
 
-    def unscale(self, z: np.ndarray, i: int) -> np.ndarray:
+    def unscale(self, z: np.ndarray | float, i: int) -> np.ndarray:
         return z * self.half[i] + self.center[i]
 
 
@@ -386,7 +417,8 @@ def _bootstrap_claim(key: str, text: str, est: float, boots: np.ndarray, n_boot:
 def _collapse(dataset: str, g: pd.DataFrame, variables: list[str], collapsed: np.ndarray, n_boot: int,
               rng: np.random.Generator) -> tuple[list[dict], list[Claim]]:
     """Collapse rate in the low and high slice of each variable, and their difference with a bootstrap."""
-    rows, claims = [], []
+    rows: list[dict] = []
+    claims: list[Claim] = []
     if collapsed.sum() == 0 or len(g) < MIN_CONFIGS:
         return rows, claims
     for var in variables:
@@ -394,10 +426,11 @@ def _collapse(dataset: str, g: pd.DataFrame, variables: list[str], collapsed: np
         ok = np.isfinite(v)
         (klo, wlo, lo), (khi, whi, hi) = _slices(var, v[ok])
         c = collapsed[ok].astype(float)
+        rate_low = float(c[lo].mean()) if lo.any() else np.nan
+        rate_high = float(c[hi].mean()) if hi.any() else np.nan
         row = {"dataset": dataset, "variable": var, "low_slice": wlo, "high_slice": whi,
                "n_low": int(lo.sum()), "collapsed_low": int(c[lo].sum()), "n_high": int(hi.sum()),
-               "collapsed_high": int(c[hi].sum()), "n_boot": n_boot}
-        row["rate_low"], row["rate_high"] = c[lo].mean() if lo.any() else np.nan, c[hi].mean() if hi.any() else np.nan
+               "collapsed_high": int(c[hi].sum()), "rate_low": rate_low, "rate_high": rate_high, "n_boot": n_boot}
         if min(lo.sum(), hi.sum()) < MIN_SLICE:
             rows.append({**row, "estimate": np.nan, "ci_lo": np.nan, "ci_hi": np.nan, "p": np.nan, "key": "",
                          "reason": f"a slice has fewer than {MIN_SLICE} configurations"})
@@ -405,7 +438,7 @@ def _collapse(dataset: str, g: pd.DataFrame, variables: list[str], collapsed: np
         w = resample_counts(int(ok.sum()), n_boot, rng)
         with np.errstate(invalid="ignore", divide="ignore"):
             boots = (w[:, hi] @ c[hi]) / w[:, hi].sum(axis=1) - (w[:, lo] @ c[lo]) / w[:, lo].sum(axis=1)
-        est = row["rate_high"] - row["rate_low"]
+        est = rate_high - rate_low
         where = whi if est > 0 else wlo
         claim = _bootstrap_claim(f"q1:{dataset}:collapse:{var}", f"collapse (near-chance runs) is more frequent where "
                                  f"{where}", est, boots, n_boot, dataset=dataset, kind="collapse", variable=var)
@@ -420,8 +453,9 @@ def _candidates(Z: np.ndarray, p: int, q: int, curved: list[int], n: int) -> dic
     out: dict[str, tuple[list[Term], float | None]] = {}
     lin = independent_terms(Z, surface_terms(p + q, "linear"))
     quad = independent_terms(Z, surface_terms(p + q, "quadratic", curved=curved, linear_only=q))
-    if n >= len(lin) + 5:
-        out["linear"] = (lin, 0.0)
+    if n < len(lin) + 5:  # not even the additive surface: no surface at all
+        return out
+    out["linear"] = (lin, 0.0)
     if p >= 1 and len(quad) > len(lin):
         if n >= len(quad) + 5:
             out["quadratic"] = (quad, 0.0)
@@ -444,7 +478,7 @@ def _surface(dataset: str, subset: str, d: pd.DataFrame, factors: list[str], cov
     out: dict = {"models": [], "effects": [], "best": [], "grid": [], "base": base}
     cands = _candidates(Z, p, q, curved, n) if n >= MIN_CONFIGS and p else {}
     if not cands:
-        need = max(MIN_CONFIGS, p + q + 6)
+        need = max(MIN_CONFIGS, p + q + 6)  # the additive surface's terms + 5
         out["models"].append({**base, "model": "none", "chosen": False,
                               "reason": f"too few configurations ({n}; need {need})" if p else "no factor varied"})
         return out, []
@@ -708,10 +742,10 @@ def q1_items(result: Q1Result) -> list:
     for dataset in (sorted(models["dataset"].unique()) if len(models) else []):
         m = models[models["dataset"] == dataset]
         scale = float(m["scale"].iloc[0])
-        unit = "points" if scale == 100.0 else "(accuracy units)"
+        unit = "points"  # accuracies shown in percent, given as fractions (scale 100) or in percent (scale 1)
         bullets: list[str] = []
         first = m.iloc[0]
-        below = (f"{metric} below {scale * first['collapse_below']:.3g}{'%' if scale == 100.0 else ''}"
+        below = (f"{metric} below {scale * first['collapse_below']:.3g}%"
                  if np.isfinite(first["collapse_below"]) else "")
         if not below:
             bullets.append("Collapse: chance level unknown for this dataset (pass chance=...), so no run is set apart.")

@@ -1,10 +1,29 @@
 """Open question 2: how S-TLLR scales with width, depth and T compared with BPTT.
 
-Costs follow power laws, so :func:`scaling_exponents` fits ``log y`` on ``log width``,
-``log depth``, ``log T`` (and ``log learn_steps`` for S-TLLR), whichever the study varied,
-over configurations, with bootstrap intervals. Accuracy is not a power law: it is fitted per
-doubling of the size. The S-TLLR − BPTT accuracy gap comes from the matched table (best of
-each rule by validation accuracy, per architecture).
+The answer the report prints comes from :func:`q2_analysis` and :func:`q2_items` (DESIGN §8):
+
+* **The accuracy gap per window.** S-TLLR − BPTT test accuracy per architecture and learning
+  window (learn_steps / T): BPTT's best configuration (the matched table's) against S-TLLR's
+  best *with that window*, both chosen by validation accuracy (:func:`window_gaps`). Its slope
+  per doubling of each size is taken within one window and one value of the other sizes,
+  never pooled over windows (a window's gap can fall with depth while another's is flat).
+  The architectures are design points and the seeds the noise: each resample draws every
+  gap from its seed standard error with Welch's degrees of freedom (Student t) and refits the
+  slope; each slope is a :class:`~reports._claims.Claim` for the report's Holm correction.
+* **Cost exponents from the formulas.** Learning memory and MACs are deterministic formulas
+  (DESIGN §4, :func:`stllr_engine.costs.formula_costs`): their exponents in width, depth, T
+  and learn_steps are stated from those formulas (:data:`FORMULA_POWERS`: memory ∝ T·N for
+  BPTT and 2·N for S-TLLR; MACs = a·width + b·width², → width² for wide layers; affine in
+  depth, → depth for deep networks; BPTT ∝ T, S-TLLR ∝ learn_steps and flat in T) and
+  checked against the study's formula columns: the local exponent between neighbouring sizes
+  and whether each column is exactly that sum of powers. Nothing is fitted across
+  architectures.
+
+Superseded (kept while the report switches over): :func:`scaling_exponents` fits one power
+law per size across every other setting (so its "exponent" of a deterministic formula mixes
+depths, and its accuracy "per doubling" pools learn_steps); :func:`gap_scaling` and
+:func:`answer_q2` pool windows likewise. :func:`scaling_table`, :func:`memory_vs_T` and the
+figures remain useful descriptions.
 """
 
 from __future__ import annotations
@@ -72,6 +91,8 @@ def _fit_rows(d: pd.DataFrame, y: np.ndarray, sizes: list[str], log_y: bool, ext
 def scaling_exponents(configs: pd.DataFrame, *, n_boot: int = 1000) -> pd.DataFrame:
     """Fitted size dependence per dataset, rule and metric, over configurations.
 
+    Superseded by :func:`cost_exponents` (stated from the formulas) and :func:`q2_analysis`.
+
     Costs: ``estimate`` is the log-log exponent (y ∝ size^estimate; S-TLLR also controls for
     learn_steps). Accuracy (``val_accuracy``, ``test_accuracy``): ``estimate`` is the change
     per doubling of the size, over every configuration the study ran at that size.
@@ -94,7 +115,10 @@ def scaling_exponents(configs: pd.DataFrame, *, n_boot: int = 1000) -> pd.DataFr
 
 
 def gap_scaling(matched: pd.DataFrame, *, n_boot: int = 1000) -> pd.DataFrame:
-    """The S-TLLR − BPTT test accuracy gap (matched table) per doubling of width, depth and T."""
+    """The S-TLLR − BPTT test accuracy gap (matched table) per doubling of width, depth and T.
+
+    Superseded by :func:`gap_slopes` (per window, never pooled).
+    """
     rows: list[dict] = []
     for dataset, g in (matched.groupby("dataset", sort=True) if len(matched) else []):
         extra = {"dataset": dataset, "rule": "stllr-bptt", "metric": "accuracy_diff", "kind": "change per doubling",
@@ -188,7 +212,10 @@ def memory_T_figure(mem: pd.DataFrame, dataset: str) -> go.Figure:
 
 
 def answer_q2(exponents: pd.DataFrame, gaps: pd.DataFrame, configs: pd.DataFrame) -> dict[str, list[str]]:
-    """Sentences per dataset: cost exponents of both rules, accuracy per doubling, the gap."""
+    """Sentences per dataset: cost exponents of both rules, accuracy per doubling, the gap.
+
+    Superseded by :func:`q2_items`.
+    """
     out = {}
     scale = as_percent(configs["val_accuracy_mean"]) if len(configs) else 100.0
     unit = "percentage points" if scale == 100.0 else "points"
@@ -385,7 +412,7 @@ def cost_exponents(configs: pd.DataFrame) -> pd.DataFrame:
     ``measured_max`` are the local exponents of the measured columns (window mode keeps its
     records, so its measured memory grows with learn_steps where the formula's does not).
     """
-    rows = []
+    rows: list[dict] = []
     if configs.empty:
         return pd.DataFrame(rows)
     c = configs.copy()
@@ -533,7 +560,7 @@ def q2_items(result: Q2Result) -> list:
         if len(gaps):
             gd = gaps[gaps["dataset"] == dataset]
             scale = as_percent(gd[["stllr_test_accuracy_mean", "bptt_test_accuracy_mean"]].to_numpy())
-        unit = "points" if scale == 100.0 else "(accuracy units)"
+        unit = "points"  # accuracies shown in percent
         for r in s.itertuples():
             at = ", ".join(f"{k} {getattr(r, k):g}" for k in SIZES if k != r.size and k in s.columns
                            and np.isfinite(getattr(r, k, np.nan)))

@@ -3,6 +3,14 @@
 The unit of evidence is a configuration (its seeds averaged), so a claim never counts a
 configuration's seeds as independent evidence about a setting. Confidence intervals are
 percentile intervals of ``n_boot`` resamples of configurations with replacement.
+
+Response surfaces (open question 1) use the second half: a resample is a vector of counts
+(:func:`resample_counts`), so the weighted normal equations of all 10,000 resamples are
+solved at once (:func:`weighted_lstsq`: one matrix product with the per-configuration outer
+products, then a batched solve); designs of linear and quadratic surfaces
+(:func:`surface_terms`, :func:`design`, :func:`independent_terms`); held-out fit by K-fold
+cross-validation (:func:`cv_r2`) with a ridge penalty chosen by closed-form leave-one-out
+(:func:`best_ridge`).
 """
 
 from __future__ import annotations
