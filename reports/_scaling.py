@@ -38,7 +38,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from reports._claims import N_BOOT, Claim, bootstrap_p
-from reports._configs import as_percent, best_per_arch, ranked
+from reports._configs import as_percent, best_per_arch, ranked, seed_values
 from reports._html import Bullets, Figure, Table, Text, fmt
 from reports._stats import ols_bootstrap, percentile_interval
 from reports._frontier import RULE_STYLE, label, rule_name
@@ -315,34 +315,62 @@ def _welch_df(s1: float, n1: float, s2: float, n2: float) -> float:
 
 
 def window_gaps(configs: pd.DataFrame, matched: pd.DataFrame) -> pd.DataFrame:
-    """S-TLLR − BPTT test accuracy per (dataset, architecture, learn_steps).
+    """S-TLLR − BPTT test accuracy per (dataset, architecture, learn_steps, BPTT objective).
 
-    BPTT is the matched table's (its best configuration by validation accuracy); S-TLLR is the
-    best configuration *with that learn_steps* by validation accuracy, so each window is
-    compared on its own. ``window`` = learn_steps / T; ``gap_se`` and ``gap_df`` (Welch) from the
-    seeds' standard deviations.
+    BPTT is the matched table's (its best configuration by validation accuracy, per objective
+    ``bptt_loss_kind`` when the table has several); S-TLLR is the best configuration *with that
+    learn_steps* by validation accuracy, so each window is compared on its own. ``window`` =
+    learn_steps / T. The gap is paired by seed where both configurations ran two or more of the
+    same seeds (``test_accuracy_by_seed``; seed s of both rules shares split, order and
+    initialisation): ``gap`` the mean difference, ``gap_se`` its standard error, ``gap_df`` =
+    pairs − 1. Otherwise the difference of the means, with Welch's standard error and degrees
+    of freedom.
     """
-    cols = ["dataset", "arch_id", "width", "depth", "T", "learn_steps", "window", "stllr_config_id", "bptt_config_id",
-            "stllr_test_accuracy_mean", "stllr_test_accuracy_std", "stllr_seeds", "bptt_test_accuracy_mean",
-            "bptt_test_accuracy_std", "bptt_seeds", "gap", "gap_se", "gap_df"]
+    cols = ["dataset", "arch_id", "width", "depth", "T", "learn_steps", "window", "bptt_loss_kind", "stllr_config_id",
+            "bptt_config_id", "stllr_test_accuracy_mean", "stllr_test_accuracy_std", "stllr_seeds",
+            "bptt_test_accuracy_mean", "bptt_test_accuracy_std", "bptt_seeds", "n_pairs", "gap", "gap_se", "gap_df"]
     if matched.empty or configs.empty:
         return pd.DataFrame(columns=cols)
     s = ranked(configs[configs["rule"] == "stllr"])
     s = s.groupby(["dataset", "arch_id", "learn_steps"], sort=True).head(1)
-    m = matched[["dataset", "arch_id", "bptt_config_id", "bptt_test_accuracy_mean", "bptt_test_accuracy_std",
-                 "bptt_seeds"]]
+    m = matched.copy()
+    if "bptt_loss_kind" not in m.columns:
+        m["bptt_loss_kind"] = "default"
+    m = m[["dataset", "arch_id", "bptt_loss_kind", "bptt_config_id", "bptt_test_accuracy_mean",
+           "bptt_test_accuracy_std", "bptt_seeds"]]
     d = s.merge(m, on=["dataset", "arch_id"], how="inner")
     if d.empty:
         return pd.DataFrame(columns=cols)
     d = d.rename(columns={"config_id": "stllr_config_id", "test_accuracy_mean": "stllr_test_accuracy_mean",
                           "test_accuracy_std": "stllr_test_accuracy_std", "n_seeds": "stllr_seeds"})
     d["window"] = d["learn_steps"].astype(float) / d["T"].astype(float)
-    d["gap"] = d["stllr_test_accuracy_mean"] - d["bptt_test_accuracy_mean"]
-    v = d["stllr_test_accuracy_std"] ** 2 / d["stllr_seeds"] + d["bptt_test_accuracy_std"] ** 2 / d["bptt_seeds"]
-    d["gap_se"] = np.sqrt(v.astype(float))
-    d["gap_df"] = [_welch_df(a, n, b, k) for a, n, b, k in zip(d["stllr_test_accuracy_std"], d["stllr_seeds"],
-                                                                d["bptt_test_accuracy_std"], d["bptt_seeds"])]
-    return d[cols].sort_values(["dataset", "window", "depth", "width", "T"]).reset_index(drop=True)
+    by_seed = _by_seed(configs)
+    stats = [_gap(r, by_seed) for _, r in d.iterrows()]
+    d["n_pairs"], d["gap"], d["gap_se"], d["gap_df"] = zip(*stats) if stats else ([], [], [], [])
+    return d[cols].sort_values(["dataset", "bptt_loss_kind", "window", "depth", "width", "T"]).reset_index(drop=True)
+
+
+def _by_seed(configs: pd.DataFrame) -> dict[tuple[str, str], dict[int, float]]:
+    """(dataset, config_id) → {seed: test accuracy}; a config_id that two studies share is left out."""
+    if "test_accuracy_by_seed" not in configs.columns:
+        return {}
+    keys = list(zip(configs["dataset"].astype(str), configs["config_id"].astype(str)))
+    seen = pd.Series(keys).value_counts()
+    return {k: seed_values(v) for k, v in zip(keys, configs["test_accuracy_by_seed"]) if seen[k] == 1}
+
+
+def _gap(r: pd.Series, by_seed: dict[tuple[str, str], dict[int, float]]) -> tuple[int, float, float, float]:
+    """(pairs, gap, its standard error, degrees of freedom) of one architecture and window."""
+    sv = by_seed.get((str(r["dataset"]), str(r["stllr_config_id"])), {})
+    bv = by_seed.get((str(r["dataset"]), str(r["bptt_config_id"])), {})
+    diffs = np.array([sv[k] - bv[k] for k in sorted(set(sv) & set(bv))], dtype=float)
+    diffs = diffs[np.isfinite(diffs)]
+    if diffs.size >= 2:
+        return diffs.size, float(diffs.mean()), float(diffs.std(ddof=1) / np.sqrt(diffs.size)), float(diffs.size - 1)
+    s1, n1, s2, n2 = (float(r["stllr_test_accuracy_std"]), float(r["stllr_seeds"]),
+                      float(r["bptt_test_accuracy_std"]), float(r["bptt_seeds"]))
+    gap = float(r["stllr_test_accuracy_mean"] - r["bptt_test_accuracy_mean"])
+    return int(diffs.size), gap, float(np.sqrt(s1**2 / n1 + s2**2 / n2)), _welch_df(s1, n1, s2, n2)
 
 
 def gap_slopes(gaps: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = 0) -> tuple[pd.DataFrame, list[Claim]]:
@@ -360,11 +388,14 @@ def gap_slopes(gaps: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = 0) -> tu
         se_all = g["gap_se"].astype(float)
         rms = float(np.sqrt(np.mean(se_all[np.isfinite(se_all)] ** 2))) if np.isfinite(se_all).any() else np.nan
         sizes = _varied(g, SIZES)
+        objectives = g["bptt_loss_kind"].nunique() > 1 if "bptt_loss_kind" in g.columns else False
         for size in sizes:
             others = [s for s in sizes if s != size]
-            for key, h in g.groupby(["window", *others], sort=True):
+            for key, h in g.groupby(["window", *others, *(["bptt_loss_kind"] if objectives else [])], sort=True):
                 key = key if isinstance(key, tuple) else (key,)
-                where = dict(zip(["window", *others], (float(k) for k in key)))
+                where: dict = dict(zip(["window", *others], (float(k) for k in key)))
+                if objectives:
+                    where["bptt"] = str(key[-1])
                 x = np.log2(h[size].astype(float).to_numpy())
                 y = h["gap"].astype(float).to_numpy()
                 row = {"dataset": dataset, "size": size, **where, "learn_steps": ";".join(
@@ -386,10 +417,11 @@ def gap_slopes(gaps: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = 0) -> tu
                 noise = np.where(np.isfinite(df), rng.standard_t(np.where(np.isfinite(df), df, 1.0), (n_boot, len(y))),
                                  rng.standard_normal((n_boot, len(y))))
                 boots = (y + se * noise) @ u
-                cond = ",".join(f"{k}={v:g}" for k, v in where.items())
+                cond = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in where.items())
                 text = (f"S-TLLR {'gains on' if est > 0 else 'loses ground to'} BPTT as {size} grows "
-                        f"(learn_steps/T = {where['window']:g}" + "".join(f", {k} {v:g}" for k, v in where.items()
-                                                                        if k != "window") + ")")
+                        f"(learn_steps/T = {where['window']:g}" + "".join(
+                            f", {k} {v:g}" if isinstance(v, float) else f", BPTT objective {v}"
+                            for k, v in where.items() if k != "window") + ")")
                 lo, hi = percentile_interval(boots[:, None])
                 claim = Claim(f"q2:{dataset}:gap~{size}|{cond}", text, est, float(lo[0]), float(hi[0]),
                               bootstrap_p(boots), extra={"n_boot": n_boot, "dataset": dataset, "size": size, **where})
@@ -564,8 +596,10 @@ def q2_items(result: Q2Result) -> list:
         for r in s.itertuples():
             at = ", ".join(f"{k} {getattr(r, k):g}" for k in SIZES if k != r.size and k in s.columns
                            and np.isfinite(getattr(r, k, np.nan)))
+            bptt = getattr(r, "bptt", None)
+            obj = f", BPTT objective {bptt}" if isinstance(bptt, str) else ""
             head = (f"Gap (S-TLLR − BPTT) per doubling of {r.size}, learn_steps/T = {r.window:g} "
-                    f"(learn_steps {r.learn_steps}){', ' + at if at else ''}; {r.size} {r.sizes.replace(';', ', ')}")
+                    f"(learn_steps {r.learn_steps}){', ' + at if at else ''}{obj}; {r.size} {r.sizes.replace(';', ', ')}")
             if r.key not in by_key:
                 bullets.append(f"{head}: {scale * r.estimate:+.2f} {unit}, no interval ({r.reason}).")
                 continue
@@ -575,8 +609,11 @@ def q2_items(result: Q2Result) -> list:
             bullets.append(f"{head}: {scale * c.estimate:+.2f} {unit} (95% CI {scale * c.low:+.2f} to {scale * c.high:+.2f}, "
                            f"Holm-adjusted p = {c.p_adj:.2g}; {r.n_points} architectures, {r.n_runs} runs): {verdict}.")
         if len(s):
+            paired = int((gd["n_pairs"] >= 2).sum()) if len(gaps) else 0
             bullets.append("Each slope is within one learning window and one value of the other sizes; none pools "
-                           "windows (a window's gap can change with depth while another's stays flat).")
+                           "windows (a window's gap can change with depth while another's stays flat). Gaps paired "
+                           f"by seed in {paired} of {len(gd)} architecture-window pairs (the others: difference of "
+                           "the means); intervals from the seeds' noise (Student t draws), 95%.")
         items += [Text(f"{dataset}:", summary=True), Bullets(bullets or ["Nothing to compare yet."], summary=True)]
     ci = lambda a, lo, hi: (lambda r: f"{fmt(r[a])} [{fmt(r[lo])}, {fmt(r[hi])}]")  # noqa: E731
     if len(exps):

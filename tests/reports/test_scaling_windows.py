@@ -18,24 +18,29 @@ from reports._scaling import cost_exponents, q2_analysis, q2_items
 T = 20
 
 
-def _runs(gap, *, widths=(64, 128, 256), depths=(1, 2, 4), windows=(5, 20), seeds=3, noise=0.004, seed=0):
-    """BPTT at 0.8 on every architecture; S-TLLR at 0.8 + gap(learn_steps, width, depth), two
-    configurations per window (the second a little worse), ``seeds`` runs each."""
+def _runs(gap, *, widths=(64, 128, 256), depths=(1, 2, 4), windows=(5, 20), seeds=3, noise=0.004, shared=0.0,
+          objectives=("sum_output",), seed=0):
+    """BPTT at 0.8 on every architecture (once per objective); S-TLLR at 0.8 + gap(learn_steps, width,
+    depth), two configurations per window (the second a little worse), ``seeds`` runs each. Seed s
+    of every configuration of an architecture shares an offset of sd ``shared`` (its split, data
+    order and initialisation)."""
     rng = np.random.default_rng(seed)
     rows = []
     for w in widths:
         for d in depths:
             arch = f"rsnn|{w}|{d}|{T}"
-            cfgs = [("bptt", T, 0.8, 0.0)] + [("stllr", ls, 0.8 + gap(ls, w, d) - k * 0.01, a)
-                                               for ls in windows for k, a in enumerate((-0.5, 0.5))]
-            for i, (rule, ls, acc, a) in enumerate(cfgs):
+            offset = rng.normal(0, shared, seeds)
+            cfgs = [("bptt", T, 0.8, 0.0, kind) for kind in objectives]
+            cfgs += [("stllr", ls, 0.8 + gap(ls, w, d) - k * 0.01, a, "per_step")
+                     for ls in windows for k, a in enumerate((-0.5, 0.5))]
+            for i, (rule, ls, acc, a, kind) in enumerate(cfgs):
                 cid = f"{arch}|{i}"
                 for s in range(seeds):
-                    v = acc + rng.normal(0, noise)
+                    v = acc + offset[s] + rng.normal(0, noise)
                     rows.append({"study": "q2", "trial_id": f"{cid}-s{s}", "config_id": cid, "seed": s,
                                  "dataset": "shd", "rule": rule, "arch_id": arch, "model": "rsnn", "width": w,
                                  "depth": d, "T": T, "learn_steps": ls, "alpha_post": a if rule == "stllr" else np.nan,
-                                 "val_accuracy": v, "test_accuracy": v + rng.normal(0, noise)})
+                                 "loss_kind": kind, "val_accuracy": v, "test_accuracy": v + rng.normal(0, noise)})
     return pd.DataFrame(rows)
 
 
@@ -72,7 +77,36 @@ def test_window_gaps_pick_the_best_configuration_of_each_window_by_validation():
     gaps = q2_analysis(configs, matched_table(configs), n_boot=200).tables["q2_gap_by_window.csv"]
     assert len(gaps) == 4 and set(gaps["learn_steps"]) == {5, 20}
     assert gaps["stllr_config_id"].str.endswith(("|1", "|3")).all()  # the better of each window's two
-    assert (gaps["gap_se"] > 0).all() and (gaps["gap_df"] > 1).all()
+    assert (gaps["gap_se"] > 0).all() and (gaps["n_pairs"] == 3).all() and (gaps["gap_df"] == 2).all()
+
+
+def test_the_gap_is_paired_by_seed():
+    """A seed effect both rules share (sd 3 points) cancels in the paired gap, not in the means' difference."""
+    configs = config_table(_runs(_depth_at_quarter, shared=0.03, seeds=5, seed=1))
+    gaps = q2_analysis(configs, matched_table(configs), n_boot=200).tables["q2_gap_by_window.csv"]
+    unpaired = np.sqrt(gaps["stllr_test_accuracy_std"] ** 2 / 5 + gaps["bptt_test_accuracy_std"] ** 2 / 5)
+    assert (gaps["gap_se"] < 0.5 * unpaired).mean() > 0.8 and (gaps["gap_df"] == 4).all()
+    paired = {c.key: c for c in holm(q2_analysis(configs, matched_table(configs)).claims)}
+    keys = [f"q2:shd:gap~depth|window=0.25,width={w}" for w in (64, 128, 256)]
+    assert all(paired[k].holds() for k in keys)
+    # the same runs without their seeds: Welch's difference of means counts the seed effect as noise
+    blind = configs.drop(columns="test_accuracy_by_seed")
+    welch = {c.key: c for c in holm(q2_analysis(blind, matched_table(configs)).claims)}
+    for k in keys:
+        assert paired[k].high - paired[k].low < 0.5 * (welch[k].high - welch[k].low), (paired[k], welch[k])
+    print(f"\ndepth slope at T/4, width 64: paired {paired[keys[0]].estimate:+.4f} [{paired[keys[0]].low:+.4f}, "
+          f"{paired[keys[0]].high:+.4f}], unpaired [{welch[keys[0]].low:+.4f}, {welch[keys[0]].high:+.4f}]")
+
+
+def test_each_bptt_objective_is_its_own_comparison():
+    configs = config_table(_runs(_depth_at_quarter, widths=(64, 128), depths=(1, 2), objectives=("per_step", "sum_output")))
+    result = q2_analysis(configs, matched_table(configs), n_boot=500)
+    gaps = result.tables["q2_gap_by_window.csv"]
+    assert set(gaps["bptt_loss_kind"]) == {"per_step", "sum_output"} and len(gaps) == 2 * 2 * 2 * 2
+    keys = {c.key for c in result.claims}
+    assert "q2:shd:gap~depth|window=0.25,width=64,bptt=per_step" in keys
+    assert "q2:shd:gap~depth|window=0.25,width=64,bptt=sum_output" in keys
+    assert len(keys) == len(result.claims) == 2 * (2 * 2 + 2 * 2)
 
 
 def test_pure_noise_gap_gives_no_slope_claim():
