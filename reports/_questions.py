@@ -626,7 +626,7 @@ def q1_analysis(configs: pd.DataFrame, metric: str = "val_accuracy", *, n_boot: 
             out, claims = _surface(dataset, subset, d, [f for f in factors if d[f].astype(float).nunique() >= 2], cv,
                                    metric, n_boot, rng)
             for m in out["models"]:
-                m.update(n_collapsed=int(collapsed.sum()), collapse_below=level, metric=metric,
+                m.update(n_collapsed=int(collapsed.sum()), n_total=len(g), collapse_below=level, metric=metric,
                          scale=as_percent(y))
             for k in ("models", "effects", "best", "grid"):
                 parts[k] += out[k]
@@ -752,8 +752,8 @@ def q1_items(result: Q1Result) -> list:
         elif first["n_collapsed"] == 0:
             bullets.append(f"Collapse: no configuration is near chance ({below}).")
         else:
-            n_all = int(first["n_collapsed"]) + int(m["n_configs"].max() if m["subset"].eq("all").any() else 0)
-            bullets.append(f"Collapse: {int(first['n_collapsed'])} of {n_all} configurations are near chance ({below}); "
+            bullets.append(f"Collapse: {int(first['n_collapsed'])} of {int(first['n_total'])} configurations are near "
+                           f"chance ({below}); "
                            "they are modelled apart and the accuracy surface is fitted without them.")
             col = collapse[collapse["dataset"] == dataset] if len(collapse) else collapse
             held = [r for r in col.itertuples() if r.key in by_key and by_key[r.key].holds()]
