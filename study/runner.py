@@ -260,6 +260,27 @@ def sweep(space: str, out: str | None = None, trials: int | None = None, address
     return folder
 
 
+def _measure_floors(spec: Any, folder: str, quiet: bool) -> None:
+    """Chance and a linear read-out of the input frames on the split of the study's first
+    seed (DESIGN §8, floors), once per study folder: ``floors.json``, which reports draw.
+    A failure costs the floors, never the sweep (the report then says they were not measured)."""
+    from stllr_engine.floors import measure_floors, read_floors, write_floors
+
+    if read_floors(folder) is not None:
+        return
+    try:
+        params, _ = spec.params_for_run({}, seed=0)  # any configuration: the floors use its data only
+        floors = measure_floors(spec.experiment(params, "stllr", int(spec.seeds[0])))
+        write_floors(folder, floors)
+    except (StllrError, OSError) as exc:
+        log.warning("floors not measured: %s", exc)
+        return
+    if not quiet:
+        lr = floors["linear_readout"]
+        print(f"floors on {spec.dataset}: chance {floors['chance']:.3f}, linear read-out of the input frames "
+              f"{lr['test_accuracy']:.3f} test ({floors['time_s']:.1f} s)", flush=True)
+
+
 def _run(spec: Any, ledger: Ledger, node_bytes: int | None, quiet: bool, flag: StopFlag) -> str | None:
     """The Tuner over the remaining budget; returns the interrupt line, or ``None`` when done."""
     import optuna
@@ -282,6 +303,7 @@ def _run(spec: Any, ledger: Ledger, node_bytes: int | None, quiet: bool, flag: S
                              f"{trained} (the budget counts them)")
         ledger.set_budget(ledger.budget)
     remaining = max(0, ledger.budget - trained)
+    _measure_floors(spec, ledger.folder, quiet)
     searcher = StudySearcher(spec, ledger, planner, remaining, node_bytes)
     flag.searcher = searcher
     searcher.resume_searches()

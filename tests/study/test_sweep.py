@@ -153,13 +153,22 @@ def test_the_main_command_runs_the_quickstart_to_a_report(tmp_path):
     assert res.stdout.strip().splitlines()[-2:] == [f"report: {folder}/report/report.html",
                                                     f"results: {folder}/results.parquet"]
     progress = [ln for ln in res.stdout.splitlines() if ln.startswith("[")]
-    assert "S-TLLR configurations 10/10 · BPTT baselines " in progress[-1], progress[-3:]  # counts follow the rows
+    assert "S-TLLR configurations 10/10 · tuning: S-TLLR " in progress[-1], progress[-3:]  # counts follow the rows
     df = pd.read_parquet(folder / "results.parquet")
     assert set(COLUMNS) <= set(df.columns), set(COLUMNS) - set(df.columns)  # no column dropped on write
     trained = df[(df.role == "search") & (df.status != "infeasible")]
     assert trained.config_id.nunique() == 10 and set(df.status) <= {"complete", "infeasible"}
     assert df[df.status == "complete"].groupby("config_id").seed.nunique().eq(2).all()
-    assert set(df[df.role == "baseline"].arch_id) == set(trained.arch_id)
+    # equal tuning (DESIGN §8): every architecture searched gets S-TLLR at its chosen factors and BPTT on
+    # S-TLLR's objective, each with the same learning rates and seeds
+    assert set(df[df.role == "baseline"].arch_id) == set(df[df.role == "tuned"].arch_id) == set(trained.arch_id)
+    for aid, g in df[df.role != "search"].groupby("arch_id"):
+        tuned, base = g[g.role == "tuned"], g[g.role == "baseline"]
+        assert sorted(tuned.lr.unique()) == sorted(base.lr.unique()) and len(tuned.lr.unique()) == 2
+        assert set(base.loss_kind) == {"per_step"} and set(base.loss_steps) == set(tuned.learn_steps)
+        assert tuned.config_json.map(lambda j: json.loads(j)["training"]["stllr"]["alpha_post"]).nunique() == 1
+        # memory as the rule needs it: S-TLLR measured below BPTT in every matched architecture
+        assert tuned.learning_memory_bytes_measured_per_sample.max() < base.learning_memory_bytes_measured_per_sample.min()
     assert df[df.status == "complete"][["val_accuracy", "learning_macs_formula_per_sample",
                                         "learning_memory_bytes_measured_per_batch"]].notna().all().all()
     frontier = pd.read_csv(folder / "report" / "frontier.csv")
