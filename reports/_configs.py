@@ -47,7 +47,8 @@ def config_table(runs: pd.DataFrame) -> pd.DataFrame:
         Settings, ``n_seeds``, ``seeds``, ``trial_ids`` (``;``-joined, traceable to runs),
         ``<metric>_mean`` / ``<metric>_std`` (sample std over seeds; NaN with one seed),
         ``test_accuracy_by_seed`` (JSON ``{seed: accuracy}``, for differences paired by seed)
-        and ``n_stopped_<how>`` for each of :data:`STOPPED_BY` (runs that ended that way).
+        and ``n_stopped_<how>`` for each of :data:`STOPPED_BY` (runs that ended that way; NaN
+        when none of the configuration's runs says how it stopped).
     """
     runs = runs.copy()
     if "time_per_epoch_s" not in runs.columns and {"wall_time_s", "epochs_done"} <= set(runs.columns):
@@ -75,8 +76,10 @@ def config_table(runs: pd.DataFrame) -> pd.DataFrame:
     for m in metric_cols:
         out[f"{m}_mean"], out[f"{m}_std"] = means[m], stds[m]
     out["test_accuracy_by_seed"] = g[["seed", "test_accuracy"]].apply(_by_seed)
-    for how in STOPPED_BY:
-        out[f"n_stopped_{how}"] = g["stopped_by"].agg(lambda s, h=how: int((s.astype(object) == h).sum()))
+    known = g["stopped_by"].agg(lambda s: int(s.notna().sum()))
+    for how in STOPPED_BY:  # NaN where no seed says how it stopped (older studies)
+        n = g["stopped_by"].agg(lambda s, h=how: int((s.astype(object) == h).sum()))
+        out[f"n_stopped_{how}"] = n.where(known > 0)
     return out.reset_index()[columns]
 
 

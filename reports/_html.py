@@ -30,6 +30,7 @@ class Table:
     caption: str = ""
     summary: bool = False  # also in summary.md
     tags: dict[str, Callable[[pd.Series], str]] | None = None  # header -> CSS class of its cells (HTML only)
+    count: bool = True  # print the CSV's row count under the table (off when the view reshapes the CSV)
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Figure:
 class Text:
     text: str
     summary: bool = False
+    css: str = ""  # a CSS class of the paragraph (HTML only), e.g. "note" or "lead"
 
 
 @dataclass
@@ -95,8 +97,8 @@ def fmt(x: object) -> str:
 def pct(x: object, signed: bool = False) -> str:
     """An accuracy (a fraction) in percent with one decimal; ``signed`` for differences in points.
 
-    >>> pct(0.87777), pct(-0.0312, signed=True), pct(float("nan"))
-    ('87.8', '-3.1', '–')
+    >>> pct(0.87777), pct(-0.0312, signed=True), pct(-0.0002, signed=True), pct(float("nan"))
+    ('87.8', '-3.1', '0.0', '–')
     """
     try:
         v = 100.0 * float(x)  # type: ignore[arg-type]
@@ -104,6 +106,8 @@ def pct(x: object, signed: bool = False) -> str:
         return "–"
     if not math.isfinite(v):
         return "–"
+    if round(v, 1) == 0:
+        return "0.0"  # neither "-0.0" nor "+0.0"
     return f"{v:+.1f}" if signed else f"{v:.1f}"
 
 
@@ -159,6 +163,9 @@ def _cells(t: Table) -> tuple[list[str], list[list[str]]]:
     return list(cols), rows
 
 
+_SHORT = 16  # characters: a cell this short is kept on one line
+
+
 def _classes(t: Table) -> list[list[str]]:
     head = list(t.columns or {c: c for c in t.df.columns})
     tags = t.tags or {}
@@ -173,24 +180,29 @@ def _html_table(t: Table) -> str:
         out.append(f"<caption>{html.escape(t.caption)}</caption>")
     out.append("<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>")
     for r, cl in zip(rows, classes):
-        out.append("<tr>" + "".join(f'<td class="{html.escape(k)}">{html.escape(c)}</td>' if k else
-                                    f"<td>{html.escape(c)}</td>" for c, k in zip(r, cl)) + "</tr>")
+        # short cells (numbers, names) never break; long text may wrap, so a table fits the page
+        out.append("<tr>" + "".join(
+            f'<td class="{html.escape(" ".join(x for x in (k, "n" if len(c) <= _SHORT else "") if x))}">'
+            f"{html.escape(c)}</td>" if (k or len(c) <= _SHORT) else f"<td>{html.escape(c)}</td>"
+            for c, k in zip(r, cl)) + "</tr>")
     out.append("</tbody></table>")
     out.append(f'<p class="src">numbers: <a href="{html.escape(t.csv)}">{html.escape(t.csv)}</a>'
-               f"{' (' + str(len(t.df)) + ' rows)' if len(t.df) else ''}</p></div>")
+               f"{' (' + str(len(t.df)) + ' rows)' if len(t.df) and t.count else ''}</p></div>")
     return "\n".join(out)
 
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#222}
 h1{font-size:1.6rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2.2rem}h3{margin-top:1.6rem}
-table{border-collapse:collapse;font-size:.82rem;margin:.4rem 0}td,th{border:1px solid #ddd;padding:.2rem .45rem;text-align:right}
+table{border-collapse:collapse;font-size:.82rem;margin:.4rem 0}td,th{border:1px solid #ddd;padding:.2rem .45rem;text-align:right}td.n{white-space:nowrap}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}caption{text-align:left;font-weight:600;padding:.3rem 0}
 .tbl{overflow-x:auto}.src{color:#666;font-size:.78rem;margin:.1rem 0 1rem}.fig{margin:1rem 0 .2rem}
 li{margin:.25rem 0}.note{color:#555;font-size:.9rem}
 .verdict{border:2px solid #333;border-radius:6px;padding:.3rem 1rem .6rem;margin:1.2rem 0;background:#fcfcfc}
 .verdict h2{margin-top:.6rem;border:none}.verdict h3{margin:.8rem 0 .2rem;font-size:1.05rem}
-.verdict td,.verdict th{font-size:.9rem}
+.verdict td,.verdict th{font-size:.9rem}.verdict th:last-child{text-align:left}
+.verdict table{min-width:50rem}p.lead{font-weight:600;font-size:1.1rem;margin:1rem 0 .1rem}
+p.sub{margin:.1rem 0 .3rem}
 td.fav-stllr{background:#dbe9f6;color:#0b3d6e;font-weight:600;text-align:left}
 td.fav-bptt{background:#f8dcdc;color:#7a1212;font-weight:600;text-align:left}
 td.fav-none{background:#eee;color:#444;text-align:left}
@@ -203,7 +215,8 @@ details.collapsed>summary span{color:#555;margin-left:.6rem}
 def _block_html(b: Block, first: bool) -> tuple[str, bool]:
     """One block as HTML; ``first`` is True until plotly.js has been inlined."""
     if isinstance(b, Text):
-        return f"<p>{html.escape(b.text)}</p>", first
+        css = f' class="{html.escape(b.css)}"' if b.css else ""
+        return f"<p{css}>{html.escape(b.text)}</p>", first
     if isinstance(b, Bullets):
         return "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in b.items) + "</ul>", first
     if isinstance(b, Table):

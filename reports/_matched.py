@@ -57,8 +57,10 @@ def paired_stats(diffs: np.ndarray | list[float], *, n_boot: int = N_BOOT, seed:
 
     ``p_bootstrap`` comes from the resampled means (:func:`reports._claims.bootstrap_p`);
     ``p_t`` from the paired t-test. With a handful of seeds the bootstrap alone is
-    over-confident (two differences of one sign give p = 1/(n_boot+1)), so ``p`` — what a
-    claim uses — is the larger of the two. Fewer than two differences: no interval, no p.
+    over-confident (two differences of one sign give p = 1/(n_boot+1), and an interval no
+    wider than their range), so ``p`` — what a claim uses — is the larger of the two, and
+    ``low``/``high`` the wider of the percentile and the t interval (the interval then
+    excludes 0 only where ``p`` < 0.05). Fewer than two differences: no interval, no p.
 
     >>> r = paired_stats([0.02, 0.03, 0.01, 0.04, 0.02])
     >>> round(r["mean"], 3), r["n"], bool(r["low"] > 0), bool(r["p"] >= r["p_bootstrap"])
@@ -73,12 +75,15 @@ def paired_stats(diffs: np.ndarray | list[float], *, n_boot: int = N_BOOT, seed:
     out["se"] = float(d.std(ddof=1) / np.sqrt(d.size))
     rng = np.random.default_rng(seed)
     boots = d[rng.integers(0, d.size, (n_boot, d.size))].mean(axis=1)
-    out["low"], out["high"] = (float(v) for v in np.quantile(boots, [0.025, 0.975]))
+    lo, hi = (float(v) for v in np.quantile(boots, [0.025, 0.975]))
     out["p_bootstrap"] = bootstrap_p(boots)
     if d.std(ddof=1) > 0:
         out["p_t"] = float(stats.ttest_1samp(d, 0.0).pvalue)
+        half = float(stats.t.ppf(0.975, d.size - 1)) * out["se"]
+        lo, hi = min(lo, out["mean"] - half), max(hi, out["mean"] + half)
     else:  # every seed the same difference: no spread to test against
         out["p_t"] = 1.0 if d[0] == 0 else 0.0
+    out["low"], out["high"] = lo, hi
     out["p"] = max(out["p_bootstrap"], out["p_t"])
     return out
 
@@ -86,6 +91,10 @@ def paired_stats(diffs: np.ndarray | list[float], *, n_boot: int = N_BOOT, seed:
 def _loss(r: pd.Series) -> str:
     v = r.get("loss_kind")
     return v if isinstance(v, str) and v else DEFAULT_LOSS.get(str(r["rule"]), "unknown")
+
+
+def _sum(values: pd.Series) -> int:
+    return int(pd.to_numeric(values, errors="coerce").fillna(0).sum())
 
 
 def _count(g: pd.DataFrame, col: str) -> int:
@@ -159,8 +168,8 @@ def _row(dataset: str, arch: str, s: pd.Series, b: pd.Series, kind: str, tuned: 
             row[f"{tag}_{split}_accuracy_std"] = r[f"{split}_accuracy_std"]
         row[f"{tag}_seeds"] = int(r["n_seeds"])
         row[f"{tag}_late_train_gain"] = r.get("late_train_gain_mean", np.nan)
-        for how in STOPPED_BY:
-            row[f"{tag}_stopped_{how}"] = int(r.get(f"n_stopped_{how}", 0) or 0)
+        for how in STOPPED_BY:  # NaN: the runs do not say how they stopped (an older study)
+            row[f"{tag}_stopped_{how}"] = float(r.get(f"n_stopped_{how}", np.nan))
     sv, bv = seed_values(s.get("test_accuracy_by_seed")), seed_values(b.get("test_accuracy_by_seed"))
     common = sorted(set(sv) & set(bv))
     diffs = [sv[k] - bv[k] for k in common]
@@ -280,21 +289,23 @@ def stopping_note(configs: pd.DataFrame, matched: pd.DataFrame) -> str | None:
     None when no run says how it stopped (an older study: :func:`still_learning_note` then).
     """
     cols = [f"n_stopped_{h}" for h in STOPPED_BY]
-    if configs.empty or not set(cols) <= set(configs.columns) or configs[cols].to_numpy().sum() == 0:
+    if configs.empty or not set(cols) <= set(configs.columns) or not configs[cols].notna().any().any():
         return None
     parts = []
     for rule, name in (("stllr", "S-TLLR"), ("bptt", "BPTT")):
-        c = configs[configs["rule"] == rule]
-        n, late = int(c["n_seeds"].sum()), int(c["n_stopped_max_epochs"].sum())
+        c = configs[(configs["rule"] == rule) & configs[cols].notna().any(axis=1)]
+        n, late = _sum(c["n_seeds"]), _sum(c["n_stopped_max_epochs"])
         if n:
             parts.append(f"{name} {late} of {n} runs")
     text = ("Stopped by the epoch maximum while still improving (stopped_by = max_epochs): " + ", ".join(parts) + ".")
     if not matched.empty:
-        m = matched.drop_duplicates(["dataset", "arch_id", "stllr_config_id", "bptt_config_id"])
-        runs = int(m["stllr_seeds"].sum() + m["bptt_seeds"].sum())
-        late = int(m["stllr_stopped_max_epochs"].sum() + m["bptt_stopped_max_epochs"].sum())
-        pat = int(m["stllr_stopped_patience"].sum() + m["bptt_stopped_patience"].sum())
-        fixed = int(m["stllr_stopped_fixed"].sum() + m["bptt_stopped_fixed"].sum())
+        # each chosen configuration once (S-TLLR's stands in one row per BPTT objective)
+        st = matched.drop_duplicates(["dataset", "arch_id", "stllr_config_id"])
+        bp = matched.drop_duplicates(["dataset", "arch_id", "bptt_config_id"])
+        runs = _sum(st["stllr_seeds"]) + _sum(bp["bptt_seeds"])
+        late = _sum(st["stllr_stopped_max_epochs"]) + _sum(bp["bptt_stopped_max_epochs"])
+        pat = _sum(st["stllr_stopped_patience"]) + _sum(bp["bptt_stopped_patience"])
+        fixed = _sum(st["stllr_stopped_fixed"]) + _sum(bp["bptt_stopped_fixed"])
         text += (f" Of the {runs} runs in the matched table, {pat} ({100 * pat / max(runs, 1):.0f}%) stopped by "
                  f"patience (converged on validation), {late} at the epoch maximum while still improving")
         text += f", {fixed} ran a fixed number of epochs (early stopping off)." if fixed else "."

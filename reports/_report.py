@@ -174,23 +174,26 @@ def verdict_section(a: Analysis) -> Section:
     if v.empty:
         sec.blocks.append(Text("No architecture has complete runs of both rules yet: no verdict.", summary=True))
         return sec
-    sec.blocks.append(Text(
-        "Accuracy: S-TLLR − BPTT test accuracy, paired by seed (seed s of both rules shares split, data order and "
-        "initialisation), averaged over the matched architectures; low/high: 95% bootstrap interval over seeds; a side "
-        f"is named only when the p-value, corrected (Holm) over all {len(a.claims)} claims of this report, is below "
-        "0.05. Costs: BPTT ÷ S-TLLR (> 1: S-TLLR needs less), geometric mean over the matched architectures, low/high: "
-        "the lowest and highest architecture.", summary=True))
     for _, r in v.iterrows():
         several = (v["dataset"] == r["dataset"]).sum() > 1
+        sec.blocks.append(Text(f"{r['dataset']}{' — BPTT objective ' + str(r['bptt_loss_kind']) if several else ''}",
+                               summary=True, css="lead"))
         sec.blocks.append(Text(
-            f"{r['dataset']}{' — BPTT objective ' + str(r['bptt_loss_kind']) if several else ''}: "
             f"S-TLLR ({r['stllr_loss_kind']}) vs BPTT ({r['bptt_loss_kind']}), {int(r['architectures'])} matched "
             f"architecture(s), {int(r['n_seed_blocks'])} paired seed(s); {_tuned_phrase(r)}; {_floor_phrase(r, a)}",
-            summary=True))
+            summary=True, css="sub"))
         rows = _verdict_rows(r)
         sec.blocks.append(Table(rows, "verdict.csv", {c: (lambda x, c=c: str(x[c])) for c in (
                                     "quantity", "estimate", "low", "high", "p (Holm)", "in favour of")},
-                                summary=True, tags={"in favour of": _favour_tag("side")}))
+                                summary=True, tags={"in favour of": _favour_tag("side")}, count=False))
+    n = len(a.claims)
+    sec.blocks.append(Text(
+        "Accuracy: S-TLLR − BPTT test accuracy paired by seed (seed s of both rules shares split, data order and "
+        "initialisation), averaged over the matched architectures; low/high: 95% interval over seeds (the wider of "
+        "bootstrap and t). A side is named only when the p-value, corrected (Holm) over all "
+        f"{n} claim{'s' if n != 1 else ''} of this report, is below 0.05. Costs: BPTT ÷ S-TLLR (> 1: S-TLLR needs "
+        "less), geometric mean over the matched architectures; low/high: the lowest and highest architecture.",
+        summary=True, css="note"))
     return sec
 
 
@@ -334,10 +337,24 @@ def matched_section(a: Analysis) -> Section:
         if note:
             sec.blocks.append(Text(note, summary=True))
     if len(a.tables["paper_table2.csv"]):
-        sec.blocks.append(Table(a.tables["paper_table2.csv"], "paper_table2.csv",
+        sec.blocks.append(Table(a.tables["paper_table2.csv"], "paper_table2.csv", _PAPER_VIEW,
                                 caption="Paper Table 2 (TMLR), for reference; its MACs are a quarter of exact counts "
                                         "and its MB assume ~2 bytes per value (DESIGN §7)", summary=True))
     return sec
+
+
+def _part(col: str, i: int) -> Callable[[pd.Series], str]:
+    """One number of a paper cell written "mean ± std"."""
+    return lambda r: str(r[col]).split("±")[i].strip() if "±" in str(r[col]) else (str(r[col]) if i == 0 else "–")
+
+
+_PAPER_VIEW: dict = {
+    "dataset": "dataset", "model": "model", "T": "T", "learn_steps": "learn_steps",
+    "S-TLLR acc [%]": _part("stllr_accuracy", 0), "S-TLLR std": _part("stllr_accuracy", 1),
+    "BPTT acc [%]": _part("bptt_accuracy", 0), "BPTT std": _part("bptt_accuracy", 1),
+    "S-TLLR MACs [G]": scaled("stllr_learning_macs", 1e9), "BPTT MACs [G]": scaled("bptt_learning_macs", 1e9),
+    "MACs ×": "mac_ratio", "S-TLLR memory [MB]": "stllr_memory_MB", "BPTT memory [MB]": "bptt_memory_MB",
+    "memory ×": "memory_ratio"}
 
 
 def _ci_cols(est: str, lo: str, hi: str, f: Callable[[object], str] = fmt) -> dict:
@@ -452,15 +469,16 @@ def window_section(a: Analysis) -> tuple[Section, list[Figure]]:
 def configurations_section(a: Analysis) -> Section:
     c = a.configs
     (mdiv, mu), (bdiv, bu) = _units(c, [f"{x}_mean" for x in fr.COSTS[:2]], [f"{x}_mean" for x in fr.COSTS[2:]])
-    sec = Section("All configurations", [Table(c, "configurations.csv", {
-        "study": "study", "config": "config_id", "rule": lambda r: fr.rule_name(r["rule"]), "role": "role",
-        "arch": "arch_id", "objective": "loss_kind", "learn_steps": "learn_steps", "α_post": "alpha_post",
-        "λ_post": "lambda_post", "λ_pre": "lambda_pre", "lr": "lr",
-        "val [%]": lambda r: pct(r["val_accuracy_mean"]), "val std": lambda r: pct(r["val_accuracy_std"]),
-        "test [%]": lambda r: pct(r["test_accuracy_mean"]), "test std": lambda r: pct(r["test_accuracy_std"]),
-        f"MACs [{mu.split()[0]}]": scaled(f"{fr.COSTS[0]}_mean", mdiv),
+    view: dict = {"study": "study"} if len(a.studies) > 1 else {}
+    view.update({
+        "config": "config_id", "rule": lambda r: fr.rule_name(r["rule"]), "role": "role", "arch": "arch_id",
+        "objective": "loss_kind", "learn_steps": "learn_steps", "α_post": "alpha_post", "λ_post": "lambda_post",
+        "λ_pre": "lambda_pre", "lr": "lr", "val [%]": lambda r: pct(r["val_accuracy_mean"]),
+        "val std": lambda r: pct(r["val_accuracy_std"]), "test [%]": lambda r: pct(r["test_accuracy_mean"]),
+        "test std": lambda r: pct(r["test_accuracy_std"]), f"MACs [{mu.split()[0]}]": scaled(f"{fr.COSTS[0]}_mean", mdiv),
         f"memory measured [{bu}]": scaled(f"{fr.COSTS[2]}_mean", bdiv),
-        f"memory formula [{bu}]": scaled(f"{fr.COSTS[3]}_mean", bdiv), "seeds": "n_seeds"})])
+        f"memory formula [{bu}]": scaled(f"{fr.COSTS[3]}_mean", bdiv), "seeds": "n_seeds"})
+    sec = Section("All configurations", [Table(c, "configurations.csv", view)])
     sec.collapsed = f"{len(c)} configurations (mean over seeds), click to show; every column in configurations.csv."
     return sec
 

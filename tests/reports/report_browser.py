@@ -25,7 +25,7 @@ def chromium() -> str | None:
 
 
 class _Pipe:
-    def __init__(self, binary: str, profile: str):
+    def __init__(self, binary: str, profile: str, width: int = 1300):
         to_chrome_r, self._w = os.pipe()
         self._r, from_chrome_w = os.pipe()
 
@@ -38,7 +38,7 @@ class _Pipe:
         self.proc = subprocess.Popen(
             [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run",
              "--no-default-browser-check", "--disable-extensions", "--hide-scrollbars", f"--user-data-dir={profile}",
-             "--window-size=1280,900", "about:blank"],
+             f"--window-size={width},900", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=child, close_fds=False)
         os.close(to_chrome_r)
@@ -82,17 +82,46 @@ class _Pipe:
                 pass
 
 
-def open_page(page: Path, screenshot: Path, *, timeout: float = 40.0) -> dict[str, Any]:
-    """Load ``page``, wait until its plotly figures are drawn, screenshot it.
+#: What the page shows of itself, read from the DOM of the drawn page.
+_PROBE = """(() => {
+  const d = [...document.querySelectorAll('.plotly-graph-div')];
+  const v = document.getElementById('verdict');
+  const r = v ? v.getBoundingClientRect() : null;
+  const wide = [...document.querySelectorAll('table')].filter(t => t.closest('.tbl') && !t.closest('details:not([open])') &&
+      t.getBoundingClientRect().width > t.closest('.tbl').getBoundingClientRect().width + 1).map(
+      t => (t.caption ? t.caption.innerText + ': ' : '') + [...t.querySelectorAll('th')].slice(0, 4).map(
+      h => h.innerText).join(' | '));
+  return {figures: d.length, title: document.title,
+          rendered: d.filter(x => x.querySelector('.main-svg') && x.querySelectorAll('.trace').length > 0).length,
+          verdict_text: v ? v.innerText : null,
+          verdict_visible: !!(r && r.width > 0 && r.height > 0 && getComputedStyle(v).visibility === 'visible'),
+          verdict_top: r ? r.top + window.scrollY : null,
+          favour_cells: [...document.querySelectorAll('#verdict td[class^=fav-]')].map(
+              c => [c.className.split(' ')[0], c.innerText, getComputedStyle(c).backgroundColor]),
+          collapsed: [...document.querySelectorAll('details.collapsed > summary')].map(s => s.innerText),
+          overflowing_tables: wide,
+          page_width: document.documentElement ? document.documentElement.scrollWidth : 0};
+})()"""
+
+
+def open_page(page: Path, screenshot: Path, *, timeout: float = 40.0, width: int = 1300, scale: float = 0.6,
+              slices: Path | None = None, slice_height: int = 1400) -> dict[str, Any]:
+    """Load ``page`` in a ``width``-pixel window, wait until its plotly figures are drawn, screenshot it.
 
     Returns: figures (plotly divs), rendered (divs with a drawn SVG and at least one trace),
+    verdict_text / verdict_visible / verdict_top (the verdict box as the page draws it),
+    favour_cells (class, text and background of its "in favour of" cells), collapsed (the
+    one-line sections), overflowing_tables (caption and first headers of each table wider than
+    its scrolling box),
     errors (console errors, exceptions, error log entries), dialogs (alert/confirm texts),
-    requests (URLs the page asked for), title, and the screenshot path.
+    requests (URLs the page asked for), title, and the screenshot path (the whole page at
+    ``scale``). With ``slices``, the page is also saved there at full size in pieces of
+    ``slice_height`` pixels (``slice_00.png``, ...), for a person to read.
     """
     binary = chromium()
     assert binary, "no chromium"
     with tempfile.TemporaryDirectory() as profile:
-        pipe = _Pipe(binary, profile)
+        pipe = _Pipe(binary, profile, width)
         pending: dict[int, Any] = {}
         events: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
@@ -122,24 +151,36 @@ def open_page(page: Path, screenshot: Path, *, timeout: float = 40.0) -> dict[st
             s = call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             for domain in ("Page", "Runtime", "Log", "Network"):
                 call(f"{domain}.enable", session=s)
+            call("Emulation.setDeviceMetricsOverride", {"width": width, "height": 900, "deviceScaleFactor": 1,
+                                                        "mobile": False}, session=s)
             call("Page.navigate", {"url": page.resolve().as_uri()}, session=s)
-            probe = ("(() => { const d = [...document.querySelectorAll('.plotly-graph-div')];"
-                     " return {figures: d.length, rendered: d.filter(x => x.querySelector('.main-svg') &&"
-                     " x.querySelectorAll('.trace').length > 0).length, title: document.title}; })()")
+            def probe() -> dict[str, Any]:
+                r = call("Runtime.evaluate", {"expression": _PROBE, "returnByValue": True}, session=s)
+                if "exceptionDetails" in r:
+                    raise RuntimeError(f"probe: {r['exceptionDetails'].get('exception', {}).get('description')}")
+                return r["result"]["value"]
+
             state: dict[str, Any] = {}
             while time.monotonic() < deadline:
-                state = call("Runtime.evaluate", {"expression": probe, "returnByValue": True}, session=s)["result"]["value"]
+                state = probe()
                 loaded = any(e.get("method") == "Page.loadEventFired" for e in events)
                 if loaded and state["figures"] and state["rendered"] == state["figures"]:
                     break
                 time.sleep(0.3)
             time.sleep(0.5)  # late console errors from plotly's async drawing
-            call("Runtime.evaluate", {"expression": "1"}, session=s)
+            state = probe()
             size = call("Page.getLayoutMetrics", session=s)["cssContentSize"]
             shot = call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": {
-                "x": 0, "y": 0, "width": min(size["width"], 1400), "height": min(size["height"], 12000), "scale": 0.6}},
+                "x": 0, "y": 0, "width": min(size["width"], 1400), "height": min(size["height"], 12000), "scale": scale}},
                 session=s)
             screenshot.write_bytes(base64.b64decode(shot["data"]))
+            if slices is not None:
+                slices.mkdir(parents=True, exist_ok=True)
+                for k, top in enumerate(range(0, int(min(size["height"], 40000)), slice_height)):
+                    part = call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": {
+                        "x": 0, "y": top, "width": min(size["width"], width),
+                        "height": min(slice_height, size["height"] - top), "scale": 1}}, session=s)
+                    (slices / f"slice_{k:02d}.png").write_bytes(base64.b64decode(part["data"]))
         finally:
             pipe.close()
     errors = []

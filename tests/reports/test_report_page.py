@@ -106,6 +106,13 @@ def test_page_renders_in_headless_chromium(built, tmp_path):
     assert all(u.startswith(("file:", "data:", "blob:")) for u in r["requests"]), r["requests"]  # offline
     assert r["title"] == f"S-TLLR vs BPTT: shd, {XSS_STUDY}".replace("shd, ", "synthetic, ")  # shown as text
     assert shot.stat().st_size > 10_000
+    # the verdict box: drawn first, visible, one block per dataset, its sides coloured by rule
+    assert r["verdict_visible"] and r["verdict_top"] < 600, r["verdict_top"]
+    text = r["verdict_text"]
+    assert text.startswith("Verdict: S-TLLR against BPTT") and text.count("test accuracy, S-TLLR − BPTT") == 2
+    assert XSS_DATASET in text  # the dataset's name as text, not markup
+    assert len(r["favour_cells"]) == 2 * 5 and all(c[2] != "rgba(0, 0, 0, 0)" for c in r["favour_cells"])
+    assert r["page_width"] <= 1300 and r["overflowing_tables"] == [], r["overflowing_tables"]
     keep = os.environ.get("STLLR_TEST_ARTIFACTS")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
