@@ -246,7 +246,7 @@ def test_online_stllr_steps_the_optimiser_inside_the_step_and_measures_without_m
                       schedule="constant", measure_costs=True)
     net = build_network(SPEC)
     m = list(fit(net, DataLoader(ds, batch_size=32), cfg))[-1]
-    assert m["mode"] == "window+online" and m["learning_memory_bytes_measured_per_batch"] > 0
+    assert m["mode"] == "chunked+online" and m["learning_memory_bytes_measured_per_batch"] > 0
     by_hand = build_network(SPEC)
     opt = torch.optim.SGD(by_hand.parameters(), lr=0.05, momentum=0.0)
     for x, y in DataLoader(ds, batch_size=32):
