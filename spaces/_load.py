@@ -33,13 +33,14 @@ PRESET_DIR = Path(__file__).resolve().parent
 PRESET_NAMES = (
     "quickstart", "shd_rsnn", "dvs_gesture_vgg9", "cifar10dvs_vgg9", "nmnist",
     "balance_digits", "balance_synthetic", "scaling_digits", "scaling_synthetic",
+    "balance_digits_factorial", "balance_synthetic_factorial",
 )
 # The open questions' studies, one per task (one study = one dataset = one folder).
 PRESET_GROUPS = {"balance": ("balance_digits", "balance_synthetic"),
+                 "balance_factorial": ("balance_digits_factorial", "balance_synthetic_factorial"),
                  "scaling": ("scaling_digits", "scaling_synthetic")}
 
-DEFAULT_OBJECTIVES = [("val_accuracy", "maximize"), ("learning_macs_formula_per_sample", "minimize"),
-                      ("learning_memory_bytes_formula_per_sample", "minimize")]
+from study.schema import DEFAULT_OBJECTIVES  # noqa: E402  (one definition: accuracy, learning MACs, measured memory)
 _SAMPLER_OPTIONS: dict[str, dict[str, str]] = {  # option -> kind
     "tpe": {"n_startup_trials": "int", "n_ei_candidates": "int", "multivariate": "bool", "group": "bool",
             "constant_liar": "bool", "consider_endpoints": "bool"},

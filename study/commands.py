@@ -78,12 +78,18 @@ def train(args: argparse.Namespace) -> int:
     if sampled:
         print(f"sampled at random (seed {seed}), since --set gave none: {', '.join(sampled)}")
     for m in run_experiment(exp, checkpoint_dir=args.out):
-        val = m.get("val_accuracy")
+        val = m.get("epoch_val_accuracy", m.get("val_accuracy"))  # this epoch's own weights
         print(f"epoch {m['epoch']}/{exp.training.epochs}: train_acc {m['train_accuracy']:.4f}"
               + (f" val_acc {val:.4f}" if val is not None else "")
-              + f" test_acc {m['test_accuracy']:.4f} learning_macs {m.get('learning_macs_formula_per_sample')}"
+              + f" test_acc {m.get('epoch_test_accuracy', m['test_accuracy']):.4f}"
+              f" learning_macs {m.get('learning_macs_formula_per_sample')}"
               f" memory {m.get('learning_memory_bytes_measured_per_batch')} B/batch {m['wall_time_s']:.2f}s",
               flush=True)
+        if m.get("stopped_by") in ("patience", "max_epochs"):
+            why = (f"no better validation result for {exp.training.patience} epochs" if m["stopped_by"] == "patience"
+                   else "the most epochs (budget.epochs), possibly still improving")
+            print(f"stopped after {m['epochs_trained']} epochs ({why}); best epoch {m['best_epoch']}, its weights "
+                  f"restored: val_acc {m['val_accuracy']:.4f} test_acc {m['test_accuracy']:.4f}", flush=True)
     return 0
 
 
