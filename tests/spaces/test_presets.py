@@ -98,13 +98,15 @@ def test_quickstart_is_small():
     spec = load_study("quickstart")
     assert spec.dataset in ("digits", "synthetic_temporal") and not DATASETS[spec.dataset].needs_files
     archs = math.prod(len(p.values() or []) for n, p in spec.search.items() if n in ("width", "depth"))
-    runs = spec.trials * len(spec.seeds) + archs * spec.baseline_trials * len(spec.seeds)
-    assert len(spec.objectives) == 3 and "bptt" in spec.rules
-    assert runs <= 40 and spec.epochs <= 4
+    # the search, then per architecture the equal tuning: S-TLLR and each BPTT objective, the same settings
+    tuning = archs * spec.baseline_trials * (1 + len(spec.baseline_losses)) * len(spec.seeds)
+    runs = spec.trials * len(spec.seeds) + tuning
+    assert len(spec.objectives) == 3 and "bptt" in spec.rules and spec.patience is not None
+    assert runs <= 52 and spec.epochs <= 6
 
 
 def test_grid_presets_cover_the_grid():
-    for name in PRESET_GROUPS["scaling"]:
+    for name in PRESET_GROUPS["scaling"] + PRESET_GROUPS["balance_factorial"]:
         spec = load_study(name)
         grid = spec.grid()
         assert grid is not None and spec.trials == math.prod(len(v) for v in grid.values())
