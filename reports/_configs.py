@@ -47,8 +47,9 @@ def config_table(runs: pd.DataFrame) -> pd.DataFrame:
         Settings, ``n_seeds``, ``seeds``, ``trial_ids`` (``;``-joined, traceable to runs),
         ``<metric>_mean`` / ``<metric>_std`` (sample std over seeds; NaN with one seed),
         ``test_accuracy_by_seed`` (JSON ``{seed: accuracy}``, for differences paired by seed)
-        and ``n_stopped_<how>`` for each of :data:`STOPPED_BY` (runs that ended that way; NaN
-        when none of the configuration's runs says how it stopped).
+        ``n_stopped_<how>`` for each of :data:`STOPPED_BY` (runs that ended that way; NaN
+        when none of the configuration's runs says how it stopped) and ``n_best_at_last_epoch``
+        (runs whose best validation accuracy came at their last epoch).
     """
     runs = runs.copy()
     if "time_per_epoch_s" not in runs.columns and {"wall_time_s", "epochs_done"} <= set(runs.columns):
@@ -60,7 +61,7 @@ def config_table(runs: pd.DataFrame) -> pd.DataFrame:
     metric_cols = list(METRICS)
     columns = ["study", "config_id", *settings, "n_seeds", "seeds", "trial_ids"]
     columns += [f"{m}_{s}" for m in metric_cols for s in ("mean", "std")]
-    columns += ["test_accuracy_by_seed", *(f"n_stopped_{how}" for how in STOPPED_BY)]
+    columns += ["test_accuracy_by_seed", *(f"n_stopped_{how}" for how in STOPPED_BY), "n_best_at_last_epoch"]
     if "stopped_by" not in runs.columns:
         runs["stopped_by"] = None
     if runs.empty:
@@ -76,6 +77,9 @@ def config_table(runs: pd.DataFrame) -> pd.DataFrame:
     for m in metric_cols:
         out[f"{m}_mean"], out[f"{m}_std"] = means[m], stds[m]
     out["test_accuracy_by_seed"] = g[["seed", "test_accuracy"]].apply(_by_seed)
+    last = (runs["best_epoch"] >= runs["epochs_trained"]) if {"best_epoch", "epochs_trained"} <= set(runs.columns) \
+        else pd.Series(False, index=runs.index)
+    out["n_best_at_last_epoch"] = last.groupby([runs["study"], runs["config_id"]], sort=True, dropna=False).sum()
     known = g["stopped_by"].agg(lambda s: int(s.notna().sum()))
     for how in STOPPED_BY:  # NaN where no seed says how it stopped (older studies)
         n = g["stopped_by"].agg(lambda s, h=how: int((s.astype(object) == h).sum()))

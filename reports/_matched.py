@@ -60,7 +60,8 @@ def paired_stats(diffs: np.ndarray | list[float], *, n_boot: int = N_BOOT, seed:
     over-confident (two differences of one sign give p = 1/(n_boot+1), and an interval no
     wider than their range), so ``p`` — what a claim uses — is the larger of the two, and
     ``low``/``high`` the wider of the percentile and the t interval (the interval then
-    excludes 0 only where ``p`` < 0.05). Fewer than two differences: no interval, no p.
+    excludes 0 only where ``p`` < 0.05). Fewer than two differences: no interval, no p; two or
+    more that are all equal: no p (no spread to test against).
 
     >>> r = paired_stats([0.02, 0.03, 0.01, 0.04, 0.02])
     >>> round(r["mean"], 3), r["n"], bool(r["low"] > 0), bool(r["p"] >= r["p_bootstrap"])
@@ -81,10 +82,10 @@ def paired_stats(diffs: np.ndarray | list[float], *, n_boot: int = N_BOOT, seed:
         out["p_t"] = float(stats.ttest_1samp(d, 0.0).pvalue)
         half = float(stats.t.ppf(0.975, d.size - 1)) * out["se"]
         lo, hi = min(lo, out["mean"] - half), max(hi, out["mean"] + half)
-    else:  # every seed the same difference: no spread to test against
-        out["p_t"] = 1.0 if d[0] == 0 else 0.0
     out["low"], out["high"] = lo, hi
-    out["p"] = max(out["p_bootstrap"], out["p_t"])
+    # every seed the same difference (accuracies move in steps of 1/n_test: with two seeds it
+    # happens): no spread to test against, no p-value
+    out["p"] = max(out["p_bootstrap"], out["p_t"]) if np.isfinite(out["p_t"]) else np.nan
     return out
 
 
@@ -170,6 +171,7 @@ def _row(dataset: str, arch: str, s: pd.Series, b: pd.Series, kind: str, tuned: 
         row[f"{tag}_late_train_gain"] = r.get("late_train_gain_mean", np.nan)
         for how in STOPPED_BY:  # NaN: the runs do not say how they stopped (an older study)
             row[f"{tag}_stopped_{how}"] = float(r.get(f"n_stopped_{how}", np.nan))
+        row[f"{tag}_best_at_last_epoch"] = float(r.get("n_best_at_last_epoch", np.nan))
     sv, bv = seed_values(s.get("test_accuracy_by_seed")), seed_values(b.get("test_accuracy_by_seed"))
     common = sorted(set(sv) & set(bv))
     diffs = [sv[k] - bv[k] for k in common]
@@ -308,6 +310,9 @@ def stopping_note(configs: pd.DataFrame, matched: pd.DataFrame) -> str | None:
         fixed = _sum(st["stllr_stopped_fixed"]) + _sum(bp["bptt_stopped_fixed"])
         text += (f" Of the {runs} runs in the matched table, {pat} ({100 * pat / max(runs, 1):.0f}%) stopped by "
                  f"patience (converged on validation), {late} at the epoch maximum while still improving")
+        best_last = _sum(st.get("stllr_best_at_last_epoch", pd.Series(dtype=float))) + _sum(
+            bp.get("bptt_best_at_last_epoch", pd.Series(dtype=float)))
+        text += f" ({best_last} of them with their best validation accuracy at the last epoch)" if late else ""
         text += f", {fixed} ran a fixed number of epochs (early stopping off)." if fixed else "."
         if late:
             text += (" For those the accuracy difference is measured before convergence: raise the epoch maximum "

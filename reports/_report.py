@@ -25,7 +25,7 @@ from reports import _scaling as q2
 from reports import _window as lw
 from reports._claims import Claim, holm
 from reports._configs import config_table
-from reports._html import (Bullets, Figure, Section, Table, Text, byte_unit, fmt, mac_unit, pct, render_html,
+from reports._html import (Block, Bullets, Figure, Section, Table, Text, byte_unit, fmt, mac_unit, pct, render_html,
                            render_markdown, scaled)
 from reports._load import (STATUSES, Objective, Study, complete_runs, floors_by_dataset, load_studies,
                            objectives_by_dataset, status_counts)
@@ -45,45 +45,44 @@ def _slug(s: object) -> str:
 
 @dataclass
 class Q1:
-    """Open question 1 (today's additive fit; the response-surface analysis replaces it)."""
+    """Open question 1 as today's additive fit finds it (``q1_analysis`` of :mod:`reports._questions`
+    returns a ``Q1Result`` with the same ``claims`` and ``tables`` when it replaces this)."""
 
-    effects: pd.DataFrame
-    levels: pd.DataFrame
-    importance: pd.DataFrame
+    tables: dict[str, pd.DataFrame]
     claims: list[Claim] = field(default_factory=list)
-
-    def tables(self) -> dict[str, pd.DataFrame]:
-        return {"q1_effects.csv": self.effects, "q1_levels.csv": self.levels, "q1_importance.csv": self.importance}
 
 
 @dataclass
 class Q2:
-    """Open question 2 (scaling with width, depth and T)."""
+    """Open question 2 (scaling with width, depth and T), as :class:`Q1`."""
 
-    scaling: pd.DataFrame
-    exponents: pd.DataFrame
-    gaps: pd.DataFrame
-    memory: pd.DataFrame
+    tables: dict[str, pd.DataFrame]
     matched: pd.DataFrame
     claims: list[Claim] = field(default_factory=list)
 
-    def tables(self) -> dict[str, pd.DataFrame]:
-        return {"q2_scaling.csv": self.scaling, "q2_exponents.csv": self.exponents, "q2_gap.csv": self.gaps,
-                "q2_memory_vs_T.csv": self.memory}
+
+# The two places where Q1 and Q2 come in: an analysis (its tables and claims) and its page items.
+# To use the response-surface Q1 and the per-window Q2, the bodies become:
+#     return q1.q1_analysis(configs, chance={d: f["chance"] for d, f in floors.items()})
+#     return q2.q2_analysis(configs, matched)
+#     return q1.q1_items(r)  /  return q2.q2_items(r)
 
 
-def q1_analysis(configs: pd.DataFrame, objs: dict[str, tuple[Objective, ...]], datasets: list[str]) -> Q1:
-    """Where Q1's numbers (and claims, if any) come from: one call, swapped when Q1 changes."""
+def q1_analysis(configs: pd.DataFrame, objs: dict[str, tuple[Objective, ...]], datasets: list[str],
+                floors: dict[str, dict]) -> Q1:
+    """Q1's numbers and claims, computed before anything is written."""
     importance = _concat([q1.param_importance(configs[configs["dataset"] == d], objs[d]) for d in datasets])
-    return Q1(_ensure(q1.factor_effects(configs)), _ensure(q1.factor_levels(configs)), importance)
+    return Q1({"q1_effects.csv": _ensure(q1.factor_effects(configs)), "q1_levels.csv": _ensure(q1.factor_levels(configs)),
+               "q1_importance.csv": importance})
 
 
 def q2_analysis(configs: pd.DataFrame, matched: pd.DataFrame) -> Q2:
-    """Where Q2's numbers come from. The gap is fitted over one matched row per architecture:
-    BPTT on S-TLLR's own objective where the study trained it (DESIGN §8), else its other."""
+    """Q2's numbers and claims. Today's gap fit takes one matched row per architecture: BPTT on
+    S-TLLR's own objective where the study trained it (DESIGN §8), else its other."""
     primary = _primary(matched)
-    return Q2(_ensure(q2.scaling_table(configs)), _ensure(q2.scaling_exponents(configs)),
-              _ensure(q2.gap_scaling(primary)), _ensure(q2.memory_vs_T(configs)), primary)
+    return Q2({"q2_scaling.csv": _ensure(q2.scaling_table(configs)), "q2_exponents.csv": _ensure(q2.scaling_exponents(configs)),
+               "q2_gap.csv": _ensure(q2.gap_scaling(primary)), "q2_memory_vs_T.csv": _ensure(q2.memory_vs_T(configs))},
+              primary)
 
 
 @dataclass
@@ -117,7 +116,7 @@ def analyse(studies: list[Study]) -> Analysis:
     tables["matched.csv"] = matched
     tables["paper_table2.csv"] = paper_rows(datasets)
     verdict, claims = verdict_table(matched)
-    a1 = q1_analysis(configs, objs, datasets)
+    a1 = q1_analysis(configs, objs, datasets, floors)
     a2 = q2_analysis(configs, matched)
     claims = claims + list(getattr(a1, "claims", [])) + list(getattr(a2, "claims", []))
     holm(claims)  # one family: every claim of the report
@@ -126,8 +125,8 @@ def analyse(studies: list[Study]) -> Analysis:
                                           "high": c.high, "p": c.p, "p_holm": c.p_adj, "holds": c.holds()}
                                          for c in claims], columns=["key", "claim", "estimate", "low", "high", "p",
                                                                     "p_holm", "holds"])
-    tables.update(a1.tables())
-    tables.update(a2.tables())
+    tables.update(a1.tables)  # the same frames: items written after Holm (p_adj, holds) reach the CSVs
+    tables.update(a2.tables)
     tables["window.csv"] = _ensure(lw.window_table(configs))
     return Analysis(studies, runs, configs, objs, floors, datasets, tables, a1, a2, claims)
 
@@ -361,62 +360,75 @@ def _ci_cols(est: str, lo: str, hi: str, f: Callable[[object], str] = fmt) -> di
     return {"estimate": lambda r: f(r[est]), "95% low": lambda r: f(r[lo]), "95% high": lambda r: f(r[hi])}
 
 
-def q1_section(r: Q1, a: Analysis) -> tuple[Section, list[Figure]]:
-    """How Q1 is shown: one call, swapped with :func:`q1_analysis`."""
-    effects, levels, importance = r.effects, r.levels, r.importance
+def q1_items(r: Q1, a: Analysis) -> list[Block]:
+    """Q1's page items (sentences, tables, figures), after Holm."""
+    effects, levels, importance = (r.tables["q1_effects.csv"], r.tables["q1_levels.csv"], r.tables["q1_importance.csv"])
     answers = q1.answer_q1(effects, a.configs)
-    sec = Section("Open question 1 — the causal / non-causal balance", [Text(
+    items: list[Block] = [Text(
         "Validation accuracy of S-TLLR configurations regressed jointly on the varied factors (other varied "
         "settings as covariates); intervals: bootstrap over configurations, Bonferroni-adjusted over the factors "
         "of a dataset (network-wide and per-layer together); an interval wider than the whole spread of the "
         "configurations' accuracies is flagged: 'uninformative' when it contains zero, 'imprecise' when it does "
         "not (the sign stands, the size is poorly known). Per-layer factors are fit over the configurations that set "
         "them (the deeper networks), where layer 0 takes the network-wide value. α_post < 0 favours causal order, "
-        "α_post > 0 synchrony.", summary=True)])
-    figures: list[Figure] = []
+        "α_post > 0 synchrony.", summary=True)]
     for d in a.datasets:
-        sec.blocks.append(Text(f"{d}:", summary=True))
-        sec.blocks.append(Bullets(answers.get(d, ["inconclusive: no S-TLLR factor was varied."]), summary=True))
+        items.append(Text(f"{d}:", summary=True))
+        items.append(Bullets(answers.get(d, ["inconclusive: no S-TLLR factor was varied."]), summary=True))
     if len(effects):
         view = {"dataset": "dataset", "factor": "factor", "configs": "n_configs", "runs": "n_runs", "min": "min",
                 "max": "max", **{f"effect [points] {k}": v for k, v in _ci_cols(
                     "effect", "effect_lo", "effect_hi", lambda x: pct(x, True)).items()},
-                "CI level": "ci_level", "spread [points]": lambda r: pct(r["spread"]), "verdict": "verdict",
+                "CI level": "ci_level", "spread [points]": lambda x: pct(x["spread"]), "verdict": "verdict",
                 "reason": "reason"}
-        sec.blocks.append(Table(effects, "q1_effects.csv", view))
+        items.append(Table(effects, "q1_effects.csv", view))
     for d in sorted(levels["dataset"].unique()) if len(levels) else []:
-        fig = Figure(q1.factor_figure(a.configs, levels, d), f"q1_factors_{_slug(d)}", "q1_levels.csv")
-        sec.blocks.append(fig)
-        figures.append(fig)
+        items.append(Figure(q1.factor_figure(a.configs, levels, d), f"q1_factors_{_slug(d)}", "q1_levels.csv"))
     if len(importance):
-        sec.blocks.append(Table(importance, "q1_importance.csv", caption=(
+        items.append(Table(importance, "q1_importance.csv", caption=(
             "Optuna PED-ANOVA importance (study rebuilt from the table; maximised objectives negated); direction "
             "'+' = a higher setting goes with a better objective (Spearman)")))
-    verdicts = set(effects["verdict"]) if len(effects) and "verdict" in effects else set()
-    if not verdicts or verdicts <= {"inconclusive"}:
-        sec.collapsed = ("no data: no S-TLLR factor was varied." if not verdicts else
-                         f"inconclusive for every factor ({len(effects)} tested; q1_effects.csv).")
-    return sec, figures
+    return items
 
 
-def q2_section(r: Q2, a: Analysis) -> tuple[Section, list[Figure]]:
-    """How Q2 is shown: one call, swapped with :func:`q2_analysis`."""
-    scaling, exps, gaps, mem = r.scaling, r.exponents, r.gaps, r.memory
-    sec = Section("Open question 2 — scaling with width, depth and T", [Text(
+def _collapsed(r: Q1 | Q2, verdicts: set, what: str) -> str | None:
+    """The one line of a section with nothing to say, or None: no data, or no claim / verdict stands."""
+    if r.claims:
+        held = sum(c.holds() for c in r.claims)
+        return None if held else f"inconclusive: none of its {len(r.claims)} claims holds at the corrected level."
+    if not verdicts:
+        return f"no data: {what}."
+    return "inconclusive on every question it asks." if verdicts <= {"inconclusive"} else None
+
+
+def q1_section(r: Q1, a: Analysis) -> Section:
+    effects = r.tables.get("q1_effects.csv", pd.DataFrame())
+    sec = Section("Open question 1 — the causal / non-causal balance", q1_items(r, a))
+    verdicts = set(effects["verdict"]) if "verdict" in effects.columns else set()
+    sec.collapsed = _collapsed(r, verdicts, "no S-TLLR factor was varied")
+    if sec.collapsed and not r.claims and verdicts:
+        sec.collapsed = f"inconclusive for every factor ({len(effects)} tested; q1_effects.csv)."
+    return sec
+
+
+def q2_items(r: Q2, a: Analysis) -> list[Block]:
+    """Q2's page items, after Holm."""
+    t = r.tables
+    scaling, exps, gaps, mem = t["q2_scaling.csv"], t["q2_exponents.csv"], t["q2_gap.csv"], t["q2_memory_vs_T.csv"]
+    items: list[Block] = [Text(
         "Costs: log-log exponents over configurations (y ∝ size^b, other varied sizes and learn_steps controlled). "
-        "Accuracy and the S-TLLR − BPTT gap: change per doubling. 95% bootstrap intervals.", summary=True)])
-    figures: list[Figure] = []
+        "Accuracy and the S-TLLR − BPTT gap: change per doubling. 95% bootstrap intervals.", summary=True)]
     a2 = q2.answer_q2(exps, gaps, a.configs)
     for d in a.datasets:
-        sec.blocks.append(Text(f"{d}:", summary=True))
-        sec.blocks.append(Bullets(a2.get(d, ["inconclusive: nothing to fit."]), summary=True))
+        items.append(Text(f"{d}:", summary=True))
+        items.append(Bullets(a2.get(d, ["inconclusive: nothing to fit."]), summary=True))
     if len(exps):
-        sec.blocks.append(Table(exps, "q2_exponents.csv", {
+        items.append(Table(exps, "q2_exponents.csv", {
             "dataset": "dataset", "rule": lambda x: fr.rule_name(x["rule"]), "metric": "metric", "size": "size",
             "kind": "kind", **_ci_cols("estimate", "ci_lo", "ci_hi"), "configs": "n_points", "runs": "n_runs",
             "verdict": "verdict"}))
     if len(gaps):
-        sec.blocks.append(Table(gaps, "q2_gap.csv", {
+        items.append(Table(gaps, "q2_gap.csv", {
             "dataset": "dataset", "size": "size", **{f"gap change per doubling {k}": v for k, v in _ci_cols(
                 "estimate", "ci_lo", "ci_hi").items()}, "architectures": "n_points", "runs": "n_runs",
             "verdict": "verdict"}))
@@ -424,21 +436,21 @@ def q2_section(r: Q2, a: Analysis) -> tuple[Section, list[Figure]]:
         s = scaling[scaling["dataset"] == d]
         for size in q2.SIZES:
             if s[size].nunique() > 1:
-                fig = Figure(q2.scaling_figure(scaling, d, size), f"q2_{_slug(d)}_{size}", "q2_scaling.csv")
-                sec.blocks.append(fig)
-                figures.append(fig)
+                items.append(Figure(q2.scaling_figure(scaling, d, size), f"q2_{_slug(d)}_{size}", "q2_scaling.csv"))
         if len(r.matched[r.matched["dataset"] == d]):
-            fig = Figure(q2.gap_figure(r.matched, d), f"q2_gap_{_slug(d)}", "matched.csv")
-            sec.blocks.append(fig)
-            figures.append(fig)
-        fig = Figure(q2.memory_T_figure(mem, d), f"q2_memory_T_{_slug(d)}", "q2_memory_vs_T.csv")
-        sec.blocks.append(fig)
-        figures.append(fig)
-    verdicts = set(exps.get("verdict", pd.Series(dtype=object))) | set(gaps.get("verdict", pd.Series(dtype=object)))
-    if not verdicts or verdicts <= {"inconclusive"}:
-        sec.collapsed = ("no data: the study did not vary width, depth or T." if not verdicts else
-                         "inconclusive for every size (q2_exponents.csv, q2_gap.csv).")
-    return sec, figures
+            items.append(Figure(q2.gap_figure(r.matched, d), f"q2_gap_{_slug(d)}", "matched.csv"))
+        items.append(Figure(q2.memory_T_figure(mem, d), f"q2_memory_T_{_slug(d)}", "q2_memory_vs_T.csv"))
+    return items
+
+
+def q2_section(r: Q2, a: Analysis) -> Section:
+    verdicts = set()
+    for name in ("q2_exponents.csv", "q2_gap.csv"):
+        df = r.tables.get(name, pd.DataFrame())
+        verdicts |= set(df["verdict"]) if "verdict" in df.columns else set()
+    sec = Section("Open question 2 — scaling with width, depth and T", q2_items(r, a))
+    sec.collapsed = _collapsed(r, verdicts, "the study did not vary width, depth or T")
+    return sec
 
 
 def window_section(a: Analysis) -> tuple[Section, list[Figure]]:
@@ -508,9 +520,12 @@ def sections(a: Analysis) -> tuple[str, list[str], list[Section], list[Figure]]:
     out += secs
     figures += figs
     out.append(matched_section(a))
-    for part in (q1_section(a.q1, a), q2_section(a.q2, a), window_section(a)):
-        out.append(part[0])
-        figures += part[1]
+    for sec in (q1_section(a.q1, a), q2_section(a.q2, a)):
+        out.append(sec)
+        figures += [b for b in sec.blocks if isinstance(b, Figure)]
+    sec, figs = window_section(a)
+    out.append(sec)
+    figures += figs
     out.append(configurations_section(a))
     return title, intro, out, figures
 
@@ -545,9 +560,9 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
     folder.mkdir(parents=True, exist_ok=True)
 
     a = analyse(studies)
-    for name, df in a.tables.items():
-        df.to_csv(folder / name, index=False)
     title, intro, secs, figures = sections(a)
+    for name, df in a.tables.items():  # after the page: its items may add the corrected p-values
+        df.to_csv(folder / name, index=False)
     path = folder / "report.html"
     tmp = folder / ".report.html.tmp"
     tmp.write_text(render_html(title, intro, secs), encoding="utf-8")
@@ -577,5 +592,5 @@ def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
     return _ensure(parts[0].iloc[0:0]) if parts else pd.DataFrame(columns=["dataset"])
 
 
-__all__ = ["Analysis", "Q1", "Q2", "analyse", "build_report", "q1_analysis", "q1_section", "q2_analysis", "q2_section",
-           "sections", "verdict_section"]
+__all__ = ["Analysis", "Q1", "Q2", "analyse", "build_report", "q1_analysis", "q1_items", "q1_section", "q2_analysis",
+           "q2_items", "q2_section", "sections", "verdict_section"]

@@ -126,7 +126,7 @@ def settle(verdict: pd.DataFrame, claims: list[Claim]) -> pd.DataFrame:
         out.at[i, "accuracy_diff_p_holm"] = c.p_adj
         if not np.isfinite(c.p):
             out.at[i, "accuracy_favours"] = ("no test: fewer than 2 paired seeds" if c.extra.get("n", 0) < 2
-                                             else "no test")
+                                             else "no test: every seed gives the same difference")
         elif c.holds():
             out.at[i, "accuracy_favours"] = "S-TLLR" if c.estimate > 0 else "BPTT"
         else:

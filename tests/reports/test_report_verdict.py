@@ -280,3 +280,32 @@ def test_verdict_and_floors_render_in_headless_chromium(fair, tmp_path):
     assert blue and grey and set(blue).isdisjoint(grey)  # the side is seen, not only read
     assert r["page_width"] <= 1300 and r["overflowing_tables"] == [], r["overflowing_tables"]
     assert any(s.startswith("All configurations") for s in r["collapsed"])
+
+
+def test_paired_stats_never_overstates_a_few_seeds():
+    from reports._matched import paired_stats
+
+    two = paired_stats([-0.29, -0.30])  # two seeds of one sign: the bootstrap alone would say p = 1e-4
+    assert two["p_bootstrap"] < 0.001 and two["p"] == two["p_t"] > 0.01
+    assert two["low"] < -0.29 - 0.05 and two["high"] > -0.30 + 0.05  # the t interval, wider than the two values
+    same = paired_stats([-0.269444, -0.269444])  # equal differences (accuracies move in steps of 1/n_test)
+    assert np.isnan(same["p"]) and same["mean"] == pytest.approx(-0.269444)
+    assert np.isnan(paired_stats([0.1])["p"]) and paired_stats([])["n"] == 0
+    many = paired_stats(np.full(12, 0.03) + np.linspace(-0.005, 0.005, 12))
+    assert many["p"] < 0.001 and many["low"] > 0
+
+
+def test_a_section_whose_claims_all_fail_is_one_line(fair, monkeypatch):
+    out, _ = fair
+    weak = [Claim(f"q1:x{i}", "a factor matters", 0.01, -0.02, 0.04, 0.4) for i in range(3)]
+
+    def with_claims(*args, **kwargs):
+        r = original(*args, **kwargs)
+        r.claims = list(weak)
+        return r
+
+    original = _report.q1_analysis
+    monkeypatch.setattr(_report, "q1_analysis", with_claims)
+    a = _report.analyse(load_studies([out.parent]))
+    q1 = [s for s in _report.sections(a)[2] if s.title.startswith("Open question 1")][0]
+    assert q1.collapsed == "inconclusive: none of its 3 claims holds at the corrected level."
