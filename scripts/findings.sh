@@ -2,7 +2,7 @@
 # Publish the answers to the paper's open questions on the embedded tasks: run the balance
 # (Q1) and scaling (Q2) presets, build each report, and copy its summary.md and CSV tables
 # to docs/findings/<study>/. The study folders (checkpoints, journal) stay under runs/findings/.
-# Usage: bash scripts/findings.sh [STUDY[:TRIALS] ...]   (default: the four presets, full budgets)
+# Usage: bash scripts/findings.sh [STUDY[:TRIALS] ...]   (default: the six presets, full budgets)
 # TRIALS is the number of S-TLLR configurations (default: the preset's budget.trials). An existing
 # folder is resumed and extended to that budget; runs already finished are kept, never re-run. A
 # folder started from a different version of the preset (other than its budget.trials) is refused:
@@ -13,7 +13,8 @@ STLLR=${STLLR:-.venv/bin/stllr}
 PYTHON=${PYTHON:-.venv/bin/python}
 studies=("$@")
 if [ ${#studies[@]} -eq 0 ]; then
-  studies=(balance_digits balance_synthetic scaling_digits scaling_synthetic)
+  studies=(balance_synthetic_factorial scaling_synthetic balance_digits_factorial scaling_digits
+           balance_synthetic balance_digits)
 fi
 for item in "${studies[@]}"; do
   name=${item%%:*}
