@@ -127,7 +127,7 @@ def matched_table(configs: pd.DataFrame, floors: dict[str, dict] | None = None) 
     NaN when not measured).
     """
     floors = floors or {}
-    rows = []
+    rows: list[dict] = []
     if configs.empty:
         return pd.DataFrame(rows)
     for (dataset, arch), g in configs.groupby(["dataset", "arch_id"], sort=True):

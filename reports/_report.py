@@ -144,6 +144,11 @@ def _units(df: pd.DataFrame, macs: list[str], mem: list[str]) -> tuple[tuple[flo
 _FAVOUR_CLASS = {"S-TLLR": "fav-stllr", "BPTT": "fav-bptt"}
 
 
+def _text(col: str) -> Callable[[pd.Series], str]:
+    """A column already written as text (fmt would read "+3.1" back as a number)."""
+    return lambda r: str(r[col])
+
+
 def _favour_tag(col: str) -> Callable[[pd.Series], str]:
     return lambda r: _FAVOUR_CLASS.get(str(r[col]), "fav-none")
 
@@ -179,10 +184,10 @@ def verdict_section(a: Analysis) -> Section:
                                summary=True, css="lead"))
         sec.blocks.append(Text(
             f"S-TLLR ({r['stllr_loss_kind']}) vs BPTT ({r['bptt_loss_kind']}), {int(r['architectures'])} matched "
-            f"architecture(s), {int(r['n_seed_blocks'])} paired seed(s); {_tuned_phrase(r)}; {_floor_phrase(r, a)}",
-            summary=True, css="sub"))
+            f"architecture(s), {int(r['n_seed_blocks'])} paired seed(s); {_tuned_phrase(r)}; {_floor_phrase(r, a)}"
+            + _late_phrase(r), summary=True, css="sub"))
         rows = _verdict_rows(r)
-        sec.blocks.append(Table(rows, "verdict.csv", {c: (lambda x, c=c: str(x[c])) for c in (
+        sec.blocks.append(Table(rows, "verdict.csv", {c: _text(c) for c in (
                                     "quantity", "estimate", "low", "high", "p (Holm)", "in favour of")},
                                 summary=True, tags={"in favour of": _favour_tag("side")}, count=False))
     n = len(a.claims)
@@ -194,6 +199,14 @@ def verdict_section(a: Analysis) -> Section:
         "less), geometric mean over the matched architectures; low/high: the lowest and highest architecture.",
         summary=True, css="note"))
     return sec
+
+
+def _late_phrase(r: pd.Series) -> str:
+    late = r.get("matched_runs_max_epochs", np.nan)
+    if not np.isfinite(late) or late == 0:
+        return ""
+    return (f" Not converged: {int(late)} of {int(r['matched_runs'])} compared runs stopped at the epoch maximum, "
+            "not by patience.")
 
 
 def _tuned_phrase(r: pd.Series) -> str:

@@ -74,7 +74,8 @@ def verdict_table(matched: pd.DataFrame) -> tuple[pd.DataFrame, list[Claim]]:
     The claims' adjusted p-values are unknown here: call :func:`reports._claims.holm` over
     every claim of the report, then :func:`settle` to write the directions into the table.
     """
-    rows, claims = [], []
+    rows: list[dict] = []
+    claims: list[Claim] = []
     if matched.empty:
         return pd.DataFrame(columns=["dataset", "bptt_loss_kind"]), claims
     several = matched.groupby("dataset")["bptt_loss_kind"].nunique()
@@ -94,6 +95,10 @@ def verdict_table(matched: pd.DataFrame) -> tuple[pd.DataFrame, list[Claim]]:
                "bptt_best_test_accuracy": float(g["bptt_test_accuracy_mean"].max()),
                "chance_accuracy": float(g["chance_accuracy"].iloc[0]),
                "linear_readout_test_accuracy": float(g["linear_readout_test_accuracy"].iloc[0])}
+        st, bp = g.drop_duplicates(["arch_id", "stllr_config_id"]), g.drop_duplicates(["arch_id", "bptt_config_id"])
+        late = pd.concat([st["stllr_stopped_max_epochs"], bp["bptt_stopped_max_epochs"]]).astype(float)
+        row["matched_runs"] = int(st["stllr_seeds"].sum() + bp["bptt_seeds"].sum())
+        row["matched_runs_max_epochs"] = float(late.sum()) if late.notna().any() else np.nan
         for kind_, how in QUANTITIES:
             r = g[f"{kind_}_ratio_{how}"].astype(float).to_numpy()
             fin = r[np.isfinite(r)]

@@ -171,6 +171,18 @@ def test_stopping_counted_per_rule_and_share_by_patience(fair):
     pat = int((chosen["stopped_by"] == "patience").sum())
     assert f"Of the {len(chosen)} runs in the matched table, {pat} ({100 * pat / len(chosen):.0f}%) stopped by patience" \
         in summary
+    v = pd.read_csv(out / "verdict.csv").set_index("bptt_loss_kind")
+    assert v["matched_runs_max_epochs"].sum() > 0
+    full = pd.read_csv(out / "matched.csv")
+    for kind in ("sum_output", "per_step"):  # the verdict says how many compared runs did not converge
+        mk = full[full["bptt_loss_kind"] == kind]
+        ids = set(mk["stllr_config_id"]) | set(mk["bptt_config_id"])
+        c = runs[runs["config_id"].isin(ids)]
+        assert v.loc[kind, "matched_runs"] == len(c) == 40
+        assert v.loc[kind, "matched_runs_max_epochs"] == (c["stopped_by"] == "max_epochs").sum()
+        if v.loc[kind, "matched_runs_max_epochs"]:
+            assert (f"Not converged: {int(v.loc[kind, 'matched_runs_max_epochs'])} of 40 compared runs stopped at the "
+                    "epoch maximum") in summary
     # an older study (no stopped_by anywhere): unknown, not zero; the late-gain note stands in
     old = synthetic_runs(widths=(64,), depths=(1,))
     from reports._configs import config_table
@@ -309,3 +321,11 @@ def test_a_section_whose_claims_all_fail_is_one_line(fair, monkeypatch):
     a = _report.analyse(load_studies([out.parent]))
     q1 = [s for s in _report.sections(a)[2] if s.title.startswith("Open question 1")][0]
     assert q1.collapsed == "inconclusive: none of its 3 claims holds at the corrected level."
+
+
+@pytest.mark.parametrize("name", ["reports._matched", "reports._verdict", "reports._configs"])
+def test_docstring_examples_of_the_matched_modules(name):
+    import doctest
+    import importlib
+
+    assert doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS).failed == 0
