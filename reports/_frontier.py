@@ -189,8 +189,9 @@ def _v(r: pd.Series, metric: str, units: dict[str, tuple[float, str]], std: bool
     s = float(s) if s is not None else np.nan
     if not np.isfinite(m):
         return "–"
-    spread = f" ± {f * s:.3g}" if std and np.isfinite(s) and s > 0 else ""
-    return f"{f * m:.4g}{spread} {u}".rstrip()
+    num = "{:.1f}" if u == "%" else "{:.4g}"
+    spread = f" ± {(num if u == '%' else '{:.3g}').format(f * s)}" if std and np.isfinite(s) and s > 0 else ""
+    return f"{num.format(f * m)}{spread} {u}".rstrip()
 
 
 def _hover(df: pd.DataFrame, objectives: tuple[Objective, ...], units: dict[str, tuple[float, str]]) -> list[str]:
@@ -331,6 +332,7 @@ def projection_figure(proj: pd.DataFrame, x: str, y: str, title: str = "", floor
     (xs, xu), (ys, yu) = unit_of(x, d["x_mean"]), unit_of(y, d["y_mean"])
     cols = [c for c in ("test_accuracy", *COSTS) if f"{c}_mean" in d.columns]
     units = {c: unit_of(c, d[f"{c}_mean"]) for c in cols}
+    axes = {y: (ys, yu), x: (xs, xu)}
     for rule, (name, color, symbol) in RULE_STYLE.items():
         r = d[d["rule"] == rule]
         if r.empty:
@@ -339,7 +341,8 @@ def projection_figure(proj: pd.DataFrame, x: str, y: str, title: str = "", floor
         for _, row in r.iterrows():
             lines = [f"<b>{html.escape(name)}</b> {html.escape(str(row['config_id']))}",
                      f"study {html.escape(str(row['study']))}, arch {html.escape(str(row.get('arch_id')))}",
-                     f"{label(y)}: {ys * row['y_mean']:.4g} {yu}".rstrip(), f"{label(x)}: {xs * row['x_mean']:.4g} {xu}".rstrip()]
+                     *(f"{label(m)}: {_v(pd.Series({f'{m}_mean': row[f'{k}_mean'], f'{m}_std': row[f'{k}_std']}), m, axes)}"
+                       for m, k in ((y, "y"), (x, "x")) if m not in COSTS)]
             if "test_accuracy" in units:
                 lines.append(f"test accuracy: {_v(row, 'test_accuracy', units)}")
             if all(c in units for c in COSTS):
