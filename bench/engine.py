@@ -3,7 +3,8 @@
 Cases (DESIGN §5, issue #2 item 9):
 
 * SHD net (700 → 450 rec → 20, batch 128, T = 100): S-TLLR with learn_steps 10 and 90
-  (window and streaming modes), the engine's BPTT, the plainly unrolled autograd BPTT
+  (window and streaming modes), with learn_steps 90 in chunked mode (the automatic
+  chunk, the default mode, and chunks of 3 and 15 steps), the engine's BPTT, the plainly unrolled autograd BPTT
   (:func:`stllr_engine.reference.reference_bptt_loss`) and S-TLLR through the naive
   outer-product reference (:func:`stllr_engine.reference.reference_stllr_grads`, one
   timed repetition);
@@ -13,6 +14,10 @@ Cases (DESIGN §5, issue #2 item 9):
   SHD net (``shd_rsnn_official``, learn_steps 90) in their code and in the engine, same
   weights and inputs, with the ratio of step times (target ≥ 50x) and the largest
   relative difference of the two gradients (``grad_rel_diff_vs_official``).
+
+Chunked mode's two targets are ratios in the same run: its measured learning memory
+over BPTT's (<= 0.25) and its step time over window mode's (<= 1.2), both learn_steps 90.
+``chunk_steps`` is the chunk a row ran with (window mode: T; streaming: 1).
 
 ``--quick`` uses batch 32 and fewer repetitions (the ratios are still measured within
 one run, on one configuration). Figures: ``step_time_s`` is the median of interleaved
@@ -41,7 +46,7 @@ from stllr_engine.errors import StllrError
 from stllr_engine.stllr import STLLR_PRESETS, STLLRConfig, stllr_step
 from stllr_engine.train import resolve_device
 
-COLUMNS = ["model", "rule", "impl", "mode", "T", "learn_steps", "batch", "step_time_s",
+COLUMNS = ["model", "rule", "impl", "mode", "chunk_steps", "T", "learn_steps", "batch", "step_time_s",
            "learning_memory_bytes_measured_per_batch", "peak_step_bytes_measured_per_batch",
            "learning_macs_formula_per_sample", "achieved_gflops", "efficiency", "grad_rel_diff_vs_official"]
 
@@ -90,7 +95,9 @@ class _Case:
         batch = self.x.shape[1]
         mem, peak_step = _measured_memory(self.net, self.run, self.x) if self.impl == "engine" else (None, None)
         rec: dict[str, Any] = {
-            "model": self.model, "rule": self.rule, "impl": self.impl, "mode": self.mode, "T": self.T,
+            "model": self.model, "rule": self.rule, "impl": self.impl, "mode": self.mode,
+            "chunk_steps": self.cfg.chunk_size(self.T) if self.cfg is not None and self.impl == "engine" else None,
+            "T": self.T,
             "learn_steps": f["learn_steps"], "batch": batch, "bytes_per_value": f["bytes_per_value"],
             "step_time_s": step_time,
             "learning_memory_bytes_measured_per_batch": mem,
@@ -126,6 +133,9 @@ def run(quick: bool = False, device: str = "cpu",
         for mode in ("window", "streaming"):
             cases[f"stllr{ls}_{mode}"] = _Case("shd_rsnn", shd, x, y, "stllr", "engine", mode,
                                                STLLRConfig(learn_steps=ls, mode=mode))
+    for c in (None, 3, 15):  # the automatic chunk (the default mode), and two others
+        cases["stllr90_chunked" + (f"_c{c}" if c else "")] = _Case(
+            "shd_rsnn", shd, x, y, "stllr", "engine", "chunked", STLLRConfig(learn_steps=90, chunk_steps=c))
     cases["bptt"] = _Case("shd_rsnn", shd, x, y, "bptt", "engine", "fused_scan", None)
     cases["bptt_unrolled"] = _Case("shd_rsnn", shd, x, y, "bptt", "reference", "unrolled", None)
     times = time_round_robin({k: c.run for k, c in cases.items()}, reps, dev)
@@ -147,7 +157,8 @@ def run(quick: bool = False, device: str = "cpu",
     vgg = build_network(vgg_spec).to(dev)
     xv, yv = _inputs(vgg_spec, 20, 8 if quick else 16, dev, density=0.1)
     vcases = {
-        "vgg_stllr_window": _Case("vgg_w16_d3", vgg, xv, yv, "stllr", "engine", "window", STLLRConfig(learn_steps=5)),
+        "vgg_stllr_window": _Case("vgg_w16_d3", vgg, xv, yv, "stllr", "engine", "window",
+                                  STLLRConfig(learn_steps=5, mode="window")),
         "vgg_stllr_streaming": _Case("vgg_w16_d3", vgg, xv, yv, "stllr", "engine", "streaming",
                                      STLLRConfig(learn_steps=5, mode="streaming")),
         "vgg_bptt": _Case("vgg_w16_d3", vgg, xv, yv, "bptt", "engine", "fused_scan", None),
@@ -177,6 +188,13 @@ def run(quick: bool = False, device: str = "cpu",
         target("S-TLLR(streaming) peak step bytes (every allocation) T=400 / T=25",
                r["stllr_streaming_T400"]["peak_step_bytes_measured_per_batch"]
                / r["stllr_streaming_T25"]["peak_step_bytes_measured_per_batch"], "<=", 1.05),
+        target(f"S-TLLR(learn_steps=90, chunked c={r['stllr90_chunked']['chunk_steps']}, the default) / BPTT "
+               "measured learning memory, SHD net T=100",
+               r["stllr90_chunked"]["learning_memory_bytes_measured_per_batch"]
+               / r["bptt"]["learning_memory_bytes_measured_per_batch"], "<=", 0.25),
+        target(f"S-TLLR(learn_steps=90, chunked c={r['stllr90_chunked']['chunk_steps']}, the default) / "
+               "S-TLLR(learn_steps=90, window) step time, SHD net",
+               r["stllr90_chunked"]["step_time_s"] / r["stllr90_window"]["step_time_s"], "<=", 1.2),
         target("S-TLLR(learn_steps=10, window) efficiency vs GEMM peak",
                r["stllr10_window"]["efficiency"], ">=", 0.65),
         target("BPTT efficiency vs GEMM peak", r["bptt"]["efficiency"], ">=", 0.65),
@@ -214,7 +232,8 @@ def official_comparison(official_dir: str, batch: int, device: torch.device, T: 
         from models.STDPAudioSNN import AudioNet  # the authors' module (imports only torch and numpy)
     finally:
         sys.path.pop(0)
-    cfg = STLLRConfig(**{**STLLR_PRESETS["shd_rsnn_official"].to_dict(), "learn_steps": learn_steps})
+    cfg = STLLRConfig(**{**STLLR_PRESETS["shd_rsnn_official"].to_dict(), "learn_steps": learn_steps,
+                         "mode": "window"})
     theirs = AudioNet(n_inputs=700, labels=20, activation=None, feedback_mode="BP",
                       factors=[cfg.lambda_post, cfg.lambda_pre, cfg.alpha_post, cfg.alpha_pre]).to(device)
     ours = build_network(preset("shd_rsnn_official")).to(device)

@@ -31,18 +31,26 @@ def test_bench_data_json():
     assert len(targets) == 2 and all("pass" in t for t in targets)
 
 
-@pytest.mark.slow
-def test_bench_engine_quick_json():
+@pytest.fixture(scope="module")
+def engine_quick() -> tuple[list[dict], list[dict]]:
+    """One ``stllr bench engine --quick --json`` run, shared by the tests below."""
     p = _stllr("bench", "engine", "--quick", "--json")
     assert p.returncode == 0, p.stderr
-    records, targets = _lines(p.stdout)
+    return _lines(p.stdout)
+
+
+@pytest.mark.slow
+def test_bench_engine_quick_json(engine_quick):
+    records, targets = engine_quick
     fields = {"model", "rule", "impl", "mode", "T", "learn_steps", "batch", "step_time_s",
               "learning_memory_bytes_measured_per_batch", "learning_macs_formula_per_sample", "achieved_gflops",
               "gemm_peak_gflops"}
     for r in records:
         assert fields <= set(r)
     mem = "learning_memory_bytes_measured_per_batch"
-    by = {(r["model"], r["rule"], r["impl"], r["mode"], r["T"], r["learn_steps"]): r for r in records}
+    chunked = {r["chunk_steps"]: r for r in records if r["mode"] == "chunked"}
+    by = {(r["model"], r["rule"], r["impl"], r["mode"], r["T"], r["learn_steps"]): r for r in records
+          if r["mode"] != "chunked"}
     stream25 = by[("shd_rsnn", "stllr", "engine", "streaming", 25, 10)]
     stream400 = by[("shd_rsnn", "stllr", "engine", "streaming", 400, 10)]
     assert stream25[mem] == stream400[mem]  # exact, load-independent
@@ -53,7 +61,47 @@ def test_bench_engine_quick_json():
     bptt400 = by[("shd_rsnn", "bptt", "engine", "fused_scan", 400, 400)]
     assert bptt400[mem] / bptt25[mem] == pytest.approx(16, rel=0.03)
     assert by[("shd_rsnn", "bptt", "engine", "fused_scan", 100, 100)]["learning_macs_formula_per_sample"] == 105_300_000
-    assert len(targets) == 8
+    assert len(targets) == 10
+    # chunked rows on the SHD net (T 100, learn_steps 90): the automatic chunk (6) and two others;
+    # a chunk holds its records, so memory above streaming's grows exactly with c (exact, load-free)
+    assert set(chunked) == {6, 3, 15}
+    assert all((r["model"], r["rule"], r["impl"], r["T"], r["learn_steps"]) == ("shd_rsnn", "stllr", "engine", 100, 90)
+               and r["step_time_s"] > 0 for r in chunked.values())
+    stream90 = by[("shd_rsnn", "stllr", "engine", "streaming", 100, 90)]
+    assert stream90["chunk_steps"] == 1 and by[("shd_rsnn", "stllr", "engine", "window", 100, 90)]["chunk_steps"] == 100
+    above = {c: r[mem] - stream90[mem] for c, r in chunked.items()}
+    assert above[15] == 5 * above[3] == 2.5 * above[6] > 0
+    ratios = {t["target"]: t for t in targets if "chunked c=6, the default" in t["target"]}
+    assert len(ratios) == 2
+    bptt100 = by[("shd_rsnn", "bptt", "engine", "fused_scan", 100, 100)]
+    window90 = by[("shd_rsnn", "stllr", "engine", "window", 100, 90)]
+    for t in ratios.values():
+        if "memory" in t["target"]:
+            assert (t["op"], t["threshold"]) == ("<=", 0.25)
+            assert t["value"] == pytest.approx(chunked[6][mem] / bptt100[mem]) and t["pass"]  # exact: 0.23
+        else:
+            assert (t["op"], t["threshold"]) == ("<=", 1.2)
+            assert t["value"] == pytest.approx(chunked[6]["step_time_s"] / window90["step_time_s"])
+
+
+@pytest.mark.slow
+def test_bench_engine_table_prints_the_chunked_rows_and_ratios(engine_quick, capsys):
+    """The same results as a table: the chunked rows and both ratio lines with PASS or MISS."""
+    from bench.common import emit
+    from bench.engine import COLUMNS
+
+    records, targets = engine_quick
+    emit(records, targets, False, COLUMNS)
+    out = capsys.readouterr().out
+    header, *rows = out.split("\n\n")[0].splitlines()
+    assert header.split()[3:5] == ["mode", "chunk_steps"]
+    assert sorted(r.split()[4] for r in rows if r.split()[3] == "chunked") == ["15", "3", "6"]
+    lines = [line for line in out.splitlines() if "chunked c=6, the default" in line]
+    assert len(lines) == 2
+    assert lines[0].startswith("  [PASS] S-TLLR(learn_steps=90, chunked c=6, the default) / BPTT measured learning")
+    assert lines[0].endswith("(want <= 0.25)")
+    assert lines[1].startswith(("  [PASS] S-TLLR(learn_steps=90, chunked c=6", "  [MISS] S-TLLR(learn_steps=90, chunked c=6"))
+    assert "/ S-TLLR(learn_steps=90, window) step time, SHD net" in lines[1] and lines[1].endswith("(want <= 1.2)")
 
 
 def test_unknown_subcommand_is_one_line_and_nonzero():
