@@ -215,6 +215,14 @@ def _hover(df: pd.DataFrame, objectives: tuple[Objective, ...], units: dict[str,
     return out
 
 
+def _bars(std: pd.Series, scale: float) -> list:
+    """Error bar half-lengths; None where the seeds agree exactly (counted costs), so plotly draws no
+    zero-length bar. The bars are drawn without caps: a short bar's caps frame a circle as a square,
+    BPTT's symbol."""
+    v = scale * std.astype(float)
+    return [float(x) if np.isfinite(x) and x > 0 else None for x in v]
+
+
 def _keys(df: pd.DataFrame) -> pd.Series:
     return df["study"].astype(str) + "\x1f" + df["config_id"].astype(str)
 
@@ -287,8 +295,8 @@ def frontier_figure(frontier_df: pd.DataFrame, objectives: tuple[Objective, ...]
             fig.add_trace(go.Scatter(
                 x=xs * d[f"{x_obj.metric}_mean"].astype(float), y=ys * d[f"{y_obj.metric}_mean"].astype(float),
                 mode="markers", name=f"{name} frontier" if on else f"{name} dominated", marker=marker,
-                error_y={"array": ys * d[f"{y_obj.metric}_std"].astype(float).fillna(0.0), "visible": on, "color": color},
-                error_x={"array": xs * d[f"{x_obj.metric}_std"].astype(float).fillna(0.0), "visible": on, "color": color},
+                error_y={"array": _bars(d[f"{y_obj.metric}_std"], ys), "visible": on, "color": color, "width": 0},
+                error_x={"array": _bars(d[f"{x_obj.metric}_std"], xs), "visible": on, "color": color, "width": 0},
                 hovertext=_hover(d, objectives, units), hoverinfo="text"))
     add_floors(fig, floors, y_obj.metric, ys, "y")
     add_floors(fig, floors if "accuracy" in x_obj.metric else None, x_obj.metric, xs, "x")
@@ -354,8 +362,8 @@ def projection_figure(proj: pd.DataFrame, x: str, y: str, title: str = "", floor
             text.append("<br>".join(lines))
         fig.add_trace(go.Scatter(x=xs * r["x_mean"].astype(float), y=ys * r["y_mean"].astype(float), mode="markers",
                                  name=name, marker={"color": color, "symbol": symbol, "size": 8},
-                                 error_x={"array": xs * r["x_std"].astype(float).fillna(0.0), "color": color},
-                                 error_y={"array": ys * r["y_std"].astype(float).fillna(0.0), "color": color},
+                                 error_x={"array": _bars(r["x_std"], xs), "color": color, "width": 0},
+                                 error_y={"array": _bars(r["y_std"], ys), "color": color, "width": 0},
                                  hovertext=text, hoverinfo="text"))
     front = d[d["on_2d_front"].astype(bool)].sort_values("x_mean")
     if len(front):
