@@ -201,7 +201,7 @@ li{margin:.25rem 0}.note{color:#555;font-size:.9rem}
 .verdict{border:2px solid #333;border-radius:6px;padding:.3rem 1rem .6rem;margin:1.2rem 0;background:#fcfcfc}
 .verdict h2{margin-top:.6rem;border:none}.verdict h3{margin:.8rem 0 .2rem;font-size:1.05rem}
 .verdict td,.verdict th{font-size:.9rem}.verdict th:last-child{text-align:left}
-.verdict table{min-width:50rem}p.lead{font-weight:600;font-size:1.1rem;margin:1rem 0 .1rem}
+.verdict table{min-width:58rem}p.lead{font-weight:600;font-size:1.1rem;margin:1rem 0 .1rem}
 p.sub{margin:.1rem 0 .3rem}
 td.fav-stllr{background:#dbe9f6;color:#0b3d6e;font-weight:600;text-align:left}
 td.fav-bptt{background:#f8dcdc;color:#7a1212;font-weight:600;text-align:left}
