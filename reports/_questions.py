@@ -103,7 +103,11 @@ def _covariate(df: pd.DataFrame, c: str) -> np.ndarray:
 
 
 def stllr_configs(configs: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
+    """S-TLLR configurations of the factor search: the equal tuning's runs (``role`` tuned) repeat
+    the chosen factors at other learning rates, and counting those winners again would bias a fit."""
     c = configs[(configs["rule"] == "stllr")]
+    if "role" in c.columns:
+        c = c[c["role"].fillna("search") != "tuned"]
     return c[np.isfinite(c[f"{metric}_mean"].astype(float))]
 
 
@@ -774,7 +778,7 @@ def q1_items(result: Q1Result) -> list:
             others = "; ".join(f"{MODEL_NAMES[o.model]} {o.cv_r2:.2f}" for o in m[m["subset"] == r.subset].itertuples())
             weak = (" It predicts held-out configurations no better than their mean: its effects are weak evidence."
                     if not r.cv_r2 > 0 else "")
-            bullets.append(f"Accuracy surface{deep}: {MODEL_NAMES[r.model]}, chosen by held-out fit ({r.folds}-fold "
+            bullets.append(f"Accuracy surface{deep}: {MODEL_NAMES[r.model]}, chosen by held-out fit ({int(r.folds)}-fold "
                            f"cross-validated R²: {others}; in-sample R² {r.fit_r2:.2f}), over {r.n_configs} "
                            f"configurations ({r.n_runs} runs).{weak}")
             e = effects[(effects["dataset"] == dataset) & (effects["subset"] == r.subset)] if len(effects) else effects
@@ -805,33 +809,32 @@ def q1_items(result: Q1Result) -> list:
                                f"{scale * x0['predicted_hi']:.2f}; other settings at their mean). A maximum chosen on "
                                "the same data: read its height as optimistic.")
         items += [Text(f"{dataset}:", summary=True), Bullets(bullets, summary=True)]
-    ci = lambda e, lo, hi: (lambda r: f"{fmt(r[e])} [{fmt(r[lo])}, {fmt(r[hi])}]")  # noqa: E731
-    if len(models):
+    if len(models):  # one number per cell; the long lists (factors, covariates) are in the CSV
         items.append(Table(models, "q1_surface_models.csv", {
-            "dataset": "dataset", "subset": "subset", "model": "model", "terms": "n_terms", "ridge": "ridge",
+            "dataset": "dataset", "subset": "subset", "model": "model", "terms": "n_terms",
             "held-out R²": "cv_r2", "in-sample R²": "fit_r2", "chosen": "chosen", "configs": "n_configs",
-            "collapsed (apart)": "n_collapsed", "factors": "factors", "covariates": "covariates", "note": "reason"},
+            "collapsed (apart)": "n_collapsed"},
             caption="Candidate response surfaces and their held-out fit (10-fold cross-validation, 5 shuffles)"))
     if len(effects):
         items.append(Table(effects, "q1_conditional_effects.csv", {
             "dataset": "dataset", "subset": "subset", "factor": lambda r: _name(r["factor"]), "where": "condition",
-            "configs": "n_slice", "from": "from", "to": "to", "effect [95% CI]": ci("estimate", "ci_lo", "ci_hi"),
-            "p": "p", "Holm p": "p_adj", "holds": "holds", "note": "reason"},
+            "configs": "n_slice", "from": "from", "to": "to", "effect": "estimate", "95% low": "ci_lo",
+            "95% high": "ci_hi", "Holm p": "p_adj", "holds": "holds"},
             caption=f"Change of {metric} from a factor's smallest to its largest value on the chosen surface "
-                    f"({result.n_boot} bootstrap resamples of configurations)"))
+                    f"({result.n_boot} bootstrap resamples of configurations; raw p and notes in the CSV)"))
     if len(collapse):
         items.append(Table(collapse, "q1_collapse.csv", {
             "dataset": "dataset", "variable": lambda r: _name(r["variable"]),
-            "low slice": lambda r: f"{r['low_slice']}: {r['collapsed_low']}/{r['n_low']}",
-            "high slice": lambda r: f"{r['high_slice']}: {r['collapsed_high']}/{r['n_high']}",
-            "rate difference [95% CI]": ci("estimate", "ci_lo", "ci_hi"), "p": "p", "Holm p": "p_adj",
+            "low slice": "low_slice", "collapsed (low)": "collapsed_low", "of (low)": "n_low",
+            "high slice": "high_slice", "collapsed (high)": "collapsed_high", "of (high)": "n_high",
+            "rate difference": "estimate", "95% low": "ci_lo", "95% high": "ci_hi", "Holm p": "p_adj",
             "holds": "holds"}, caption="Collapsed (near-chance) configurations per slice"))
     if len(best):
         items.append(Table(best, "q1_best_region.csv", {
             "dataset": "dataset", "subset": "subset", "factor": lambda r: _name(r["factor"]), "best": "best",
-            "95% of resampled maxima": lambda r: f"{fmt(r['ci_lo'])} to {fmt(r['ci_hi'])}", "min": "min", "max": "max",
-            "predicted there [95% CI]": ci("predicted", "predicted_lo", "predicted_hi"),
-            "resampled maxima within ¼ range": "share_near"},
+            "resampled maxima, 2.5%": "ci_lo", "resampled maxima, 97.5%": "ci_hi", "min": "min", "max": "max",
+            "predicted there": "predicted", "95% low": "predicted_lo", "95% high": "predicted_hi",
+            "maxima within ¼ range": "share_near"},
             caption="The surface's best region over the observed factor box"))
     items += [Figure(fig, name, result.figure_csv[name]) for name, fig in result.figures.items()]
     return items

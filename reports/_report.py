@@ -14,7 +14,7 @@ import datetime as _dt
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,7 @@ from reports import _frontier as fr
 from reports import _questions as q1
 from reports import _scaling as q2
 from reports import _window as lw
-from reports._claims import Claim, holm
+from reports._claims import N_BOOT, Claim, holm
 from reports._configs import config_table
 from reports._html import (Block, Bullets, Figure, Section, Table, Text, byte_unit, fmt, mac_unit, pct, render_html,
                            render_markdown, scaled)
@@ -45,44 +45,37 @@ def _slug(s: object) -> str:
 
 @dataclass
 class Q1:
-    """Open question 1 as today's additive fit finds it (``q1_analysis`` of :mod:`reports._questions`
-    returns a ``Q1Result`` with the same ``claims`` and ``tables`` when it replaces this)."""
+    """Open question 1: the response surface of :func:`reports._questions.q1_analysis` (its
+    claims and tables) and Optuna's importance beside it."""
 
     tables: dict[str, pd.DataFrame]
     claims: list[Claim] = field(default_factory=list)
+    result: Any = None
 
 
 @dataclass
 class Q2:
-    """Open question 2 (scaling with width, depth and T), as :class:`Q1`."""
+    """Open question 2 per depth and per window: :func:`reports._scaling.q2_analysis`."""
 
     tables: dict[str, pd.DataFrame]
     matched: pd.DataFrame
     claims: list[Claim] = field(default_factory=list)
-
-
-# The two places where Q1 and Q2 come in: an analysis (its tables and claims) and its page items.
-# To use the response-surface Q1 and the per-window Q2, the bodies become:
-#     return q1.q1_analysis(configs, chance={d: f["chance"] for d, f in floors.items()})
-#     return q2.q2_analysis(configs, matched)
-#     return q1.q1_items(r)  /  return q2.q2_items(r)
+    result: Any = None
 
 
 def q1_analysis(configs: pd.DataFrame, objs: dict[str, tuple[Objective, ...]], datasets: list[str],
                 floors: dict[str, dict]) -> Q1:
-    """Q1's numbers and claims, computed before anything is written."""
+    """Q1's numbers and claims, computed before anything is written (chance from the floors)."""
+    chance = {d: float(f["chance"]) for d, f in floors.items() if isinstance(f, dict) and f.get("chance") is not None}
+    r = q1.q1_analysis(configs, chance=chance or None)
     importance = _concat([q1.param_importance(configs[configs["dataset"] == d], objs[d]) for d in datasets])
-    return Q1({"q1_effects.csv": _ensure(q1.factor_effects(configs)), "q1_levels.csv": _ensure(q1.factor_levels(configs)),
-               "q1_importance.csv": importance})
+    return Q1({**r.tables, "q1_importance.csv": importance}, list(r.claims), r)
 
 
 def q2_analysis(configs: pd.DataFrame, matched: pd.DataFrame) -> Q2:
-    """Q2's numbers and claims. Today's gap fit takes one matched row per architecture: BPTT on
-    S-TLLR's own objective where the study trained it (DESIGN §8), else its other."""
-    primary = _primary(matched)
-    return Q2({"q2_scaling.csv": _ensure(q2.scaling_table(configs)), "q2_exponents.csv": _ensure(q2.scaling_exponents(configs)),
-               "q2_gap.csv": _ensure(q2.gap_scaling(primary)), "q2_memory_vs_T.csv": _ensure(q2.memory_vs_T(configs))},
-              primary)
+    """Q2's numbers and claims: the gap per window and size (never pooled), exponents from the formulas."""
+    r = q2.q2_analysis(configs, matched)
+    return Q2(dict(r.tables), matched, list(r.claims), r)
 
 
 @dataclass
@@ -375,32 +368,19 @@ def _ci_cols(est: str, lo: str, hi: str, f: Callable[[object], str] = fmt) -> di
 
 def q1_items(r: Q1, a: Analysis) -> list[Block]:
     """Q1's page items (sentences, tables, figures), after Holm."""
-    effects, levels, importance = (r.tables["q1_effects.csv"], r.tables["q1_levels.csv"], r.tables["q1_importance.csv"])
-    answers = q1.answer_q1(effects, a.configs)
     items: list[Block] = [Text(
-        "Validation accuracy of S-TLLR configurations regressed jointly on the varied factors (other varied "
-        "settings as covariates); intervals: bootstrap over configurations, Bonferroni-adjusted over the factors "
-        "of a dataset (network-wide and per-layer together); an interval wider than the whole spread of the "
-        "configurations' accuracies is flagged: 'uninformative' when it contains zero, 'imprecise' when it does "
-        "not (the sign stands, the size is poorly known). Per-layer factors are fit over the configurations that set "
-        "them (the deeper networks), where layer 0 takes the network-wide value. α_post < 0 favours causal order, "
-        "α_post > 0 synchrony.", summary=True)]
-    for d in a.datasets:
-        items.append(Text(f"{d}:", summary=True))
-        items.append(Bullets(answers.get(d, ["inconclusive: no S-TLLR factor was varied."]), summary=True))
-    if len(effects):
-        view = {"dataset": "dataset", "factor": "factor", "configs": "n_configs", "runs": "n_runs", "min": "min",
-                "max": "max", **{f"effect [points] {k}": v for k, v in _ci_cols(
-                    "effect", "effect_lo", "effect_hi", lambda x: pct(x, True)).items()},
-                "CI level": "ci_level", "spread [points]": lambda x: pct(x["spread"]), "verdict": "verdict",
-                "reason": "reason"}
-        items.append(Table(effects, "q1_effects.csv", view))
-    for d in sorted(levels["dataset"].unique()) if len(levels) else []:
-        items.append(Figure(q1.factor_figure(a.configs, levels, d), f"q1_factors_{_slug(d)}", "q1_levels.csv"))
+        "Validation accuracy of the S-TLLR configurations as a response surface of the varied factors: additive, "
+        "quadratic (interactions and curvature) or ridge-quadratic, chosen by held-out fit. Configurations near "
+        "chance (collapsed) are modelled apart. Effects are conditional where the chosen surface has interactions "
+        f"(e.g. λ_post where α_post < 0 and where > 0); intervals from {N_BOOT:,} bootstrap resamples of "
+        "configurations; a direction is stated only when its Holm-corrected p-value over every claim of this report "
+        "is below 0.05. α_post < 0 favours causal order, α_post > 0 synchrony.", summary=True)]
+    items += q1.q1_items(r.result)
+    importance = r.tables.get("q1_importance.csv", pd.DataFrame())
     if len(importance):
         items.append(Table(importance, "q1_importance.csv", caption=(
             "Optuna PED-ANOVA importance (study rebuilt from the table; maximised objectives negated); direction "
-            "'+' = a higher setting goes with a better objective (Spearman)")))
+            "'+' = a higher setting goes with a better objective (Spearman). Descriptive: no claim rests on it")))
     return items
 
 
@@ -415,54 +395,32 @@ def _collapsed(r: Q1 | Q2, verdicts: set, what: str) -> str | None:
 
 
 def q1_section(r: Q1, a: Analysis) -> Section:
-    effects = r.tables.get("q1_effects.csv", pd.DataFrame())
     sec = Section("Open question 1 — the causal / non-causal balance", q1_items(r, a))
-    verdicts = set(effects["verdict"]) if "verdict" in effects.columns else set()
-    sec.collapsed = _collapsed(r, verdicts, "no S-TLLR factor was varied")
-    if sec.collapsed and not r.claims and verdicts:
-        sec.collapsed = f"inconclusive for every factor ({len(effects)} tested; q1_effects.csv)."
+    models = r.tables.get("q1_surface_models.csv", pd.DataFrame())
+    if r.claims:
+        sec.collapsed = _collapsed(r, set(), "")
+    elif len(models) and "reason" in models.columns:
+        reason = "; ".join(sorted({str(x) for x in models["reason"].dropna() if str(x)}))
+        sec.collapsed = f"inconclusive: no claim can be made ({reason or 'no surface was fitted'})."
+    else:
+        sec.collapsed = "no data: no S-TLLR factor was varied."
     return sec
 
 
 def q2_items(r: Q2, a: Analysis) -> list[Block]:
     """Q2's page items, after Holm."""
-    t = r.tables
-    scaling, exps, gaps, mem = t["q2_scaling.csv"], t["q2_exponents.csv"], t["q2_gap.csv"], t["q2_memory_vs_T.csv"]
     items: list[Block] = [Text(
-        "Costs: log-log exponents over configurations (y ∝ size^b, other varied sizes and learn_steps controlled). "
-        "Accuracy and the S-TLLR − BPTT gap: change per doubling. 95% bootstrap intervals.", summary=True)]
-    a2 = q2.answer_q2(exps, gaps, a.configs)
-    for d in a.datasets:
-        items.append(Text(f"{d}:", summary=True))
-        items.append(Bullets(a2.get(d, ["inconclusive: nothing to fit."]), summary=True))
-    if len(exps):
-        items.append(Table(exps, "q2_exponents.csv", {
-            "dataset": "dataset", "rule": lambda x: fr.rule_name(x["rule"]), "metric": "metric", "size": "size",
-            "kind": "kind", **_ci_cols("estimate", "ci_lo", "ci_hi"), "configs": "n_points", "runs": "n_runs",
-            "verdict": "verdict"}))
-    if len(gaps):
-        items.append(Table(gaps, "q2_gap.csv", {
-            "dataset": "dataset", "size": "size", **{f"gap change per doubling {k}": v for k, v in _ci_cols(
-                "estimate", "ci_lo", "ci_hi").items()}, "architectures": "n_points", "runs": "n_runs",
-            "verdict": "verdict"}))
-    for d in a.datasets:
-        s = scaling[scaling["dataset"] == d]
-        for size in q2.SIZES:
-            if s[size].nunique() > 1:
-                items.append(Figure(q2.scaling_figure(scaling, d, size), f"q2_{_slug(d)}_{size}", "q2_scaling.csv"))
-        if len(r.matched[r.matched["dataset"] == d]):
-            items.append(Figure(q2.gap_figure(r.matched, d), f"q2_gap_{_slug(d)}", "matched.csv"))
-        items.append(Figure(q2.memory_T_figure(mem, d), f"q2_memory_T_{_slug(d)}", "q2_memory_vs_T.csv"))
-    return items
+        "The S-TLLR − BPTT test-accuracy gap against width and against depth, within each learning window "
+        "(learn_steps / T) and each value of the other size, never pooled over windows; paired by seed where both "
+        f"rules ran the same seeds ({N_BOOT:,} resamples). Cost exponents are stated from the cost formulas and "
+        "checked against the formula columns, not fitted.", summary=True)]
+    return items + q2.q2_items(r.result)
 
 
 def q2_section(r: Q2, a: Analysis) -> Section:
-    verdicts = set()
-    for name in ("q2_exponents.csv", "q2_gap.csv"):
-        df = r.tables.get(name, pd.DataFrame())
-        verdicts |= set(df["verdict"]) if "verdict" in df.columns else set()
     sec = Section("Open question 2 — scaling with width, depth and T", q2_items(r, a))
-    sec.collapsed = _collapsed(r, verdicts, "the study did not vary width, depth or T")
+    sec.collapsed = (_collapsed(r, set(), "") if r.claims else
+                     "no data: the study did not vary width or depth at matched architectures with both rules.")
     return sec
 
 

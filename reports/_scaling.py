@@ -615,22 +615,25 @@ def q2_items(result: Q2Result) -> list:
                            f"by seed in {paired} of {len(gd)} architecture-window pairs (the others: difference of "
                            "the means); intervals from the seeds' noise (Student t draws), 95%.")
         items += [Text(f"{dataset}:", summary=True), Bullets(bullets or ["Nothing to compare yet."], summary=True)]
-    ci = lambda a, lo, hi: (lambda r: f"{fmt(r[a])} [{fmt(r[lo])}, {fmt(r[hi])}]")  # noqa: E731
-    if len(exps):
+    if len(exps):  # one number per cell: ranges as two columns
         items.append(Table(exps, "q2_cost_exponents.csv", {
-            "dataset": "dataset", "rule": lambda r: rule_name(r["rule"]), "model": "model", "cost": "cost",
-            "size": "size", "exponent (formula)": "exponent", "exact": "exact", "local (formula columns)":
-            lambda r: f"{fmt(r['local_min'])} to {fmt(r['local_max'])}", "local (measured)":
-            lambda r: f"{fmt(r['measured_min'])} to {fmt(r['measured_max'])}", "check": "check", "formula": "formula"},
-            caption="Cost exponents stated from the DESIGN §4 formulas, checked between neighbouring sizes"))
+            "dataset": "dataset", "rule": lambda r: rule_name(r["rule"]), "cost": "cost",
+            "size": "size", "exponent (formula)": "exponent", "exact": "exact",
+            "local, lowest": "local_min", "local, highest": "local_max",
+            "measured, lowest": "measured_min", "measured, highest": "measured_max", "check": "check"},
+            caption="Cost exponents stated from the DESIGN §4 formulas (q2_cost_exponents.csv has each formula), "
+                    "checked between neighbouring sizes"))
     if len(slopes):
         items.append(Table(slopes, "q2_gap_slopes.csv", {
             "dataset": "dataset", "size": "size", "learn_steps/T": "window", "learn_steps": "learn_steps",
-            "width": "width", "depth": "depth", "T": "T", "values": "sizes",
-            "gap per doubling [95% CI]": ci("estimate", "ci_lo", "ci_hi"), "p": "p", "Holm p": "p_adj",
-            "holds": "holds", "architectures": "n_points", "runs": "n_runs", "note": "reason"},
-            caption="Slope of the S-TLLR − BPTT test accuracy gap per doubling, per window (seed-noise bootstrap)"))
+            "width": "width", "depth": "depth", "gap per doubling": "estimate", "95% low": "ci_lo",
+            "95% high": "ci_hi", "Holm p": "p_adj", "holds": "holds", "architectures": "n_points", "runs": "n_runs"},
+            caption="Slope of the S-TLLR − BPTT test accuracy gap per doubling, per window (seed-noise bootstrap; "
+                    "q2_gap_slopes.csv has the raw p and notes)"))
     if len(gaps):
-        items.append(Table(gaps, "q2_gap_by_window.csv", caption="The gap per architecture and window"))
+        cols = [c for c in ("dataset", "arch_id", "learn_steps", "window", "bptt_loss_kind", "stllr_test_accuracy_mean",
+                            "bptt_test_accuracy_mean", "gap", "gap_se", "n_pairs") if c in gaps.columns]
+        items.append(Table(gaps, "q2_gap_by_window.csv", {c: c for c in cols},
+                           caption="The gap per architecture and window (all columns in the CSV)"))
     items += [Figure(fig, name, result.figure_csv[name]) for name, fig in result.figures.items()]
     return items
