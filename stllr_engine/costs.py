@@ -14,9 +14,10 @@ Measurements (:class:`CostProbe`), all exact and independent of machine load:
 * ``learning_memory_bytes_measured_per_batch``: the peak, over a training step, of the
   bytes retained across time steps for learning: tensors autograd saved for backward
   (unique storages, parameters and the input batch excluded; via
-  ``torch.autograd.graph.saved_tensors_hooks``) plus the carried state and traces, plus a
-  window's records while they wait for the learning phase. Per-step temporaries are not
-  counted (for either rule).
+  ``torch.autograd.graph.saved_tensors_hooks``) plus the carried state and traces, plus the
+  records of a chunk's window steps while they wait for its learning phase (window mode:
+  the whole window's; streaming: none, a step's records are temporaries). Per-step
+  temporaries are not counted (for either rule).
 * ``*_macs_measured_per_sample``: FLOPs counted by
   ``torch.utils.flop_counter.FlopCounterMode`` in the forward and learning phases,
   halved (GEMM/conv MACs; elementwise work is not counted).
@@ -54,9 +55,9 @@ FORMULA_COUNTING = (
     "2·learn_steps·S_readout, memory 2·N trace values; BPTT 2T·S MACs, T·N values; N excludes the readout"
 )
 MEASURED_COUNTING = (
-    "measured: MACs = GEMM/conv FLOPs/2; learning memory = saved for backward + state, traces and window "
-    "records (window-mode forward buffers not in it); peak_step = every tensor alive in the step (forward "
-    "buffers in); parameters and the input batch excluded"
+    "measured: MACs = GEMM/conv FLOPs/2; learning memory = saved for backward + state, traces and the window "
+    "records a chunk holds until it learns (forward buffers not in it); peak_step = every tensor alive in the "
+    "step (forward buffers in); parameters and the input batch excluded"
 )
 
 

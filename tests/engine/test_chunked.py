@@ -75,6 +75,18 @@ def test_every_chunk_size_with_the_official_readout_and_per_step_labels():
             assert rel_err(g, ref[n]) <= RTOL, (c, n)
 
 
+@pytest.mark.parametrize("mode, c", [("window", None), ("chunked", 3), ("chunked", None)])
+@pytest.mark.parametrize("name", ["dense", "recurrent_official", "conv_official"])
+def test_float32_matches_the_reference_in_float32(name, mode, c):
+    net, x, labels = make_case(name, T=T)
+    net, x = net.float(), x.float()
+    cfg = STLLRConfig(learn_steps=4, lambda_pre=0.7, lambda_post=0.4, alpha_post=0.5, mode=mode, chunk_steps=c)
+    ref = reference_stllr_grads(net, x, labels, cfg)
+    stllr_step(net, x, labels, cfg)
+    for n, g in grads_of(net).items():
+        assert rel_err(g, ref[n]) <= 1e-4, n
+
+
 @pytest.mark.parametrize("name", ["recurrent", "conv_avg"])
 def test_the_ends_are_window_and_streaming_bit_for_bit(name):
     """c >= T runs window mode's one chunk, c = 1 streaming's steps: the same floats, and the
