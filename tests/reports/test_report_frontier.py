@@ -110,14 +110,14 @@ def test_window_mode_memory_above_bptt_is_explained(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "S-TLLR measured more learning memory than BPTT" in summary
     assert set(__import__("pandas").read_csv(out / "matched.csv")["stllr_mode"]) == {"window"}
-    # the same runs in streaming mode need no explanation
+    # the same runs in streaming (or chunked) mode need no explanation
     assert window_memory_note(m.assign(stllr_mode="streaming")) is None
     assert window_memory_note(m.assign(memory_ratio_measured=2.0)) is None
     assert "formula" not in window_memory_note(m.assign(memory_ratio_formula=float("nan"))).split(")")[0]
     # the mode as the loader reads it: S-TLLR rows only, from config_json, robust to odd files
     from reports._load import _stllr_mode
     assert _stllr_mode(json.dumps({"training": {"stllr": {"mode": "streaming"}}}), "stllr") == "streaming"
-    assert _stllr_mode(json.dumps({"training": {"stllr": {}}}), "stllr") == "window"  # the engine's default
+    assert _stllr_mode(json.dumps({"training": {"stllr": {}}}), "stllr") == "window"  # rows written before the chunked default ran window mode
     for odd in (None, "not json", json.dumps({"training": {"stllr": 3}}), json.dumps({"training": {"stllr": {"mode": None}}})):
         assert _stllr_mode(odd, "stllr") is None
     assert _stllr_mode(json.dumps({"training": {"stllr": {"mode": "window"}}}), "bptt") is None
