@@ -13,35 +13,30 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from reports._claims import Claim, holm
     from reports._configs import best_per_arch, config_table
     from reports._load import DEFAULT_OBJECTIVES, Objective, Study, complete_runs, load_studies, load_study
     from reports._frontier import (frontier, frontier_figure, hypervolume, hypervolume_table, pareto_mask, projection_figure,
                                   projections)
     from reports._matched import matched_table, still_learning_note, window_memory_note
-    from reports._questions import answer_q1, factor_effects, factor_figure, factor_levels, param_importance
+    from reports._questions import param_importance, q1_analysis, q1_items
     from reports._report import build_report
-    from reports._scaling import (answer_q2, gap_figure, gap_scaling, memory_T_figure, memory_vs_T, scaling_exponents,
-                                 scaling_figure, scaling_table)
+    from reports._scaling import q2_analysis, q2_items
     from reports._window import window_figure, window_table
 
 # Imported on first use, so `stllr --help` does not pay for plotly and optuna.
 _WHERE = {
+    "Claim": "reports._claims",
     "DEFAULT_OBJECTIVES": "reports._load",
     "Objective": "reports._load",
     "Study": "reports._load",
-    "answer_q1": "reports._questions",
-    "answer_q2": "reports._scaling",
     "best_per_arch": "reports._configs",
     "build_report": "reports._report",
     "complete_runs": "reports._load",
     "config_table": "reports._configs",
-    "factor_effects": "reports._questions",
-    "factor_figure": "reports._questions",
-    "factor_levels": "reports._questions",
     "frontier": "reports._frontier",
     "frontier_figure": "reports._frontier",
-    "gap_figure": "reports._scaling",
-    "gap_scaling": "reports._scaling",
+    "holm": "reports._claims",
     "hypervolume": "reports._frontier",
     "hypervolume_table": "reports._frontier",
     "load_studies": "reports._load",
@@ -49,15 +44,14 @@ _WHERE = {
     "matched_table": "reports._matched",
     "window_memory_note": "reports._matched",
     "still_learning_note": "reports._matched",
-    "memory_T_figure": "reports._scaling",
-    "memory_vs_T": "reports._scaling",
     "param_importance": "reports._questions",
     "pareto_mask": "reports._frontier",
     "projection_figure": "reports._frontier",
     "projections": "reports._frontier",
-    "scaling_exponents": "reports._scaling",
-    "scaling_figure": "reports._scaling",
-    "scaling_table": "reports._scaling",
+    "q1_analysis": "reports._questions",
+    "q1_items": "reports._questions",
+    "q2_analysis": "reports._scaling",
+    "q2_items": "reports._scaling",
     "window_figure": "reports._window",
     "window_table": "reports._window",
 }
@@ -72,10 +66,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "DEFAULT_OBJECTIVES", "Objective", "Study", "answer_q1", "answer_q2", "best_per_arch", "build_report",
-    "complete_runs", "config_table", "factor_effects", "factor_figure", "factor_levels", "frontier",
-    "frontier_figure", "gap_figure", "gap_scaling", "hypervolume", "hypervolume_table", "load_studies", "load_study",
-    "matched_table", "memory_T_figure", "memory_vs_T", "pareto_mask", "param_importance", "projection_figure",
-    "projections", "scaling_exponents", "scaling_figure", "scaling_table", "still_learning_note", "window_figure",
+    "Claim", "DEFAULT_OBJECTIVES", "Objective", "Study", "best_per_arch", "build_report", "complete_runs",
+    "config_table", "frontier", "frontier_figure", "holm", "hypervolume", "hypervolume_table", "load_studies",
+    "load_study", "matched_table", "pareto_mask", "param_importance", "projection_figure", "projections",
+    "q1_analysis", "q1_items", "q2_analysis", "q2_items", "still_learning_note", "window_figure",
     "window_memory_note", "window_table",
 ]
