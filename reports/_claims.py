@@ -69,9 +69,9 @@ def holm(claims: Iterable[Claim]) -> list[Claim]:
     return claims
 
 
-def holm_adjust(p: Sequence[float]) -> np.ndarray:
+def holm_adjust(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     """Holm-adjusted p-values (NaN stays NaN; the family is the finite ones)."""
-    p = np.asarray(p, dtype=float)
+    p = np.asarray(pvalues, dtype=float)
     out = np.full(p.shape, np.nan)
     ok = np.flatnonzero(np.isfinite(p))
     m = ok.size
