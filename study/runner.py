@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -39,6 +40,7 @@ class StopFlag:
     handlers: dict[int, Any] = field(default_factory=dict)
     searcher: Any = None
     arm: Any = None  # installs the handlers again (ray.init puts its own C++ SIGTERM handler in their place)
+    local_ray: bool = False  # the sweep started its own local Ray (a lost node is then a fault, not a wait)
 
     @property
     def requested(self) -> bool:
@@ -46,6 +48,78 @@ class StopFlag:
 
 
 LOW_DISK = "a nearly full disk"
+NO_NODES = "a Ray cluster without live nodes"
+#: Seconds the cluster may show no CPU and no GPU at all before the sweep stops (a dead raylet:
+#: killed, out of memory, or ``ray stop --force`` run elsewhere on the machine).
+NO_NODES_AFTER_S = 30.0
+
+
+class _LocalRayWatch:
+    """Watches the processes of the local Ray a sweep started (GCS and raylet). When one dies
+    (killed, out of memory, ``ray stop --force`` run elsewhere), Ray's driver calls block for
+    good, so the sweep cannot stop through Tune: the watch records the runs in flight as
+    ``interrupted`` (their checkpoints stay), prints one line and ends the process (exit 1).
+    ``--resume`` continues the study."""
+
+    def __init__(self, flag: StopFlag):
+        import threading
+
+        import ray
+
+        node = getattr(ray._private.worker, "_global_node", None)
+        procs = getattr(node, "all_processes", {}) or {}
+        self.processes = [p.process for key in ("gcs_server", "raylet") for p in procs.get(key, [])]
+        self.flag = flag
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="stllr-ray-watch", daemon=True)
+
+    def __enter__(self) -> "_LocalRayWatch":
+        if self.processes:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.done.set()
+
+    def _loop(self) -> None:
+        while not self.done.wait(2.0):
+            dead = [p for p in self.processes if p.poll() is not None]
+            if dead:
+                self._lost(dead)
+                return
+
+    def _lost(self, dead: list[Any]) -> None:
+        from study.callbacks import close_runs
+
+        self.flag.signal = NO_NODES
+        if self.done.wait(15.0):  # the sweep ended by itself meanwhile
+            return
+        searcher = self.flag.searcher
+        line = f"stopped by {NO_NODES}: the local Ray's {'/'.join(str(p.args[0]).rsplit('/', 1)[-1] for p in dead)} died"
+        try:
+            ledger = searcher.live.ledger
+            for cfg in list(searcher.in_flight.values()):
+                close_runs(ledger, cfg, "interrupted", f"interrupted by {NO_NODES}; resume with stllr sweep --resume")
+            line += (f" (killed, out of memory, or 'ray stop' run elsewhere): what was recorded is intact; resume with "
+                     f"stllr sweep --resume {ledger.folder}")
+        except Exception as exc:  # never worse than the fault itself
+            log.warning("runs in flight not recorded: %s", exc)
+            line += ": resume the study folder with stllr sweep --resume"
+        log.error(line)
+        sys.stdout.flush()
+        print(f"stllr: error: {line}", file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+def _cluster_has_nodes() -> bool:
+    """Whether the cluster has any CPU or GPU left; a failed query counts as none."""
+    import ray
+
+    try:
+        total = ray.cluster_resources()
+    except Exception:  # the GCS itself is gone
+        return False
+    return total.get("CPU", 0) > 0 or total.get("GPU", 0) > 0
 
 
 def _stopper(flag: StopFlag, searcher: Any, folder: str) -> Any:
@@ -58,6 +132,7 @@ def _stopper(flag: StopFlag, searcher: Any, folder: str) -> Any:
 
     need = min_free_bytes()
     last = [0.0]
+    alive = [time.monotonic()]  # when the cluster last had a CPU or a GPU
 
     class _Stop(Stopper):
         def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
@@ -71,6 +146,12 @@ def _stopper(flag: StopFlag, searcher: Any, folder: str) -> Any:
                     flag.signal = LOW_DISK
                     say(f"{folder}: its disk has {free / 2**20:.0f} MB free (below {need / 2**20:.0f} MB): stopping "
                         "the running trials before a write fails")
+                elif not flag.local_ray or _cluster_has_nodes():  # a cluster's nodes may come later
+                    alive[0] = time.monotonic()
+                elif time.monotonic() - alive[0] > NO_NODES_AFTER_S:
+                    flag.signal = NO_NODES
+                    say(f"the Ray cluster has had no live node for {NO_NODES_AFTER_S:.0f} s (a raylet died: killed, "
+                        "out of memory, or 'ray stop' run elsewhere): stopping")
             if flag.requested:
                 searcher.stopping = True
             return flag.requested
@@ -227,6 +308,7 @@ def sweep(space: str, out: str | None = None, trials: int | None = None, address
     with _signals(flag):  # from here a Ctrl-C sets the flag: never a KeyboardInterrupt inside ray.init
         try:
             _connect(address)
+            flag.local_ray = ours and address is None
             flag.arm()
             node_bytes = _largest_node_bytes(spec)  # before any file is written: a refusal leaves nothing behind
             check_free_space(folder)
@@ -234,7 +316,8 @@ def sweep(space: str, out: str | None = None, trials: int | None = None, address
                 raise SweepInterrupted(f"interrupted by {flag.signal} before the sweep started: nothing was stored")
             ledger = (Ledger.open(folder, spec, trials) if resume
                       else Ledger.create(folder, spec, trials if trials is not None else int(spec.trials)))
-            with ledger, _log_to(ledger.folder):
+            watch = _LocalRayWatch(flag) if flag.local_ray else contextlib.nullcontext()
+            with ledger, _log_to(ledger.folder), watch:
                 for line in ledger.notes:
                     log.warning(line)
                 try:
@@ -245,8 +328,8 @@ def sweep(space: str, out: str | None = None, trials: int | None = None, address
             if ours and ray.is_initialized():
                 ray.shutdown()
     folder = os.path.abspath(folder)
-    if interrupted is not None and interrupted.startswith(f"stopped by {LOW_DISK}"):
-        raise StllrError(interrupted)  # no report: it would need the space that is missing
+    if interrupted is not None and interrupted.startswith((f"stopped by {LOW_DISK}", f"stopped by {NO_NODES}")):
+        raise StllrError(interrupted)  # no report: a fault, not a user's interrupt
     if report and (interrupted is None or report_when_interrupted):
         from reports import build_report
 
@@ -349,6 +432,9 @@ def _run(spec: Any, ledger: Ledger, node_bytes: int | None, quiet: bool, flag: S
     done = len(planner.trained(ledger.rows))
     line = (f"interrupted: {done} of {ledger.budget} configurations done; resume with stllr sweep --resume "
             f"{ledger.folder}")
+    if flag.signal == NO_NODES:
+        line = (f"stopped by {NO_NODES}: {done} of {ledger.budget} configurations done, what was recorded is "
+                f"intact; check the node (memory, ray status), then resume with stllr sweep --resume {ledger.folder}")
     if flag.signal == LOW_DISK:
         line = (f"stopped by {LOW_DISK}: {done} of {ledger.budget} configurations done, what was recorded is "
                 f"intact; free space (or lower STLLR_MIN_FREE_MB), then resume with stllr sweep --resume "

@@ -47,8 +47,37 @@ def cluster(tmp_path_factory):
              "--node-ip-address=127.0.0.1", "--disable-usage-stats", cluster_env=e)
         yield f"127.0.0.1:{port}", e
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=e, capture_output=True, timeout=120)
+        _stop_cluster(str(temp))
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_cluster(temp: str) -> None:
+    """Kill this test's cluster only: the processes whose command line names its temp dir.
+    (``ray stop --force`` kills every Ray on the machine, a user's running sweep included.)"""
+    import signal
+    import time
+
+    def ours() -> list[int]:
+        pids = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/cmdline", "rb") as fh:
+                        if temp.encode() in fh.read():
+                            pids.append(int(d))
+                except OSError:
+                    pass
+        return pids
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 20
+        while ours() and time.monotonic() < deadline:
+            time.sleep(0.5)
 
 
 def _sweep(args: list[str], cluster_env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess:

@@ -249,3 +249,50 @@ def test_ctrl_c_while_ray_starts_stores_nothing_and_exits_130(study_file, tmp_pa
     assert "Traceback" not in out and out.strip().splitlines()[-1].startswith("stllr: interrupted")
     if not (folder / "study.yaml").exists():  # stopped before the ledger: nothing at all
         assert not folder.exists() or not any(folder.iterdir())
+
+
+def _children(pid: int, name: str) -> list[int]:
+    """Processes whose parent is ``pid`` and whose command line names ``name``."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and name.encode() in cmd:
+            out.append(int(d))
+    return out
+
+
+def test_a_dead_local_raylet_stops_the_sweep_with_one_line_and_resume_finishes(study_file, tmp_path):
+    """The sweep's own Ray loses its raylet (kill -9, as the OOM killer or another job's
+    ``ray stop --force`` would): Ray's driver calls then block for good. The sweep must not hang:
+    one line, exit 1, runs in flight recorded as interrupted; --resume finishes the study."""
+    path = study_file(budget={"trials": 2, "epochs": 12, "seeds": [0]}, rules=["stllr"], baseline=None,
+                      sampler={"name": "random", "seed": 0})
+    folder = tmp_path / "study"
+    proc = start("sweep", str(path), "--out", str(folder), "--quiet", "--no-report", log=tmp_path / "out.log")
+    try:
+        wait_for(_runs_started(folder, 1), 240, "a run's first epoch")
+        raylets = _children(proc.pid, "raylet")
+        assert raylets, "the sweep's local raylet was not found among its children"
+        for pid in raylets:
+            os.kill(pid, signal.SIGKILL)
+        rc = proc.wait(timeout=120)
+    finally:
+        kill_group(proc)
+    out = (tmp_path / "out.log").read_text()
+    assert rc == 1, out[-3000:]
+    errors = [ln for ln in out.splitlines() if ln.startswith("stllr: error:")]
+    assert errors and "stopped by a Ray cluster without live nodes: the local Ray's raylet died" in errors[-1], out[-2000:]
+    assert errors[-1].endswith(f"resume with stllr sweep --resume {folder}")
+    df = pd.read_parquet(folder / "results.parquet")
+    assert "interrupted" in set(df.status), df.status.value_counts()
+    res = run("sweep", "--resume", str(folder), "--quiet", "--no-report", timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _check_finished(folder, budget=2, epochs=12, seeds=1)
