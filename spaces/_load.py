@@ -557,7 +557,7 @@ class _Validator:
                             f"use learn_steps <= {T_low} (learn_steps = T learns at every step)")
 
     def baseline(self, value: Any, rules: list[str], taken: dict[str, str], kind: str, model_fixed: dict[str, Any],
-                 fixed: dict[str, dict[str, Any]], dataset: str, options: dict[str, Any]) -> tuple[dict[str, Param], int]:
+                 fixed: dict[str, dict[str, Any]], dataset: str, options: dict[str, Any]) -> tuple[dict[str, Param], int, list[str]]:
         d = self.mapping("baseline", value, ("search", "trials", "loss"))
         if d and "bptt" not in rules:
             raise self.fail("baseline", "rules has no bptt, so there is no baseline to search",

@@ -118,7 +118,7 @@ class Progress(Callback):
         self.last_state = ""
         self.start_done = len(planner.trained(ledger.rows))
         self.objective = (searcher.objectives[0], searcher.directions[0])
-        self._summary: tuple[int, tuple[int, int, int, str]] = (-1, (0, 0, 0, ""))
+        self._summary: tuple[int, tuple[int, int, int, int, str]] = (-1, (0, 0, 0, 0, ""))
         self._waiting: tuple[float, str] = (-1e9, "")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
@@ -130,8 +130,9 @@ class Progress(Callback):
             self.last_state, self.last_t = key, now
             print(f"[{fmt_s(now - self.t0)}] {state}{self.eta()}", flush=True)
 
-    def summary(self) -> tuple[int, int, int, str]:
-        """Configurations and baselines trained, failed runs, the best run: derived from the rows
+    def summary(self) -> tuple[int, int, int, int, str]:
+        """Configurations of the search and of the equal tuning (S-TLLR, BPTT) trained, failed runs,
+        the best run: derived from the rows
         once per change of the ledger (Tune calls ``on_step_end`` many times a second)."""
         ledger = self.live.ledger
         if self._summary[0] != ledger.version:

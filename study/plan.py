@@ -169,8 +169,9 @@ class Planner:
         best: dict[str, tuple[str, dict[str, Any], float]] = {}
         for cid in sorted(by_config):
             got = self.rows_of(cid, rows)
-            vals = [r.get("val_accuracy") for r in got if r.get("status") == "complete"]
-            if len(vals) < len(self.seeds) or any(not isinstance(v, (int, float)) or v != v for v in vals):
+            vals = [float(v) for r in got if r.get("status") == "complete"
+                    and isinstance(v := r.get("val_accuracy"), (int, float)) and v == v]
+            if len(vals) < len(self.seeds):
                 continue
             score = sum(vals) / len(vals)
             aid = got[0]["arch_id"]

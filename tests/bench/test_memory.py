@@ -13,11 +13,11 @@ from spaces import load_study
 def test_every_architecture_of_a_preset_keeps_less_than_bptt(name):
     spec = load_study(name, check_data=False)
     rows = [measure(spec, p) for p in architectures(spec)]
-    assert len(rows) == {"quickstart": 4, "nmnist": 6, "scaling_synthetic": 9}[name]
+    assert len(rows) == {"quickstart": 4, "nmnist": 4, "scaling_synthetic": 9}[name]
     for r in rows:
         assert r["mode"] == "chunked" and r["stllr"] < r["bptt"], r
     worst = max(r["ratio"] for r in rows)
-    assert worst < {"quickstart": 0.13, "nmnist": 0.52, "scaling_synthetic": 0.16}[name], worst
+    assert worst < {"quickstart": 0.13, "nmnist": 0.6, "scaling_synthetic": 0.16}[name], worst
 
 
 def test_the_bench_prints_every_row_and_the_verdict(capsys):

@@ -309,11 +309,12 @@ def test_the_search_study_names_its_metrics_and_records_what_each_trial_runs(stu
             searcher.on_trial_result(tid, {"val_accuracy": val, "epoch": epoch, "seed": seed})
         searcher.on_trial_complete(tid, {"config_done": True, "config_status": "complete", "val_accuracy": 0.5,
                                          "learning_macs_formula_per_sample": 10.0,
-                                         "learning_memory_bytes_formula_per_sample": 2.0,
+                                         "learning_memory_bytes_measured_per_sample": 2.0,
                                          "test_accuracy_mean": 0.45})
+        assert proposals[1] is None  # the equal tuning waits for the search's choice: Tune asks again
     study = optuna.load_study(study_name="search", storage=open_storage(led.folder))
     assert study.metric_names == ["val_accuracy", "learning_macs_formula_per_sample",
-                                  "learning_memory_bytes_formula_per_sample"]
+                                  "learning_memory_bytes_measured_per_sample"]
     t = study.trials[search["optuna_number"]]
     assert t.state == optuna.trial.TrialState.COMPLETE and t.values == [0.5, 10.0, 2.0]
     assert t.intermediate_values == {1: pytest.approx(0.3), 2: pytest.approx(0.5)}  # mean over seeds per epoch
