@@ -58,7 +58,8 @@ class _LocalRayWatch:
     """Watches the processes of the local Ray a sweep started (GCS and raylet). When one dies
     (killed, out of memory, ``ray stop --force`` run elsewhere), Ray's driver calls block for
     good, so the sweep cannot stop through Tune: the watch records the runs in flight as
-    ``interrupted`` (their checkpoints stay), prints one line and ends the process (exit 1).
+    ``interrupted`` (their checkpoints stay), prints one line and ends the process (exit 2, as
+    every one-line error).
     ``--resume`` continues the study."""
 
     def __init__(self, flag: StopFlag):
@@ -108,7 +109,7 @@ class _LocalRayWatch:
         log.error(line)
         sys.stdout.flush()
         print(f"stllr: error: {line}", file=sys.stderr, flush=True)
-        os._exit(1)
+        os._exit(2)
 
 
 def _cluster_has_nodes() -> bool:
