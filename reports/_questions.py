@@ -387,7 +387,9 @@ def _surface(dataset: str, subset: str, d: pd.DataFrame, factors: list[str], cov
     where = np.empty(len(boots), dtype=int)
     for s in range(0, len(boots), 500):
         where[s:s + 500] = np.argmax(boots[s:s + 500] @ G.T, axis=1)
-    at_star = boots @ G[star]
+    # an accuracy cannot leave [0, 1] (or [0, 100]): a surface extrapolating past it is capped there
+    top = 1.0 if float(np.nanmax(y)) <= 1.0 else 100.0
+    at_star = np.clip(boots @ G[star], 0.0, top)
     plo, phi = percentile_interval(at_star[:, None])
     # how firmly each coordinate is placed: resampled maxima within a quarter of the factor's range of it
     near = np.abs(grid[where, :p] - grid[star, :p]) <= 0.5 + 1e-9
@@ -396,7 +398,7 @@ def _surface(dataset: str, subset: str, d: pd.DataFrame, factors: list[str], cov
         lo, hi = percentile_interval(xs[:, None])
         out["best"].append({**base, "model": chosen, "factor": f, "best": float(box.unscale(grid[star, i], i)),
                             "ci_lo": float(lo[0]), "ci_hi": float(hi[0]), "min": float(box.unscale(-1.0, i)),
-                            "max": float(box.unscale(1.0, i)), "predicted": float(G[star] @ coef),
+                            "max": float(box.unscale(1.0, i)), "predicted": float(np.clip(G[star] @ coef, 0.0, top)),
                             "predicted_lo": float(plo[0]), "predicted_hi": float(phi[0]), "share_near": float(near[:, i].mean()),
                             "n_boot": n_boot})
     # the figure's surface: the pair of factors with the strongest interaction, the others at their mean
@@ -648,7 +650,7 @@ def q1_items(result: Q1Result) -> list:
                 x0 = b.iloc[0]
                 bullets.append(f"Best region of the surface{deep}: {at}; predicted {metric} there "
                                f"{scale * x0['predicted']:.2f} (95% CI {scale * x0['predicted_lo']:.2f} to "
-                               f"{scale * x0['predicted_hi']:.2f}; other settings at their mean). A maximum chosen on "
+                               f"{scale * x0['predicted_hi']:.2f}; other settings at their mean; capped at 100%). A maximum chosen on "
                                "the same data: read its height as optimistic.")
         items += [Text(f"{dataset}:", summary=True), Bullets(bullets, summary=True)]
     if len(models):  # one number per cell; the long lists (factors, covariates) are in the CSV
