@@ -50,6 +50,7 @@ PY
   else
     "$STLLR" sweep "spaces/$name.yaml" --out "$dir" --trials "$trials"
   fi
+  rm -rf "docs/findings/$name"  # the report's files only: no table of an older report stays behind
   mkdir -p "docs/findings/$name"
   cp "$dir/report/summary.md" "$dir"/report/*.csv "docs/findings/$name/"
   cp "$dir/study.yaml" "$dir/budget.json" "docs/findings/$name/"
