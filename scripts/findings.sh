@@ -54,5 +54,6 @@ PY
   mkdir -p "docs/findings/$name"
   cp "$dir/report/summary.md" "$dir"/report/*.csv "docs/findings/$name/"
   cp "$dir/study.yaml" "$dir/budget.json" "docs/findings/$name/"
+  [ -f "$dir/floors.json" ] && cp "$dir/floors.json" "docs/findings/$name/"
   echo "docs/findings/$name: $(ls "docs/findings/$name" | wc -l) files"
 done
