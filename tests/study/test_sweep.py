@@ -231,3 +231,16 @@ def test_train_refuses_values_outside_the_space_and_says_what_it_sampled(study_f
     assert params["width"] == 16 and -1 <= params["alpha_post"] <= 1 and 2 <= params["learn_steps"] <= 16
     assert lines[1] == "sampled at random (seed 0), since --set gave none: alpha_post, learn_steps"
     assert lines[2].startswith("epoch 1/1: train_acc ")
+
+
+def test_train_bptt_learns_the_matched_baseline_objective_and_stops_by_patience(study_file):
+    path = study_file(budget={"trials": 2, "epochs": 40, "seeds": [0], "patience": 1})
+    ok = run("train", str(path), "--rule", "bptt", "--set", "width=16", "--set", "learn_steps=4",
+             timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    params = json.loads(ok.stdout.splitlines()[0].removeprefix("params: "))
+    assert params["loss"] == "per_step" and params["learn_steps"] == 4  # as the study's matched baseline
+    last = ok.stdout.strip().splitlines()[-1]
+    assert last.startswith("stopped after ") and "no better validation result for 1 epochs" in last, last
+    bad = run("train", str(path), "--loss", "sum_output", timeout=120)
+    assert bad.returncode == 2 and "add --rule bptt" in bad.stderr
