@@ -110,3 +110,13 @@ def test_grid_presets_cover_the_grid():
         spec = load_study(name)
         grid = spec.grid()
         assert grid is not None and spec.trials == math.prod(len(v) for v in grid.values())
+
+
+def test_every_preset_trains_under_the_fair_protocol(tmp_path):
+    """DESIGN §8: early stopping, BPTT on S-TLLR's objective, an equal learning-rate tuning."""
+    for name in PRESET_NAMES:
+        spec = load(name, tmp_path) if name in EVENT else load_study(name)
+        assert spec.patience is not None and spec.patience < spec.epochs, name
+        assert spec.baseline_losses[0] == "per_step", name
+        if "bptt" in spec.rules:  # both rules get the same learning rates: one fixed, or the same search
+            assert "lr" in spec.baseline_search or "lr" in spec.fixed.get("training", {}), name
