@@ -107,6 +107,19 @@ def test_measured_and_formula_ratios_equal_the_runs_by_hand(fair):
                 assert f"| {name}, BPTT ÷ S-TLLR, {how} [×] | {fmt(geo)} |" in summary
 
 
+def _analyse_with_q1_claims(out, monkeypatch, claims):
+    """The report's analysis with Q1's claims replaced by ``claims`` (the rest as computed)."""
+    original = _report.q1_analysis
+
+    def with_claims(*args, **kwargs):
+        r = original(*args, **kwargs)
+        r.claims = list(claims)
+        return r
+
+    monkeypatch.setattr(_report, "q1_analysis", with_claims)
+    return _report.analyse(load_studies([out.parent]))
+
+
 def test_verdict_is_one_holm_family_and_says_a_side_only_when_it_holds(fair, tmp_path, monkeypatch):
     out, runs = fair
     v = pd.read_csv(out / "verdict.csv").set_index("bptt_loss_kind")
@@ -129,15 +142,7 @@ def test_verdict_is_one_holm_family_and_says_a_side_only_when_it_holds(fair, tmp
     assert "no difference at the corrected level" in summary
     # one family: the claims of Q1/Q2 join the verdict's in Holm's correction
     extra = [Claim(f"q1:x{i}", "a factor matters", 0.1, 0.05, 0.15, 0.001 * (i + 1)) for i in range(30)]
-
-    def with_claims(*args, **kwargs):
-        r = original(*args, **kwargs)
-        r.claims = list(extra)
-        return r
-
-    original = _report.q1_analysis
-    monkeypatch.setattr(_report, "q1_analysis", with_claims)
-    a = _report.analyse(load_studies([out.parent]))
+    a = _analyse_with_q1_claims(out, monkeypatch, extra)
     assert len(a.claims) == 2 + 30 + len(a.q2.claims) and all(np.isfinite(c.p_adj) for c in a.claims)
     verdict = a.tables["verdict.csv"].set_index("bptt_loss_kind")
     p = verdict.loc["sum_output", "accuracy_diff_p"]
@@ -313,15 +318,7 @@ def test_paired_stats_never_overstates_a_few_seeds():
 def test_a_section_whose_claims_all_fail_is_one_line(fair, monkeypatch):
     out, _ = fair
     weak = [Claim(f"q1:x{i}", "a factor matters", 0.01, -0.02, 0.04, 0.4) for i in range(3)]
-
-    def with_claims(*args, **kwargs):
-        r = original(*args, **kwargs)
-        r.claims = list(weak)
-        return r
-
-    original = _report.q1_analysis
-    monkeypatch.setattr(_report, "q1_analysis", with_claims)
-    a = _report.analyse(load_studies([out.parent]))
+    a = _analyse_with_q1_claims(out, monkeypatch, weak)
     q1 = [s for s in _report.sections(a)[2] if s.title.startswith("Open question 1")][0]
     assert q1.collapsed == "inconclusive: none of its 3 claims holds at the corrected level."
 
