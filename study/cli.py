@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stllr: error: {exc}", file=sys.stderr)
             return 2
     except KeyboardInterrupt as exc:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # decided: a Ctrl-C still in flight must not kill the exit
         print(f"stllr: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `stllr status DIR | head`: the reader left; nothing to say

@@ -92,24 +92,35 @@ class _LocalRayWatch:
     def _lost(self, dead: list[Any]) -> None:
         from study.callbacks import close_runs
 
-        self.flag.signal = NO_NODES
+        # a Ctrl-C / SIGTERM to the whole process group stops Ray's processes too: that stays an interrupt
+        interrupt = self.flag.signal if self.flag.requested else None
+        if interrupt is None:
+            self.flag.signal = NO_NODES
         if self.done.wait(15.0):  # the sweep ended by itself meanwhile
             return
         searcher = self.flag.searcher
-        line = f"stopped by {NO_NODES}: the local Ray's {'/'.join(str(p.args[0]).rsplit('/', 1)[-1] for p in dead)} died"
+        cause = interrupt or NO_NODES
+        folder = None
         try:
             ledger = searcher.live.ledger
+            folder = ledger.folder
             for cfg in list(searcher.in_flight.values()):
-                close_runs(ledger, cfg, "interrupted", f"interrupted by {NO_NODES}; resume with stllr sweep --resume")
-            line += (f" (killed, out of memory, or 'ray stop' run elsewhere): what was recorded is intact; resume with "
-                     f"stllr sweep --resume {ledger.folder}")
-        except Exception as exc:  # never worse than the fault itself
+                close_runs(ledger, cfg, "interrupted", f"interrupted by {cause}; resume with stllr sweep --resume")
+        except Exception as exc:  # never worse than the fault itself (e.g. stopped before the ledger opened)
             log.warning("runs in flight not recorded: %s", exc)
-            line += ": resume the study folder with stllr sweep --resume"
+        resume = (f"resume with stllr sweep --resume {folder}" if folder is not None
+                  else "nothing was stored, or resume the study folder with stllr sweep --resume")
+        if interrupt is not None:
+            line, code, prefix = f"interrupted by {interrupt}: {resume}", 130, "stllr: "
+        else:
+            names = "/".join(str(p.args[0]).rsplit("/", 1)[-1] for p in dead)
+            line = (f"stopped by {NO_NODES}: the local Ray's {names} died (killed, out of memory, or 'ray stop' "
+                    f"run elsewhere): what was recorded is intact; {resume}")
+            code, prefix = 2, "stllr: error: "
         log.error(line)
         sys.stdout.flush()
-        print(f"stllr: error: {line}", file=sys.stderr, flush=True)
-        os._exit(2)
+        print(f"{prefix}{line}", file=sys.stderr, flush=True)
+        os._exit(code)
 
 
 def _cluster_has_nodes() -> bool:
@@ -163,9 +174,18 @@ def _stopper(flag: StopFlag, searcher: Any, folder: str) -> Any:
 @contextlib.contextmanager
 def _signals(flag: StopFlag) -> Iterator[StopFlag]:
     """SIGINT/SIGTERM set the flag (a second one quits at once)."""
+    import time
+
+    first = [0.0]
+
     def handler(signum: int, frame: Any) -> None:
         if flag.requested:
-            raise KeyboardInterrupt
+            # a second Ctrl-C quits at once; one within a second of the first is the same keypress
+            # reaching us twice (through Ray's processes in our group), not a second request
+            if time.monotonic() - first[0] > 1.0:
+                raise KeyboardInterrupt
+            return
+        first[0] = time.monotonic()
         flag.signal = signal.Signals(signum).name
         if flag.searcher is not None:
             flag.searcher.stopping = True  # before any worker's error (a terminal's Ctrl-C reaches them too)
