@@ -232,14 +232,19 @@ def test_a_disk_that_fills_stops_the_sweep_in_one_line_and_loses_nothing(study_f
     assert (df.set_index("trial_id").loc[done.index].ended_at == done.ended_at).all()  # nothing lost or redone
 
 
-@pytest.mark.parametrize("delay", [1.0, 4.0])
-def test_ctrl_c_while_ray_starts_stores_nothing_and_exits_130(study_file, tmp_path, delay):
+@pytest.mark.parametrize("when", ["gcs_server", 4.0])
+def test_ctrl_c_while_ray_starts_stores_nothing_and_exits_130(study_file, tmp_path, when):
+    """Ctrl-C once the local Ray's first process exists (Ray is starting), or 4 s in. (A fixed 1 s
+    was a race on a loaded machine: the signal could land before Python had its handlers.)"""
     import time
 
     folder = tmp_path / "study"
     proc = start("sweep", str(study_file()), "--out", str(folder), log=tmp_path / "log")
     try:
-        time.sleep(delay)
+        if isinstance(when, str):
+            wait_for(lambda: bool(_children(proc.pid, when)), 120, f"the sweep's {when}", interval=0.05)
+        else:
+            time.sleep(when)
         os.killpg(proc.pid, signal.SIGINT)
         rc = proc.wait(timeout=120)
     finally:
