@@ -5,6 +5,9 @@ r"""Naive, obviously-correct references for the fast paths (tests and benchmarks
   and builds the explicit eligibility tensor ``e_ij[t]`` of every layer (``[B, out, in]``
   for dense layers, ``[B, C_out, positions, C_in·k·k]`` for conv layers via unfold),
   exactly as written in DESIGN §3. Memory and time are huge: small cases only.
+  With ``loss="sum_output"`` every window step's output error is the sequence's,
+  ``softmax(Σ_t o[t]) − onehot`` (Σ_t o[t] from a first, unrolled pass), and
+  ``δ[t] = ∂⟨err, o[t]⟩/∂y[t]`` within step ``t``.
   :func:`reference_stllr_online_sgd` applies each window step's update with a plain
   SGD step before the next step (online S-TLLR).
 * :func:`reference_bptt_loss` is the plainly unrolled network, step by step, with
@@ -93,7 +96,8 @@ def _factors(cfg: STLLRConfig, i: int) -> dict[str, float]:
     return d
 
 
-def reference_stllr_grads(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig) -> dict[str, Tensor]:
+def reference_stllr_grads(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig,
+                          loss: str = "per_step") -> dict[str, Tensor]:
     """S-TLLR updates by the equations, by parameter name (``net.named_parameters()``).
 
     Args:
@@ -101,9 +105,10 @@ def reference_stllr_grads(net: Network, x: Tensor, labels: Tensor, cfg: STLLRCon
         x: input ``[T, B, ...]``.
         labels: ``[B]`` or per-step ``[T, B]``.
         cfg: the rule settings (``mode`` and ``online`` are irrelevant here).
+        loss: ``"per_step"`` or ``"sum_output"`` (the output error, module docstring).
     """
     total = {name: torch.zeros_like(p) for name, p in net.named_parameters()}
-    for update in _reference_steps(net, x, labels, cfg):
+    for update in _reference_steps(net, x, labels, cfg, loss):
         for name, g in update.items():
             total[name] += g
     return total
@@ -122,12 +127,21 @@ def reference_stllr_online_sgd(net: Network, x: Tensor, labels: Tensor, cfg: STL
                 params[name].sub_(g, alpha=lr)
 
 
-def _reference_steps(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig) -> Iterator[dict[str, Tensor]]:
+def _reference_steps(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig,
+                     loss_kind: str = "per_step") -> Iterator[dict[str, Tensor]]:
     """Yields each window step's update by parameter name, step by step; reads the
     parameters afresh at every step, so a caller may change them between steps."""
     T, batch = x.shape[0], x.shape[1]
     layers = net.hidden_layers
     ro = net.readout
+    seq_err = None
+    if loss_kind == "sum_output":
+        with torch.no_grad():
+            o_sum = torch.stack(_unrolled_outputs(net, x)).sum(0)
+        last = labels if labels.dim() == 1 else labels[-1]
+        seq_err = (torch.softmax(o_sum, -1) - F.one_hot(last, ro.num_classes).to(x.dtype)) / batch
+    elif loss_kind != "per_step":
+        raise ValueError(f"unknown loss {loss_kind!r}")
     factors = [_factors(cfg, i) for i in range(len(layers))]
     lam_ro = cfg.readout_lambda if cfg.readout_lambda is not None else ro.gamma_o
     t_win = T - cfg.learn_steps
@@ -166,9 +180,12 @@ def _reference_steps(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig) 
                 inp = y
             xo = ro.pre(inp)
             o = ro.gamma_o * o.detach() + xo @ ro.weight.detach().t() + ro.bias.detach()
-            loss = F.cross_entropy(o, lab)
-            if t >= t_win and cfg.learning_signal == "bp":
-                *deltas, err = torch.autograd.grad(loss, ys + [o])  # δ_l[t] = ∂L[t]/∂y_l[t]
+            if seq_err is not None:  # the sequence's output error at every step
+                err = seq_err
+                deltas = (list(torch.autograd.grad(o, ys, grad_outputs=seq_err))
+                          if t >= t_win and cfg.learning_signal == "bp" else None)
+            elif t >= t_win and cfg.learning_signal == "bp":
+                *deltas, err = torch.autograd.grad(F.cross_entropy(o, lab), ys + [o])  # δ_l[t] = ∂L[t]/∂y_l[t]
             else:
                 deltas = None
                 err = (torch.softmax(o.detach(), -1) - F.one_hot(lab, ro.num_classes).to(x.dtype)) / batch
@@ -254,14 +271,24 @@ def reference_bptt_loss(net: Network, x: Tensor, labels: Tensor, loss: str = "su
     if loss == "per_step" and (learn_steps is None or not 1 <= learn_steps <= T):
         raise ValueError(f"loss='per_step' needs 1 <= learn_steps <= T={T}, got {learn_steps}")
     first = T - learn_steps if loss == "per_step" else 0  # type: ignore[operator]
+    outputs = _unrolled_outputs(net, x)
+    if loss == "sum_output":
+        return F.cross_entropy(torch.stack(outputs).sum(0), labels if labels.dim() == 1 else labels[-1])
+    per_step = [F.cross_entropy(o, labels if labels.dim() == 1 else labels[t])
+                for t, o in enumerate(outputs) if t >= first]
+    return torch.stack(per_step).sum() / len(per_step)
+
+
+def _unrolled_outputs(net: Network, x: Tensor) -> list[Tensor]:
+    """The readout ``o[t]`` of every step of the plainly unrolled network (differentiable)."""
+    batch = x.shape[1]
     layers = net.hidden_layers
     ro = net.readout
     u = [x.new_zeros(batch, *layer.out_shape) for layer in layers]
     y_prev = [x.new_zeros(batch, *layer.out_shape) for layer in layers]
     o = x.new_zeros(batch, ro.num_classes)
-    o_sum = torch.zeros_like(o)
-    per_step: list[Tensor] = []
-    for t, xt in enumerate(x.unbind(0)):
+    outputs: list[Tensor] = []
+    for xt in x.unbind(0):
         inp = xt
         for i, layer in enumerate(layers):
             w, w_rec = reference_weights(layer)
@@ -272,9 +299,5 @@ def reference_bptt_loss(net: Network, x: Tensor, labels: Tensor, loss: str = "su
             u[i], y_prev[i] = st.u, y
             inp = y
         o = ro.gamma_o * o + F.linear(ro.pre(inp), ro.weight, ro.bias)
-        o_sum = o_sum + o
-        if t >= first:
-            per_step.append(F.cross_entropy(o, labels if labels.dim() == 1 else labels[t]))
-    if loss == "sum_output":
-        return F.cross_entropy(o_sum, labels if labels.dim() == 1 else labels[-1])
-    return torch.stack(per_step).sum() / len(per_step)
+        outputs.append(o)
+    return outputs

@@ -19,6 +19,15 @@ The learning signal ``δ[t] = ∂L[t]/∂y[t]``, ``L[t] = CE(o[t], label)`` (bat
 computed within step ``t`` only: back-propagated through the layers above at that step
 (``"bp"``) or sent by a fixed random matrix from the output error (``"dfa"``).
 
+With ``loss="sum_output"`` (:func:`stllr_step`; the paper's BPTT objective
+``L = CE(Σ_t o[t], label)``, the fourth cell of DESIGN §8's rule × objective) the output
+error of every window step is the sequence's, ``∂L/∂(Σ_t o[t]) = softmax(Σ_t o[t]) − onehot``,
+sent down within each step as above. It is known only once the sequence has ended, so
+the window's records are held until then (one chunk, ``O(learn_steps·n)`` in every
+mode) and the rule is no longer local in time in its learning signal; the eligibility
+traces are unchanged. With ``learn_steps = T`` the readout's update is the exact gradient
+of ``L``.
+
 The resulting update is written to ``.grad`` of the parameters (it is the quantity a
 gradient-descent optimiser subtracts), so any ``torch.optim`` optimiser applies it.
 """
@@ -54,6 +63,8 @@ __all__ = ["STLLRConfig", "STLLR_PRESETS", "Probe", "StepStats", "LayerUpdate", 
 
 _FACTOR_KEYS = ("lambda_pre", "lambda_post", "alpha_pre", "alpha_post")
 MODES = ("chunked", "window", "streaming")
+#: The objectives S-TLLR learns (:func:`stllr_step`'s ``loss``).
+STLLR_LOSSES = ("per_step", "sum_output")
 
 
 @dataclass(frozen=True)
@@ -286,11 +297,17 @@ def _learn(
     factors: list[LayerFactors],
     cfg: STLLRConfig,
     updates: Updates,
+    seq_error: Tensor | None = None,
 ) -> Tensor:
-    """Accumulate the S-TLLR update of a window (or one step) into ``updates``; return Σ_t L[t]."""
+    """Accumulate the S-TLLR update of a window (or one step) into ``updates``; return Σ_t L[t].
+
+    ``seq_error`` (``[B, C]``): the output error of every step is this one (``loss="sum_output"``);
+    the returned per-step loss is then that of the window's outputs, for the record only."""
     n, batch, classes = ro_rec.o.shape
     rows = n * batch
     loss, err3 = _output_error(ro_rec.o, labels)
+    if seq_error is not None:
+        err3 = seq_error.expand(n, batch, classes).contiguous()
     err = err3.reshape(rows, classes)
     ro = net.readout
     updates.readout_weight.add_(err.t() @ ro_rec.tr.reshape(rows, -1))
@@ -369,19 +386,26 @@ def _split(a: int, b: int, c: int) -> list[tuple[int, int]]:
     return [(s, min(s + c, b)) for s in range(a, b, c)]
 
 
-def _chunks(cfg: STLLRConfig, T: int, t_win: int) -> list[tuple[int, int]]:
+def _chunks(cfg: STLLRConfig, T: int, t_win: int, whole_window: bool = False) -> list[tuple[int, int]]:
     """Steps ``[a, b)`` run together, in chunks of ``c = cfg.chunk_size(T)``.
 
     ``c >= T`` (window mode) hoists the whole sequence as one chunk. Otherwise the steps
     before the window and the window's are each split into chunks of ``c``, so that a
     chunk never straddles the window's start (its records are all window steps). Online,
     the window runs one step at a time, since the weights change at every step.
+    ``whole_window`` (``loss="sum_output"``): the window is one chunk, learned at the end.
+
+    >>> cfg = STLLRConfig(learn_steps=4, chunk_steps=3)
+    >>> _chunks(cfg, 10, 6), _chunks(cfg, 10, 6, whole_window=True)
+    ([(0, 3), (3, 6), (6, 9), (9, 10)], [(0, 3), (3, 6), (6, 10)])
     """
     c = cfg.chunk_size(T)
     if cfg.online:
         return _split(0, t_win, c) + _split(t_win, T, 1)
     if c >= T:
         return [(0, T)]
+    if whole_window:
+        return _split(0, t_win, c) + [(t_win, T)]
     return _split(0, t_win, c) + _split(t_win, T, c)
 
 
@@ -393,6 +417,7 @@ def stllr_step(
     probe: Probe | None = None,
     state: NetState | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    loss: str = "per_step",
 ) -> tuple[StepStats, NetState]:
     """One S-TLLR training step on a batch: writes the update into ``.grad``.
 
@@ -410,13 +435,23 @@ def stllr_step(
             is the last ``learn_steps`` steps of ``x``.
         optimizer: required with ``cfg.online`` (a ``torch.optim`` optimiser over the
             network's parameters).
+        loss: the objective whose output error drives learning: ``"per_step"`` (the
+            rule's own, ``L[t] = CE(o[t], label)``) or ``"sum_output"``
+            (``CE(Σ_t o[t], label)``, per-step labels: the last step's; module docstring).
 
     Returns:
-        ``(stats, final_state)``.
+        ``(stats, final_state)``; ``stats.objective`` is the mean per-step CE over the
+        window (``"per_step"``) or ``CE(Σ_t o[t], label)`` (``"sum_output"``).
     """
     probe = probe or NoProbe()
+    if loss not in STLLR_LOSSES:
+        raise StllrError(f"S-TLLR: loss={loss!r} is not an objective S-TLLR learns: use one of {', '.join(STLLR_LOSSES)}")
+    seq = loss == "sum_output"
     if cfg.online and optimizer is None:
         raise StllrError("S-TLLR: online=True steps the optimiser at every window step: pass optimizer= to stllr_step")
+    if cfg.online and seq:
+        raise StllrError("S-TLLR: online=True updates at every window step, but loss='sum_output' knows its output "
+                         "error only at the sequence's end: use loss='per_step' or online=False")
     x = x.contiguous()
     T, batch = x.shape[0], x.shape[1]
     layers = net.hidden_layers
@@ -432,9 +467,11 @@ def stllr_step(
     if state is None:
         state = initial_state(net, batch, factors, readout_lambda, device=x.device, dtype=x.dtype)
     o_sum = torch.zeros(batch, net.readout.num_classes, device=x.device, dtype=x.dtype)
-    loss = torch.zeros((), device=x.device, dtype=x.dtype)
+    per_step_sum = torch.zeros((), device=x.device, dtype=x.dtype)
     probe.observe(state.tensors())
-    for a, b in _chunks(cfg, T, t_win):
+    final_labels = labels if labels.dim() == 1 else labels[-1]
+    seq_error = None
+    for a, b in _chunks(cfg, T, t_win, whole_window=seq):
         n_window = max(0, b - max(a, t_win))  # window steps in this chunk (its last ones)
         with probe.phase("forward"):
             o, records, ro_rec, state = run_chunk(net, x[a:b], state, weights, n_window, factors, readout_lambda,
@@ -447,8 +484,10 @@ def stllr_step(
         probe.observe(held)
         if n_window:
             with probe.phase("learning"), torch.no_grad():
-                loss += _learn(net, weights, records, ro_rec, _window_labels(labels, T, b - n_window, b),  # type: ignore[arg-type]
-                               factors, cfg, updates)
+                if seq:  # the window ends the sequence: Σ_t o[t] is complete (whole_window)
+                    seq_error = _output_error(o_sum[None], final_labels[None])[1][0]
+                per_step_sum += _learn(net, weights, records, ro_rec, _window_labels(labels, T, b - n_window, b),  # type: ignore[arg-type]
+                               factors, cfg, updates, seq_error)
         del records, ro_rec
         if n_window and cfg.online:
             # the official stllr_online: one optimiser step per window step; the next
@@ -464,7 +503,6 @@ def stllr_step(
     if not cfg.online:
         with probe.phase("learning"):
             apply_gradients(net, w_graph, updates)
-    final_labels = labels if labels.dim() == 1 else labels[-1]
     correct = (o_sum.argmax(-1) == final_labels).sum()
     ce = F.cross_entropy(o_sum, final_labels)
-    return StepStats(ce, correct, batch, loss / n_learn), state
+    return StepStats(ce, correct, batch, ce if seq else per_step_sum / n_learn), state

@@ -43,7 +43,7 @@ from stllr_engine.costs import formula_costs, measure_costs
 from stllr_engine.errors import StllrError
 from stllr_engine.forward import run_inference
 from stllr_engine.network import Network, NetworkSpec, build_network
-from stllr_engine.stllr import STLLRConfig, StepStats, stllr_step
+from stllr_engine.stllr import STLLR_LOSSES, STLLRConfig, StepStats, stllr_step
 
 __all__ = ["TrainConfig", "fit", "evaluate", "rule_step", "save_checkpoint", "load_checkpoint", "restore",
            "resolve_device", "resume_source"]
@@ -62,13 +62,15 @@ class TrainConfig:
         loss: the objective the rule minimises (DESIGN §8, "same objective"), with ``o[t]``
             the readout at step ``t`` and CE the batch-mean cross-entropy:
 
-            * ``"sum_output"``: ``CE(Σ_t o[t], label)``, the paper's BPTT (BPTT only);
+            * ``"sum_output"``: ``CE(Σ_t o[t], label)``, the paper's BPTT; S-TLLR then
+              sends the sequence's output error down at every window step (known only at
+              the sequence's end: the window is held until then; :mod:`stllr_engine.stllr`);
             * ``"per_step"``: the mean of ``CE(o[t], label)`` over the last
               ``stllr.learn_steps`` steps, S-TLLR's objective; BPTT takes the window from
               ``stllr.learn_steps`` (which must then be given in :meth:`from_dict`);
             * ``"per_step_all"``: the mean of ``CE(o[t], label)`` over all ``T`` steps (BPTT only);
-            * ``None`` (default): the rule's own, ``"per_step"`` for S-TLLR (the only one its
-              per-step learning signal follows) and ``"sum_output"`` for BPTT.
+            * ``None`` (default): the rule's own, ``"per_step"`` for S-TLLR (its temporally
+              local learning signal) and ``"sum_output"`` for BPTT.
 
             :attr:`loss_kind` is the objective that runs; metrics report it as ``loss_kind``
             and its value as ``train_objective``, and a checkpoint resumes only with the same.
@@ -117,10 +119,14 @@ class TrainConfig:
             raise StllrError(f"{w}: stllr must be an STLLRConfig (or a dict of its fields in from_dict)")
         if self.loss is not None:
             choice(w, "loss", self.loss, LOSSES)
-            if self.rule == "stllr" and self.loss != "per_step":
-                raise StllrError(f"{w}: loss={self.loss!r} with rule 'stllr': S-TLLR's learning signal is per step "
-                                 "(the mean CE(o[t], label) over its last learn_steps steps): use loss='per_step' "
-                                 "or leave loss unset")
+            if self.rule == "stllr" and self.loss not in STLLR_LOSSES:
+                raise StllrError(f"{w}: loss={self.loss!r} with rule 'stllr': S-TLLR learns 'per_step' (the mean "
+                                 "CE(o[t], label) over its last learn_steps steps; per_step_all is per_step with "
+                                 "learn_steps = T) or 'sum_output': use one of those or leave loss unset")
+            if self.rule == "stllr" and self.loss == "sum_output" and self.stllr.online:
+                raise StllrError(f"{w}: loss='sum_output' with online S-TLLR: its output error is known only at the "
+                                 "sequence's end, online updates at every window step: use loss='per_step' or "
+                                 "stllr.online: false")
         if self.patience is not None:
             integer(w, "patience", self.patience, 1)
         real(w, "min_delta", self.min_delta, 0.0, 1.0)
@@ -202,11 +208,13 @@ def rule_step(cfg: TrainConfig) -> Callable[..., StepStats]:
 
         return bptt
 
+    stllr_loss = cfg.loss_kind
+
     def step(net: Network, x: Tensor, labels: Tensor, probe: Any = None,
              optimizer: torch.optim.Optimizer | None = None) -> StepStats:
         if optimizer is not None:  # online S-TLLR: the step updates at every window step
             return stllr_step(net, x, labels, cfg.stllr, probe=probe, optimizer=optimizer)[0]
-        return stllr_step(net, x, labels, cfg.stllr, probe=probe)[0]
+        return stllr_step(net, x, labels, cfg.stllr, probe=probe, loss=stllr_loss)[0]
 
     return step
 
@@ -497,8 +505,8 @@ def fit(
     for both rules (comparable); ``loss_kind`` names the objective that ran
     (``cfg.loss_kind``: ``"sum_output"``, ``"per_step"`` or ``"per_step_all"``),
     ``loss_steps`` the steps it averages over (``learn_steps`` for ``"per_step"``, else
-    ``T``) and ``train_objective`` is its value (S-TLLR: the mean per-step CE over the
-    learning window; BPTT with ``"sum_output"``: the same as ``train_loss``); the
+    ``T``) and ``train_objective`` is its value (``"per_step"``: the mean per-step CE over
+    the learning window; ``"sum_output"``, either rule: the same as ``train_loss``); the
     named costs of :func:`stllr_engine.costs.measure_costs` (formula and measured, per
     sample and per batch) with ``T``, ``batch``, ``learn_steps``, ``bytes_per_value`` and
     ``counting``; ``finished`` is true on the last epoch.

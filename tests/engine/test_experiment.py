@@ -44,7 +44,7 @@ def test_round_trips_through_dict_json_and_yaml():
     (lambda d: d["training"]["stllr"].update(learn_steps=13), "learn_steps=13 exceeds the dataset's T=12"),
     (lambda d: (d["training"].update(rule="bptt", loss="per_step"), d["training"]["stllr"].update(learn_steps=13)),
      "loss='per_step' averages over training.stllr.learn_steps=13 steps, more than the dataset's T=12"),
-    (lambda d: d["training"].update(loss="per_step_all"), "S-TLLR's learning signal is per step"),
+    (lambda d: d["training"].update(loss="per_step_all"), "per_step_all is per_step with learn_steps = T"),
     (lambda d: d["training"].update(rule="bptt", loss="l2"), "loss='l2': use one of 'sum_output', 'per_step'"),
     (lambda d: d["runtime"].update(dtype="float16"), "dtype='float16'"),
     (lambda d: d.update(seed=-1), "seed=-1 must be an integer >= 0"),
