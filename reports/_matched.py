@@ -110,6 +110,8 @@ def matched_table(configs: pd.DataFrame, floors: dict[str, dict] | None = None) 
     when the study has none at that architecture, the best of its factor search
     (``stllr_tuned`` False). BPTT's is the best of its configurations there, separately for
     each objective (``loss_kind``) the study trained it with: one row per BPTT objective.
+    S-TLLR's tuned runs are those on that row's objective where the study trained S-TLLR on
+    it too (``baseline.stllr_loss``), else those on its own ``per_step``.
 
     Columns: dataset, model, arch_id, width, depth, T, learn_steps (S-TLLR's), both
     config_ids, trial_ids and objectives (``*_loss_kind``); test and validation accuracy
@@ -133,11 +135,10 @@ def matched_table(configs: pd.DataFrame, floors: dict[str, dict] | None = None) 
     for (dataset, arch), g in configs.groupby(["dataset", "arch_id"], sort=True):
         st, bp = g[g["rule"] == "stllr"], g[g["rule"] == "bptt"]
         role = st["role"].astype(object) if "role" in st.columns else pd.Series([None] * len(st), index=st.index)
-        tuned, search = st[role == "tuned"], st[role != "tuned"]
-        pick = ranked(tuned if len(ranked(tuned)) else search)
-        if pick.empty or ranked(bp).empty:
+        tuned_all, search = st[role == "tuned"], st[role != "tuned"]
+        tuned_loss = pd.Series([_loss(r) for _, r in tuned_all.iterrows()], index=tuned_all.index, dtype=object)
+        if ranked(bp).empty or (ranked(tuned_all).empty and ranked(search).empty):
             continue
-        s = pick.iloc[0]
         fl = floors.get(str(dataset)) or {}
         lin = fl.get("linear_readout") or {}
         bp = bp.assign(_loss=[_loss(r) for _, r in bp.iterrows()])
@@ -146,8 +147,13 @@ def matched_table(configs: pd.DataFrame, floors: dict[str, dict] | None = None) 
             cand = ranked(bp[bp["_loss"] == kind])
             if cand.empty:
                 continue
-            b = cand.iloc[0]
-            rows.append(_row(dataset, arch, s, b, kind, tuned, search, bp[bp["_loss"] == kind], fl, lin))
+            # S-TLLR on BPTT's objective where the study tuned it on that one too, else on its own
+            tuned = tuned_all[tuned_loss == kind]
+            if ranked(tuned).empty:
+                tuned = tuned_all[tuned_loss == "per_step"]
+            pick = ranked(tuned if len(ranked(tuned)) else search)
+            rows.append(_row(dataset, arch, pick.iloc[0], cand.iloc[0], kind, tuned, search, bp[bp["_loss"] == kind],
+                             fl, lin))
     out = pd.DataFrame(rows)
     return out.sort_values(["dataset", "width", "depth", "T", "arch_id", "_order"]).drop(columns="_order").reset_index(
         drop=True) if rows else out

@@ -316,17 +316,20 @@ def _surface(dataset: str, subset: str, d: pd.DataFrame, factors: list[str], cov
     tag = f"q1:{dataset}:" + ("" if subset == "all" else f"{subset}:")
     y = d[f"{metric}_mean"].astype(float).to_numpy()
     n, p, q = len(d), len(factors), len(covariates)
-    box = _Box.of(d, factors, covariates)
-    Z = box.scale(_raw(d, factors, covariates))
-    curved = [i for i, f in enumerate(factors) if d[f].astype(float).nunique() >= 3]
     base = {"dataset": dataset, "subset": subset, "n_configs": n, "n_runs": int(d["n_seeds"].sum()),
             "factors": ";".join(factors), "covariates": ";".join(covariates)}
     out: dict = {"models": [], "effects": [], "best": [], "grid": [], "base": base}
-    cands = _candidates(Z, p, q, curved, n) if n >= MIN_CONFIGS and p else {}
+    cands: dict = {}
+    if n >= MIN_CONFIGS and p:  # (none at all when every configuration collapsed)
+        box = _Box.of(d, factors, covariates)
+        Z = box.scale(_raw(d, factors, covariates))
+        curved = [i for i, f in enumerate(factors) if d[f].astype(float).nunique() >= 3]
+        cands = _candidates(Z, p, q, curved, n)
     if not cands:
         need = max(MIN_CONFIGS, p + q + 6)  # the additive surface's terms + 5
         out["models"].append({**base, "model": "none", "chosen": False,
-                              "reason": f"too few configurations ({n}; need {need})" if p else "no factor varied"})
+                              "reason": ("no configuration above the collapse level" if n == 0 else
+                                         f"too few configurations ({n}; need {need})" if p else "no factor varied")})
         return out, []
     sst = float(np.sum((y - y.mean()) ** 2))
     for name, (terms, ridge) in cands.items():

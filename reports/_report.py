@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from reports import _frontier as fr
+from reports import _objective as ob
 from reports import _questions as q1
 from reports import _scaling as q2
 from reports import _window as lw
@@ -109,11 +110,15 @@ def analyse(studies: list[Study]) -> Analysis:
     tables["matched.csv"] = matched
     tables["paper_table2.csv"] = paper_rows(datasets)
     verdict, claims = verdict_table(matched)
+    two_by_two = ob.objective_table(configs)
+    tables["rule_objective.csv"] = two_by_two
+    effects, objective_claims = ob.objective_effects(two_by_two)
     a1 = q1_analysis(configs, objs, datasets, floors)
     a2 = q2_analysis(configs, matched)
-    claims = claims + list(getattr(a1, "claims", [])) + list(getattr(a2, "claims", []))
+    claims = claims + objective_claims + list(getattr(a1, "claims", [])) + list(getattr(a2, "claims", []))
     holm(claims)  # one family: every claim of the report
     tables["verdict.csv"] = settle(verdict, claims)
+    tables["objective_effects.csv"] = ob.settle_effects(effects, claims)
     tables["claims.csv"] = pd.DataFrame([{"key": c.key, "claim": c.text, "estimate": c.estimate, "low": c.low,
                                           "high": c.high, "p": c.p, "p_holm": c.p_adj, "holds": c.holds()}
                                          for c in claims], columns=["key", "claim", "estimate", "low", "high", "p",
@@ -348,6 +353,32 @@ def matched_section(a: Analysis) -> Section:
     return sec
 
 
+def objective_section(a: Analysis) -> Section:
+    """The 2×2 of rule × objective (:mod:`reports._objective`), where the study ran all four cells."""
+    t, e = a.tables["rule_objective.csv"], a.tables["objective_effects.csv"]
+    sec = Section("Rule × objective (2×2)", [Text(
+        "Both rules tuned alike on both objectives: S-TLLR's per-step CE over its window (per_step) and the paper's "
+        "CE(Σ_t o[t]) (sum_output; S-TLLR then sends the sequence's output error down at every window step, holding "
+        "its window to the sequence's end). Test accuracy in % of the best tuned configuration of each cell (chosen "
+        "by validation); effects in points, paired by seed, 95% bootstrap interval, p Holm-corrected with every other "
+        "claim of the report.", summary=True)])
+    cells: dict = {"dataset": "dataset", "arch": "arch_id", "learn_steps": "learn_steps"}
+    for rule, name in (("stllr", "S-TLLR"), ("bptt", "BPTT")):
+        for kind in ("per_step", "sum_output"):
+            cells[f"{name} {kind} [%]"] = (lambda c: lambda r: pct(r[c]))(f"{rule}_{kind}_test_accuracy_mean")
+    cells["paired seeds"] = "n_pairs"
+    sec.blocks.append(Table(t, "rule_objective.csv", cells, caption="The four cells per architecture", summary=True))
+    names = {"stllr": "S-TLLR: sum_output − per_step", "bptt": "BPTT: sum_output − per_step",
+             "interaction": "interaction: S-TLLR's − BPTT's"}
+    view = {"dataset": "dataset", "effect": lambda r: names.get(str(r["effect"]), str(r["effect"])),
+            "architectures": "architectures", "seed blocks": "n_seed_blocks",
+            "estimate [points]": lambda r: pct(r["estimate"], True), "95% low": lambda r: pct(r["low"], True),
+            "95% high": lambda r: pct(r["high"], True), "p (Holm)": lambda r: fmt(r["p_holm"]), "says": "says"}
+    sec.blocks.append(Table(e, "objective_effects.csv", view, caption="Effects of the objective, per dataset",
+                            summary=True))
+    return sec
+
+
 def _part(col: str, i: int) -> Callable[[pd.Series], str]:
     """One number of a paper cell written "mean ± std"."""
     return lambda r: str(r[col]).split("±")[i].strip() if "±" in str(r[col]) else (str(r[col]) if i == 0 else "–")
@@ -491,6 +522,8 @@ def sections(a: Analysis) -> tuple[str, list[str], list[Section], list[Figure]]:
     out += secs
     figures += figs
     out.append(matched_section(a))
+    if len(a.tables["rule_objective.csv"]):
+        out.append(objective_section(a))
     for sec in (q1_section(a.q1, a), q2_section(a.q2, a)):
         out.append(sec)
         figures += [b for b in sec.blocks if isinstance(b, Figure)]

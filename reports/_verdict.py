@@ -109,7 +109,7 @@ def verdict_table(matched: pd.DataFrame) -> tuple[pd.DataFrame, list[Claim]]:
         key = f"verdict:{dataset}:accuracy" + (f":bptt_{kind}" if several[dataset] > 1 else "")
         est = row["accuracy_diff"]
         text = (f"on {dataset}, S-TLLR reaches a {'higher' if est > 0 else 'lower'} test accuracy than BPTT "
-                f"(BPTT objective {kind})")
+                f"(S-TLLR on {row['stllr_loss_kind']}, BPTT on {kind})")
         claims.append(Claim(key, text, est, ps["low"], ps["high"], ps["p"],
                             extra={"dataset": dataset, "bptt_loss_kind": kind, "n": ps["n"]}))
         rows.append(row)

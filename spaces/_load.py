@@ -21,6 +21,7 @@ from spaces._study import _SAMPLERS, MONOTONE, Constraint, Objective, SamplerSpe
 from spaces._yaml import MAX_FILE_BYTES, parse_scalar, read_yaml
 from stllr_engine._checks import is_int, is_real
 from stllr_engine.bptt import LOSSES as BPTT_LOSSES
+from stllr_engine.stllr import STLLR_LOSSES
 from stllr_engine.errors import StllrError
 from stllr_engine.network import KINDS as MODEL_KINDS
 from stllr_engine.network import NetworkSpec
@@ -55,7 +56,7 @@ _ELSEWHERE = {
     ("training", "rule"): "rules", ("training", "stllr"): "fixed.stllr", ("training", "epochs"): "budget.epochs",
     ("training", "seed"): "budget.seeds", ("data", "dataset"): "dataset.name", ("data", "options"): "dataset.options",
     ("data", "data_dir"): "dataset.data_dir", ("data", "cache_dir"): "dataset.cache_dir",
-    ("training", "loss"): "baseline.loss (S-TLLR always learns its per-step objective; BPTT's objectives go there)",
+    ("training", "loss"): "baseline.loss (BPTT's objectives) and baseline.stllr_loss (S-TLLR's in its equal tuning)",
     ("training", "patience"): "budget.patience",
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -244,8 +245,8 @@ class _Validator:
         search = self.search("search", raw["search"], taken, kind, model_fixed, fixed, dataset, options)
         per_layer = self.per_layer(raw.get("per_layer"), search, kind, model_fixed)
         self.learn_steps(search, fixed, T)
-        baseline_search, baseline_trials, baseline_losses = self.baseline(raw.get("baseline"), rules, taken, kind,
-                                                                          model_fixed, fixed, dataset, options)
+        baseline_search, baseline_trials, baseline_losses, stllr_losses = self.baseline(
+            raw.get("baseline"), rules, taken, kind, model_fixed, fixed, dataset, options)
         objectives = self.objectives(raw.get("objectives"), fixed)
         constraints = self.constraints(raw.get("constraints"))
         trials, epochs, seeds, patience = self.budget(raw["budget"])
@@ -260,7 +261,7 @@ class _Validator:
             name=name, source=self.file, description=description, dataset=dataset, dataset_options=options,
             data_dir=data_dir, cache_dir=cache_dir, model_kind=kind, model_fixed=model_fixed, rules=rules,
             search=search, per_layer=per_layer, fixed=fixed, baseline_search=baseline_search,
-            baseline_trials=baseline_trials, baseline_losses=baseline_losses, patience=patience, objectives=objectives, constraints=constraints, trials=trials,
+            baseline_trials=baseline_trials, baseline_losses=baseline_losses, stllr_losses=stllr_losses, patience=patience, objectives=objectives, constraints=constraints, trials=trials,
             epochs=epochs, seeds=seeds, sampler=sampler, scheduler=scheduler, resources=resources,
             concurrency=concurrency, storage=storage, default_T=T,
         )
@@ -557,8 +558,9 @@ class _Validator:
                             f"use learn_steps <= {T_low} (learn_steps = T learns at every step)")
 
     def baseline(self, value: Any, rules: list[str], taken: dict[str, str], kind: str, model_fixed: dict[str, Any],
-                 fixed: dict[str, dict[str, Any]], dataset: str, options: dict[str, Any]) -> tuple[dict[str, Param], int, list[str]]:
-        d = self.mapping("baseline", value, ("search", "trials", "loss"))
+                 fixed: dict[str, dict[str, Any]], dataset: str,
+                 options: dict[str, Any]) -> tuple[dict[str, Param], int, list[str], list[str]]:
+        d = self.mapping("baseline", value, ("search", "trials", "loss", "stllr_loss"))
         if d and "bptt" not in rules:
             raise self.fail("baseline", "rules has no bptt, so there is no baseline to search",
                             "add bptt to rules or remove baseline")
@@ -581,15 +583,22 @@ class _Validator:
             if trials > size:
                 raise self.fail("baseline.trials", f"{trials} exceeds the {size} distinct baseline configurations",
                                 f"use trials <= {size} or make a parameter continuous")
-        losses = d.get("loss", ["per_step"])
-        if isinstance(losses, str):
-            losses = [losses]
+        losses = self.losses("baseline.loss", d.get("loss", ["per_step"]), BPTT_LOSSES, "BPTT",
+                             "per_step is S-TLLR's own objective (the default), sum_output the paper's")
+        stllr_losses = self.losses("baseline.stllr_loss", d.get("stllr_loss", ["per_step"]), STLLR_LOSSES, "S-TLLR",
+                                   "per_step is its own (the default); with sum_output too, S-TLLR at its chosen "
+                                   "factors also trains on CE(sum_t o[t]): with baseline.loss [per_step, "
+                                   "sum_output] the 2x2 of rule x objective")
+        return search, int(trials), losses, stllr_losses
+
+    def losses(self, key: str, value: Any, allowed: tuple[str, ...], rule: str, hint: str) -> list[str]:
+        """A non-empty list of distinct objectives out of ``allowed`` (a single name is a list of one)."""
+        losses = [value] if isinstance(value, str) else value
         if (not isinstance(losses, list) or not losses or len(set(map(str, losses))) != len(losses)
-                or any(x not in BPTT_LOSSES for x in losses)):
-            raise self.fail("baseline.loss", f"{losses!r} is not a list of distinct BPTT objectives",
-                            f"use some of {', '.join(BPTT_LOSSES)}: per_step is S-TLLR's own objective (the "
-                            "default), [per_step, sum_output] runs the 2x2 of rule x objective")
-        return search, int(trials), [str(x) for x in losses]
+                or any(x not in allowed for x in losses)):
+            raise self.fail(key, f"{value!r} is not a list of distinct {rule} objectives",
+                            f"use some of {', '.join(allowed)}: {hint}")
+        return [str(x) for x in losses]
 
     def objectives(self, value: Any, fixed: dict[str, dict[str, Any]]) -> list[Objective]:
         if value is None:

@@ -32,7 +32,7 @@ from spaces._yaml import dump_yaml, parse_scalar
 from stllr_engine.errors import StllrError
 from stllr_engine.network import NetworkSpec
 from stllr_engine.shapes import memory_need_bytes, spec_formula_costs
-from stllr_engine.stllr import STLLRConfig
+from stllr_engine.stllr import STLLR_LOSSES, STLLRConfig
 
 __all__ = ["StudySpec", "Objective", "Constraint", "SamplerSpec", "AskTellGridSampler"]
 
@@ -155,6 +155,7 @@ class StudySpec:
     storage: str
     default_T: int | None = None
     baseline_losses: list[str] = dataclasses.field(default_factory=lambda: ["per_step"])
+    stllr_losses: list[str] = dataclasses.field(default_factory=lambda: ["per_step"])
     patience: int | None = None
 
     def __post_init__(self) -> None:
@@ -176,7 +177,8 @@ class StudySpec:
             "fixed": {k: dict(v) for k, v in self.fixed.items()},
             # no bptt, no baseline: the validator refuses a baseline section then (the frozen file must load)
             "baseline": ({"search": {k: p.to_dict() for k, p in self.baseline_search.items()},
-                          "trials": self.baseline_trials, "loss": list(self.baseline_losses)}
+                          "trials": self.baseline_trials, "loss": list(self.baseline_losses),
+                          "stllr_loss": list(self.stllr_losses)}
                          if "bptt" in self.rules else None),
             "objectives": [{"metric": o.metric, "direction": o.direction} for o in self.objectives],
             "constraints": [str(c) for c in self.constraints],
@@ -273,9 +275,10 @@ class StudySpec:
         }
         layers: dict[int, dict[str, Any]] = {}
         for key, value in params.items():
-            if key == "loss":  # a BPTT baseline's objective (baseline.loss)
-                if rule != "bptt":
-                    raise StllrError(f"{self.source}: loss={value!r} is BPTT's objective; S-TLLR learns its per-step one")
+            if key == "loss":  # the objective of an equal-tuning run (baseline.loss, baseline.stllr_loss)
+                if rule == "stllr" and value not in STLLR_LOSSES:
+                    raise StllrError(f"{self.source}: loss={value!r} is not an objective S-TLLR learns: use one of "
+                                     f"{', '.join(STLLR_LOSSES)}")
                 s["training"]["loss"] = value
                 continue
             layer = _LAYER_KEY.match(key)
@@ -330,6 +333,11 @@ class StudySpec:
         bytes_per_value = 8 if s["runtime"].get("dtype") == "float64" else 4
         return s, net, T, stllr, bytes_per_value
 
+    @staticmethod
+    def _stllr_loss(sections: dict[str, dict[str, Any]], rule: str) -> str:
+        """The objective S-TLLR's formulas price (it changes the memory it holds); BPTT's: per_step."""
+        return str(sections["training"].get("loss") or "per_step") if rule == "stllr" else "per_step"
+
     def price(self, params: dict[str, Any], rule: str) -> dict[str, float]:
         """Formula costs per sample (``*_formula_per_sample``) of a configuration, without training.
 
@@ -340,8 +348,8 @@ class StudySpec:
         key = (rule, *sorted((k, type(v).__name__, repr(v)) for k, v in params.items()))
         cached = self._prices.get(key)
         if cached is None:
-            _, net, T, stllr, bytes_per_value = self._priced(params, rule)
-            raw = spec_formula_costs(net, rule, T, stllr, bytes_per_value)
+            s_, net, T, stllr, bytes_per_value = self._priced(params, rule)
+            raw = spec_formula_costs(net, rule, T, stllr, bytes_per_value, loss=self._stllr_loss(s_, rule))
             cached = {ENGINE_NAMES.get(k, k): float(v) for k, v in raw.items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
             self._prices[key] = cached
@@ -367,7 +375,8 @@ class StudySpec:
         tr = s["training"]
         need, parts = memory_need_bytes(net, rule, T, stllr, batch_size=batch, bytes_per_value=bytes_per_value,
                                         optimizer=tr.get("optimizer", TrainConfig.optimizer),
-                                        momentum=tr.get("momentum", TrainConfig.momentum), breakdown=True)
+                                        momentum=tr.get("momentum", TrainConfig.momentum), breakdown=True,
+                                        loss=self._stllr_loss(s, rule))
         return need, parts, batch
 
     def check_fits(self, params: dict[str, Any], rule: str, node_bytes: int) -> int:

@@ -52,7 +52,7 @@ __all__ = ["formula_costs", "AllocationTracker", "CostProbe", "measure_costs"]
 
 FORMULA_COUNTING = (
     "formula (DESIGN §4): S-TLLR MACs 3·learn_steps·S_l per hidden layer (2· if α_post=0) + "
-    "2·learn_steps·S_readout, memory 2·N trace values; BPTT 2T·S MACs, T·N values; N excludes the readout"
+    "2·learn_steps·S_readout, memory 2·N trace values (2·N·learn_steps with loss sum_output); BPTT 2T·S MACs, T·N values; N excludes the readout"
 )
 MEASURED_COUNTING = (
     "measured: MACs = GEMM/conv FLOPs/2; learning memory = saved for backward + state, traces and the window "
@@ -62,7 +62,7 @@ MEASURED_COUNTING = (
 
 
 def formula_costs(net: Network, rule: str, T: int, stllr: STLLRConfig | None = None,
-                  bytes_per_value: int = 4) -> dict[str, Any]:
+                  bytes_per_value: int = 4, loss: str = "per_step") -> dict[str, Any]:
     """Per-sample cost formulas of DESIGN §4.
 
     Counting: every hidden layer's ``S_l`` (its recurrent weights included) counts three
@@ -84,6 +84,9 @@ def formula_costs(net: Network, rule: str, T: int, stllr: STLLRConfig | None = N
         stllr: S-TLLR settings, required for ``"stllr"`` (``learn_steps``; ``α_post``
             per layer picks 3 or 2).
         bytes_per_value: for the ``_bytes`` figure (4 = fp32).
+        loss: S-TLLR's objective; with ``"sum_output"`` the output error is known only at
+            the sequence's end, so the ``2·N`` trace values of every window step are held:
+            ``2·N·learn_steps``.
 
     Returns:
         ``forward_macs_formula_per_sample``, ``learning_macs_formula_per_sample``,
@@ -117,7 +120,7 @@ def formula_costs(net: Network, rule: str, T: int, stllr: STLLRConfig | None = N
         macs = sum((3 if f.alpha_post != 0 else 2) * learn_steps * layer.synaptic_macs()
                    for f, layer in zip(factors, net.hidden_layers))
         macs += 2 * learn_steps * net.readout.synaptic_macs()
-        values = 2 * N
+        values = 2 * N * (learn_steps if loss == "sum_output" else 1)
     else:
         raise StllrError(f"costs: unknown rule {rule!r}: use 'stllr' or 'bptt'")
     return {
@@ -283,7 +286,7 @@ class CostProbe:
 
 
 def measure_costs(net: Network, step: Callable[..., StepStats], x: Tensor, labels: Tensor,
-                  rule: str, stllr: STLLRConfig | None = None) -> dict[str, Any]:
+                  rule: str, stllr: STLLRConfig | None = None, loss: str = "per_step") -> dict[str, Any]:
     """Run one instrumented training step and return formula and measured costs.
 
     ``step(net, x, labels, probe=...)`` is a rule's step function (time-major ``x``).
@@ -299,7 +302,7 @@ def measure_costs(net: Network, step: Callable[..., StepStats], x: Tensor, label
     """
     x = x.contiguous()  # the step sees this storage: exclude it, not a transposed original
     T, batch = x.shape[0], x.shape[1]
-    out: dict[str, Any] = formula_costs(net, rule, T, stllr, x.element_size())
+    out: dict[str, Any] = formula_costs(net, rule, T, stllr, x.element_size(), loss)
     saved_grads = [None if p.grad is None else p.grad.clone() for p in net.parameters()]
     net.zero_grad(set_to_none=True)
     probe = CostProbe(exclude=[*net.parameters(), *net.buffers(), x])

@@ -167,7 +167,8 @@ def network_shape(spec: NetworkSpec) -> NetworkShape:
 
 
 def spec_formula_costs(spec: NetworkSpec, rule: str, T: int, stllr: STLLRConfig | None = None,
-                       bytes_per_value: int = 4, shape: NetworkShape | None = None) -> dict[str, Any]:
+                       bytes_per_value: int = 4, shape: NetworkShape | None = None,
+                       loss: str = "per_step") -> dict[str, Any]:
     """:func:`stllr_engine.costs.formula_costs` of the network ``spec`` describes, without building it.
 
     Same arguments (a spec instead of a network; ``shape`` if already computed), same
@@ -205,7 +206,7 @@ def spec_formula_costs(spec: NetworkSpec, rule: str, T: int, stllr: STLLRConfig 
                   for i, over in stllr.layer_factors.items()}
         macs = learn_steps * shape.weighted_macs(weight, default)
         macs += 2 * learn_steps * shape.readout_macs
-        values = 2 * N
+        values = 2 * N * (learn_steps if loss == "sum_output" else 1)
     else:
         raise StllrError(f"costs: unknown rule {rule!r}: use 'stllr' or 'bptt'")
     return {
@@ -222,7 +223,7 @@ def spec_formula_costs(spec: NetworkSpec, rule: str, T: int, stllr: STLLRConfig 
 
 def memory_need_bytes(spec: NetworkSpec, rule: str, T: int, stllr: STLLRConfig | None = None, *,
                       batch_size: int, bytes_per_value: int = 4, optimizer: str = "adam",
-                      momentum: float = 0.9, breakdown: bool = False) -> Any:
+                      momentum: float = 0.9, breakdown: bool = False, loss: str = "per_step") -> Any:
     r"""The memory a training run needs at least, in bytes, from the spec alone.
 
     .. math::
@@ -259,7 +260,7 @@ def memory_need_bytes(spec: NetworkSpec, rule: str, T: int, stllr: STLLRConfig |
     if optimizer not in OPTIMIZER_STATES:
         raise StllrError(f"memory: optimizer={optimizer!r}: use one of {', '.join(map(repr, OPTIMIZER_STATES))}")
     shape = network_shape(spec)
-    costs = spec_formula_costs(spec, rule, T, stllr, bytes_per_value, shape=shape)
+    costs = spec_formula_costs(spec, rule, T, stllr, bytes_per_value, shape=shape, loss=loss)
     states = OPTIMIZER_STATES[optimizer] if (optimizer != "sgd" or momentum != 0) else 0
     dfa = shape.num_classes * shape.num_neurons() if (
         rule == "stllr" and stllr is not None and stllr.learning_signal == "dfa") else 0

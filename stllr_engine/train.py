@@ -550,10 +550,11 @@ def _first_costs(net: Network, step: Callable[..., StepStats], x: Tensor, labels
             def measured(net: Network, x: Tensor, labels: Tensor, probe: Any = None) -> StepStats:
                 return step(net, x, labels, probe=probe, optimizer=frozen)
 
-        return measure_costs(net, measured, x, labels, cfg.rule, cfg.stllr if cfg.rule == "stllr" else None)
+        return measure_costs(net, measured, x, labels, cfg.rule, cfg.stllr if cfg.rule == "stllr" else None,
+                             cfg.loss_kind)
     T, batch = x.shape[0], x.shape[1]
     out: dict[str, Any] = dict(formula_costs(net, cfg.rule, T, cfg.stllr if cfg.rule == "stllr" else None,
-                                             x.element_size()))
+                                             x.element_size(), cfg.loss_kind))
     out.update(T=T, batch=batch, learn_steps=cfg.stllr.learn_steps if cfg.rule == "stllr" else T,
                bytes_per_value=x.element_size(), counting="formulas only (measure_costs=False)")
     return out

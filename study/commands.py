@@ -55,8 +55,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="a search parameter (e.g. alpha_post=0.5) or a study-file key (dataset.data_dir=/data)")
     p.add_argument("--rule", choices=("stllr", "bptt"), default="stllr")
     p.add_argument("--loss", choices=("per_step", "sum_output", "per_step_all"),
-                   help="BPTT's objective (default: the study's first baseline.loss, S-TLLR's per_step over the "
-                        "configuration's learn_steps)")
+                   help="the objective (BPTT default: the study's first baseline.loss, S-TLLR's per_step over the "
+                        "configuration's learn_steps; S-TLLR default per_step, or sum_output: CE(sum_t o[t]))")
     p.add_argument("--seed", type=int, help="default: the study's first seed")
     p.add_argument("--out", help="checkpoint folder (default: none)")
 
@@ -76,10 +76,15 @@ def train(args: argparse.Namespace) -> int:
         from study.ledger import check_out_folder
 
         check_out_folder(args.out)
-    if args.loss is not None and args.rule != "bptt":
-        raise StllrError(f"--loss {args.loss} is BPTT's objective; S-TLLR learns its per-step one: add --rule bptt")
     if args.rule == "bptt":
         params = {**params, "loss": args.loss or spec.baseline_losses[0]}  # as the study's matched baseline
+    elif args.loss not in (None, "per_step"):
+        from stllr_engine.stllr import STLLR_LOSSES
+
+        if args.loss not in STLLR_LOSSES:
+            raise StllrError(f"--loss {args.loss} is not an objective S-TLLR learns (per_step_all is per_step with "
+                             f"learn_steps = T): use --loss {' or --loss '.join(STLLR_LOSSES)}, or add --rule bptt")
+        params = {**params, "loss": args.loss}
     exp = spec.experiment(params, args.rule, seed)
     print(f"params: {json.dumps(params, sort_keys=True)}")
     if sampled:

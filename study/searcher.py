@@ -7,7 +7,8 @@
   resumed study; told from the rows), or a duplicate of a running one.
 * Equal tuning (DESIGN §8): once the search has ended, every architecture it trained gets
   the same tuning for both rules. S-TLLR at the factors its search chose for that
-  architecture (best mean ``val_accuracy``; ``role="tuned"``) and BPTT under each objective
+  architecture (best mean ``val_accuracy``; ``role="tuned"``, under each objective of
+  ``baseline.stllr_loss``) and BPTT under each objective
   of ``baseline.loss`` (``role="baseline"``; ``per_step`` over the chosen ``learn_steps``)
   each train the same ``baseline.trials`` settings of ``baseline.search``
   (:meth:`~spaces._study.StudySpec.tuning_settings`), with the same seeds.
@@ -284,7 +285,11 @@ class StudySearcher(Searcher):  # type: ignore[misc]
             log.info("tuning %s: S-TLLR at %s (val %.4f) and BPTT, %d settings of %s", aid, chosen_id, score,
                      len(settings), ", ".join(spec.baseline_search) or "nothing")
             for values in settings:
-                self._queue_tuned("tuned", f"tuned {aid}", {**chosen, **values}, busy, chosen_id)
+                for loss in spec.stllr_losses:  # per_step, S-TLLR's own, keeps the name (and ids) it always had
+                    own = loss == "per_step"
+                    self._queue_tuned("tuned", f"tuned {aid}" if own else f"tuned {aid} {loss}",
+                                      {**chosen, **values} if own else {**chosen, **values, "loss": loss}, busy,
+                                      chosen_id)
                 for loss in spec.baseline_losses:
                     params = {**arch, **values, "loss": loss}
                     if loss == "per_step" and "learn_steps" in chosen:

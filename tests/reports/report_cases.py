@@ -105,7 +105,8 @@ def write_study(folder: Path, runs: pd.DataFrame, *, name: str = "synthetic", da
 
 def fair_runs(*, study: str = "fair", dataset: str = "digits", T: int = 16, widths=(64, 128), depths=(1, 2),
               seeds: int = 5, search_configs: int = 3, lr_trials: int = 2, tuned: bool = True,
-              bptt_losses=("sum_output", "per_step"), gain: dict[str, float] | None = None, seed_sd: float = 0.03,
+              bptt_losses=("sum_output", "per_step"), stllr_losses=("per_step",),
+              gain: dict[str, float] | None = None, seed_sd: float = 0.03,
               noise: float = 0.002, learn_steps: int = 4, max_epochs: int = 20, late: dict[str, int] | None = None,
               seed: int = 0) -> pd.DataFrame:
     """Complete runs of a study run as DESIGN §8 asks: per architecture S-TLLR's factor search (role
@@ -119,6 +120,8 @@ def fair_runs(*, study: str = "fair", dataset: str = "digits", T: int = 16, widt
     differ from the formula ones (S-TLLR 0.8×, BPTT 0.9× MACs; memory measured 1.5× / 1.1× +64),
     so a ratio of measured counts is not the formula's. ``late``: how many runs of each side
     (``"stllr"``, ``"bptt"``) stopped at ``max_epochs`` (the others stopped by patience).
+    ``stllr_losses``: the objectives S-TLLR's tuning runs on (``baseline.stllr_loss``); its gain
+    on another than ``per_step`` is keyed ``"stllr_<loss>"`` (default: the same as ``"stllr"``).
     """
     rng = np.random.default_rng(seed)
     gain = {"stllr": 0.03, "sum_output": 0.0, "per_step": 0.03, "per_step_all": 0.01, **(gain or {})}
@@ -138,9 +141,11 @@ def fair_runs(*, study: str = "fair", dataset: str = "digits", T: int = 16, widt
             for i in range(search_configs):  # worse than the tuned ones: only its best is kept
                 configs.append({"rule": "stllr", "role": "search", "loss_kind": "per_step", "lr": 1e-3,
                                 "acc": base + gain["stllr"] - 0.05 - 0.01 * i, "alpha_post": float(rng.uniform(-1, 1))})
-            for i in range(lr_trials if tuned else 0):
-                configs.append({"rule": "stllr", "role": "tuned", "loss_kind": "per_step", "lr": 1e-3 * (3 ** i),
-                                "acc": base + gain["stllr"] - 0.01 * i, **factors})
+            for loss in stllr_losses:
+                own = gain["stllr"] if loss == "per_step" else gain.get(f"stllr_{loss}", gain["stllr"])
+                for i in range(lr_trials if tuned else 0):
+                    configs.append({"rule": "stllr", "role": "tuned", "loss_kind": loss, "lr": 1e-3 * (3 ** i),
+                                    "acc": base + own - 0.01 * i, **factors})
             for loss in bptt_losses:
                 for i in range(lr_trials):
                     configs.append({"rule": "bptt", "role": "baseline", "loss_kind": loss, "lr": 1e-3 * (3 ** i),

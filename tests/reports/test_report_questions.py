@@ -90,3 +90,17 @@ def test_every_section_names_the_same_best_configuration_when_two_tie():
     w = window_table(configs)
     assert w.loc[w["rule"] == "stllr", "best_config_id"].tolist() == [tie]
     assert matched_table(configs)["stllr_config_id"].tolist() == [tie]
+
+
+def test_q1_when_every_configuration_collapsed_fits_no_surface():
+    """Every S-TLLR configuration at chance (e.g. one epoch of a tiny net): the collapse is
+    reported, and the surface says why it is missing instead of failing on no data."""
+    from reports._questions import q1_analysis
+
+    runs = synthetic_runs(alpha_effect=0.0)
+    runs["val_accuracy"] = runs["test_accuracy"] = 0.05  # chance of 20 classes
+    res = q1_analysis(config_table(runs), n_boot=200, chance=0.05)
+    models = res.tables["q1_surface_models.csv"]
+    assert (models["model"] == "none").all()
+    assert (models["reason"] == "no configuration above the collapse level").all()
+    assert (models["n_collapsed"] == models["n_total"]).all()

@@ -82,3 +82,33 @@ def test_study_file_refusals_for_the_protocol(study_file):
         _spec(study_file, budget={"trials": 2, "epochs": 3, "patience": 0})
     with pytest.raises(StllrError, match=r"fixed.training.loss: is set elsewhere.*baseline.loss"):
         _spec(study_file, fixed={"training": {"loss": "per_step_all"}})
+
+
+def test_s_tllr_can_be_tuned_on_the_papers_objective_too(study_file):
+    """baseline.stllr_loss [per_step, sum_output] with baseline.loss [per_step, sum_output]: the
+    2x2 of rule x objective. S-TLLR on CE(Σ_t o[t]) holds its window to the sequence's end: its
+    formula memory is 2·N per window step, priced before training."""
+    spec = _spec(study_file, baseline={"search": {"lr": [0.001, 0.01]}, "trials": 2,
+                                       "loss": ["per_step", "sum_output"], "stllr_loss": ["per_step", "sum_output"]})
+    assert spec.stllr_losses == ["per_step", "sum_output"]
+    assert spaces.load_study(str(study_file())).stllr_losses == ["per_step"]  # the default
+    params = {"width": 32, "alpha_post": -0.5, "learn_steps": 8}
+    seq = spec.experiment({**params, "loss": "sum_output"}, "stllr", 0).training
+    own = spec.experiment(params, "stllr", 0).training
+    assert (seq.rule, seq.loss_kind, own.loss_kind) == ("stllr", "sum_output", "per_step")
+    n = spec.price(params, "stllr")["learning_memory_values_formula_per_sample"]
+    assert spec.price({**params, "loss": "sum_output"}, "stllr")["learning_memory_values_formula_per_sample"] == 8 * n
+    assert spec.to_dict()["baseline"]["stllr_loss"] == ["per_step", "sum_output"]
+
+
+def test_s_tllr_objective_refusals(study_file):
+    import pytest
+
+    from stllr_engine.errors import StllrError
+
+    with pytest.raises(StllrError, match=r"baseline.stllr_loss: .*not a list of distinct S-TLLR objectives.*"
+                                         r"per_step, sum_output"):
+        _spec(study_file, baseline={"search": {"lr": [0.001, 0.01]}, "trials": 2, "stllr_loss": ["per_step_all"]})
+    spec = _spec(study_file)
+    with pytest.raises(StllrError, match="loss='per_step_all' is not an objective S-TLLR learns"):
+        spec.experiment({"width": 32, "loss": "per_step_all"}, "stllr", 0)

@@ -242,5 +242,39 @@ def test_train_bptt_learns_the_matched_baseline_objective_and_stops_by_patience(
     assert params["loss"] == "per_step" and params["learn_steps"] == 4  # as the study's matched baseline
     last = ok.stdout.strip().splitlines()[-1]
     assert last.startswith("stopped after ") and "no better validation result for 1 epochs" in last, last
-    bad = run("train", str(path), "--loss", "sum_output", timeout=120)
-    assert bad.returncode == 2 and "add --rule bptt" in bad.stderr
+    bad = run("train", str(path), "--loss", "per_step_all", timeout=120)
+    assert bad.returncode == 2 and "not an objective S-TLLR learns" in bad.stderr and "add --rule bptt" in bad.stderr
+
+
+def test_a_sweep_runs_the_2x2_of_rule_and_objective_to_its_report_section(study_file, tmp_path):
+    """baseline.loss and baseline.stllr_loss both [per_step, sum_output]: every architecture the
+    search trained gets the four cells, with the same learning rates and seeds; the report's
+    2x2 section and effects come from them."""
+    path = study_file(search={"alpha_post": {"type": "float", "low": -1.0, "high": 1.0}},
+                      model={"kind": "mlp", "fixed": {"width": 16}},
+                      fixed={"training": {"lr": 3e-3}, "stllr": {"lambda_pre": 1.0, "learn_steps": 8},
+                             "data": {"batch_size": 128, "val_fraction": 0.2}},
+                      baseline={"search": {"lr": [0.003, 0.01]}, "trials": 1,
+                                "loss": ["per_step", "sum_output"], "stllr_loss": ["per_step", "sum_output"]},
+                      budget={"trials": 2, "epochs": 1, "seeds": [0, 1]})
+    folder = tmp_path / "2x2"
+    res = run("sweep", str(path), "--out", str(folder), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    df = pd.read_parquet(folder / "results.parquet")
+    tuning = df[df["role"].isin(["tuned", "baseline"])]
+    cells = tuning.groupby(["rule", "loss_kind"])
+    assert set(cells.groups) == {("stllr", "per_step"), ("stllr", "sum_output"), ("bptt", "per_step"),
+                                 ("bptt", "sum_output")}
+    assert all(set(g["seed"]) == {0, 1} and g["status"].eq("complete").all() for _, g in cells)
+    assert tuning["lr"].nunique() == 1  # the same tuning setting in all four cells
+    seq = tuning[(tuning["rule"] == "stllr") & (tuning["loss_kind"] == "sum_output")]
+    own = tuning[(tuning["rule"] == "stllr") & (tuning["loss_kind"] == "per_step")]
+    assert seq["alpha_post"].iloc[0] == own["alpha_post"].iloc[0]  # at the factors the search chose
+    # its window is held to the sequence's end: 2·N values per window step in the formula
+    assert (seq["learning_memory_values_formula_per_sample"].iloc[0]
+            == 8 * own["learning_memory_values_formula_per_sample"].iloc[0])
+    report = folder / "report"
+    t = pd.read_csv(report / "rule_objective.csv")
+    assert len(t) == 1 and t["n_pairs"].iloc[0] == 2
+    assert set(pd.read_csv(report / "objective_effects.csv")["effect"]) == {"stllr", "bptt", "interaction"}
+    assert "Rule × objective (2×2)" in (report / "report.html").read_text()
