@@ -171,6 +171,10 @@ def test_the_main_command_runs_the_quickstart_to_a_report(tmp_path):
         assert tuned.learning_memory_bytes_measured_per_sample.max() < base.learning_memory_bytes_measured_per_sample.min()
     assert df[df.status == "complete"][["val_accuracy", "learning_macs_formula_per_sample",
                                         "learning_memory_bytes_measured_per_batch"]].notna().all().all()
+    # trained to convergence (#15 item 3): at least 90% of the matched runs stop by patience
+    m = pd.read_csv(folder / "report" / "matched.csv")
+    stopped = m[["stllr_stopped_patience", "bptt_stopped_patience"]].to_numpy().sum()
+    assert stopped >= 0.9 * (m["stllr_seeds"].sum() + m["bptt_seeds"].sum()), m.filter(like="stopped")
     frontier = pd.read_csv(folder / "report" / "frontier.csv")
     assert len(frontier) >= 1 and set(frontier.config_id) <= set(df.config_id)
     page = (folder / "report" / "report.html").read_text()
