@@ -89,7 +89,8 @@ def paired_stats(diffs: np.ndarray | list[float], *, n_boot: int = N_BOOT, seed:
     return out
 
 
-def _loss(r: pd.Series) -> str:
+def loss_of(r: pd.Series) -> str:
+    """The objective a configuration row trained on (its rule's own where the row does not say)."""
     v = r.get("loss_kind")
     return v if isinstance(v, str) and v else DEFAULT_LOSS.get(str(r["rule"]), "unknown")
 
@@ -136,12 +137,12 @@ def matched_table(configs: pd.DataFrame, floors: dict[str, dict] | None = None) 
         st, bp = g[g["rule"] == "stllr"], g[g["rule"] == "bptt"]
         role = st["role"].astype(object) if "role" in st.columns else pd.Series([None] * len(st), index=st.index)
         tuned_all, search = st[role == "tuned"], st[role != "tuned"]
-        tuned_loss = pd.Series([_loss(r) for _, r in tuned_all.iterrows()], index=tuned_all.index, dtype=object)
+        tuned_loss = pd.Series([loss_of(r) for _, r in tuned_all.iterrows()], index=tuned_all.index, dtype=object)
         if ranked(bp).empty or (ranked(tuned_all).empty and ranked(search).empty):
             continue
         fl = floors.get(str(dataset)) or {}
         lin = fl.get("linear_readout") or {}
-        bp = bp.assign(_loss=[_loss(r) for _, r in bp.iterrows()])
+        bp = bp.assign(_loss=[loss_of(r) for _, r in bp.iterrows()])
         kinds = sorted(bp["_loss"].unique(), key=lambda k: (LOSS_ORDER.index(k) if k in LOSS_ORDER else 9, k))
         for kind in kinds:
             cand = ranked(bp[bp["_loss"] == kind])
@@ -164,7 +165,7 @@ def _row(dataset: str, arch: str, s: pd.Series, b: pd.Series, kind: str, tuned: 
     T, ls = float(s["T"]), float(s["learn_steps"])
     row = {"dataset": dataset, "model": s["model"], "arch_id": arch, "width": s["width"], "depth": s["depth"],
            "T": T, "learn_steps": ls, "alpha_post": s["alpha_post"], "stllr_mode": s.get("stllr_mode"),
-           "stllr_loss_kind": _loss(s), "bptt_loss_kind": kind,
+           "stllr_loss_kind": loss_of(s), "bptt_loss_kind": kind,
            "_order": LOSS_ORDER.index(kind) if kind in LOSS_ORDER else 9,
            "stllr_tuned": bool(len(tuned)), "stllr_role": s.get("role"),
            "stllr_config_id": s["config_id"], "bptt_config_id": b["config_id"],

@@ -25,8 +25,8 @@ import pandas as pd
 
 from reports._claims import Claim
 from reports._configs import ranked, seed_values
-from reports._load import DEFAULT_LOSS
-from reports._matched import paired_stats
+from reports._matched import loss_of, paired_stats
+from reports._verdict import seed_blocks
 
 __all__ = ["objective_table", "objective_effects", "settle_effects", "CELLS", "EFFECTS"]
 
@@ -44,11 +44,6 @@ EFFECTS = {
 }
 
 
-def _loss(r: pd.Series) -> str:
-    v = r.get("loss_kind")
-    return v if isinstance(v, str) and v else DEFAULT_LOSS.get(str(r["rule"]), "unknown")
-
-
 def objective_table(configs: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, arch_id) with all four cells: each cell's configuration, test
     accuracy (mean, seeds) and the per-seed differences (``*_diffs``: JSON ``{seed: value}``)
@@ -58,7 +53,7 @@ def objective_table(configs: pd.DataFrame) -> pd.DataFrame:
     if configs.empty or "role" not in configs.columns:
         return pd.DataFrame(columns=["dataset", "arch_id"])
     for (dataset, arch), g in configs.groupby(["dataset", "arch_id"], sort=True):
-        kinds = pd.Series([_loss(r) for _, r in g.iterrows()], index=g.index, dtype=object)
+        kinds = pd.Series([loss_of(r) for _, r in g.iterrows()], index=g.index, dtype=object)
         cells: dict[tuple[str, str], pd.Series] = {}
         for rule, role, kind in CELLS:
             cand = ranked(g[(g["rule"] == rule) & (g["role"] == role) & (kinds == kind)])
@@ -90,14 +85,6 @@ def objective_table(configs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["dataset", "arch_id"])
 
 
-def _blocks(g: pd.DataFrame, col: str) -> dict[int, float]:
-    per: dict[int, list[float]] = {}
-    for cell in g[col]:
-        for k, v in json.loads(str(cell)).items():
-            per.setdefault(int(k), []).append(float(v))
-    return {k: float(np.mean(v)) for k, v in sorted(per.items())}
-
-
 def objective_effects(table: pd.DataFrame) -> tuple[pd.DataFrame, list[Claim]]:
     """Per dataset and effect: the estimate over seed blocks, its 95% bootstrap interval and
     p-value (:func:`reports._matched.paired_stats`), and the claims (Holm later, then
@@ -109,7 +96,7 @@ def objective_effects(table: pd.DataFrame) -> tuple[pd.DataFrame, list[Claim]]:
         return pd.DataFrame(columns=cols), claims
     for dataset, g in table.groupby("dataset", sort=True):
         for name, (up, down) in EFFECTS.items():
-            blocks = _blocks(g, f"{name}_diffs")
+            blocks = seed_blocks(g, f"{name}_diffs")
             ps = paired_stats(list(blocks.values()))
             key = f"objective:{dataset}:{name}"
             claims.append(Claim(key, f"on {dataset}, " + (up if ps["mean"] > 0 else down), ps["mean"], ps["low"],

@@ -55,10 +55,11 @@ def _geomean(r: np.ndarray) -> float:
     return float(np.exp(np.mean(np.log(r)))) if r.size else np.nan
 
 
-def _seed_blocks(g: pd.DataFrame) -> dict[int, float]:
-    """Per seed: the mean over architectures of that seed's paired S-TLLR − BPTT difference."""
+def seed_blocks(g: pd.DataFrame, col: str = "paired_diffs") -> dict[int, float]:
+    """Per seed: the mean over architectures (rows) of that seed's paired difference, read from
+    ``col`` (JSON ``{seed: difference}``; by default S-TLLR − BPTT)."""
     per: dict[int, list[float]] = {}
-    for cell in g.get("paired_diffs", pd.Series(dtype=object)):
+    for cell in g.get(col, pd.Series(dtype=object)):
         try:
             items = json.loads(str(cell)).items()
         except (TypeError, ValueError, AttributeError):
@@ -80,7 +81,7 @@ def verdict_table(matched: pd.DataFrame) -> tuple[pd.DataFrame, list[Claim]]:
         return pd.DataFrame(columns=["dataset", "bptt_loss_kind"]), claims
     several = matched.groupby("dataset")["bptt_loss_kind"].nunique()
     for (dataset, kind), g in matched.groupby(["dataset", "bptt_loss_kind"], sort=False):
-        blocks = _seed_blocks(g)
+        blocks = seed_blocks(g)
         ps = paired_stats(list(blocks.values()))
         paired = bool(blocks)
         row = {"dataset": dataset, "bptt_loss_kind": kind,
