@@ -293,7 +293,7 @@ def matched_section(a: Analysis) -> Section:
         "not tune it, its best factor-search configuration — against the best BPTT configuration, per BPTT objective; "
         "both chosen by mean validation accuracy. Test accuracy in %, difference S-TLLR − BPTT in points paired by seed "
         "with its 95% bootstrap interval; cost ratios are BPTT ÷ S-TLLR (> 1: S-TLLR needs less); 'paper' = DESIGN §4 "
-        "closed forms (memory T/2, MACs 2T/(3·learn_steps)).", summary=True)])
+        "closed forms (memory T/2, or T/(2·learn_steps) for S-TLLR on sum_output; MACs 2T/(3·learn_steps)).", summary=True)])
     if m.empty:
         sec.blocks.append(Text("No architecture has complete runs of both rules yet.", summary=True))
         return sec

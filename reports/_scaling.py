@@ -32,6 +32,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from reports._claims import N_BOOT, Claim, bootstrap_p
+from reports._matched import loss_of
 from reports._configs import as_percent, ranked, seed_values
 from reports._html import Bullets, Figure, Table, Text
 from reports._stats import percentile_interval
@@ -101,12 +102,22 @@ def _welch_df(s1: float, n1: float, s2: float, n2: float) -> float:
     return float((a + b) ** 2 / den) if den > 0 and np.isfinite(den) else np.nan
 
 
+def own_objective(stllr: pd.DataFrame) -> pd.DataFrame:
+    """S-TLLR's configurations on its own objective, ``per_step``: on CE(Σ_t o[t]) it holds its
+    window (another memory formula) and learns another objective, so Q2 leaves those out."""
+    if stllr.empty or "loss_kind" not in stllr.columns:
+        return stllr
+    return stllr[[loss_of(r) == "per_step" for _, r in stllr.iterrows()]]
+
+
 def window_gaps(configs: pd.DataFrame, matched: pd.DataFrame) -> pd.DataFrame:
     """S-TLLR − BPTT test accuracy per (dataset, architecture, learn_steps, BPTT objective).
 
     BPTT is the matched table's (its best configuration by validation accuracy, per objective
     ``bptt_loss_kind`` when the table has several); S-TLLR is the best configuration *with that
-    learn_steps* by validation accuracy, so each window is compared on its own. ``window`` =
+    learn_steps* by validation accuracy, on its own objective (``per_step``) and out of its
+    factor search where the study has one (the equal tuning ran at the chosen window only), so
+    each window is compared on its own and alike. ``window`` =
     learn_steps / T. The gap is paired by seed where both configurations ran two or more of the
     same seeds (``test_accuracy_by_seed``; seed s of both rules shares split, order and
     initialisation): ``gap`` the mean difference, ``gap_se`` its standard error, ``gap_df`` =
@@ -118,8 +129,12 @@ def window_gaps(configs: pd.DataFrame, matched: pd.DataFrame) -> pd.DataFrame:
             "bptt_test_accuracy_mean", "bptt_test_accuracy_std", "bptt_seeds", "n_pairs", "gap", "gap_se", "gap_df"]
     if matched.empty or configs.empty:
         return pd.DataFrame(columns=cols)
-    s = ranked(configs[configs["rule"] == "stllr"])
-    s = s.groupby(["dataset", "arch_id", "learn_steps"], sort=True).head(1)
+    s = own_objective(configs[configs["rule"] == "stllr"])
+    if "role" in s.columns and (s["role"] == "search").any():
+        # every window as the factor search trained it: the equal tuning's extra learning-rate
+        # trials ran at the chosen window only, and would favour it
+        s = s[s["role"] == "search"]
+    s = ranked(s).groupby(["dataset", "arch_id", "learn_steps"], sort=True).head(1)
     m = matched.copy()
     if "bptt_loss_kind" not in m.columns:
         m["bptt_loss_kind"] = "default"
@@ -234,7 +249,7 @@ def cost_exponents(configs: pd.DataFrame) -> pd.DataFrame:
     rows: list[dict] = []
     if configs.empty:
         return pd.DataFrame(rows)
-    c = configs.copy()
+    c = pd.concat([configs[configs["rule"] != "stllr"], own_objective(configs[configs["rule"] == "stllr"])])
     c["_no_post"] = c["alpha_post"].astype(float).fillna(1.0) == 0.0
     for (dataset, rule, model), g in c.groupby(["dataset", "rule", "model"], sort=True):
         for size in (*SIZES, "learn_steps"):

@@ -589,6 +589,10 @@ class _Validator:
                                    "per_step is its own (the default); with sum_output too, S-TLLR at its chosen "
                                    "factors also trains on CE(sum_t o[t]): with baseline.loss [per_step, "
                                    "sum_output] the 2x2 of rule x objective")
+        if "sum_output" in stllr_losses and fixed.get("stllr", {}).get("online"):
+            raise self.fail("baseline.stllr_loss", "sum_output with fixed.stllr.online: true: online S-TLLR updates "
+                            "at every window step, but CE(sum_t o[t]) knows its output error only at the "
+                            "sequence's end", "drop sum_output from baseline.stllr_loss or set online: false")
         return search, int(trials), losses, stllr_losses
 
     def losses(self, key: str, value: Any, allowed: tuple[str, ...], rule: str, hint: str) -> list[str]:

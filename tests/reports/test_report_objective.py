@@ -72,6 +72,10 @@ def test_planted_effects_are_claimed_with_the_right_signs_and_no_more(planted):
     assert v.loc["sum_output", "stllr_loss_kind"] == "sum_output" and v.loc["per_step", "stllr_loss_kind"] == "per_step"
     assert v.loc["sum_output", "accuracy_diff"] == pytest.approx(0.06, abs=0.005)
     assert v.loc["per_step", "accuracy_diff"] == pytest.approx(0.0, abs=0.005)
+    # the closed form of memory: S-TLLR on CE(Σ_t o[t]) holds 2·N per window step (T 16, learn_steps 4)
+    m = pd.read_csv(out / "matched.csv").set_index("bptt_loss_kind")
+    assert set(m.loc["sum_output", "memory_ratio_paper"]) == {16 / (2 * 4)}
+    assert set(m.loc["per_step", "memory_ratio_paper"]) == {16 / 2}
     page = (out / "report.html").read_text()
     assert "Rule × objective (2×2)" in page and "S-TLLR: sum_output − per_step" in page
 

@@ -164,3 +164,24 @@ def test_ten_thousand_resamples_by_default():
     configs = config_table(_runs(_depth_at_quarter, widths=(64, 128), depths=(1, 2)))
     result = q2_analysis(configs, matched_table(configs))
     assert result.n_boot == 10_000 and all(c.extra["n_boot"] == 10_000 for c in result.claims)
+
+
+def test_each_window_is_s_tllrs_factor_search_on_its_own_objective():
+    """The equal tuning's extra learning-rate trials (role tuned, at the chosen window only) and
+    S-TLLR on CE(Σ_t o[t]) would favour one window: the gap per window takes neither."""
+    from reports._scaling import window_gaps
+
+    runs = _runs(lambda ls, w, d: 0.0, widths=(64,), depths=(1,))
+    runs["role"] = np.where(runs["rule"] == "stllr", "search", "baseline")
+    extra = runs[(runs["rule"] == "stllr") & (runs["learn_steps"] == T)].copy()
+    for role, kind, tag in (("tuned", "per_step", "t"), ("tuned", "sum_output", "o")):
+        e = extra.assign(role=role, loss_kind=kind, config_id=extra["config_id"] + f"|{tag}",
+                         trial_id=extra["trial_id"] + f"|{tag}", val_accuracy=0.99, test_accuracy=0.99)
+        runs = pd.concat([runs, e])
+    configs = config_table(runs)
+    gaps = window_gaps(configs, matched_table(configs))
+    assert len(gaps) == 2 and not gaps["stllr_config_id"].str.contains(r"\|[to]$").any()
+    assert (gaps["gap"].abs() < 0.02).all()  # the planted gap is 0: no 19-point window from the extra runs
+    costs = cost_exponents(configs)
+    st = costs[(costs["rule"] == "stllr") & (costs["cost"] == "memory") & (costs["size"] == "learn_steps")]
+    assert (st["exponent"] == 0).all()  # from S-TLLR on its own objective only

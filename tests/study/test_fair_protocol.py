@@ -109,6 +109,9 @@ def test_s_tllr_objective_refusals(study_file):
     with pytest.raises(StllrError, match=r"baseline.stllr_loss: .*not a list of distinct S-TLLR objectives.*"
                                          r"per_step, sum_output"):
         _spec(study_file, baseline={"search": {"lr": [0.001, 0.01]}, "trials": 2, "stllr_loss": ["per_step_all"]})
+    with pytest.raises(StllrError, match=r"baseline.stllr_loss: sum_output with fixed.stllr.online: true"):
+        _spec(study_file, baseline={"search": {"lr": [0.001, 0.01]}, "trials": 2, "stllr_loss": ["sum_output"]},
+              fixed={"training": {"lr": 3e-3}, "stllr": {"online": True}, "data": {"batch_size": 128}})
     spec = _spec(study_file)
     with pytest.raises(StllrError, match="loss='per_step_all' is not an objective S-TLLR learns"):
         spec.experiment({"width": 32, "loss": "per_step_all"}, "stllr", 0)
