@@ -295,7 +295,8 @@ def tuning_note(matched: pd.DataFrame) -> str | None:
 
 
 def stopping_note(configs: pd.DataFrame, matched: pd.DataFrame) -> str | None:
-    """Runs that stopped at the epoch maximum while still improving, per rule; the share stopped by patience.
+    """Runs that stopped at the epoch maximum (patience not exhausted: possibly still improving), per rule;
+    the share stopped by patience.
 
     From ``stopped_by`` (``patience``, ``max_epochs``, or ``fixed`` without early stopping);
     None when no run says how it stopped (an older study: :func:`still_learning_note` then).
@@ -309,7 +310,7 @@ def stopping_note(configs: pd.DataFrame, matched: pd.DataFrame) -> str | None:
         n, late = _sum(c["n_seeds"]), _sum(c["n_stopped_max_epochs"])
         if n:
             parts.append(f"{name} {late} of {n} runs")
-    text = ("Stopped by the epoch maximum while still improving (stopped_by = max_epochs): " + ", ".join(parts) + ".")
+    text = ("Stopped at the epoch maximum before patience ran out, possibly still improving (stopped_by = max_epochs): " + ", ".join(parts) + ".")
     if not matched.empty:
         # each chosen configuration once (S-TLLR's stands in one row per BPTT objective)
         st = matched.drop_duplicates(["dataset", "arch_id", "stllr_config_id"])
@@ -319,7 +320,7 @@ def stopping_note(configs: pd.DataFrame, matched: pd.DataFrame) -> str | None:
         pat = _sum(st["stllr_stopped_patience"]) + _sum(bp["bptt_stopped_patience"])
         fixed = _sum(st["stllr_stopped_fixed"]) + _sum(bp["bptt_stopped_fixed"])
         text += (f" Of the {runs} runs in the matched table, {pat} ({100 * pat / max(runs, 1):.0f}%) stopped by "
-                 f"patience (converged on validation), {late} at the epoch maximum while still improving")
+                 f"patience (converged on validation), {late} at the epoch maximum (possibly still improving)")
         best_last = _sum(st.get("stllr_best_at_last_epoch", pd.Series(dtype=float))) + _sum(
             bp.get("bptt_best_at_last_epoch", pd.Series(dtype=float)))
         text += f" ({best_last} of them with their best validation accuracy at the last epoch)" if late else ""

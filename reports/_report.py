@@ -67,7 +67,8 @@ class Q2:
 def q1_analysis(configs: pd.DataFrame, objs: dict[str, tuple[Objective, ...]], datasets: list[str],
                 floors: dict[str, dict]) -> Q1:
     """Q1's numbers and claims, computed before anything is written (chance from the floors)."""
-    chance = {d: float(f["chance"]) for d, f in floors.items() if isinstance(f, dict) and f.get("chance") is not None}
+    chance = {d: float(f["chance"]) for d, f in floors.items()
+              if isinstance(f, dict) and f.get("chance") is not None and np.isfinite(float(f["chance"]))}
     r = q1.q1_analysis(configs, chance=chance or None)
     importance = _concat([q1.param_importance(configs[configs["dataset"] == d], objs[d]) for d in datasets])
     return Q1({**r.tables, "q1_importance.csv": importance}, list(r.claims), r)
@@ -575,13 +576,6 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
     if formats:
         export_figures({f.name: f.fig for f in figures}, folder / "figures", tuple(formats))
     return path
-
-
-def _primary(matched: pd.DataFrame) -> pd.DataFrame:
-    """One matched row per architecture: the first BPTT objective listed (S-TLLR's own when trained)."""
-    if matched.empty:
-        return matched
-    return matched.groupby(["dataset", "arch_id"], sort=False).head(1).reset_index(drop=True)
 
 
 def _ensure(df: pd.DataFrame) -> pd.DataFrame:

@@ -446,6 +446,7 @@ def write_floors(folder: str | os.PathLike[str], floors: dict[str, Any]) -> str:
             fh.write(text + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # readable like the results table (mkstemp makes it owner-only)
         os.replace(tmp, path)
     except BaseException:
         try:

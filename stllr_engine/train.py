@@ -85,8 +85,8 @@ class TrainConfig:
         patience: early stopping on validation (DESIGN §8, "trained to convergence"):
             stop after this many epochs without a better validation result, put the
             best-validation weights back and evaluate those (needs a validation loader).
-            Better means a higher ``val_accuracy`` by more than ``min_delta``, or the same
-            accuracy with a lower ``val_loss``. ``None`` (default): train all ``epochs``.
+            Better means a higher ``val_accuracy`` by more than ``min_delta``, or an accuracy
+            at least as high with a lower ``val_loss``. ``None`` (default): train all ``epochs``.
         min_delta: the accuracy gain that counts as better (with ``patience``).
     """
 
@@ -563,8 +563,8 @@ def _first_costs(net: Network, step: Callable[..., StepStats], x: Tensor, labels
 class _EarlyStopping:
     """Early stopping on validation: the best epoch, its weights and the epochs since.
 
-    Better: a higher ``val_accuracy`` by more than ``min_delta``, or the same accuracy with
-    a lower ``val_loss``. ``patience=None``: no early stopping (the run trains every epoch
+    Better: a higher ``val_accuracy`` by more than ``min_delta``, or an accuracy at least as
+    high (a gain within ``min_delta`` included) with a lower ``val_loss``. ``patience=None``: no early stopping (the run trains every epoch
     and keeps its last weights; ``stopped_by`` is ``"fixed"`` at the end).
     """
 

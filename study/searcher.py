@@ -28,7 +28,7 @@ import zlib
 from typing import Any
 
 from stllr_engine.errors import StllrError
-from study.plan import Configuration, Planner, config_id_of
+from study.plan import ROLE_RULE, Configuration, Planner, config_id_of
 from study.schema import ENDED
 
 try:
@@ -300,7 +300,7 @@ class StudySearcher(Searcher):  # type: ignore[misc]
         import optuna
 
         planner, rows = self.live.planner, self.live.ledger.rows
-        rule = "stllr" if role == "tuned" else "bptt"
+        rule = ROLE_RULE[role]
         cid = config_id_of(role, rule, params)
         if planner.ended(cid, rows) or cid in busy or any(r.get("status") == "infeasible"
                                                           for r in planner.rows_of(cid, rows)):

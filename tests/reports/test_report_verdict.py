@@ -172,7 +172,7 @@ def test_stopping_counted_per_rule_and_share_by_patience(fair):
     n = {r: int((runs["rule"] == r).sum()) for r in ("stllr", "bptt")}
     late = {r: int(((runs["rule"] == r) & (runs["stopped_by"] == "max_epochs")).sum()) for r in ("stllr", "bptt")}
     assert late == {"stllr": 1, "bptt": 3}
-    assert (f"Stopped by the epoch maximum while still improving (stopped_by = max_epochs): S-TLLR {late['stllr']} of "
+    assert (f"Stopped at the epoch maximum before patience ran out, possibly still improving (stopped_by = max_epochs): S-TLLR {late['stllr']} of "
             f"{n['stllr']} runs, BPTT {late['bptt']} of {n['bptt']} runs.") in summary
     m = pd.read_csv(out / "matched.csv").drop_duplicates(["arch_id", "stllr_config_id", "bptt_config_id"])
     chosen = runs[runs["config_id"].isin(set(m["stllr_config_id"]) | set(m["bptt_config_id"]))]
