@@ -371,7 +371,7 @@ def objective_section(a: Analysis) -> Section:
     sec.blocks.append(Table(t, "rule_objective.csv", cells, caption="The four cells per architecture", summary=True))
     names = {"stllr": "S-TLLR: sum_output − per_step", "bptt": "BPTT: sum_output − per_step",
              "interaction": "interaction: S-TLLR's − BPTT's"}
-    view = {"dataset": "dataset", "effect": lambda r: names.get(str(r["effect"]), str(r["effect"])),
+    view: dict = {"dataset": "dataset", "effect": lambda r: names.get(str(r["effect"]), str(r["effect"])),
             "architectures": "architectures", "seed blocks": "n_seed_blocks",
             "estimate [points]": lambda r: pct(r["estimate"], True), "95% low": lambda r: pct(r["low"], True),
             "95% high": lambda r: pct(r["high"], True), "p (Holm)": lambda r: fmt(r["p_holm"]), "says": "says"}
