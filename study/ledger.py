@@ -33,6 +33,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Iterable
 
@@ -349,6 +350,8 @@ class Ledger:
         self.budget_given = False
         self.version = 0  # grows with every change of the rows (readers cache what they derive from them)
         self._lock = FolderLock(self.folder)
+        # record() runs on the driver's thread, and on the lost-Ray watch's just before it ends the process
+        self._record_lock = threading.RLock()
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.folder, *parts)
@@ -522,6 +525,10 @@ class Ledger:
     def record(self, rows: Iterable[dict[str, Any]]) -> None:
         """Store rows (keyed by ``trial_id``; a later row replaces an earlier one, except that
         an ended run is never turned back into a running or interrupted one)."""
+        with self._record_lock:
+            self._record(rows)
+
+    def _record(self, rows: Iterable[dict[str, Any]]) -> None:
         changed = False
         for row in rows:
             tid = str(row["trial_id"])
