@@ -370,7 +370,8 @@ def objective_section(a: Analysis) -> Section:
     cells["paired seeds"] = "n_pairs"
     sec.blocks.append(Table(t, "rule_objective.csv", cells, caption="The four cells per architecture", summary=True))
     names = {"stllr": "S-TLLR: sum_output − per_step", "bptt": "BPTT: sum_output − per_step",
-             "interaction": "interaction: S-TLLR's − BPTT's"}
+             "interaction": "interaction: S-TLLR's − BPTT's",
+             "paper": "S-TLLR per_step − BPTT sum_output (the paper's pairing)"}
     view: dict = {"dataset": "dataset", "effect": lambda r: names.get(str(r["effect"]), str(r["effect"])),
             "architectures": "architectures", "seed blocks": "n_seed_blocks",
             "estimate [points]": lambda r: pct(r["estimate"], True), "95% low": lambda r: pct(r["low"], True),

@@ -52,6 +52,8 @@ def test_the_cells_and_effects_are_the_hand_computed_ones(planted):
         assert r["stllr_effect"] == pytest.approx(st.mean(), abs=1e-12)
         assert r["bptt_effect"] == pytest.approx(bp.mean(), abs=1e-12)
         assert r["interaction_effect"] == pytest.approx((st - bp).mean(), abs=1e-12)
+        paper = cell[("stllr", "per_step")] - cell[("bptt", "sum_output")]
+        assert r["paper_effect"] == pytest.approx(paper.mean(), abs=1e-12)
         assert {int(k): v for k, v in json.loads(r["interaction_diffs"]).items()} == pytest.approx(
             (st - bp).to_dict(), abs=1e-12)
 
@@ -63,9 +65,10 @@ def test_planted_effects_are_claimed_with_the_right_signs_and_no_more(planted):
     assert e.loc["stllr", "p_holm"] < 0.05 and e.loc["stllr", "says"].startswith("S-TLLR is more accurate on CE")
     assert e.loc["interaction", "estimate"] == pytest.approx(0.06, abs=0.005)
     assert e.loc["interaction", "p_holm"] < 0.05 and "in S-TLLR's favour" in e.loc["interaction", "says"]
-    assert abs(e.loc["bptt", "estimate"]) < 0.005 and e.loc["bptt", "says"] == "no difference shown (Holm-corrected)"
+    for effect in ("bptt", "paper"):  # planted at zero
+        assert abs(e.loc[effect, "estimate"]) < 0.005 and e.loc[effect, "says"] == "no difference shown (Holm-corrected)"
     claims = pd.read_csv(out / "claims.csv").set_index("key")
-    for effect in ("stllr", "bptt", "interaction"):  # in the report's one Holm family
+    for effect in ("stllr", "bptt", "interaction", "paper"):  # in the report's one Holm family
         assert claims.loc[f"objective:digits:{effect}", "p_holm"] == pytest.approx(e.loc[effect, "p_holm"])
     # the verdict pairs each BPTT objective with S-TLLR on the same one
     v = pd.read_csv(out / "verdict.csv").set_index("bptt_loss_kind")
@@ -85,7 +88,7 @@ def test_pure_noise_gives_no_claim(tmp_path):
                      gain={"stllr": 0.03, "stllr_sum_output": 0.03, "per_step": 0.03, "sum_output": 0.03},
                      noise=0.01, seed=7)
     effects, claims = objective_effects(objective_table(_configs(runs)))
-    assert len(claims) == 3 and all(np.isfinite(c.p) for c in claims)
+    assert len(claims) == 4 and all(np.isfinite(c.p) for c in claims)
     from reports._claims import holm
 
     holm(claims)

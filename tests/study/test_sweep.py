@@ -280,5 +280,5 @@ def test_a_sweep_runs_the_2x2_of_rule_and_objective_to_its_report_section(study_
     report = folder / "report"
     t = pd.read_csv(report / "rule_objective.csv")
     assert len(t) == 1 and t["n_pairs"].iloc[0] == 2
-    assert set(pd.read_csv(report / "objective_effects.csv")["effect"]) == {"stllr", "bptt", "interaction"}
+    assert set(pd.read_csv(report / "objective_effects.csv")["effect"]) == {"stllr", "bptt", "interaction", "paper"}
     assert "Rule × objective (2×2)" in (report / "report.html").read_text()
