@@ -179,8 +179,9 @@ def verdict_section(a: Analysis) -> Section:
         return sec
     for _, r in v.iterrows():
         several = (v["dataset"] == r["dataset"]).sum() > 1
-        sec.blocks.append(Text(f"{r['dataset']}{' — BPTT objective ' + str(r['bptt_loss_kind']) if several else ''}",
-                               summary=True, css="lead"))
+        st, bp = str(r["stllr_loss_kind"]), str(r["bptt_loss_kind"])
+        objective = f"both on {bp}" if st == bp else f"S-TLLR on {st}, BPTT on {bp}"
+        sec.blocks.append(Text(f"{r['dataset']}{' — ' + objective if several else ''}", summary=True, css="lead"))
         sec.blocks.append(Text(
             f"S-TLLR ({r['stllr_loss_kind']}) vs BPTT ({r['bptt_loss_kind']}), {int(r['architectures'])} matched "
             f"architecture(s), {int(r['n_seed_blocks'])} paired seed(s); {_tuned_phrase(r)}; {_floor_phrase(r, a)}"
@@ -320,10 +321,9 @@ def matched_section(a: Analysis) -> Section:
                                summary=True))
     (mdiv, mu), (bdiv, bu) = _units(m, ["bptt_learning_macs_measured", "stllr_learning_macs_measured"],
                                     ["bptt_memory_bytes_measured", "stllr_memory_bytes_measured"])
-    cost: dict = {"dataset": "dataset", "arch": "arch_id"}
-    if several_kinds:
-        cost["BPTT objective"] = "bptt_loss_kind"
-    cost.update({"learn_steps": "learn_steps", "S-TLLR mode": "stllr_mode",
+    objectives = {"objectives S-TLLR / BPTT": lambda r: f"{r['stllr_loss_kind']} / {r['bptt_loss_kind']}"}
+    cost: dict = {"dataset": "dataset", "arch": "arch_id", **(objectives if several_kinds else {})}
+    cost.update({"S-TLLR learn_steps, mode": lambda r: f"{fmt(r['learn_steps'])}, {r['stllr_mode']}",
                  f"S-TLLR MACs [{mu.split()[0]}]": scaled("stllr_learning_macs_measured", mdiv),
                  f"BPTT MACs [{mu.split()[0]}]": scaled("bptt_learning_macs_measured", mdiv),
                  "MACs × measured": "mac_ratio_measured", "MACs × formula": "mac_ratio_formula",
@@ -334,9 +334,7 @@ def matched_section(a: Analysis) -> Section:
                  "memory × paper": "memory_ratio_paper"})
     sec.blocks.append(Table(m, "matched.csv", cost, caption="Learning costs per sample, measured (× = BPTT ÷ S-TLLR; "
                                                             "formula counts are in matched.csv)", summary=True))
-    tune: dict = {"dataset": "dataset", "arch": "arch_id"}
-    if several_kinds:
-        tune["BPTT objective"] = "bptt_loss_kind"
+    tune: dict = {"dataset": "dataset", "arch": "arch_id", **(objectives if several_kinds else {})}
     tune.update({"S-TLLR config": "stllr_config_id", "BPTT config": "bptt_config_id",
                  "S-TLLR factor search: configs": "stllr_search_configs", "its runs": "stllr_search_runs",
                  "S-TLLR lr trials": "stllr_tuning_trials", "BPTT lr trials": "bptt_tuning_trials",

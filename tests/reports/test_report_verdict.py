@@ -292,7 +292,7 @@ def test_verdict_and_floors_render_in_headless_chromium(fair, tmp_path):
     assert r["figures"] == r["rendered"] > 0
     text = r["verdict_text"]
     assert r["verdict_visible"] and text.count("test accuracy, S-TLLR − BPTT [points]") == 2
-    assert "digits — BPTT objective sum_output" in text and "floors: chance 10.0%, linear read-out 94.0%" in text
+    assert "digits — S-TLLR on per_step, BPTT on sum_output" in text and "digits — both on per_step" in text and "floors: chance 10.0%, linear read-out 94.0%" in text
     sides = {(c[0], c[1]) for c in r["favour_cells"]}
     assert ("fav-stllr", "S-TLLR") in sides and ("fav-none", "no difference at the corrected level") in sides
     blue = [c[2] for c in r["favour_cells"] if c[0] == "fav-stllr"]
