@@ -1,0 +1,683 @@
+r"""Vectorised trials: K members of one architecture trained as one batched model (DESIGN §9).
+
+A *pack* stacks the parameters of K networks built from one spec (they differ only in
+``seed``) into tensors ``[K, ...]``; every GEMM of a step is one batched matrix product
+over the members, and the per-step elementwise work (LIF, traces, Ψ) runs once on
+``[K, B, n]`` tensors instead of K times on ``[B, n]``. On the small networks where sweeps
+spend their time a step is dominated by per-op overhead, so K members cost little more
+than one.
+
+Each member keeps everything that makes it its own run:
+
+* its initialisation and DFA matrices (built from its own spec seed, then stacked);
+* its data: its own split and shuffling order (the caller's loaders, one per member);
+* its S-TLLR factors ``λ_pre, λ_post, α_pre, α_post`` (per layer), ``learn_steps``
+  (the window of the pack is the largest; a member's learning signal is masked to zero
+  before its own window), ``readout_lambda``;
+* its learning rate, weight decay and optimiser state (:class:`PackAdam`, :class:`PackSGD`:
+  the formulas of ``torch.optim.Adam`` / ``SGD``, per member);
+* its status: a member that diverges or stops early is frozen (its parameters and
+  optimiser state no longer change) while the others go on.
+
+What must be common to a pack (:func:`pack_key`): the network spec apart from its seed,
+the rule and objective, the learning signal (``bp``/``dfa``), the readout bias mode,
+the optimiser kind, momentum, schedule, epochs, patience, and the data settings apart from
+the seed. Supported here: ``mlp`` and ``rsnn`` networks (dense, feed-forward or recurrent)
+without weight standardisation; offline S-TLLR (every mode: they compute the same update,
+the pack runs its window as one chunk) and BPTT on every objective. Anything else is
+refused with one line (train it unpacked).
+
+A member equals its separate run: :mod:`tests.engine.test_pack` compares gradients,
+optimiser steps and whole runs with :func:`stllr_engine.stllr.stllr_step`,
+:func:`stllr_engine.bptt.bptt_step`, ``torch.optim`` and :func:`stllr_engine.train.fit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from stllr_engine.errors import StllrError
+from stllr_engine.network import Network
+from stllr_engine.neurons import LIFParameters, get_surrogate, heaviside
+from stllr_engine.train import TrainConfig
+
+__all__ = ["Pack", "PackAdam", "PackSGD", "PackStats", "pack_key", "check_packable", "pack_stllr_step",
+           "pack_bptt_step", "pack_inference"]
+
+
+# ---------------------------------------------------------------------------------------
+# what may share a pack
+# ---------------------------------------------------------------------------------------
+
+#: TrainConfig fields that may differ between members (the rest must be equal).
+MEMBER_TRAIN_FIELDS = ("lr", "weight_decay", "seed", "device", "measure_costs")
+#: STLLRConfig fields that may differ between members.
+MEMBER_STLLR_FIELDS = ("learn_steps", "lambda_pre", "lambda_post", "alpha_pre", "alpha_post", "readout_lambda",
+                       "layer_factors", "mode", "chunk_steps")
+
+
+def pack_key(spec_dict: dict[str, Any], train: TrainConfig) -> tuple[Any, ...]:
+    """What members of one pack must share: the spec without its seed, and the training
+    settings that are not per member (hashable; equal keys may share a pack)."""
+    spec = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec_dict.items() if k != "seed"}
+    t = train.to_dict()
+    s = t.pop("stllr")
+    for k in MEMBER_TRAIN_FIELDS:
+        t.pop(k, None)
+    t["loss"] = train.loss_kind
+    common_stllr = {k: v for k, v in s.items() if k not in MEMBER_STLLR_FIELDS}
+    if train.rule == "bptt":  # only the window of a per-step objective matters to BPTT
+        common_stllr = {}
+    return (tuple(sorted(spec.items())), tuple(sorted(t.items())), tuple(sorted(common_stllr.items())))
+
+
+def check_packable(nets: Sequence[Network], cfgs: Sequence[TrainConfig]) -> None:
+    """Raise a one-line :class:`StllrError` unless these members can train as one pack."""
+    if not nets or len(nets) != len(cfgs):
+        raise StllrError("a pack needs one training config per network, and at least one member")
+    spec = nets[0].spec
+    if spec.kind not in ("mlp", "rsnn"):
+        raise StllrError(f"a pack trains mlp and rsnn networks; kind {spec.kind!r} trains unpacked (resources.pack: 1)")
+    if spec.weight_standardization or spec.recurrent_standardization:
+        raise StllrError("a pack trains networks without weight standardisation: train this one unpacked "
+                         "(resources.pack: 1)")
+    key = pack_key(spec.to_dict(), cfgs[0])
+    for net, cfg in zip(nets, cfgs):
+        if pack_key(net.spec.to_dict(), cfg) != key:
+            raise StllrError("the members of a pack must share the architecture and every setting that is not "
+                             "per member (lr, weight_decay, seed, S-TLLR factors and window)")
+        if cfg.rule == "stllr" and cfg.stllr.online:
+            raise StllrError("online S-TLLR steps the optimiser at every window step: it trains unpacked")
+    devices = {str(n.readout.weight.device) for n in nets}
+    dtypes = {n.readout.weight.dtype for n in nets}
+    if len(devices) > 1 or len(dtypes) > 1:
+        raise StllrError(f"the members of a pack must live on one device with one dtype, got {devices} {dtypes}")
+
+
+# ---------------------------------------------------------------------------------------
+# the stacked model
+# ---------------------------------------------------------------------------------------
+
+
+class PackLayer(NamedTuple):
+    """One hidden layer's stacked parameters: ``w [K, out, in]``, ``b [K, out]``, ``w_rec [K, out, out]``."""
+
+    w: Tensor
+    b: Tensor | None
+    w_rec: Tensor | None
+
+
+@dataclass
+class Pack:
+    """K members' parameters, stacked; :meth:`from_networks` builds it, :meth:`write_back` undoes it.
+
+    ``factors[name]`` are ``[L, K]`` tensors (per hidden layer, per member); ``learn_steps``
+    is ``[K]``; ``readout_lambda`` ``[K]``.
+    """
+
+    layers: list[PackLayer]
+    ro_w: Tensor
+    ro_b: Tensor
+    lif: LIFParameters
+    gamma_o: float
+    recurrent: bool
+    feedback: list[Tensor]  # DFA matrices [K, C, N_l]
+    cfgs: list[TrainConfig]
+
+    @property
+    def K(self) -> int:
+        return self.ro_w.shape[0]
+
+    @classmethod
+    def from_networks(cls, nets: Sequence[Network], cfgs: Sequence[TrainConfig]) -> "Pack":
+        check_packable(nets, cfgs)
+        first = nets[0]
+        layers = []
+        for i, layer in enumerate(first.hidden_layers):
+            w = torch.stack([n.hidden_layers[i].weight.detach() for n in nets]).clone()
+            b = (torch.stack([n.hidden_layers[i].bias.detach() for n in nets]).clone()  # type: ignore[union-attr]
+                 if layer.bias is not None else None)
+            wr = (torch.stack([n.hidden_layers[i].rec_weight.detach() for n in nets]).clone()  # type: ignore[union-attr]
+                  if layer.rec_weight is not None else None)
+            layers.append(PackLayer(w, b, wr))
+        ro_w = torch.stack([n.readout.weight.detach() for n in nets]).clone()
+        ro_b = torch.stack([n.readout.bias.detach() for n in nets]).clone()
+        feedback = []
+        if cfgs[0].rule == "stllr" and cfgs[0].stllr.learning_signal == "dfa":
+            feedback = [torch.stack([n.feedback_matrix(i) for n in nets]) for i in range(len(layers))]
+        return cls(layers, ro_w, ro_b, first.hidden_layers[0].lif, first.readout.gamma_o,
+                   first.hidden_layers[0].recurrent, feedback, list(cfgs))
+
+    def parameters(self) -> list[Tensor]:
+        """The stacked parameters, in a fixed order (the optimisers' order)."""
+        out = [self.ro_w, self.ro_b]
+        for layer in self.layers:
+            out += [t for t in layer if t is not None]
+        return out
+
+    def member_parameters(self, nets: Sequence[Network]) -> list[list[Tensor]]:
+        """Each stacked parameter's counterparts in the member networks, in :meth:`parameters` order."""
+        out = [[n.readout.weight for n in nets], [n.readout.bias for n in nets]]
+        for i, layer in enumerate(self.layers):
+            if layer.w is not None:
+                out.append([n.hidden_layers[i].weight for n in nets])
+            if layer.b is not None:
+                out.append([n.hidden_layers[i].bias for n in nets])  # type: ignore[misc]
+            if layer.w_rec is not None:
+                out.append([n.hidden_layers[i].rec_weight for n in nets])  # type: ignore[misc]
+        return out
+
+    @torch.no_grad()
+    def write_back(self, nets: Sequence[Network], members: Sequence[int] | None = None) -> None:
+        """Copy the stacked parameters into the member networks (``members``: only those)."""
+        idx = range(self.K) if members is None else members
+        for stacked, own in zip(self.parameters(), self.member_parameters(nets)):
+            for k in idx:
+                own[k].copy_(stacked[k])
+
+    def factor(self, name: str) -> Tensor:
+        """``[L, K]`` values of one S-TLLR factor (per-layer overrides applied)."""
+        L = len(self.layers)
+        vals = [[getattr(f, name) for f in cfg.stllr.factors(L)] for cfg in self.cfgs]
+        return torch.tensor(vals, dtype=self.ro_w.dtype, device=self.ro_w.device).t().contiguous()
+
+    def learn_steps(self, T: int) -> Tensor:
+        """``[K]`` windows: S-TLLR's ``learn_steps`` (BPTT: its objective's window)."""
+        out = []
+        for cfg in self.cfgs:
+            if cfg.rule == "stllr" or cfg.loss_kind == "per_step":
+                n = cfg.stllr.learn_steps
+                if n > T:
+                    raise StllrError(f"learn_steps={n} exceeds the T={T} steps of the batch: use learn_steps <= T")
+                out.append(n)
+            else:
+                out.append(T)
+        return torch.tensor(out, device=self.ro_w.device)
+
+    def readout_lambdas(self) -> Tensor:
+        vals = [c.stllr.readout_lambda if c.stllr.readout_lambda is not None else self.gamma_o for c in self.cfgs]
+        return torch.tensor(vals, dtype=self.ro_w.dtype, device=self.ro_w.device)
+
+
+class PackStats(NamedTuple):
+    """Per-member step stats, each ``[K]`` (see :class:`stllr_engine.step_types.StepStats`)."""
+
+    loss: Tensor
+    correct: Tensor
+    batch: int
+    objective: Tensor
+
+
+def _col(t: Tensor, dims: int) -> Tensor:
+    """``[K]`` → ``[K, 1, ..., 1]`` with ``dims`` trailing ones (broadcast per member)."""
+    return t.view(t.shape[0], *([1] * dims))
+
+
+def _flatten_input(x: Tensor) -> Tensor:
+    """``[K, T, B, *shape]`` → ``[K, T, B, F]``."""
+    return x.reshape(*x.shape[:3], -1)
+
+
+def _lif_advance(u: Tensor, current: Tensor, p: LIFParameters, one: Tensor, y_prev: Tensor | None,
+                 w_rec_t: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The LIF step of :func:`stllr_engine.neurons.lif_advance_` on ``[K, B, n]``; returns ``(v, y)``."""
+    torch.add(current, u, alpha=p.gamma, out=u)
+    if w_rec_t is not None and y_prev is not None:
+        u.baddbmm_(y_prev, w_rec_t)
+    v = u - p.theta
+    y = torch.heaviside(v, one)
+    if p.reset == "soft":
+        u.sub_(y, alpha=p.theta)
+    else:
+        u.mul_(1.0 - y)
+    return v, y
+
+
+def _trace_window(x: Tensor, lam: Tensor, t0: int) -> Tensor:
+    """``tr[t] = λ tr[t-1] + x[t]`` (zero start) for the steps ``t >= t0`` of ``x [K, T, B, F]``,
+    per-member ``λ [K]``: the steps before ``t0`` collapse into one batched weighted sum."""
+    K, T = x.shape[0], x.shape[1]
+    lam3 = _col(lam, 2)
+    if t0 > 0:
+        powers = torch.arange(t0 - 1, -1, -1, dtype=x.dtype, device=x.device)  # t0-1-s
+        decay = torch.pow(lam[:, None], powers[None, :])  # [K, t0]; 0**0 = 1
+        tr = torch.bmm(decay[:, None, :], x[:, :t0].reshape(K, t0, -1)).view(K, *x.shape[2:])
+    else:
+        tr = torch.zeros_like(x[:, 0])
+    out = x.new_empty(K, T - t0, *x.shape[2:])
+    for t in range(t0, T):
+        tr = torch.addcmul(x[:, t], tr, lam3)
+        out[:, t - t0] = tr
+    return out
+
+
+class _Records(NamedTuple):
+    x: Tensor  # layer input at window steps [K, L, B, F]
+    tr_pre: Tensor
+    psi: Tensor
+    tr_post_prev: Tensor
+    y_prev: Tensor | None
+    tr_rec: Tensor | None
+
+
+def _layer_forward(pack: Pack, i: int, inp: Tensor, t0: int, lam_pre: Tensor, lam_post: Tensor,
+                   record: bool) -> tuple[Tensor, _Records | None]:
+    """Spikes ``[K, T, B, n]`` of hidden layer ``i`` for input ``[K, T, B, F]``, and the window's records."""
+    layer = pack.layers[i]
+    K, T, B, F_in = inp.shape
+    n = layer.w.shape[1]
+    flat = inp.reshape(K, T * B, F_in)
+    if layer.b is not None:
+        current = torch.baddbmm(layer.b[:, None, :], flat, layer.w.transpose(1, 2))
+    else:
+        current = torch.bmm(flat, layer.w.transpose(1, 2))
+    current = current.view(K, T, B, n)
+    p = pack.lif
+    psi_fn = get_surrogate(p.surrogate)
+    L = T - t0
+    u = current.new_zeros(K, B, n)
+    one = u.new_ones(())
+    spikes = torch.empty_like(current)
+    w_rec_t = layer.w_rec.transpose(1, 2) if layer.w_rec is not None else None
+    y_prev = u.new_zeros(K, B, n) if w_rec_t is not None else None
+    lam_post3, lam_pre3 = _col(lam_post, 2), _col(lam_pre, 2)
+    tr_post = u.new_zeros(K, B, n) if record else None
+    tr_rec = u.new_zeros(K, B, n) if record and w_rec_t is not None else None
+    psi_rec = trpost_rec = yprev_rec = trrec_rec = None
+    if record:
+        psi_rec, trpost_rec = u.new_empty(K, L, B, n), u.new_empty(K, L, B, n)
+        if w_rec_t is not None:
+            yprev_rec, trrec_rec = u.new_empty(K, L, B, n), u.new_empty(K, L, B, n)
+    for t in range(T):
+        w = t - t0
+        if tr_rec is not None:
+            assert y_prev is not None
+            tr_rec = torch.addcmul(y_prev, tr_rec, lam_pre3)
+            if w >= 0:
+                yprev_rec[:, w] = y_prev  # type: ignore[index]
+                trrec_rec[:, w] = tr_rec  # type: ignore[index]
+        v, y = _lif_advance(u, current[:, t], p, one, y_prev, w_rec_t)
+        spikes[:, t] = y
+        if w_rec_t is not None:
+            y_prev = y
+        if tr_post is not None:
+            psi = psi_fn(v)
+            if w >= 0:
+                psi_rec[:, w] = psi  # type: ignore[index]
+                trpost_rec[:, w] = tr_post  # type: ignore[index]
+            tr_post = torch.addcmul(psi, tr_post, lam_post3)
+    if not record:
+        return spikes, None
+    tr_pre = _trace_window(inp, lam_pre, t0)
+    return spikes, _Records(inp[:, t0:], tr_pre, psi_rec, trpost_rec, yprev_rec, trrec_rec)  # type: ignore[arg-type]
+
+
+def _readout_forward(pack: Pack, inp: Tensor) -> Tensor:
+    """Readout trajectory ``o [K, T, B, C]`` for its input ``[K, T, B, F]``."""
+    K, T, B, F_in = inp.shape
+    z = torch.baddbmm(pack.ro_b[:, None, :], inp.reshape(K, T * B, F_in), pack.ro_w.transpose(1, 2))
+    z = z.view(K, T, B, -1)
+    o = torch.empty_like(z)
+    prev = torch.zeros_like(z[:, 0])
+    for t in range(T):
+        prev = torch.add(z[:, t], prev, alpha=pack.gamma_o)
+        o[:, t] = prev
+    return o
+
+
+def _check_batch(pack: Pack, x: Tensor, labels: Tensor) -> None:
+    if x.dim() < 4 or x.shape[0] != pack.K:
+        raise StllrError(f"a pack of {pack.K} members takes input [K={pack.K}, T, B, ...], got {tuple(x.shape)}")
+    if labels.shape != (pack.K, x.shape[2]):
+        raise StllrError(f"a pack takes labels [K, B] = [{pack.K}, {x.shape[2]}] (per-step labels train unpacked), "
+                         f"got {tuple(labels.shape)}")
+
+
+def _grad_into(t: Tensor, g: Tensor) -> None:
+    t.grad = g if t.grad is None else t.grad + g
+
+
+@torch.no_grad()
+def pack_stllr_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "per_step") -> PackStats:
+    """One S-TLLR step of every member on its own batch: the update goes into ``.grad`` of the
+    stacked parameters (what :func:`stllr_engine.stllr.stllr_step` writes for each member).
+
+    Args:
+        pack: the members.
+        x: ``[K, T, B, *input_shape]``, member-major, time before batch.
+        labels: ``[K, B]`` class labels.
+        loss: ``"per_step"`` or ``"sum_output"`` (every member the same).
+    """
+    _check_batch(pack, x, labels)
+    x = _flatten_input(x)
+    K, T, B = x.shape[0], x.shape[1], x.shape[2]
+    n_learn = pack.learn_steps(T)  # [K]
+    L = int(n_learn.max())
+    t0 = T - L
+    lam_pre, lam_post = pack.factor("lambda_pre"), pack.factor("lambda_post")
+    a_pre, a_post = pack.factor("alpha_pre"), pack.factor("alpha_post")
+    records: list[_Records] = []
+    inp = x
+    for i in range(len(pack.layers)):
+        inp, rec = _layer_forward(pack, i, inp, t0, lam_pre[i], lam_post[i], record=True)
+        records.append(rec)  # type: ignore[arg-type]
+    o = _readout_forward(pack, inp)  # [K, T, B, C]
+    C = o.shape[-1]
+    lam_ro = pack.readout_lambdas()
+    tr_ro = _trace_window(inp, lam_ro, t0)  # [K, L, B, F]
+    # the window mask: member k learns at steps t >= T - n_k
+    steps = torch.arange(t0, T, device=x.device)
+    mask = (steps[None, :] >= (T - n_learn)[:, None]).to(x.dtype)  # [K, L]
+    onehot = F.one_hot(labels, C).to(x.dtype)  # [K, B, C]
+    o_win = o[:, t0:]
+    logp = F.log_softmax(o_win, dim=-1)
+    per_step_ce = -(logp * onehot[:, None]).sum(-1).sum(-1) / B  # [K, L]
+    o_sum = o.sum(1)
+    if loss == "sum_output":
+        seq_err = (F.softmax(o_sum, dim=-1) - onehot) / B  # [K, B, C]
+        err = seq_err[:, None].expand(K, L, B, C) * mask[:, :, None, None]
+    elif loss == "per_step":
+        err = (logp.exp() - onehot[:, None]) / B * mask[:, :, None, None]
+    else:
+        raise StllrError(f"S-TLLR: loss={loss!r} is not an objective S-TLLR learns: use per_step or sum_output")
+    rows = L * B
+    err_f = err.reshape(K, rows, C)
+    _grad_into(pack.ro_w, torch.bmm(err_f.transpose(1, 2), tr_ro.reshape(K, rows, -1)))
+    if pack.cfgs[0].stllr.readout_bias == "trace":
+        s = (steps + 1).to(x.dtype)  # steps since the sequence began
+        lam_c = lam_ro[:, None]
+        c = torch.where(lam_c == 1.0, s[None, :].expand(K, L),
+                        (1.0 - torch.pow(lam_c, s[None, :])) / (1.0 - torch.where(lam_c == 1.0, 0.0, lam_c)))
+        _grad_into(pack.ro_b, (err * c[:, :, None, None]).sum((1, 2)))
+    else:
+        _grad_into(pack.ro_b, err.sum((1, 2)))
+    bp = pack.cfgs[0].stllr.learning_signal == "bp"
+    delta = torch.bmm(err_f, pack.ro_w) if bp else None
+    for i in reversed(range(len(pack.layers))):
+        layer, rec = pack.layers[i], records[i]
+        n = layer.w.shape[1]
+        if not bp:
+            delta = torch.bmm(err_f, pack.feedback[i])
+        d = delta.view(K, rows, n)  # type: ignore[union-attr]
+        g = d * rec.psi.reshape(K, rows, n)
+        h = d * rec.tr_post_prev.reshape(K, rows, n)
+        gt, ht = g.transpose(1, 2), h.transpose(1, 2)
+        ap, aq = _col(a_pre[i], 2), _col(a_post[i], 2)
+        dw = torch.bmm(gt, rec.tr_pre.reshape(K, rows, -1)) * ap + torch.bmm(ht, rec.x.reshape(K, rows, -1)) * aq
+        _grad_into(layer.w, dw)
+        if layer.b is not None:
+            _grad_into(layer.b, g.sum(1))
+        if layer.w_rec is not None:
+            assert rec.tr_rec is not None and rec.y_prev is not None
+            dr = (torch.bmm(gt, rec.tr_rec.reshape(K, rows, n)) * ap
+                  + torch.bmm(ht, rec.y_prev.reshape(K, rows, n)) * aq)
+            _grad_into(layer.w_rec, dr)
+        if bp and i > 0:
+            delta = torch.bmm(g, layer.w)
+    loss_sum = F.cross_entropy(o_sum.reshape(K * B, C), labels.reshape(-1), reduction="none").view(K, B).mean(1)
+    correct = (o_sum.argmax(-1) == labels).sum(1)
+    if loss == "sum_output":
+        objective = loss_sum
+    else:
+        objective = (per_step_ce * mask).sum(1) / n_learn.to(x.dtype)
+    return PackStats(loss_sum, correct, B, objective)
+
+
+# ---------------------------------------------------------------------------------------
+# BPTT
+# ---------------------------------------------------------------------------------------
+
+
+class PackLIFScan(torch.autograd.Function):
+    """:class:`stllr_engine.bptt.LIFScan` for ``[K, T, B, n]`` currents: spikes forward, the
+    same hand-written backward through time, the recurrent weights ``[K, n, n]`` batched."""
+
+    @staticmethod
+    def forward(ctx, current: Tensor, w_rec: Tensor | None, p: LIFParameters) -> Tensor:  # type: ignore[override]
+        K, T = current.shape[0], current.shape[1]
+        spikes = torch.empty_like(current)
+        vs = torch.empty_like(current)
+        u = torch.zeros_like(current[:, 0])
+        one = u.new_ones(())
+        wt = w_rec.transpose(1, 2) if w_rec is not None else None
+        y_prev = None
+        for t in range(T):
+            v, y = _lif_advance(u, current[:, t], p, one, y_prev, wt)
+            vs[:, t] = v
+            spikes[:, t] = y
+            y_prev = y if wt is not None else None
+        ctx.save_for_backward(vs, spikes, w_rec)
+        ctx.p = p
+        return spikes
+
+    @staticmethod
+    def backward(ctx, g_spikes: Tensor):  # type: ignore[override]
+        vs, spikes, w_rec = ctx.saved_tensors
+        p: LIFParameters = ctx.p
+        psi_fn = get_surrogate(p.surrogate)
+        K, T = vs.shape[0], vs.shape[1]
+        g_cur = torch.empty_like(vs)
+        g_u = torch.zeros_like(vs[:, 0])
+        g_rec = torch.zeros_like(g_u) if w_rec is not None else None
+        for t in range(T - 1, -1, -1):
+            v = vs[:, t]
+            psi = psi_fn(v)
+            g_y = g_spikes[:, t] + g_rec if (g_rec is not None and t < T - 1) else g_spikes[:, t].clone()
+            if p.reset == "soft":
+                g_y.sub_(g_u, alpha=p.theta)
+                g_i = torch.addcmul(g_u, g_y, psi)
+            else:
+                g_y.sub_((v + p.theta) * g_u)
+                g_i = torch.addcmul(g_u * (1.0 - heaviside(v)), g_y, psi)
+            g_cur[:, t] = g_i
+            g_u = g_i * p.gamma
+            if g_rec is not None and t > 0:
+                g_rec = torch.bmm(g_i, w_rec)
+        g_w = None
+        if w_rec is not None and ctx.needs_input_grad[1]:
+            n = w_rec.shape[1]
+            g_w = torch.bmm(g_cur[:, 1:].reshape(K, -1, n).transpose(1, 2), spikes[:, :-1].reshape(K, -1, n))
+        return g_cur, g_w, None
+
+
+def _bptt_readout_inputs(pack: Pack, x: Tensor, params: list[PackLayer]) -> Tensor:
+    inp = x
+    K, T, B = x.shape[0], x.shape[1], x.shape[2]
+    for layer in params:
+        flat = inp.reshape(K, T * B, -1)
+        if layer.b is not None:
+            cur = torch.baddbmm(layer.b[:, None, :], flat, layer.w.transpose(1, 2))
+        else:
+            cur = torch.bmm(flat, layer.w.transpose(1, 2))
+        inp = PackLIFScan.apply(cur.view(K, T, B, -1), layer.w_rec, pack.lif)
+    return inp
+
+
+def pack_bptt_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "sum_output") -> PackStats:
+    """One BPTT step of every member on its own batch, gradients into ``.grad`` of the stacked
+    parameters (each member's own objective's gradient: members never mix).
+
+    ``loss``: ``"sum_output"``, ``"per_step"`` (each member over its own ``learn_steps``)
+    or ``"per_step_all"``.
+    """
+    _check_batch(pack, x, labels)
+    x = _flatten_input(x)
+    K, T, B = x.shape[0], x.shape[1], x.shape[2]
+    params = []
+    for layer in pack.layers:
+        params.append(PackLayer(*(t.requires_grad_(True) if t is not None else None for t in layer)))
+    pack.ro_w.requires_grad_(True)
+    pack.ro_b.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            xo = _bptt_readout_inputs(pack, x, params)
+            z = torch.baddbmm(pack.ro_b[:, None, :], xo.reshape(K, T * B, -1), pack.ro_w.transpose(1, 2))
+            C = z.shape[-1]
+            z = z.view(K, T, B, C)
+            steps = torch.arange(T, device=x.device, dtype=x.dtype)
+            g = pack.gamma_o
+            lag = steps[:, None] - steps[None, :]
+            leak = torch.where(lag >= 0, torch.pow(torch.tensor(g, dtype=x.dtype, device=x.device), lag.clamp_min(0.0)),
+                               torch.zeros((), dtype=x.dtype, device=x.device))  # [T, T]: o = leak @ z
+            k_sum = leak.sum(0)  # Σ_t o[t] = Σ_s k_s z[s]
+            o_sum = torch.einsum("s,ksbc->kbc", k_sum, z)
+            ce_sum = F.cross_entropy(o_sum.reshape(K * B, C), labels.reshape(-1), reduction="none").view(K, B).mean(1)
+            if loss == "sum_output":
+                objective = ce_sum
+            elif loss in ("per_step", "per_step_all"):
+                n_learn = pack.learn_steps(T) if loss == "per_step" else torch.full((K,), T, device=x.device)
+                first = T - int(n_learn.max())
+                o = torch.einsum("ts,ksbc->ktbc", leak[first:], z)  # [K, L, B, C]
+                L = T - first
+                ce = F.cross_entropy(o.reshape(-1, C), labels[:, None, :].expand(K, L, B).reshape(-1),
+                                     reduction="none").view(K, L, B).mean(2)
+                mask = (torch.arange(first, T, device=x.device)[None, :] >= (T - n_learn)[:, None]).to(x.dtype)
+                objective = (ce * mask).sum(1) / n_learn.to(x.dtype)
+            else:
+                raise StllrError(f"BPTT: loss={loss!r}: use one of sum_output, per_step, per_step_all")
+            objective.sum().backward()
+    finally:
+        for t in pack.parameters():
+            t.requires_grad_(False)
+    with torch.no_grad():
+        correct = (o_sum.argmax(-1) == labels).sum(1)
+    return PackStats(ce_sum.detach(), correct, B, objective.detach())
+
+
+@torch.no_grad()
+def pack_inference(pack: Pack, x: Tensor) -> Tensor:
+    """``Σ_t o[t]`` ``[K, B, C]`` of every member for ``x [K, T, B, ...]`` (inference, no traces)."""
+    inp = _flatten_input(x)
+    zero = torch.zeros(pack.K, dtype=inp.dtype, device=inp.device)
+    for i in range(len(pack.layers)):
+        inp, _ = _layer_forward(pack, i, inp, inp.shape[1], zero, zero, record=False)
+    return _readout_forward(pack, inp).sum(1)
+
+
+# ---------------------------------------------------------------------------------------
+# optimisers over stacked parameters, per member
+# ---------------------------------------------------------------------------------------
+
+
+class _PackOptimizer:
+    """Steps stacked parameters ``[K, ...]`` with per-member ``lr`` and ``weight_decay``;
+    members not ``active`` are left exactly as they are (parameters and state)."""
+
+    def __init__(self, params: list[Tensor], lr: Sequence[float], weight_decay: Sequence[float]):
+        self.params = params
+        ref = params[0]
+        self.K = ref.shape[0]
+        self.lr = torch.tensor(list(lr), dtype=torch.float64)
+        self.weight_decay = torch.tensor(list(weight_decay), dtype=ref.dtype, device=ref.device)
+        self.active = torch.ones(self.K, dtype=torch.bool, device=ref.device)
+
+    def set_lr(self, lr: Sequence[float]) -> None:
+        """Each member's learning rate from now on (its schedule's value)."""
+        self.lr = torch.tensor(list(lr), dtype=torch.float64)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _grad(self, p: Tensor) -> Tensor:
+        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        if bool((self.weight_decay != 0).any()):
+            g = g + _col(self.weight_decay, p.dim() - 1) * p
+        return g
+
+
+class PackAdam(_PackOptimizer):
+    """``torch.optim.Adam`` (default betas and eps, L2 ``weight_decay``), per member."""
+
+    def __init__(self, params: list[Tensor], lr: Sequence[float], weight_decay: Sequence[float],
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(params, lr, weight_decay)
+        self.betas, self.eps = betas, eps
+        self.steps = torch.zeros(self.K, dtype=torch.float64)
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        b1, b2 = self.betas
+        act_cpu = self.active.cpu()
+        self.steps += act_cpu.to(torch.float64)
+        step = self.steps.clamp_min(1.0)
+        # the scalars torch's Adam computes in Python floats (float64), per member
+        bc1 = 1.0 - torch.pow(torch.tensor(b1, dtype=torch.float64), step)
+        bc2_sqrt = torch.sqrt(1.0 - torch.pow(torch.tensor(b2, dtype=torch.float64), step))
+        step_size = (self.lr / bc1)
+        ref = self.params[0]
+        step_size_t = step_size.to(device=ref.device, dtype=ref.dtype)
+        bc2_t = bc2_sqrt.to(device=ref.device, dtype=ref.dtype)
+        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+            g = self._grad(p)
+            dims = p.dim() - 1
+            act = _col(self.active, dims)
+            m_new = torch.lerp(m, g, 1.0 - b1)
+            v_new = v * b2 + (1.0 - b2) * g * g
+            denom = (v_new.sqrt() / _col(bc2_t, dims)).add_(self.eps)
+            p_new = p - _col(step_size_t, dims) * (m_new / denom)
+            m.copy_(torch.where(act, m_new, m))
+            v.copy_(torch.where(act, v_new, v))
+            p.copy_(torch.where(act, p_new, p))
+
+
+class PackSGD(_PackOptimizer):
+    """``torch.optim.SGD`` with momentum (dampening 0, no Nesterov), per member."""
+
+    def __init__(self, params: list[Tensor], lr: Sequence[float], weight_decay: Sequence[float], momentum: float = 0.0):
+        super().__init__(params, lr, weight_decay)
+        self.momentum = momentum
+        self.buf: list[Tensor | None] = [None for _ in params]
+        self.started = torch.zeros(self.K, dtype=torch.bool, device=params[0].device)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        ref = self.params[0]
+        lr = self.lr.to(device=ref.device, dtype=ref.dtype)
+        for j, p in enumerate(self.params):
+            g = self._grad(p)
+            dims = p.dim() - 1
+            act = _col(self.active, dims)
+            if self.momentum != 0:
+                buf = self.buf[j]
+                if buf is None:
+                    buf = self.buf[j] = torch.zeros_like(p)
+                started = _col(self.started, dims)
+                new = torch.where(started, buf * self.momentum + g, g)
+                buf.copy_(torch.where(act, new, buf))
+                g = new
+            p.copy_(torch.where(act, p - _col(lr, dims) * g, p))
+        self.started |= self.active
+
+
+def make_pack_optimizer(pack: Pack) -> _PackOptimizer:
+    """The members' optimiser (``cfg.optimizer`` of the pack) over the stacked parameters."""
+    cfg = pack.cfgs[0]
+    lrs = [c.lr for c in pack.cfgs]
+    wds = [c.weight_decay for c in pack.cfgs]
+    if cfg.optimizer == "adam":
+        return PackAdam(pack.parameters(), lrs, wds)
+    return PackSGD(pack.parameters(), lrs, wds, momentum=cfg.momentum)
+
+
+def member_lr_schedules(pack: Pack) -> list[Any]:
+    """One torch scheduler per member over a dummy optimiser: each member's learning rate
+    follows exactly the schedule its separate run's would."""
+    from stllr_engine.train import _make_scheduler
+
+    out = []
+    for cfg in pack.cfgs:
+        dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+        out.append(_make_scheduler(dummy, cfg))
+    return out
+
+
+def finite(t: Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
