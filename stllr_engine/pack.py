@@ -14,15 +14,15 @@ Each member keeps everything that makes it its own run:
 * its S-TLLR factors ``λ_pre, λ_post, α_pre, α_post`` (per layer), ``learn_steps``
   (the window of the pack is the largest; a member's learning signal is masked to zero
   before its own window), ``readout_lambda``;
-* its learning rate, weight decay and optimiser state (:class:`PackAdam`, :class:`PackSGD`:
+* its learning rate, weight decay, epochs, early stopping and optimiser state (:class:`PackAdam`, :class:`PackSGD`:
   the formulas of ``torch.optim.Adam`` / ``SGD``, per member);
 * its status: a member that diverges or stops early is frozen (its parameters and
   optimiser state no longer change) while the others go on.
 
 What must be common to a pack (:func:`pack_key`): the network spec apart from its seed,
 the rule and objective, the learning signal (``bp``/``dfa``), the readout bias mode,
-the optimiser kind, momentum, schedule, epochs, patience, and the data settings apart from
-the seed. Supported here: ``mlp`` and ``rsnn`` networks (dense, feed-forward or recurrent)
+the optimiser kind, momentum and schedule kind, and the data settings apart from the seed
+(a member's ``epochs``, ``patience`` and ``min_delta`` are its own). Supported here: ``mlp`` and ``rsnn`` networks (dense, feed-forward or recurrent)
 without weight standardisation; offline S-TLLR (every mode: they compute the same update,
 the pack runs its window as one chunk) and BPTT on every objective. Anything else is
 refused with one line (train it unpacked).
@@ -55,7 +55,7 @@ __all__ = ["Pack", "PackAdam", "PackSGD", "PackStats", "pack_key", "check_packab
 # ---------------------------------------------------------------------------------------
 
 #: TrainConfig fields that may differ between members (the rest must be equal).
-MEMBER_TRAIN_FIELDS = ("lr", "weight_decay", "seed", "device", "measure_costs")
+MEMBER_TRAIN_FIELDS = ("lr", "weight_decay", "seed", "device", "measure_costs", "epochs", "patience", "min_delta")
 #: STLLRConfig fields that may differ between members.
 MEMBER_STLLR_FIELDS = ("learn_steps", "lambda_pre", "lambda_post", "alpha_pre", "alpha_post", "readout_lambda",
                        "layer_factors", "mode", "chunk_steps")
