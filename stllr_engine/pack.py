@@ -224,13 +224,14 @@ def _flatten_input(x: Tensor) -> Tensor:
 
 
 def _lif_advance(u: Tensor, current: Tensor, p: LIFParameters, one: Tensor, y_prev: Tensor | None,
-                 w_rec_t: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The LIF step of :func:`stllr_engine.neurons.lif_advance_` on ``[K, B, n]``; returns ``(v, y)``."""
+                 w_rec_t: Tensor | None, v: Tensor | None = None, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The LIF step of :func:`stllr_engine.neurons.lif_advance_` on ``[K, B, n]``, written
+    into ``v`` and ``y`` where given (views of the caller's records); returns ``(v, y)``."""
     torch.add(current, u, alpha=p.gamma, out=u)
     if w_rec_t is not None and y_prev is not None:
         u.baddbmm_(y_prev, w_rec_t)
-    v = u - p.theta
-    y = torch.heaviside(v, one)
+    v = torch.sub(u, p.theta, out=v) if v is not None else u - p.theta
+    y = torch.heaviside(v, one, out=y) if y is not None else torch.heaviside(v, one)
     if p.reset == "soft":
         u.sub_(y, alpha=p.theta)
     else:
@@ -251,8 +252,7 @@ def _trace_window(x: Tensor, lam: Tensor, t0: int) -> Tensor:
         tr = torch.zeros_like(x[:, 0])
     out = x.new_empty(K, T - t0, *x.shape[2:])
     for t in range(t0, T):
-        tr = torch.addcmul(x[:, t], tr, lam3)
-        out[:, t - t0] = tr
+        tr = torch.addcmul(x[:, t], tr, lam3, out=out[:, t - t0])
     return out
 
 
@@ -286,31 +286,32 @@ def _layer_forward(pack: Pack, i: int, inp: Tensor, t0: int, lam_pre: Tensor, la
     w_rec_t = layer.w_rec.transpose(1, 2) if layer.w_rec is not None else None
     y_prev = u.new_zeros(K, B, n) if w_rec_t is not None else None
     lam_post3, lam_pre3 = _col(lam_post, 2), _col(lam_pre, 2)
-    tr_post = u.new_zeros(K, B, n) if record else None
-    tr_rec = u.new_zeros(K, B, n) if record and w_rec_t is not None else None
-    psi_rec = trpost_rec = yprev_rec = trrec_rec = None
+    # traces live in history buffers (step t writes slot t + 1): the window's
+    # tr_post[t-1] and tr_rec[t] are views of them, never copied
+    psi_rec = post_hist = yprev_rec = rec_hist = None
     if record:
-        psi_rec, trpost_rec = u.new_empty(K, L, B, n), u.new_empty(K, L, B, n)
+        psi_rec = u.new_empty(K, L, B, n)
+        post_hist = u.new_zeros(K, T + 1, B, n)
         if w_rec_t is not None:
-            yprev_rec, trrec_rec = u.new_empty(K, L, B, n), u.new_empty(K, L, B, n)
+            rec_hist = u.new_zeros(K, T + 1, B, n)
+    v_buf = torch.empty_like(u)
+    psi_buf = torch.empty_like(u)
     for t in range(T):
         w = t - t0
-        if tr_rec is not None:
+        if rec_hist is not None:
             assert y_prev is not None
-            tr_rec = torch.addcmul(y_prev, tr_rec, lam_pre3)
-            if w >= 0:
-                yprev_rec[:, w] = y_prev  # type: ignore[index]
-                trrec_rec[:, w] = tr_rec  # type: ignore[index]
-        v, y = _lif_advance(u, current[:, t], p, one, y_prev, w_rec_t)
-        spikes[:, t] = y
+            torch.addcmul(y_prev, rec_hist[:, t], lam_pre3, out=rec_hist[:, t + 1])
+        _, y = _lif_advance(u, current[:, t], p, one, y_prev, w_rec_t, v_buf, spikes[:, t])
         if w_rec_t is not None:
             y_prev = y
-        if tr_post is not None:
-            psi = psi_fn(v)
-            if w >= 0:
-                psi_rec[:, w] = psi  # type: ignore[index]
-                trpost_rec[:, w] = tr_post  # type: ignore[index]
-            tr_post = torch.addcmul(psi, tr_post, lam_post3)
+        if post_hist is not None:
+            psi = psi_fn(v_buf, out=psi_rec[:, w] if w >= 0 else psi_buf)  # type: ignore[index]
+            torch.addcmul(psi, post_hist[:, t], lam_post3, out=post_hist[:, t + 1])
+    if record and w_rec_t is not None:
+        # y[t-1] at window steps: the spikes one step back (zeros before the first)
+        yprev_rec = torch.cat([spikes.new_zeros(K, 1, B, n), spikes[:, :-1]], 1)[:, t0:] if t0 == 0 else spikes[:, t0 - 1:T - 1]
+    trpost_rec = post_hist[:, t0:T] if post_hist is not None else None
+    trrec_rec = rec_hist[:, t0 + 1:T + 1] if rec_hist is not None else None
     if not record:
         return spikes, None
     tr_pre = _trace_window(inp, lam_pre, t0)
@@ -323,10 +324,9 @@ def _readout_forward(pack: Pack, inp: Tensor) -> Tensor:
     z = torch.baddbmm(pack.ro_b[:, None, :], inp.reshape(K, T * B, F_in), pack.ro_w.transpose(1, 2))
     z = z.view(K, T, B, -1)
     o = torch.empty_like(z)
-    prev = torch.zeros_like(z[:, 0])
-    for t in range(T):
-        prev = torch.add(z[:, t], prev, alpha=pack.gamma_o)
-        o[:, t] = prev
+    o[:, 0] = z[:, 0]
+    for t in range(1, T):
+        torch.add(z[:, t], o[:, t - 1], alpha=pack.gamma_o, out=o[:, t])
     return o
 
 
@@ -615,14 +615,21 @@ class PackAdam(_PackOptimizer):
         ref = self.params[0]
         step_size_t = step_size.to(device=ref.device, dtype=ref.dtype)
         bc2_t = bc2_sqrt.to(device=ref.device, dtype=ref.dtype)
+        everyone = bool(self.active.all())
         for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
             g = self._grad(p)
             dims = p.dim() - 1
+            if everyone:  # in place, torch's own sequence of operations
+                m.lerp_(g, 1.0 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+                denom = (v.sqrt() / _col(bc2_t, dims)).add_(self.eps)
+                p.sub_(_col(step_size_t, dims) * m / denom)
+                continue
             act = _col(self.active, dims)
             m_new = torch.lerp(m, g, 1.0 - b1)
-            v_new = v * b2 + (1.0 - b2) * g * g
+            v_new = (v * b2).addcmul_(g, g, value=1.0 - b2)
             denom = (v_new.sqrt() / _col(bc2_t, dims)).add_(self.eps)
-            p_new = p - _col(step_size_t, dims) * (m_new / denom)
+            p_new = p - _col(step_size_t, dims) * m_new / denom
             m.copy_(torch.where(act, m_new, m))
             v.copy_(torch.where(act, v_new, v))
             p.copy_(torch.where(act, p_new, p))

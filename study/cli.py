@@ -20,7 +20,7 @@ def _add(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, 
 
 
 def _parser() -> argparse.ArgumentParser:
-    from bench import data, engine, learning
+    from bench import data, engine, learning, packs
     from bench import study as bench_study
     from reports import cli as report_cli
     from study import commands
@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         ("data", data, "SHD-format loading: first epoch, cached epoch, vs S-TLLR step time"),
         ("learning", learning, "both rules on the embedded digits and synthetic temporal tasks"),
         ("study", bench_study, "platform overhead of a 12-configuration sweep (2 concurrent ~20 s runs)"),
+        ("packs", packs, "configurations per hour: K members packed as one model vs the same K separate"),
     ]:
         _add(bsub, name, text, module.add_arguments, module.execute)
     for name, text, add_arguments, run in [
