@@ -162,7 +162,7 @@ class Pack:
 
     def member_parameters(self, nets: Sequence[Network]) -> list[list[Tensor]]:
         """Each stacked parameter's counterparts in the member networks, in :meth:`parameters` order."""
-        out = [[n.readout.weight for n in nets], [n.readout.bias for n in nets]]
+        out: list[list[Tensor]] = [[n.readout.weight for n in nets], [n.readout.bias for n in nets]]
         for i, layer in enumerate(self.layers):
             if layer.w is not None:
                 out.append([n.hidden_layers[i].weight for n in nets])
@@ -510,7 +510,7 @@ def pack_bptt_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "sum_outpu
     K, T, B = x.shape[0], x.shape[1], x.shape[2]
     params = []
     for layer in pack.layers:
-        params.append(PackLayer(*(t.requires_grad_(True) if t is not None else None for t in layer)))
+        params.append(PackLayer(*(t.requires_grad_(True) if t is not None else None for t in layer)))  # type: ignore[arg-type]
     pack.ro_w.requires_grad_(True)
     pack.ro_b.requires_grad_(True)
     try:
@@ -579,6 +579,9 @@ class _PackOptimizer:
     def set_lr(self, lr: Sequence[float]) -> None:
         """Each member's learning rate from now on (its schedule's value)."""
         self.lr = torch.tensor(list(lr), dtype=torch.float64)
+
+    def step(self) -> None:
+        raise NotImplementedError
 
     def zero_grad(self) -> None:
         for p in self.params:

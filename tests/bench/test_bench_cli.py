@@ -156,3 +156,19 @@ def test_the_engine_computes_the_authors_update():
 
     records, _ = official_comparison(os.environ["STLLR_OFFICIAL_DIR"], 4, torch.device("cpu"), T=12, learn_steps=8)
     assert records[0]["grad_rel_diff_vs_official"] <= 1e-4
+
+
+def test_bench_packs_json_reports_both_ways_and_the_k16_target():
+    p = _stllr("bench", "packs", "--nets", "digits_mlp", "--k", "1,16", "--rules", "stllr", "--reps", "1", "--json")
+    assert p.returncode == 0, p.stderr
+    records, targets = _lines(p.stdout)
+    assert [(r["net"], r["rule"], r["K"]) for r in records] == [("digits_mlp", "stllr", 1), ("digits_mlp", "stllr", 16)]
+    for r in records:
+        assert r["speedup"] == pytest.approx(r["separate_s"] / r["packed_s"])
+        assert r["configs_per_hour_packed"] == pytest.approx(3600 * r["K"] / (r["packed_s"] * 360))
+    assert len(targets) == 1 and targets[0]["value"] == pytest.approx(records[1]["speedup"])
+
+
+def test_bench_packs_refuses_bad_sizes_in_one_line():
+    p = _stllr("bench", "packs", "--k", "0")
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "--k" in p.stderr
