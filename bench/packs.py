@@ -15,6 +15,11 @@ members and batches; ``speedup`` = separate time / packed time at that K.
 training steps of one nominal run (``--run-steps``, default 360: 20 epochs of the digits
 task's 18 batches of 64). Evaluation, data loading and Ray are not in these figures.
 
+``--sweep PRESET --trials N``: instead, the end-to-end wall time of a sweep of that preset
+(Ray, data, evaluation, the equal tuning and all included; no report) at a budget of N
+configurations, with ``resources.pack`` automatic and with ``1``, back to back in one run;
+target ≥ 3 (issue #16 item 6, e.g. ``--sweep balance_digits``).
+
 Networks: ``digits_mlp`` (64 → 128 → 10, T 16, batch 64), ``timing_rsnn`` (32 → 128
 recurrent → 8, T 40, batch 64), ``shd_rsnn`` (700 → 450 recurrent → 20, T 100, batch 128,
 S-TLLR learn_steps 90; K up to 8 unless ``--full``). Target (a ratio in one run): speedup
@@ -113,7 +118,41 @@ def run(ks: list[int], nets: list[str], rules: list[str], device: str = "cpu", r
     return records, targets
 
 
+SWEEP_COLUMNS = ["preset", "trials", "pack", "wall_s", "runs_complete", "mean_test_accuracy", "speedup"]
+
+
+def run_sweeps(preset: str, trials: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One sweep of ``preset`` with packs and one without, timed end to end."""
+    import os
+    import tempfile
+    import time
+
+    import pandas as pd
+
+    from study.runner import sweep
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "spaces", f"{preset}.yaml")
+    records = []
+    with tempfile.TemporaryDirectory(prefix="stllr-bench-packs-") as tmp:
+        for pack in ("auto", 1):
+            out = os.path.join(tmp, f"pack-{pack}")
+            t0 = time.perf_counter()
+            sweep(path, out=out, trials=trials, overrides={"resources.pack": pack}, quiet=True, report=False)
+            wall = time.perf_counter() - t0
+            df = pd.read_parquet(os.path.join(out, "results.parquet"))
+            done = df[df.status == "complete"]
+            records.append({"preset": preset, "trials": trials, "pack": pack, "wall_s": wall,
+                            "runs_complete": len(done), "mean_test_accuracy": float(done.test_accuracy.mean())})
+    ratio = records[1]["wall_s"] / records[0]["wall_s"]
+    records[0]["speedup"] = ratio
+    tgt = target(f"unpacked / packed end-to-end sweep wall time, {preset} at {trials} configurations", ratio, ">=", 3.0)
+    return records, [tgt]
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--sweep", metavar="PRESET", default=None,
+                    help="time a sweep of this preset end to end, packed and unpacked (e.g. balance_digits)")
+    ap.add_argument("--trials", type=int, default=12, help="configurations of the --sweep budget")
     ap.add_argument("--k", default="1,2,4,8,16,32", help="pack sizes, comma-separated")
     ap.add_argument("--nets", default="digits_mlp,timing_rsnn,shd_rsnn", help=f"of {', '.join(NETS)}")
     ap.add_argument("--rules", default="stllr,bptt", help="stllr, bptt or both")
@@ -127,6 +166,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def execute(args: argparse.Namespace) -> int:
     from stllr_engine.errors import StllrError
 
+    if args.sweep is not None:
+        if args.trials < 1:
+            raise StllrError("--trials: give at least 1 configuration")
+        return report(*run_sweeps(args.sweep, args.trials), args, SWEEP_COLUMNS)
     try:
         ks = [int(k) for k in args.k.split(",")]
     except ValueError:

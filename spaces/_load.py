@@ -760,7 +760,7 @@ class _Validator:
         return {"name": "asha", "grace_period": int(d.get("grace_period", 1)), "reduction_factor": rf}
 
     def resources(self, value: Any) -> tuple[dict[str, float], int | None]:
-        d = self.mapping("resources", value, ("cpu", "gpu", "concurrency"))
+        d = self.mapping("resources", value, ("cpu", "gpu", "concurrency", "pack"))
         cpu, gpu = d.get("cpu", 1), d.get("gpu", 0)
         if not is_real(cpu) or cpu <= 0:
             raise self.fail("resources.cpu", f"{cpu!r} is not a number > 0", "give the CPUs one trial uses, e.g. 1")
@@ -771,7 +771,13 @@ class _Validator:
         if conc is not None and (not is_int(conc) or conc < 1):
             raise self.fail("resources.concurrency", f"{conc!r} is not an integer >= 1",
                             "give the most trials to run at once, or null (as many as the resources fit)")
-        return {"cpu": float(cpu), "gpu": float(gpu)}, None if conc is None else int(conc)
+        pack = d.get("pack", "auto")
+        if pack != "auto" and (not is_real(pack) or isinstance(pack, bool) or pack != int(pack) or pack < 0):
+            raise self.fail("resources.pack", f"{pack!r} is not 'auto' (or 0) or an integer >= 1",
+                            "use auto (the seeds of a configuration train as one batched model where the network "
+                            "allows), 1 (never) or the most members of a pack, e.g. 8")
+        out = {"cpu": float(cpu), "gpu": float(gpu), "pack": 0.0 if pack == "auto" else float(pack)}  # 0: auto
+        return out, None if conc is None else int(conc)
 
 
 def _describe(spec: StudySpec, params: dict[str, Any]) -> str:

@@ -5,7 +5,9 @@ that may share a pack (:func:`stllr_engine.pack.pack_key`); :func:`fit_pack` is
 :func:`stllr_engine.train.fit` for K networks. Every epoch yields one metrics dict per
 member (``None`` for a member that had already ended), with the keys a separate run
 yields plus ``pack_size`` (members training in that epoch), ``pack_member`` and
-``pack_wall_time_s`` (the pack's own epoch time; a member's ``wall_time_s`` is its share).
+``pack_wall_time_s`` (the pack's own epoch time; a member's ``wall_time_s`` is its share) and
+``pack_peak_step_bytes_measured_per_batch`` (every allocation alive at the peak of one step of
+the whole pack, :class:`stllr_engine.costs.AllocationTracker`, measured once per pack size).
 
 Between epochs the member networks and their own ``torch.optim`` optimisers and schedulers
 are the record: an epoch stacks the members still running into a pack, trains it, and
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stllr_engine.costs import AllocationTracker
 from stllr_engine.errors import StllrError
 from stllr_engine.network import Network
 from stllr_engine.pack import Pack, PackAdam, PackSGD, _PackOptimizer, pack_bptt_step, pack_inference, pack_key, pack_stllr_step
@@ -260,6 +263,7 @@ def _fit_pack(members: list[_Member], device: torch.device, resume: bool) -> Ite
     epochs = max(m.cfg.epochs for m in members)
     rule = members[0].cfg.rule
     loss_kind = members[0].cfg.loss_kind
+    pack_bytes: dict[int, int] = {}  # the pack's measured step footprint, per pack size
     for epoch in range(min(m.start for m in members), epochs):
         running = [m for m in members if not m.done and m.start <= epoch]
         if not running:
@@ -290,10 +294,14 @@ def _fit_pack(members: list[_Member], device: torch.device, resume: bool) -> Ite
                         m.costs = _first_costs(m.net, rule_step(m.cfg), x[j], labels[j], m.cfg)
                 measure_time += time.perf_counter() - t_m
             opt.zero_grad()
-            if rule == "stllr":
-                stats = pack_stllr_step(pack, x, labels, loss=loss_kind)
+            step = pack_stllr_step if rule == "stllr" else pack_bptt_step
+            if P not in pack_bytes and running[0].cfg.measure_costs:
+                # the pack's own footprint, once per pack size: every allocation of its step
+                with AllocationTracker() as tracker:
+                    stats = step(pack, x, labels, loss=loss_kind)
+                pack_bytes[P] = tracker.peak_bytes
             else:
-                stats = pack_bptt_step(pack, x, labels, loss=loss_kind)
+                stats = step(pack, x, labels, loss=loss_kind)
             opt.step()
             loss_sum += stats.loss.detach().double().cpu() * stats.batch
             objective_sum += stats.objective.detach().double().cpu() * stats.batch
@@ -335,6 +343,7 @@ def _fit_pack(members: list[_Member], device: torch.device, resume: bool) -> Ite
                 "pack_size": P,
                 "pack_member": m.index,
                 "pack_wall_time_s": wall,
+                "pack_peak_step_bytes_measured_per_batch": pack_bytes.get(P),
             }
             with warnings.catch_warnings():  # the member's own optimiser is stepped by the pack
                 warnings.filterwarnings("ignore", message="Detected call of")

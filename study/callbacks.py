@@ -75,14 +75,18 @@ class ResultsWriter(Callback):
         ledger = self.live.ledger
         if result.get("run_row"):
             ledger.record([json.loads(result["run_row"])])
-        tid = result.get("run_trial_id")
-        if tid and tid not in ledger.rows or (tid and ledger.rows[tid].get("status") == "interrupted"):
-            cfg = self.searcher.in_flight.get(trial.trial_id)
-            run = next((r for r in cfg.runs if r.trial_id == tid), None) if cfg else None
-            if run is not None:
-                metrics = [{k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}]
-                ledger.record([run_row(cfg.study, tid, cfg.config_id, cfg.arch_id, cfg.role, run.config, "running",
-                                       metrics=metrics, params=cfg.params)])
+        # the run reporting, and every other member of its pack (study.trial): each is running
+        tids = [t for t in str(result.get("run_trial_ids") or "").split(",") if t]
+        if result.get("run_trial_id") and result["run_trial_id"] not in tids:
+            tids.insert(0, result["run_trial_id"])
+        for tid in tids:
+            if tid not in ledger.rows or ledger.rows[tid].get("status") == "interrupted":
+                cfg = self.searcher.in_flight.get(trial.trial_id)
+                run = next((r for r in cfg.runs if r.trial_id == tid), None) if cfg else None
+                if run is not None:
+                    metrics = [{k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}]
+                    ledger.record([run_row(cfg.study, tid, cfg.config_id, cfg.arch_id, cfg.role, run.config,
+                                           "running", metrics=metrics, params=cfg.params)])
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}

@@ -74,6 +74,7 @@ class Configuration:
     optuna_study: str
     optuna_number: int
     seeds: tuple[int, ...] = field(default=())
+    pack: int = 1  # most seeds trained as one pack (0: automatic; see study.trial)
 
     def to_trial(self) -> dict[str, Any]:
         """The plain dict a Tune trial receives (see :func:`study.trial.run_configuration`)."""
@@ -132,7 +133,8 @@ class Planner:
         return Configuration(study=self.spec.name, folder=self.folder, role=role, rule=rule, config_id=cid,
                              arch_id=self.arch_id(params), params=dict(params), runs=tuple(runs), done=tuple(done),
                              objectives=objectives, threads=self.threads, optuna_study=optuna_study,
-                             optuna_number=optuna_number, seeds=self.seeds)
+                             optuna_number=optuna_number, seeds=self.seeds,
+                             pack=int(self.spec.resources.get("pack", 1)))
 
     def infeasible_rows(self, params: dict[str, Any], violations: list[str], priced: dict[str, float],
                         role: str = "search") -> list[dict[str, Any]]:

@@ -73,14 +73,15 @@ COLUMNS = (
     "loss_kind", "loss_steps", "patience", "epochs_trained", "best_epoch", "stopped_by",
     "alpha_pre", "alpha_post", "lambda_pre", "lambda_post", "learn_steps", "learning_signal", "lr",
     "wall_time_s", "run_time_s", "samples_per_s", "node", "started_at", "ended_at", "counting", "bytes_per_value",
-    "config_json", "params_json", "curves_json",
+    "config_json", "params_json", "curves_json", "pack_id", "pack_size",
+    "pack_peak_step_bytes_measured_per_batch",
 )
 
 #: Columns stored as text (the rest are numbers).
 TEXT_COLUMNS = ("study", "trial_id", "config_id", "arch_id", "rule", "role", "status", "reason", "dataset",
                 "loss_kind", "stopped_by",
                 "model", "learning_signal", "node", "started_at", "ended_at", "counting", "config_json",
-                "params_json", "curves_json")
+                "params_json", "curves_json", "pack_id")
 
 FACTORS = ("alpha_pre", "alpha_post", "lambda_pre", "lambda_post")
 
@@ -137,7 +138,8 @@ def run_row(study: str, trial_id: str, config_id: str, arch_id: str, role: str, 
     row["epochs_done"] = 0
     if metrics:
         last = metrics[-1]
-        for k in (*_METRICS, "samples_per_s", "counting", "bytes_per_value", *COST_COLUMNS):
+        for k in (*_METRICS, "samples_per_s", "counting", "bytes_per_value", *COST_COLUMNS,
+                  "pack_peak_step_bytes_measured_per_batch"):
             if k in last:
                 row[k] = last[k]
         if rule == "bptt":

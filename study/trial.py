@@ -107,77 +107,228 @@ def _usable_checkpoint(ckpt: str) -> bool:
     return True
 
 
+#: The most members an automatic pack takes (``resources.pack: auto``).
+AUTO_PACK = 16
+
+
+def pack_groups(exps: list[Any], pack: int) -> list[list[int]]:
+    """Which pending runs train together: indices into ``exps``, in order.
+
+    ``pack`` 1: each alone; 0 (automatic): all that may share a pack, at most
+    :data:`AUTO_PACK`; ``n``: at most ``n``. Runs share a pack only where the engine can
+    hold them (:func:`stllr_engine.pack.check_packable`'s rules: ``mlp``/``rsnn`` without
+    weight standardisation, offline S-TLLR or BPTT).
+    """
+    limit = AUTO_PACK if pack == 0 else pack
+    if limit <= 1 or len(exps) <= 1:
+        return [[i] for i in range(len(exps))]
+    first = exps[0]
+    net, st = first.network, first.training.stllr
+    if (net.kind not in ("mlp", "rsnn") or net.weight_standardization or net.recurrent_standardization
+            or (first.training.rule == "stllr" and st.online)):
+        return [[i] for i in range(len(exps))]
+    return [list(range(i, min(i + limit, len(exps)))) for i in range(0, len(exps), limit)]
+
+
+class _Trial:
+    """The state of one trial's runs: rows, the iteration count, the study's settings."""
+
+    def __init__(self, cfg: dict[str, Any], node: str):
+        self.cfg = cfg
+        self.node = node
+        self.objectives: list[str] = list(cfg["objectives"])
+        self.rows: list[dict[str, Any]] = [dict(r) for r in cfg.get("done", [])]
+        self.iteration = 0
+
+    def run_dir(self, run: dict[str, Any]) -> str:
+        d = os.path.join(self.cfg["folder"], "runs", run["trial_id"])
+        os.makedirs(d, exist_ok=True)
+        return d
+
+    def meta(self, run: dict[str, Any], started: str) -> dict[str, Any]:
+        cfg = self.cfg
+        return dict(study=cfg["study"], trial_id=run["trial_id"], config_id=cfg["config_id"], arch_id=cfg["arch_id"],
+                    role=cfg["role"], config=run["config"], node=self.node, started_at=started, params=cfg["params"])
+
+    def start(self, run_dir: str) -> bool:
+        """Mark the run started; whether it resumes from a usable checkpoint."""
+        with open(os.path.join(run_dir, "worker.pid"), "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+        _attempt(run_dir, "start")
+        return _usable_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
+
+    def end(self, run_dir: str, row: dict[str, Any], t_run: float, pack_id: str | None = None,
+            pack_size: int | None = None) -> None:
+        row["run_time_s"] = time.perf_counter() - t_run  # the whole run: data, training, evaluation
+        if pack_id is not None:
+            row["pack_id"], row["pack_size"] = pack_id, pack_size
+        _write_json(os.path.join(run_dir, "row.json"), row)
+        _attempt(run_dir, f"end {row['status']}")
+        self.rows.append(row)
+
+    def report_row(self, row: dict[str, Any]) -> None:
+        from ray import tune
+
+        tune.report({"run_row": json.dumps(row, default=str), "config_done": False, "iteration": self.iteration,
+                     **{o: row.get(o) for o in self.objectives if isinstance(row.get(o), (int, float))}})
+
+
+def _plain_curves(curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in c.items() if not isinstance(v, (list, dict))} for c in curves]
+
+
+def _run_alone(trial: _Trial, run: dict[str, Any], exp: Any, last: bool) -> None:
+    """One run by itself (:func:`stllr_engine.experiment.run_experiment`)."""
+    from ray import tune
+
+    from stllr_engine.errors import StllrError
+    from stllr_engine.experiment import run_experiment
+    from study.schema import run_row
+
+    run_dir = trial.run_dir(run)
+    ckpt = os.path.join(run_dir, "checkpoint.pt")
+    curves_path = os.path.join(run_dir, "curves.json")
+    resume = trial.start(run_dir)
+    started = _now()
+    t_run = time.perf_counter()
+    curves: list[dict[str, Any]] = []
+    meta = trial.meta(run, started)
+    try:
+        if resume:
+            from stllr_engine.train import load_checkpoint
+
+            curves = _load_curves(curves_path, int(load_checkpoint(ckpt)["epoch"]))
+        for m in run_experiment(exp, checkpoint_dir=run_dir, resume=resume):
+            if m.get("resumed_finished"):
+                if not curves:
+                    curves = [m]
+                break
+            curves.append(m)
+            _write_json(curves_path, _plain_curves(curves))
+            trial.iteration += 1
+            last_epoch = bool(m.get("finished")) or m["epoch"] == exp.training.epochs  # early stopping ends sooner
+            report: dict[str, Any] = {k2: v for k2, v in m.items() if isinstance(v, (int, float, str, bool))}
+            report.update(run_trial_id=run["trial_id"], seed=run["seed"], config_done=False,
+                          iteration=trial.iteration)
+            if last_epoch and last:
+                break  # the final report carries this epoch
+            tune.report(report)
+        row = run_row(status="complete", metrics=curves, ended_at=_now(), **meta)
+    except StllrError as exc:
+        if str(exc).startswith("cannot write checkpoint"):  # the disk, not the run: never an ended run
+            raise RuntimeError(f"{exc} (the run stays unfinished; free space, then resume)") from None
+        row = run_row(status="failed", reason=str(exc), metrics=curves, ended_at=_now(), **meta)
+    trial.end(run_dir, row, t_run)
+    if not last:
+        trial.report_row(row)
+
+
+def _run_packed(trial: _Trial, runs: list[dict[str, Any]], exps: list[Any], last: bool) -> None:
+    """Runs of one configuration (its seeds) trained as one pack
+    (:func:`stllr_engine.pack_fit.run_pack`): each keeps its own folder, checkpoint,
+    curves and row; a member that ends (complete, or failed when its loss diverged) is
+    reported at once while the others go on."""
+    from ray import tune
+
+    from stllr_engine.errors import StllrError
+    from stllr_engine.pack_fit import run_pack
+    from stllr_engine.train import load_checkpoint
+    from study.schema import run_row
+
+    dirs = [trial.run_dir(r) for r in runs]
+    pack_id = f"{trial.cfg['config_id']}-p" + "-".join(str(r["seed"]) for r in runs)
+    started = _now()
+    t_run = time.perf_counter()
+    curves: list[list[dict[str, Any]]] = []
+    for d in dirs:
+        resume = trial.start(d)
+        ckpt = os.path.join(d, "checkpoint.pt")
+        curves.append(_load_curves(os.path.join(d, "curves.json"), int(load_checkpoint(ckpt)["epoch"]))
+                      if resume else [])
+    metas = [trial.meta(r, started) for r in runs]
+    ended = [False] * len(runs)
+    pending_rows: list[dict[str, Any]] = []
+
+    def finish(k: int, row: dict[str, Any]) -> None:
+        ended[k] = True
+        trial.end(dirs[k], row, t_run, pack_id, len(runs))
+        pending_rows.append(row)
+
+    try:
+        for epoch in run_pack(exps, checkpoint_dirs=dirs, resume=True):
+            lead: dict[str, Any] | None = None
+            for k, m in enumerate(epoch):
+                if m is None or ended[k]:
+                    continue
+                if m.get("resumed_finished"):
+                    if not curves[k]:
+                        curves[k] = [m]
+                    finish(k, run_row(status="failed" if m.get("status") == "diverged" else "complete",
+                                      reason=m.get("error", ""), metrics=curves[k], ended_at=_now(), **metas[k]))
+                    continue
+                curves[k].append(m)
+                _write_json(os.path.join(dirs[k], "curves.json"), _plain_curves(curves[k]))
+                if m.get("status") == "diverged":
+                    finish(k, run_row(status="failed", reason=m["error"], metrics=curves[k], ended_at=_now(),
+                                      **metas[k]))
+                elif m.get("finished") or m["epoch"] == exps[k].training.epochs:
+                    finish(k, run_row(status="complete", metrics=curves[k], ended_at=_now(), **metas[k]))
+                if lead is None:
+                    lead = {k2: v for k2, v in m.items() if isinstance(v, (int, float, str, bool))}
+                    lead.update(run_trial_id=runs[k]["trial_id"], seed=runs[k]["seed"],
+                                run_trial_ids=",".join(r["trial_id"] for r, e in zip(runs, ended) if not e))
+            if lead is None:
+                continue
+            trial.iteration += 1
+            all_done = all(ended)
+            while pending_rows and not (all_done and last and len(pending_rows) == 1):
+                trial.report_row(pending_rows.pop(0))
+            if not (all_done and last):
+                lead.update(config_done=False, iteration=trial.iteration)
+                tune.report(lead)
+    except StllrError as exc:
+        if str(exc).startswith("cannot write checkpoint"):
+            raise RuntimeError(f"{exc} (the runs stay unfinished; free space, then resume)") from None
+        for k in range(len(runs)):  # one error of the pack (e.g. its data) ends every member still running
+            if not ended[k]:
+                finish(k, run_row(status="failed", reason=str(exc), metrics=curves[k], ended_at=_now(), **metas[k]))
+        for row in pending_rows[:-1] if last else pending_rows:
+            trial.report_row(row)
+        pending_rows.clear()
+
+
 def run_configuration(cfg: dict[str, Any]) -> None:
     """The Tune function trainable (see the module docstring)."""
     from ray import tune
 
-    from stllr_engine.errors import StllrError
-    from stllr_engine.experiment import ExperimentConfig, RuntimeConfig, run_experiment
-    from study.schema import ENDED, run_row
+    from stllr_engine.experiment import ExperimentConfig, RuntimeConfig
+    from study.schema import ENDED
 
     threads = max(1, int(cfg.get("threads", 1)))
     _limit_threads(threads)
-    node = node_name()
-    objectives: list[str] = list(cfg["objectives"])
-    rows: list[dict[str, Any]] = [dict(r) for r in cfg.get("done", [])]
-    study_dir = cfg["folder"]
-    iteration = 0
-    pending = list(cfg["runs"])
-    for k, run in enumerate(pending):
-        exp_dict = run["config"]
-        exp = ExperimentConfig.from_dict(exp_dict)
-        exp = exp.replace(runtime=RuntimeConfig.from_dict({**exp.runtime.to_dict(), "threads": threads}))
-        run_dir = os.path.join(study_dir, "runs", run["trial_id"])
-        os.makedirs(run_dir, exist_ok=True)
-        ckpt = os.path.join(run_dir, "checkpoint.pt")
-        curves_path = os.path.join(run_dir, "curves.json")
-        row_path = os.path.join(run_dir, "row.json")
-        ended = _read_json(row_path)
+    trial = _Trial(cfg, node_name())
+    todo: list[dict[str, Any]] = []
+    for run in cfg["runs"]:
+        ended = _read_json(os.path.join(cfg["folder"], "runs", run["trial_id"], "row.json"))
         if isinstance(ended, dict) and ended.get("status") in ENDED:  # ended in an earlier attempt: not run again
-            rows.append(ended)
-            continue
-        with open(os.path.join(run_dir, "worker.pid"), "w") as fh:
-            fh.write(f"{os.getpid()}\n")
-        _attempt(run_dir, "start")
-        resume = _usable_checkpoint(ckpt)
-        started = _now()
-        t_run = time.perf_counter()
-        curves: list[dict[str, Any]] = []
-        meta = dict(study=cfg["study"], trial_id=run["trial_id"], config_id=cfg["config_id"],
-                    arch_id=cfg["arch_id"], role=cfg["role"], config=exp_dict, node=node, started_at=started,
-                    params=cfg["params"])
-        try:
-            if resume:
-                from stllr_engine.train import load_checkpoint
-
-                curves = _load_curves(curves_path, int(load_checkpoint(ckpt)["epoch"]))
-            for m in run_experiment(exp, checkpoint_dir=run_dir, resume=resume):
-                if m.get("resumed_finished"):
-                    if not curves:
-                        curves = [m]
-                    break
-                curves.append(m)
-                _write_json(curves_path, [{k2: v for k2, v in c.items() if not isinstance(v, (list, dict))}
-                                          for c in curves])
-                iteration += 1
-                last_epoch = bool(m.get("finished")) or m["epoch"] == exp.training.epochs  # early stopping ends sooner
-                report: dict[str, Any] = {k2: v for k2, v in m.items() if isinstance(v, (int, float, str, bool))}
-                report.update(run_trial_id=run["trial_id"], seed=run["seed"], config_done=False, iteration=iteration)
-                if last_epoch and k == len(pending) - 1:
-                    break  # the final report below carries this epoch
-                tune.report(report)
-            row = run_row(status="complete", metrics=curves, ended_at=_now(), **meta)
-        except StllrError as exc:
-            if str(exc).startswith("cannot write checkpoint"):  # the disk, not the run: never an ended run
-                raise RuntimeError(f"{exc} (the run stays unfinished; free space, then resume)") from None
-            row = run_row(status="failed", reason=str(exc), metrics=curves, ended_at=_now(), **meta)
-        row["run_time_s"] = time.perf_counter() - t_run  # the whole run: data, training, evaluation
-        _write_json(row_path, row)
-        _attempt(run_dir, f"end {row['status']}")
-        rows.append(row)
-        if k < len(pending) - 1:
-            tune.report({"run_row": json.dumps(row, default=str), "config_done": False, "iteration": iteration,
-                         **{o: row.get(o) for o in objectives if isinstance(row.get(o), (int, float))}})
+            trial.rows.append(ended)
+        else:
+            todo.append(run)
+    exps = []
+    for run in todo:
+        exp = ExperimentConfig.from_dict(run["config"])
+        exps.append(exp.replace(runtime=RuntimeConfig.from_dict({**exp.runtime.to_dict(), "threads": threads})))
+    groups = pack_groups(exps, int(cfg.get("pack", 1)))
+    for g, group in enumerate(groups):
+        last = g == len(groups) - 1
+        if len(group) == 1:
+            _run_alone(trial, todo[group[0]], exps[group[0]], last)
+        else:
+            _run_packed(trial, [todo[i] for i in group], [exps[i] for i in group], last)
+    rows = trial.rows
+    objectives = trial.objectives
+    iteration = trial.iteration
+    pending = todo
     complete = [r for r in rows if r["status"] == "complete"]
     final: dict[str, Any] = {"config_done": True, "iteration": iteration + 1,
                              "run_row": json.dumps(rows[-1], default=str) if pending else "",

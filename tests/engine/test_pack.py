@@ -179,6 +179,9 @@ def test_a_packed_run_is_each_members_separate_run_epoch_by_epoch(rule):
         # a member's measured costs are its own run's (measured on the member alone)
         assert packed[k][0]["learning_memory_bytes_measured_per_batch"] == alone[0]["learning_memory_bytes_measured_per_batch"]
         assert packed[k][0]["learning_macs_measured_per_sample"] == alone[0]["learning_macs_measured_per_sample"]
+    # the pack's own footprint is the pack's, and more than any one member's step
+    pack_bytes = packed[0][0]["pack_peak_step_bytes_measured_per_batch"]
+    assert pack_bytes > max(rows[0]["peak_step_bytes_measured_per_batch"] for rows in packed)
     # the members ended at different epochs: the pack shrank as they left
     longest = max(packed, key=len)
     assert len(packed[2]) == 3 < len(longest)

@@ -282,3 +282,25 @@ def test_a_sweep_runs_the_2x2_of_rule_and_objective_to_its_report_section(study_
     assert len(t) == 1 and t["n_pairs"].iloc[0] == 2
     assert set(pd.read_csv(report / "objective_effects.csv")["effect"]) == {"stllr", "bptt", "interaction", "paper"}
     assert "Rule × objective (2×2)" in (report / "report.html").read_text()
+
+
+def test_a_packed_sweep_gives_every_run_its_unpacked_result(study_file, tmp_path):
+    """``resources.pack``: the seeds of a configuration train as one pack, each still its own run
+    (folder, checkpoint, row), with the result it has alone (float64: to 1e-9)."""
+    common = dict(budget={"trials": 3, "epochs": 3, "seeds": [0, 1, 2]}, sampler={"name": "random", "seed": 1},
+                  fixed={"training": {"lr": 3e-3}, "stllr": {"lambda_pre": 1.0}, "runtime": {"dtype": "float64"},
+                         "data": {"batch_size": 128, "val_fraction": 0.2}})
+    tables = {}
+    for pack in ("auto", 1):
+        path = study_file(name=f"pack{pack}", resources={"cpu": 1, "gpu": 0, "pack": pack}, **common)
+        sweep(str(path), out=str(tmp_path / f"pack{pack}"), quiet=True, report=False)
+        tables[pack] = pd.read_parquet(tmp_path / f"pack{pack}" / "results.parquet").set_index("trial_id").sort_index()
+    packed, alone = tables["auto"], tables[1]
+    assert list(packed.index) == list(alone.index) and set(packed.status) == {"complete"}
+    assert packed.pack_size.eq(3).all() and alone.pack_size.isna().all()
+    assert (packed.groupby("config_id").pack_id.nunique() == 1).all()
+    for col in ("val_accuracy", "test_accuracy", "train_loss", "val_loss", "epochs_done",
+                "learning_memory_bytes_measured_per_batch"):
+        assert (packed[col] - alone[col]).abs().max() <= 1e-9, col
+    for tid in packed.index:  # each member kept its own run folder and checkpoint
+        assert os.path.exists(tmp_path / "packauto" / "runs" / tid / "checkpoint.pt")
