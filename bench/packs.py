@@ -132,7 +132,7 @@ def run_sweeps(preset: str, trials: int) -> tuple[list[dict[str, Any]], list[dic
     from study.runner import sweep
 
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "spaces", f"{preset}.yaml")
-    records = []
+    records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="stllr-bench-packs-") as tmp:
         for pack in ("auto", 1):
             out = os.path.join(tmp, f"pack-{pack}")
@@ -143,7 +143,7 @@ def run_sweeps(preset: str, trials: int) -> tuple[list[dict[str, Any]], list[dic
             done = df[df.status == "complete"]
             records.append({"preset": preset, "trials": trials, "pack": pack, "wall_s": wall,
                             "runs_complete": len(done), "mean_test_accuracy": float(done.test_accuracy.mean())})
-    ratio = records[1]["wall_s"] / records[0]["wall_s"]
+    ratio = float(records[1]["wall_s"]) / float(records[0]["wall_s"])
     records[0]["speedup"] = ratio
     tgt = target(f"unpacked / packed end-to-end sweep wall time, {preset} at {trials} configurations", ratio, ">=", 3.0)
     return records, [tgt]
