@@ -202,6 +202,20 @@ class _Member:
         return None
 
 
+def _cost_key(m: "_Member") -> str:
+    """What a member's measured costs depend on: its network spec and training settings except
+    the seed, learning rate, weight decay, epochs and stopping (they never change an operation
+    of a step). Members with equal keys (e.g. the seeds of one configuration) measure the same
+    bytes and MACs, so one instrumented step of one of them, alone, stands for all."""
+    import json
+
+    t = m.cfg.to_dict()
+    for k in ("seed", "lr", "weight_decay", "epochs", "patience", "min_delta", "device", "measure_costs"):
+        t.pop(k, None)
+    spec = {k: v for k, v in m.net.spec.to_dict().items() if k != "seed"}
+    return json.dumps([spec, t, str(m.net.readout.weight.dtype)], sort_keys=True, default=str)
+
+
 def fit_pack(
     nets: Sequence[Network],
     cfgs: Sequence[TrainConfig],
@@ -264,6 +278,7 @@ def _fit_pack(members: list[_Member], device: torch.device, resume: bool) -> Ite
     rule = members[0].cfg.rule
     loss_kind = members[0].cfg.loss_kind
     pack_bytes: dict[int, int] = {}  # the pack's measured step footprint, per pack size
+    measured: dict[str, dict[str, Any]] = {}  # a member's measured costs, by what they depend on
     for epoch in range(min(m.start for m in members), epochs):
         running = [m for m in members if not m.done and m.start <= epoch]
         if not running:
@@ -291,7 +306,10 @@ def _fit_pack(members: list[_Member], device: torch.device, resume: bool) -> Ite
                 for j, m in enumerate(running):
                     if m.costs is None:
                         _check_shape(m.net, x[j])
-                        m.costs = _first_costs(m.net, rule_step(m.cfg), x[j], labels[j], m.cfg)
+                        key = _cost_key(m)
+                        if key not in measured:  # one instrumented step of this member alone
+                            measured[key] = _first_costs(m.net, rule_step(m.cfg), x[j], labels[j], m.cfg)
+                        m.costs = dict(measured[key])
                 measure_time += time.perf_counter() - t_m
             opt.zero_grad()
             step = pack_stllr_step if rule == "stllr" else pack_bptt_step
