@@ -79,11 +79,11 @@ class ResultsWriter(Callback):
         tids = [t for t in str(result.get("run_trial_ids") or "").split(",") if t]
         if result.get("run_trial_id") and result["run_trial_id"] not in tids:
             tids.insert(0, result["run_trial_id"])
+        configs = self.searcher.configs_of(trial.trial_id) if tids else []
         for tid in tids:
             if tid not in ledger.rows or ledger.rows[tid].get("status") == "interrupted":
-                cfg = self.searcher.in_flight.get(trial.trial_id)
-                run = next((r for r in cfg.runs if r.trial_id == tid), None) if cfg else None
-                if run is not None:
+                cfg, run = next(((c, r) for c in configs for r in c.runs if r.trial_id == tid), (None, None))
+                if cfg is not None and run is not None:
                     metrics = [{k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}]
                     ledger.record([run_row(cfg.study, tid, cfg.config_id, cfg.arch_id, cfg.role, run.config,
                                            "running", metrics=metrics, params=cfg.params)])
@@ -92,17 +92,27 @@ class ResultsWriter(Callback):
         result = trial.last_result or {}
         if result.get("run_row"):
             self.live.ledger.record([json.loads(result["run_row"])])
-        cfg = self.searcher.finished.pop(trial.trial_id, None) or self.searcher.in_flight.get(trial.trial_id)
-        if cfg is not None and not result.get("config_done") and not self.searcher.stopping:
-            close_runs(self.live.ledger, cfg, "pruned", "stopped early by the scheduler")
+        configs = self._take(trial.trial_id)
+        if not result.get("config_done") and not self.searcher.stopping:
+            for cfg in configs:
+                close_runs(self.live.ledger, cfg, "pruned", "stopped early by the scheduler")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        cfg = self.searcher.finished.pop(trial.trial_id, None) or self.searcher.in_flight.get(trial.trial_id)
-        if cfg is not None and not self.searcher.stopping:
+        configs = self._take(trial.trial_id)
+        if configs and not self.searcher.stopping:
             line = error_line(trial)
             # a worker that could not write (a full disk) leaves its runs to a resume, never ended
             status = "interrupted" if "cannot write checkpoint" in line else "failed"
-            close_runs(self.live.ledger, cfg, status, line)
+            for cfg in configs:
+                close_runs(self.live.ledger, cfg, status, line)
+
+    def _take(self, trial_id: str) -> list[Any]:
+        """The configurations a trial that ended trained (the searcher, called first, moved them
+        to ``finished``); forgotten from there once taken."""
+        configs = self.searcher.configs_of(trial_id)
+        self.searcher.finished.pop(trial_id, None)
+        self.searcher.finished_members.pop(trial_id, None)
+        return configs
 
 
 class Progress(Callback):

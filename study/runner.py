@@ -104,7 +104,7 @@ class _LocalRayWatch:
         try:
             ledger = searcher.live.ledger
             folder = ledger.folder
-            for cfg in list(searcher.in_flight.values()):
+            for cfg in list(searcher.in_flight_configs()):
                 close_runs(ledger, cfg, "interrupted", f"interrupted by {cause}; resume with stllr sweep --resume")
         except Exception as exc:  # never worse than the fault itself (e.g. stopped before the ledger opened)
             log.warning("runs in flight not recorded: %s", exc)
@@ -446,7 +446,7 @@ def _run(spec: Any, ledger: Ledger, node_bytes: int | None, quiet: bool, flag: S
     if not flag.requested:
         return None
     try:
-        for cfg in list(searcher.in_flight.values()):
+        for cfg in list(searcher.in_flight_configs()):
             close_runs(ledger, cfg, "interrupted", f"interrupted by {flag.signal}; resume with stllr sweep --resume")
     except StllrError as exc:  # the disk is full: the rows stay as they were (running: a resume interrupts them)
         log.warning("interrupted runs not recorded: %s", exc)

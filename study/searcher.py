@@ -30,6 +30,7 @@ from typing import Any
 from stllr_engine.errors import StllrError
 from study.plan import ROLE_RULE, Configuration, Planner, config_id_of
 from study.schema import ENDED
+from study.trial import AUTO_PACK
 
 try:
     from ray.tune.search import Searcher
@@ -42,6 +43,24 @@ log = logging.getLogger(__name__)
 
 #: Proposals rejected in a row (infeasible or already trained) before the search gives up.
 MAX_REJECTED_IN_A_ROW = 200
+
+
+def _signature(cfg: Configuration) -> str | None:
+    """What configurations must share to train in one pack (``None``: this one trains alone):
+    the engine's :func:`stllr_engine.pack.pack_key` of its runs, their data and runtime."""
+    import json
+
+    from stllr_engine.experiment import ExperimentConfig
+    from stllr_engine.pack import pack_key
+    from study.trial import packable
+
+    if not cfg.runs:
+        return None
+    e = ExperimentConfig.from_dict(cfg.runs[0].config)
+    if not packable(e):
+        return None
+    return json.dumps([pack_key(e.network.to_dict(), e.training), e.data.to_dict(), e.runtime.to_dict()],
+                      sort_keys=True, default=str)
 
 
 class DriverOnly:
@@ -93,6 +112,16 @@ class StudySearcher(Searcher):  # type: ignore[misc]
         self.node_bytes = node_bytes
         self.in_flight: dict[str, Configuration] = {}
         self.finished: dict[str, Configuration] = {}  # ended, until the callbacks (called after) take them
+        # a Tune trial trains a pack of configurations (module docstring): all of them, first = in_flight's
+        self.members: dict[str, list[Configuration]] = {}
+        self.finished_members: dict[str, list[Configuration]] = {}
+        self.member_oids: dict[str, dict[str, int]] = {}
+        self.held: list[Configuration] = []  # proposed by the sampler, waiting for a pack of their kind
+        self.gathering: list[Configuration] = []
+        pack = int(spec.resources.get("pack", 1))
+        self.pack_limit = AUTO_PACK if pack == 0 else pack
+        # across configurations only without a scheduler: one would stop a pack on one member's curve
+        self.cross_pack = self.pack_limit > 1 and spec.scheduler is None
         self.optuna_ids: dict[str, int] = {}  # tune trial id -> Optuna's internal trial id
         self.epoch_values: dict[str, dict[int, dict[int, float]]] = {}  # tune id -> epoch -> seed -> val
         self.queue: list[Configuration] = []
@@ -135,33 +164,92 @@ class StudySearcher(Searcher):  # type: ignore[misc]
         while True:
             while self.queue:
                 cfg = self.queue.pop(0)
-                if any(c.config_id == cfg.config_id for c in self.in_flight.values()):
+                if cfg.config_id in self._busy():
                     continue
-                return self._propose(trial_id, cfg)
+                return self._propose(trial_id, self._gather(cfg))
+            if self.held:
+                return self._propose(trial_id, self._gather(self.held.pop(0)))
             if self.remaining > 0 and not self.exhausted:
                 found = self._next_search_config()
                 if found is not None:
                     self.remaining -= 1
-                    return self._propose(trial_id, found)
+                    return self._propose(trial_id, self._gather(found))
                 if not self.exhausted:
                     return Searcher.FINISHED
             if not self.with_baselines or self.tuning_queued:
                 return Searcher.FINISHED
-            if any(c.role == "search" for c in self.in_flight.values()):
+            if any(c.role == "search" for c in self.in_flight_configs()):
                 return None  # the tuning waits for the search's choice: Tune asks again
             self.queue_tuning()
 
-    def _propose(self, trial_id: str, cfg: Configuration) -> dict[str, Any]:
+    # -- packs of configurations ---------------------------------------------------------------
+    def in_flight_configs(self) -> list[Configuration]:
+        """Every configuration a running Tune trial trains (the members of its pack)."""
+        return [c for tid, first in self.in_flight.items() for c in self.members.get(tid, [first])]
+
+    def configs_of(self, trial_id: str) -> list[Configuration]:
+        """The configurations a Tune trial trains (or trained, until the callbacks have seen its end)."""
+        if trial_id in self.in_flight:
+            return self.members.get(trial_id, [self.in_flight[trial_id]])
+        if trial_id in self.finished:
+            return self.finished_members.get(trial_id, [self.finished[trial_id]])
+        return []
+
+    def _busy(self) -> set[str]:
+        return {c.config_id for c in [*self.in_flight_configs(), *self.held, *self.gathering]}
+
+    def _gather(self, first: Configuration) -> list[Configuration]:
+        """``first`` and, where packs span configurations (``resources.pack``, no scheduler),
+        more configurations that share its pack (queued, held, or asked of the search) while
+        their runs fit in ``pack_limit`` members. A proposal of another kind waits in ``held``."""
+        sig = _signature(first) if self.cross_pack else None
+        if sig is None:
+            return [first]
+        group, members = [first], len(first.runs)
+        self.gathering = group
+        try:
+            for pool in (self.queue, self.held):
+                for c in list(pool):
+                    if members + len(c.runs) > self.pack_limit:
+                        break
+                    if c.config_id not in self._busy() and _signature(c) == sig:
+                        pool.remove(c)
+                        group.append(c)
+                        members += len(c.runs)
+            while (first.role == "search" and self.remaining > 0 and not self.exhausted
+                   and members + len(first.runs) <= self.pack_limit):
+                found = self._next_search_config()
+                if found is None:
+                    break
+                self.remaining -= 1
+                if _signature(found) != sig or members + len(found.runs) > self.pack_limit:
+                    self.held.append(found)
+                    break
+                group.append(found)
+                members += len(found.runs)
+        finally:
+            self.gathering = []
+        return group
+
+    def _propose(self, trial_id: str, group: list[Configuration]) -> dict[str, Any]:
+        cfg = group[0]
         self.in_flight[trial_id] = cfg
-        study = self._study(cfg.optuna_study)
-        trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
-            study._study_id, cfg.optuna_number))
-        self.optuna_ids[trial_id] = trial._trial_id
-        for key, value in (("config_id", cfg.config_id), ("arch_id", cfg.arch_id), ("rule", cfg.rule),
-                           ("role", cfg.role), ("run_ids", [f"{cfg.config_id}-s{s}" for s in cfg.seeds])):
-            study._storage.set_trial_user_attr(trial._trial_id, key, value)
-        log.info("%s %s -> tune %s: %s (%d runs to do)", cfg.role, cfg.config_id, trial_id, cfg.params, len(cfg.runs))
-        return cfg.to_trial()
+        self.members[trial_id] = group
+        self.member_oids[trial_id] = {}
+        for c in group:
+            study = self._study(c.optuna_study)
+            trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
+                study._study_id, c.optuna_number))
+            self.member_oids[trial_id][c.config_id] = trial._trial_id
+            for key, value in (("config_id", c.config_id), ("arch_id", c.arch_id), ("rule", c.rule),
+                               ("role", c.role), ("run_ids", [f"{c.config_id}-s{s}" for s in c.seeds])):
+                study._storage.set_trial_user_attr(trial._trial_id, key, value)
+            log.info("%s %s -> tune %s: %s (%d runs to do)", c.role, c.config_id, trial_id, c.params, len(c.runs))
+        self.optuna_ids[trial_id] = self.member_oids[trial_id][cfg.config_id]
+        out = cfg.to_trial()
+        if len(group) > 1:
+            out["pack_members"] = [c.to_trial() for c in group[1:]]
+        return out
 
     def _next_search_config(self) -> Configuration | None:
         import optuna
@@ -188,7 +276,7 @@ class StudySearcher(Searcher):  # type: ignore[misc]
                 study.tell(trial, list(outcome.values) if outcome.values else None,
                            state=getattr(optuna.trial.TrialState, outcome.state))
                 rejected += 1
-            elif any(c.config_id == cid for c in self.in_flight.values()):
+            elif cid in self._busy():
                 trial.set_user_attr("duplicate", True)  # proposed again while it runs: one copy runs
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 rejected += 1
@@ -240,20 +328,31 @@ class StudySearcher(Searcher):  # type: ignore[misc]
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         import optuna
 
+        import json
+
         cfg = self.in_flight.pop(trial_id, None)
-        oid = self.optuna_ids.pop(trial_id, None)
+        group = self.members.pop(trial_id, [cfg] if cfg is not None else [])
+        oids = self.member_oids.pop(trial_id, {})
+        self.optuna_ids.pop(trial_id, None)
         self.epoch_values.pop(trial_id, None)
         if cfg is not None:
             self.finished[trial_id] = cfg
+            self.finished_members[trial_id] = group
         if cfg is None or self.stopping:
-            return  # interrupted: the Optuna trial stays RUNNING; --resume closes and re-proposes it
-        state, values = self._outcome(result, error, cfg.objectives)
+            return  # interrupted: the Optuna trials stay RUNNING; --resume closes and re-proposes them
+        outcomes = json.loads((result or {}).get("member_outcomes") or "{}")
         storage = self.live.ledger.storage
-        if oid is not None and result and isinstance(result.get("test_accuracy_mean"), (int, float)):
-            storage.set_trial_user_attr(oid, "test_accuracy", float(result["test_accuracy_mean"]))
-        log.info("tune %s (%s %s) ended: %s %s", trial_id, cfg.role, cfg.config_id, state, values)
-        study = self._study(cfg.optuna_study)
-        study.tell(cfg.optuna_number, values, state=getattr(optuna.trial.TrialState, state))
+        for c in group:
+            # each member of a pack is told its own outcome (study.trial's member_outcomes)
+            own = result if c is cfg else ({**outcomes[c.config_id], "config_done": (result or {}).get("config_done")}
+                                           if c.config_id in outcomes else None)
+            state, values = self._outcome(own, error, c.objectives)
+            oid = oids.get(c.config_id)
+            if oid is not None and own and isinstance(own.get("test_accuracy_mean"), (int, float)):
+                storage.set_trial_user_attr(oid, "test_accuracy", float(own["test_accuracy_mean"]))
+            log.info("tune %s (%s %s) ended: %s %s", trial_id, c.role, c.config_id, state, values)
+            study = self._study(c.optuna_study)
+            study.tell(c.optuna_number, values, state=getattr(optuna.trial.TrialState, state))
 
     @staticmethod
     def _outcome(result: dict[str, Any] | None, error: bool, objectives: tuple[str, ...]) -> tuple[str, Any]:
@@ -268,9 +367,6 @@ class StudySearcher(Searcher):  # type: ignore[misc]
             return "FAIL", None
         return "COMPLETE", values if len(values) > 1 else values[0]
 
-    def config_of(self, trial_id: str) -> Configuration | None:
-        """The configuration a Tune trial runs (or ran, until the callbacks have seen its end)."""
-        return self.in_flight.get(trial_id) or self.finished.get(trial_id)
 
     # -- equal tuning ------------------------------------------------------------------------
     def queue_tuning(self) -> None:
@@ -278,7 +374,7 @@ class StudySearcher(Searcher):  # type: ignore[misc]
         the configurations whose runs have not all ended (a resume trains only those)."""
         self.tuning_queued = True
         spec, planner, rows = self.live.spec, self.live.planner, self.live.ledger.rows
-        busy = {c.config_id for c in self.in_flight.values()} | {c.config_id for c in self.queue}
+        busy = self._busy() | {c.config_id for c in self.queue}
         for aid, (chosen_id, chosen, score) in sorted(planner.chosen(rows).items()):
             arch = planner.arch_params(chosen)
             settings = spec.tuning_settings(aid)

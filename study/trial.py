@@ -120,14 +120,16 @@ def pack_groups(exps: list[Any], pack: int) -> list[list[int]]:
     weight standardisation, offline S-TLLR or BPTT).
     """
     limit = AUTO_PACK if pack == 0 else pack
-    if limit <= 1 or len(exps) <= 1:
-        return [[i] for i in range(len(exps))]
-    first = exps[0]
-    net, st = first.network, first.training.stllr
-    if (net.kind not in ("mlp", "rsnn") or net.weight_standardization or net.recurrent_standardization
-            or (first.training.rule == "stllr" and st.online)):
+    if limit <= 1 or len(exps) <= 1 or not packable(exps[0]):
         return [[i] for i in range(len(exps))]
     return [list(range(i, min(i + limit, len(exps)))) for i in range(0, len(exps), limit)]
+
+
+def packable(exp: Any) -> bool:
+    """Whether the engine can train this experiment in a pack (:mod:`stllr_engine.pack`)."""
+    net, train = exp.network, exp.training
+    return not (net.kind not in ("mlp", "rsnn") or net.weight_standardization or net.recurrent_standardization
+                or (train.rule == "stllr" and train.stllr.online))
 
 
 class _Trial:
@@ -137,7 +139,10 @@ class _Trial:
         self.cfg = cfg
         self.node = node
         self.objectives: list[str] = list(cfg["objectives"])
-        self.rows: list[dict[str, Any]] = [dict(r) for r in cfg.get("done", [])]
+        # the configurations this trial trains: its own and the other members of its pack
+        self.configs: list[dict[str, Any]] = [cfg, *cfg.get("pack_members", [])]
+        self.rows: list[dict[str, Any]] = [dict(r) for c in self.configs for r in c.get("done", [])]
+        self.owner: dict[str, dict[str, Any]] = {r["trial_id"]: c for c in self.configs for r in c["runs"]}
         self.iteration = 0
 
     def run_dir(self, run: dict[str, Any]) -> str:
@@ -146,7 +151,7 @@ class _Trial:
         return d
 
     def meta(self, run: dict[str, Any], started: str) -> dict[str, Any]:
-        cfg = self.cfg
+        cfg = self.owner.get(run["trial_id"], self.cfg)
         return dict(study=cfg["study"], trial_id=run["trial_id"], config_id=cfg["config_id"], arch_id=cfg["arch_id"],
                     role=cfg["role"], config=run["config"], node=self.node, started_at=started, params=cfg["params"])
 
@@ -236,7 +241,9 @@ def _run_packed(trial: _Trial, runs: list[dict[str, Any]], exps: list[Any], last
     from study.schema import run_row
 
     dirs = [trial.run_dir(r) for r in runs]
-    pack_id = f"{trial.cfg['config_id']}-p" + "-".join(str(r["seed"]) for r in runs)
+    owners = {trial.owner[r["trial_id"]]["config_id"] for r in runs}
+    pack_id = (f"{trial.owner[runs[0]['trial_id']]['config_id']}-p" + "-".join(str(r["seed"]) for r in runs)
+               if len(owners) == 1 else f"{runs[0]['trial_id']}-p{len(runs)}")
     started = _now()
     t_run = time.perf_counter()
     curves: list[list[dict[str, Any]]] = []
@@ -308,7 +315,7 @@ def run_configuration(cfg: dict[str, Any]) -> None:
     _limit_threads(threads)
     trial = _Trial(cfg, node_name())
     todo: list[dict[str, Any]] = []
-    for run in cfg["runs"]:
+    for run in [r for c in trial.configs for r in c["runs"]]:
         ended = _read_json(os.path.join(cfg["folder"], "runs", run["trial_id"], "row.json"))
         if isinstance(ended, dict) and ended.get("status") in ENDED:  # ended in an earlier attempt: not run again
             trial.rows.append(ended)
@@ -325,22 +332,30 @@ def run_configuration(cfg: dict[str, Any]) -> None:
             _run_alone(trial, todo[group[0]], exps[group[0]], last)
         else:
             _run_packed(trial, [todo[i] for i in group], [exps[i] for i in group], last)
-    rows = trial.rows
-    objectives = trial.objectives
-    iteration = trial.iteration
     pending = todo
-    complete = [r for r in rows if r["status"] == "complete"]
-    final: dict[str, Any] = {"config_done": True, "iteration": iteration + 1,
-                             "run_row": json.dumps(rows[-1], default=str) if pending else "",
-                             "config_status": "complete" if len(complete) == len(rows) and rows else "failed",
-                             "seeds_done": len(complete)}
-    for o in objectives:
-        values = [float(r[o]) for r in complete if r.get(o) is not None]
-        final[o] = sum(values) / len(values) if values else float("nan")
-    tests = [float(r["test_accuracy"]) for r in complete if isinstance(r.get("test_accuracy"), (int, float))]
-    final["test_accuracy_mean"] = sum(tests) / len(tests) if tests else float("nan")
+    final: dict[str, Any] = {"config_done": True, "iteration": trial.iteration + 1,
+                             "run_row": json.dumps(trial.rows[-1], default=str) if pending else "",
+                             **_outcome([r for r in trial.rows if r.get("config_id") == cfg["config_id"]],
+                                        trial.objectives)}
+    if len(trial.configs) > 1:  # every other member of the pack: its own outcome, told to its own Optuna trial
+        final["member_outcomes"] = json.dumps({
+            c["config_id"]: _outcome([r for r in trial.rows if r.get("config_id") == c["config_id"]],
+                                     list(c["objectives"])) for c in trial.configs[1:]})
     if pending:  # the last run's final epoch travels here (so schedulers and intermediate values see it)
         last = json.loads(final["run_row"])
         final.update(run_trial_id=last["trial_id"], seed=last["seed"], epoch=last.get("epochs_done"),
                      val_accuracy_run=last.get("val_accuracy"))
     tune.report(final)
+
+
+def _outcome(rows: list[dict[str, Any]], objectives: list[str]) -> dict[str, Any]:
+    """A configuration's outcome from its runs' rows: status, objective means over complete seeds."""
+    complete = [r for r in rows if r["status"] == "complete"]
+    out: dict[str, Any] = {"config_status": "complete" if len(complete) == len(rows) and rows else "failed",
+                           "seeds_done": len(complete)}
+    for o in objectives:
+        values = [float(r[o]) for r in complete if r.get(o) is not None]
+        out[o] = sum(values) / len(values) if values else float("nan")
+    tests = [float(r["test_accuracy"]) for r in complete if isinstance(r.get("test_accuracy"), (int, float))]
+    out["test_accuracy_mean"] = sum(tests) / len(tests) if tests else float("nan")
+    return out
