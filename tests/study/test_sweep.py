@@ -285,22 +285,40 @@ def test_a_sweep_runs_the_2x2_of_rule_and_objective_to_its_report_section(study_
 
 
 def test_a_packed_sweep_gives_every_run_its_unpacked_result(study_file, tmp_path):
-    """``resources.pack``: the seeds of a configuration train as one pack, each still its own run
-    (folder, checkpoint, row), with the result it has alone (float64: to 1e-9)."""
-    common = dict(budget={"trials": 3, "epochs": 3, "seeds": [0, 1, 2]}, sampler={"name": "random", "seed": 1},
+    """``resources.pack``: without a scheduler, configurations of one architecture and the seeds
+    of each train as packs, each run still its own (folder, checkpoint, row), with the result it
+    has alone (float64: to 1e-9), and each configuration told to its own Optuna trial."""
+    common = dict(budget={"trials": 4, "epochs": 3, "seeds": [0, 1]}, sampler={"name": "random", "seed": 1},
+                  model={"kind": "mlp", "fixed": {"gamma": 0.9, "theta": 0.5, "surrogate": "sigmoid",
+                                                  "gamma_o": 0.95, "width": 32}},
+                  search={"alpha_post": {"type": "float", "low": -1.0, "high": 1.0},
+                          "learn_steps": {"type": "int", "low": 2, "high": 16}},
+                  baseline={"search": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}, "trials": 2},
                   fixed={"training": {"lr": 3e-3}, "stllr": {"lambda_pre": 1.0}, "runtime": {"dtype": "float64"},
                          "data": {"batch_size": 128, "val_fraction": 0.2}})
-    tables = {}
+    tables, values = {}, {}
     for pack in ("auto", 1):
         path = study_file(name=f"pack{pack}", resources={"cpu": 1, "gpu": 0, "pack": pack}, **common)
-        sweep(str(path), out=str(tmp_path / f"pack{pack}"), quiet=True, report=False)
-        tables[pack] = pd.read_parquet(tmp_path / f"pack{pack}" / "results.parquet").set_index("trial_id").sort_index()
+        folder = tmp_path / f"pack{pack}"
+        sweep(str(path), out=str(folder), quiet=True, report=False)
+        tables[pack] = pd.read_parquet(folder / "results.parquet").set_index("trial_id").sort_index()
+        values[pack] = {(name, t.user_attrs.get("config_id")): (t.state, t.values)
+                        for name, st in _studies(folder).items() for t in st.trials if t.user_attrs.get("config_id")}
     packed, alone = tables["auto"], tables[1]
     assert list(packed.index) == list(alone.index) and set(packed.status) == {"complete"}
-    assert packed.pack_size.eq(3).all() and alone.pack_size.isna().all()
-    assert (packed.groupby("config_id").pack_id.nunique() == 1).all()
+    assert alone.pack_size.isna().all()
+    # the search's 4 configurations x 2 seeds trained as packs spanning configurations, and so did the tuning
+    search = packed[packed.role == "search"]
+    assert search.pack_size.max() > 2 and search.groupby("pack_id").config_id.nunique().max() > 1
+    assert packed[packed.role == "baseline"].pack_size.max() == 4  # 2 lr settings x 2 seeds
     for col in ("val_accuracy", "test_accuracy", "train_loss", "val_loss", "epochs_done",
                 "learning_memory_bytes_measured_per_batch"):
         assert (packed[col] - alone[col]).abs().max() <= 1e-9, col
     for tid in packed.index:  # each member kept its own run folder and checkpoint
         assert os.path.exists(tmp_path / "packauto" / "runs" / tid / "checkpoint.pt")
+    # every configuration's Optuna trial was told its own outcome, the one it has unpacked
+    assert values["auto"].keys() == values[1].keys() and len(values[1]) >= 4 + 2 * 2
+    for key, (state, vals) in values["auto"].items():
+        state1, vals1 = values[1][key]
+        assert state == state1 == optuna.trial.TrialState.COMPLETE, key
+        assert vals == pytest.approx(vals1, rel=1e-9, abs=1e-9), key
