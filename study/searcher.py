@@ -12,6 +12,14 @@
   of ``baseline.loss`` (``role="baseline"``; ``per_step`` over the chosen ``learn_steps``)
   each train the same ``baseline.trials`` settings of ``baseline.search``
   (:meth:`~spaces._study.StudySpec.tuning_settings`), with the same seeds.
+* Packs (``resources.pack``, issue #16): a Tune trial trains its configuration's seeds as one
+  pack (:mod:`study.trial`) and, without a scheduler, more configurations that can share it
+  (same :func:`stllr_engine.pack.pack_key`, data and runtime; :func:`_signature`): queued
+  ones, ones held back, and further proposals asked of the search, up to ``resources.pack``
+  runs. A proposal of another kind is held for the next trial. Each configuration keeps its
+  own Optuna trial and is told its own outcome (``member_outcomes`` of the trial's last
+  report). With a scheduler (ASHA) packs never span configurations: it would stop a pack on
+  the curve of one of them.
 * ``on_trial_result`` stores the mean validation accuracy over seeds per epoch as Optuna
   intermediate values; ``on_trial_complete`` tells the configuration's outcome: COMPLETE
   with the means over seeds, PRUNED when a scheduler stopped it, FAIL otherwise. After an
