@@ -261,3 +261,16 @@ def test_members_must_share_what_is_not_theirs():
     # what a member owns may differ
     check_packable(same, [TrainConfig(lr=1e-3, stllr=STLLRConfig(learn_steps=2, alpha_post=1.0)),
                           TrainConfig(lr=1e-2, weight_decay=1e-4, stllr=STLLRConfig(learn_steps=5, mode="window"))])
+
+
+def test_members_that_differ_only_in_their_window_measure_their_own_costs():
+    # one instrumented step may stand for several members only where nothing that changes an
+    # operation differs: a different learn_steps does
+    configs = [_experiment(0, 1e-2, patience=None, epochs=1, learn_steps=4),
+               _experiment(1, 1e-2, patience=None, epochs=1, learn_steps=16)]
+    packed = _collect(configs)
+    for k, config in enumerate(configs):
+        alone = next(iter(run_experiment(config)))
+        for key in ("learning_macs_measured_per_sample", "learning_memory_bytes_measured_per_batch"):
+            assert packed[k][0][key] == alone[key], (k, key)
+    assert packed[0][0]["learning_macs_measured_per_sample"] < packed[1][0]["learning_macs_measured_per_sample"]

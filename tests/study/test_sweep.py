@@ -312,7 +312,7 @@ def test_a_packed_sweep_gives_every_run_its_unpacked_result(study_file, tmp_path
     assert search.pack_size.max() > 2 and search.groupby("pack_id").config_id.nunique().max() > 1
     assert packed[packed.role == "baseline"].pack_size.max() == 4  # 2 lr settings x 2 seeds
     for col in ("val_accuracy", "test_accuracy", "train_loss", "val_loss", "epochs_done",
-                "learning_memory_bytes_measured_per_batch"):
+                "learning_memory_bytes_measured_per_batch", "learning_macs_measured_per_sample"):
         assert (packed[col] - alone[col]).abs().max() <= 1e-9, col
     for tid in packed.index:  # each member kept its own run folder and checkpoint
         assert os.path.exists(tmp_path / "packauto" / "runs" / tid / "checkpoint.pt")
