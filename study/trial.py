@@ -69,6 +69,25 @@ def _load_curves(path: str, start_epoch: int) -> list[dict[str, Any]]:
     return [c for c in curves if int(c.get("epoch", 0)) <= start_epoch]
 
 
+def _resume_curves(curves_path: str, ckpt_path: str) -> list[dict[str, Any]]:
+    """A resumed run's curves up to its checkpoint's epoch.
+
+    ``curves.json`` is written after the epoch's checkpoint, so a run stopped between the two
+    (killed, or a full disk that failed another pack member's checkpoint of the same epoch)
+    has a checkpoint one epoch ahead of its curves: that epoch's metrics are taken from the
+    checkpoint, which holds them."""
+    from stllr_engine.train import load_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
+    epoch = int(ckpt["epoch"])
+    curves = _load_curves(curves_path, epoch)
+    last = dict(ckpt.get("metrics") or {})
+    have = {int(c.get("epoch", 0)) for c in curves}
+    if epoch > 0 and epoch not in have and int(last.get("epoch", -1)) == epoch:
+        curves.append(last)
+    return curves
+
+
 def _attempt(run_dir: str, what: str) -> None:
     """One line per start and end of a run in ``attempts.log`` (when, where, which process)."""
     with open(os.path.join(run_dir, "attempts.log"), "a") as fh:
@@ -200,9 +219,7 @@ def _run_alone(trial: _Trial, run: dict[str, Any], exp: Any, last: bool) -> None
     meta = trial.meta(run, started)
     try:
         if resume:
-            from stllr_engine.train import load_checkpoint
-
-            curves = _load_curves(curves_path, int(load_checkpoint(ckpt)["epoch"]))
+            curves = _resume_curves(curves_path, ckpt)
         for m in run_experiment(exp, checkpoint_dir=run_dir, resume=resume):
             if m.get("resumed_finished"):
                 if not curves:
@@ -237,7 +254,6 @@ def _run_packed(trial: _Trial, runs: list[dict[str, Any]], exps: list[Any], last
 
     from stllr_engine.errors import StllrError
     from stllr_engine.pack_fit import run_pack
-    from stllr_engine.train import load_checkpoint
     from study.schema import run_row
 
     dirs = [trial.run_dir(r) for r in runs]
@@ -249,8 +265,7 @@ def _run_packed(trial: _Trial, runs: list[dict[str, Any]], exps: list[Any], last
     curves: list[list[dict[str, Any]]] = []
     for d in dirs:
         resume = trial.start(d)
-        ckpt = os.path.join(d, "checkpoint.pt")
-        curves.append(_load_curves(os.path.join(d, "curves.json"), int(load_checkpoint(ckpt)["epoch"]))
+        curves.append(_resume_curves(os.path.join(d, "curves.json"), os.path.join(d, "checkpoint.pt"))
                       if resume else [])
     metas = [trial.meta(r, started) for r in runs]
     ended = [False] * len(runs)

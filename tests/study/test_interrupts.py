@@ -320,3 +320,25 @@ def test_a_dead_local_ray_stops_the_sweep_with_one_line_and_resume_finishes(stud
     res = run("sweep", "--resume", str(folder), "--quiet", "--no-report", timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     _check_finished(folder, budget=2, epochs=12, seeds=1)
+
+
+def test_a_run_stopped_between_its_checkpoint_and_its_curves_keeps_every_epoch(tmp_path):
+    """``curves.json`` is written after the epoch's checkpoint. A run stopped in between (killed,
+    or, packed, a full disk that failed another member's checkpoint of the same epoch) resumes
+    from a checkpoint one epoch ahead of its curves: that epoch comes back from the checkpoint
+    (CI once lost epoch 1 of a packed run this way)."""
+    from stllr_engine.network import NetworkSpec, build_network
+    from stllr_engine.train import TrainConfig, save_checkpoint
+    from study.trial import _resume_curves
+
+    net = build_network(NetworkSpec(kind="mlp", input_shape=(4,), num_classes=2, width=8, depth=1, seed=0))
+    ckpt, curves = str(tmp_path / "checkpoint.pt"), tmp_path / "curves.json"
+    epoch = {e: {"epoch": e, "train_loss": 1.0 / e, "val_accuracy": 0.5 + 0.1 * e, "finished": False} for e in (1, 2, 3)}
+    save_checkpoint(ckpt, net, None, None, 1, TrainConfig(), epoch[1])
+    assert _resume_curves(str(curves), ckpt) == [epoch[1]]  # no curves.json yet
+    curves.write_text(json.dumps([epoch[1]]))
+    assert _resume_curves(str(curves), ckpt) == [epoch[1]]  # in step: nothing added twice
+    save_checkpoint(ckpt, net, None, None, 2, TrainConfig(), epoch[2])
+    assert _resume_curves(str(curves), ckpt) == [epoch[1], epoch[2]]
+    curves.write_text(json.dumps([epoch[1], epoch[2], epoch[3]]))  # curves ahead of an older checkpoint
+    assert _resume_curves(str(curves), ckpt) == [epoch[1], epoch[2]]
