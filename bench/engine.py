@@ -27,6 +27,11 @@ allocation alive at the step's peak (:class:`stllr_engine.costs.AllocationTracke
 window mode's forward buffers show here); ``*_macs_formula_per_sample`` are the formulas;
 ``achieved_gflops`` = 2 · batch · (forward + learning MACs) / step time (dense MAC
 accounting); ``gemm_peak_gflops`` is a 4096² fp32 GEMM timed in the same run.
+
+The engine rows run the fused time step (``--fused``, default ``auto``; :mod:`stllr_engine.fused`);
+``stllr10_window_eager`` and ``bptt_eager`` run the same steps eager in the same rounds, and
+``fused_compile_s`` is what this process spent building (or loading) the kernel. Issue #16's
+targets: S-TLLR(10)/BPTT ≤ 0.55 and BPTT/unrolled ≤ 0.8 on the SHD net.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import Any, Callable
 import torch
 
 from bench.common import add_output_arguments, report, gemm_peak_gflops, target, time_round_robin
+from stllr_engine import fused
 from stllr_engine.bptt import bptt_step
 from stllr_engine.costs import AllocationTracker, CostProbe, formula_costs
 from stllr_engine.network import Network, NetworkSpec, build_network, preset
@@ -46,7 +52,7 @@ from stllr_engine.errors import StllrError
 from stllr_engine.stllr import STLLR_PRESETS, STLLRConfig, stllr_step
 from stllr_engine.train import resolve_device
 
-COLUMNS = ["model", "rule", "impl", "mode", "chunk_steps", "T", "learn_steps", "batch", "step_time_s",
+COLUMNS = ["model", "rule", "impl", "mode", "chunk_steps", "fused", "T", "learn_steps", "batch", "step_time_s",
            "learning_memory_bytes_measured_per_batch", "peak_step_bytes_measured_per_batch",
            "learning_macs_formula_per_sample", "achieved_gflops", "efficiency", "grad_rel_diff_vs_official"]
 
@@ -70,15 +76,20 @@ def _measured_memory(net: Network, fn: Callable[..., Any], x: torch.Tensor) -> t
 
 class _Case:
     def __init__(self, model: str, net: Network, x: torch.Tensor, labels: torch.Tensor, rule: str, impl: str,
-                 mode: str, cfg: STLLRConfig | None):
+                 mode: str, cfg: STLLRConfig | None, fused_setting: str = "auto"):
         self.model, self.net, self.x, self.labels = model, net, x, labels
         self.rule, self.impl, self.mode, self.cfg = rule, impl, mode, cfg
+        self.fused = fused_setting if impl == "engine" else "off"
 
     @property
     def T(self) -> int:
         return self.x.shape[0]
 
     def run(self, probe: Any = None) -> None:
+        with fused.use(self.fused):
+            self._run(probe)
+
+    def _run(self, probe: Any = None) -> None:
         net, x, y = self.net, self.x, self.labels
         net.zero_grad(set_to_none=True)
         if self.rule == "stllr" and self.impl == "engine":
@@ -98,6 +109,7 @@ class _Case:
             "model": self.model, "rule": self.rule, "impl": self.impl, "mode": self.mode,
             "chunk_steps": self.cfg.chunk_size(self.T) if self.cfg is not None and self.impl == "engine" else None,
             "T": self.T,
+            "fused": self.fused != "off" and fused.active(self.x),
             "learn_steps": f["learn_steps"], "batch": batch, "bytes_per_value": f["bytes_per_value"],
             "step_time_s": step_time,
             "learning_memory_bytes_measured_per_batch": mem,
@@ -116,11 +128,14 @@ class _Case:
         return rec
 
 
-def run(quick: bool = False, device: str = "cpu",
-        official: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def run(quick: bool = False, device: str = "cpu", official: str | None = None,
+        fused_setting: str = "auto") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     dev = resolve_device(device)
     if official is not None:
         _check_official_dir(official)  # before the long run, not after it
+    with fused.use(fused_setting):  # builds the kernel now (timed), not inside the first timed step
+        pass
+    compile_s = fused.compile_seconds()
     peak = gemm_peak_gflops(dev)
     batch = 32 if quick else 128
     reps = 3 if quick else 7
@@ -132,11 +147,16 @@ def run(quick: bool = False, device: str = "cpu",
     for ls in (10, 90):
         for mode in ("window", "streaming"):
             cases[f"stllr{ls}_{mode}"] = _Case("shd_rsnn", shd, x, y, "stllr", "engine", mode,
-                                               STLLRConfig(learn_steps=ls, mode=mode))
+                                               STLLRConfig(learn_steps=ls, mode=mode), fused_setting)
     for c in (None, 3, 15):  # the automatic chunk (the default mode), and two others
         cases["stllr90_chunked" + (f"_c{c}" if c else "")] = _Case(
-            "shd_rsnn", shd, x, y, "stllr", "engine", "chunked", STLLRConfig(learn_steps=90, chunk_steps=c))
-    cases["bptt"] = _Case("shd_rsnn", shd, x, y, "bptt", "engine", "fused_scan", None)
+            "shd_rsnn", shd, x, y, "stllr", "engine", "chunked", STLLRConfig(learn_steps=90, chunk_steps=c),
+            fused_setting)
+    cases["bptt"] = _Case("shd_rsnn", shd, x, y, "bptt", "engine", "fused_scan", None, fused_setting)
+    # the same steps eager (fused off), timed in the same rounds: what the fused step gains
+    cases["stllr10_window_eager"] = _Case("shd_rsnn", shd, x, y, "stllr", "engine", "window",
+                                          STLLRConfig(learn_steps=10, mode="window"), "off")
+    cases["bptt_eager"] = _Case("shd_rsnn", shd, x, y, "bptt", "engine", "fused_scan", None, "off")
     cases["bptt_unrolled"] = _Case("shd_rsnn", shd, x, y, "bptt", "reference", "unrolled", None)
     times = time_round_robin({k: c.run for k, c in cases.items()}, reps, dev)
     records = {k: cases[k].record(times[k], peak) for k in cases}
@@ -158,10 +178,10 @@ def run(quick: bool = False, device: str = "cpu",
     xv, yv = _inputs(vgg_spec, 20, 8 if quick else 16, dev, density=0.1)
     vcases = {
         "vgg_stllr_window": _Case("vgg_w16_d3", vgg, xv, yv, "stllr", "engine", "window",
-                                  STLLRConfig(learn_steps=5, mode="window")),
+                                  STLLRConfig(learn_steps=5, mode="window"), fused_setting),
         "vgg_stllr_streaming": _Case("vgg_w16_d3", vgg, xv, yv, "stllr", "engine", "streaming",
-                                     STLLRConfig(learn_steps=5, mode="streaming")),
-        "vgg_bptt": _Case("vgg_w16_d3", vgg, xv, yv, "bptt", "engine", "fused_scan", None),
+                                     STLLRConfig(learn_steps=5, mode="streaming"), fused_setting),
+        "vgg_bptt": _Case("vgg_w16_d3", vgg, xv, yv, "bptt", "engine", "fused_scan", None, fused_setting),
     }
     vt = time_round_robin({k: c.run for k, c in vcases.items()}, 2 if quick else 3, dev)
     records.update({k: c.record(vt[k], peak) for k, c in vcases.items()})
@@ -198,7 +218,18 @@ def run(quick: bool = False, device: str = "cpu",
         target("S-TLLR(learn_steps=10, window) efficiency vs GEMM peak",
                r["stllr10_window"]["efficiency"], ">=", 0.65),
         target("BPTT efficiency vs GEMM peak", r["bptt"]["efficiency"], ">=", 0.65),
+        # issue #16: the fused step's targets, and what it gains over the eager step (same rounds)
+        target("#16: S-TLLR(learn_steps=10, window) / BPTT step time, SHD net",
+               r["stllr10_window"]["step_time_s"] / r["bptt"]["step_time_s"], "<=", 0.55),
+        target("#16: BPTT engine / unrolled reference step time, SHD net",
+               r["bptt"]["step_time_s"] / r["bptt_unrolled"]["step_time_s"], "<=", 0.8),
+        target(f"fused ({fused_setting}) / eager step time, S-TLLR(learn_steps=10, window), SHD net",
+               r["stllr10_window"]["step_time_s"] / r["stllr10_window_eager"]["step_time_s"], "<=", 1.0),
+        target(f"fused ({fused_setting}) / eager step time, BPTT, SHD net",
+               r["bptt"]["step_time_s"] / r["bptt_eager"]["step_time_s"], "<=", 1.0),
     ]
+    for rec in records.values():
+        rec["fused_compile_s"] = compile_s  # this process's build or load of the kernel, once
     out = list(records.values())
     if official is not None:
         off_records, off_target = official_comparison(official, batch, dev)
@@ -283,6 +314,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--json", action="store_true", help="one JSON object per line")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--fused", choices=fused.MODES, default="auto",
+                    help="the fused time step for the engine rows (default auto); *_eager rows always run without")
     ap.add_argument("--official", metavar="DIR", default=None,
                     help="root of a clone of the authors' code (github.com/mapolinario94/S-TLLR): also time one "
                          "S-TLLR step of the SHD net in it, same weights, and print the ratio")
@@ -291,7 +324,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def execute(args: argparse.Namespace) -> int:
     note = ("--quick runs batch 32 and fewer repetitions; the targets are set for the full run "
             "(batch 128), where the reference ratio is larger") if args.quick else None
-    return report(*run(quick=args.quick, device=args.device, official=args.official), args, COLUMNS, note)
+    return report(*run(quick=args.quick, device=args.device, official=args.official, fused_setting=args.fused),
+                  args, COLUMNS, note)
 
 
 if __name__ == "__main__":

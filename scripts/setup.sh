@@ -52,3 +52,11 @@ else
   fi
 fi
 python -c "import torch, ray, optuna, tonic, stllr_engine; print('stllr set up: torch', torch.__version__)"
+# the fused time step's CPU kernel: built once per machine now (~50 s), not inside the first run
+python -c "
+from stllr_engine import fused
+if fused.available():
+    print(f'stllr fused step: built in {fused.compile_seconds():.0f} s ({fused.build_directory()})')
+else:
+    print(f'stllr fused step: not built ({fused._error}); runs take the eager step')
+"

@@ -32,7 +32,7 @@ for _name in _fields(NetworkSpec, ("kind", "input_shape", "num_classes", "seed")
     SECTIONS[_name] = "network"
 for _name in _fields(STLLRConfig, ("layer_factors",)):
     SECTIONS[_name] = "stllr"
-for _name in _fields(TrainConfig, ("rule", "stllr", "epochs", "seed", "device", "measure_costs")):
+for _name in _fields(TrainConfig, ("rule", "stllr", "epochs", "seed", "device", "measure_costs", "fused")):
     SECTIONS[_name] = "training"
 SECTIONS["batch_size"] = "data"
 SECTIONS["T"] = "dataset"  # a dataset option; part of the architecture key

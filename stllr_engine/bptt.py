@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stllr_engine import fused
 from stllr_engine._checks import choice, integer
 from stllr_engine.errors import StllrError
 from stllr_engine.layers import SynapseWeights
@@ -62,8 +63,16 @@ class LIFScan(torch.autograd.Function):
         one = u.new_ones(())
         wt = w_rec.t() if w_rec is not None else None
         y_prev = None
-        for t in range(T):
-            y_prev = lif_advance_(u, current[t], p, vs[t], spikes[t], one, y_prev, wt)
+        if fused.active(u):
+            for t in range(T):
+                rec = None
+                if wt is not None and t > 0:  # y[t-1] W_recᵀ, in v[t]'s buffer (the kernel reads it first)
+                    rec = torch.mm(spikes[t - 1], wt, out=vs[t])
+                fused.lif_step(u, current[t], rec, vs[t], spikes[t], None, None, None, None, None,
+                               p.gamma, p.theta, p.reset, p.surrogate)
+        else:
+            for t in range(T):
+                y_prev = lif_advance_(u, current[t], p, vs[t], spikes[t], one, y_prev, wt)
         ctx.save_for_backward(vs, spikes, w_rec)
         ctx.p = p
         return spikes
@@ -71,35 +80,54 @@ class LIFScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_spikes: Tensor):  # type: ignore[override]
         vs, spikes, w_rec = ctx.saved_tensors
-        p: LIFParameters = ctx.p
-        psi_fn = get_surrogate(p.surrogate)
-        T = vs.shape[0]
-        g_cur = torch.empty_like(vs)
-        g_u = torch.zeros_like(vs[0])
-        g_y = torch.empty_like(g_u)
-        psi = torch.empty_like(g_u)
-        g_rec = torch.zeros_like(g_u) if w_rec is not None else None
-        for t in range(T - 1, -1, -1):
-            v = vs[t]
-            psi_fn(v, out=psi)
-            if g_rec is not None and t < T - 1:
-                torch.add(g_spikes[t], g_rec, out=g_y)
-            else:
-                g_y.copy_(g_spikes[t])
-            if p.reset == "soft":
-                g_y.sub_(g_u, alpha=p.theta)
-                g_i = torch.addcmul(g_u, g_y, psi, out=g_cur[t])
-            else:
-                g_y.sub_((v + p.theta) * g_u)
-                g_i = torch.addcmul(g_u * (1.0 - heaviside(v)), g_y, psi, out=g_cur[t])
-            torch.mul(g_i, p.gamma, out=g_u)
-            if g_rec is not None and t > 0:
-                torch.mm(g_i, w_rec, out=g_rec)
+        g_cur = scan_backward(g_spikes, vs, w_rec, ctx.p, time_dim=0)
         g_w = None
         if w_rec is not None and ctx.needs_input_grad[1]:
             n = w_rec.shape[0]
             g_w = g_cur[1:].reshape(-1, n).t() @ spikes[:-1].reshape(-1, n)
         return g_cur, g_w, None
+
+
+def scan_backward(g_spikes: Tensor, vs: Tensor, w_rec: Tensor | None, p: LIFParameters, time_dim: int) -> Tensor:
+    """``g_I`` of every step, back through time, for :class:`LIFScan` (``time_dim`` 0: ``[T, B, ...]``)
+    and :class:`stllr_engine.pack.PackLIFScan` (``time_dim`` 1: ``[K, T, B, n]``, the recurrent
+    weights ``[K, n, n]`` batched): the one copy of the backward step (fused when on)."""
+    T = vs.shape[time_dim]
+    groups = vs.shape[0] if time_dim == 1 else 1
+
+    def at(x: Tensor, t: int) -> Tensor:
+        return x[t] if time_dim == 0 else x[:, t]
+
+    g_cur = torch.empty_like(vs)
+    g_u = torch.zeros_like(at(vs, 0))
+    g_rec = torch.zeros_like(g_u) if w_rec is not None else None
+    if fused.active(g_u):
+        for t in range(T - 1, -1, -1):
+            fused.lif_backward_step(at(g_spikes, t), g_rec if (g_rec is not None and t < T - 1) else None, g_u,
+                                    at(vs, t), at(g_cur, t), p.gamma, p.theta, p.reset, p.surrogate, groups)
+            if g_rec is not None and t > 0:
+                torch.matmul(at(g_cur, t), w_rec, out=g_rec)
+        return g_cur
+    psi_fn = get_surrogate(p.surrogate)
+    g_y = torch.empty_like(g_u)
+    psi = torch.empty_like(g_u)
+    for t in range(T - 1, -1, -1):
+        v = at(vs, t)
+        psi_fn(v, out=psi)
+        if g_rec is not None and t < T - 1:
+            torch.add(at(g_spikes, t), g_rec, out=g_y)
+        else:
+            g_y.copy_(at(g_spikes, t))
+        if p.reset == "soft":
+            g_y.sub_(g_u, alpha=p.theta)
+            g_i = torch.addcmul(g_u, g_y, psi, out=at(g_cur, t))
+        else:
+            g_y.sub_((v + p.theta) * g_u)
+            g_i = torch.addcmul(g_u * (1.0 - heaviside(v)), g_y, psi, out=at(g_cur, t))
+        torch.mul(g_i, p.gamma, out=g_u)
+        if g_rec is not None and t > 0:
+            torch.matmul(g_i, w_rec, out=g_rec)
+    return g_cur
 
 
 def lif_scan(current: Tensor, w_rec: Tensor | None, p: LIFParameters) -> Tensor:

@@ -311,7 +311,9 @@ def measure_costs(net: Network, step: Callable[..., StepStats], x: Tensor, label
         torch.cuda.synchronize(x.device)
         torch.cuda.reset_peak_memory_stats(x.device)
         base = torch.cuda.memory_allocated(x.device)
-    with AllocationTracker() as tracker:
+    from stllr_engine import fused
+
+    with AllocationTracker() as tracker, fused.use("off"):  # the eager step: what the formulas describe
         step(net, x, labels, probe=probe)
     out["forward_macs_measured_per_sample"] = probe.flops.get("forward", 0) // 2 // batch
     out["learning_macs_measured_per_sample"] = probe.flops.get("learning", 0) // 2 // batch

@@ -48,7 +48,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Settings that do not change results: a run may resume with other values for these.
 RESUME_EXEMPT = (
     "data.num_workers", "data.eval_batch_size", "data.data_dir", "data.cache_dir", "data.max_cache_bytes",
-    "runtime.threads", "runtime.gpu_memory_fraction", "training.device", "training.measure_costs",
+    "runtime.threads", "runtime.gpu_memory_fraction", "training.device", "training.measure_costs", "training.fused",
 )
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stllr_engine import fused
 from stllr_engine.layers import Readout, SpikingLayer, SynapseWeights
 from stllr_engine.neurons import get_surrogate, lif_advance_
 
@@ -277,6 +278,28 @@ def _lif_scan(
     yprev_rec = window_buffer(layer.recurrent and f is not None)
     trrec_rec = window_buffer(tr_rec is not None)
     scratch = torch.empty_like(u)
+    if fused.active(u):
+        rec = v if w_rec_t is not None else None  # y[t-1] W_recᵀ, in v's buffer (the kernel reads it first)
+        for t in range(c):
+            w_idx = t - t0
+            recording = w_idx >= 0
+            if w_rec_t is not None:
+                assert y_prev is not None and rec is not None
+                if yprev_rec is not None and recording:
+                    yprev_rec[w_idx] = y_prev
+                if tr_rec is not None:
+                    torch.add(y_prev, tr_rec, alpha=lam_pre, out=tr_rec)
+                    if trrec_rec is not None and recording:
+                        trrec_rec[w_idx] = tr_rec
+                torch.mm(y_prev, w_rec_t, out=rec)
+            psi_out = psi_rec[w_idx] if psi_rec is not None and recording else (scratch if tr_post is not None else None)
+            fused.lif_step(u, current[t], rec, v, spikes[t], psi_out, tr_post, tr_post,
+                           trpost_rec[w_idx] if trpost_rec is not None and tr_post is not None and recording else None,
+                           lam_post if tr_post is not None else None, p.gamma, p.theta, p.reset, p.surrogate)
+            y_prev = spikes[t]
+        last = spikes[-1].clone() if layer.recurrent else None
+        return spikes, LayerState(u, last, st.tr_pre, tr_rec, tr_post), _ScanRecords(psi_rec, trpost_rec, yprev_rec,
+                                                                                       trrec_rec)
     for t in range(c):
         w_idx = t - t0  # index among the window steps (recorded when >= 0)
         if w_rec_t is not None:

@@ -41,9 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stllr_engine import fused
+from stllr_engine.bptt import scan_backward
 from stllr_engine.errors import StllrError
 from stllr_engine.network import Network
-from stllr_engine.neurons import LIFParameters, get_surrogate, heaviside
+from stllr_engine.neurons import LIFParameters, get_surrogate
 from stllr_engine.train import TrainConfig
 
 __all__ = ["Pack", "PackAdam", "PackSGD", "PackStats", "pack_key", "check_packable", "pack_stllr_step",
@@ -296,17 +298,35 @@ def _layer_forward(pack: Pack, i: int, inp: Tensor, t0: int, lam_pre: Tensor, la
             rec_hist = u.new_zeros(K, T + 1, B, n)
     v_buf = torch.empty_like(u)
     psi_buf = torch.empty_like(u)
-    for t in range(T):
-        w = t - t0
-        if rec_hist is not None:
-            assert y_prev is not None
-            torch.addcmul(y_prev, rec_hist[:, t], lam_pre3, out=rec_hist[:, t + 1])
-        _, y = _lif_advance(u, current[:, t], p, one, y_prev, w_rec_t, v_buf, spikes[:, t])
-        if w_rec_t is not None:
-            y_prev = y
-        if post_hist is not None:
-            psi = psi_fn(v_buf, out=psi_rec[:, w] if w >= 0 else psi_buf)  # type: ignore[index]
-            torch.addcmul(psi, post_hist[:, t], lam_post3, out=post_hist[:, t + 1])
+    if fused.active(u):
+        for t in range(T):
+            w = t - t0
+            if rec_hist is not None:
+                assert y_prev is not None
+                torch.addcmul(y_prev, rec_hist[:, t], lam_pre3, out=rec_hist[:, t + 1])
+            rec = None
+            if w_rec_t is not None:  # y[t-1] W_recᵀ, in v's buffer (the kernel reads it first)
+                rec = torch.bmm(y_prev, w_rec_t, out=v_buf)  # type: ignore[arg-type]
+            psi_out = (psi_rec[:, w] if w >= 0 else psi_buf) if post_hist is not None else None  # type: ignore[index]
+            fused.lif_step(u, current[:, t], rec, v_buf, spikes[:, t], psi_out,
+                           post_hist[:, t] if post_hist is not None else None,
+                           post_hist[:, t + 1] if post_hist is not None else None, None,
+                           lam_post if post_hist is not None else None, p.gamma, p.theta, p.reset, p.surrogate,
+                           groups=K, fma_trace=False)
+            if w_rec_t is not None:
+                y_prev = spikes[:, t]
+    else:
+        for t in range(T):
+            w = t - t0
+            if rec_hist is not None:
+                assert y_prev is not None
+                torch.addcmul(y_prev, rec_hist[:, t], lam_pre3, out=rec_hist[:, t + 1])
+            _, y = _lif_advance(u, current[:, t], p, one, y_prev, w_rec_t, v_buf, spikes[:, t])
+            if w_rec_t is not None:
+                y_prev = y
+            if post_hist is not None:
+                psi = psi_fn(v_buf, out=psi_rec[:, w] if w >= 0 else psi_buf)  # type: ignore[index]
+                torch.addcmul(psi, post_hist[:, t], lam_post3, out=post_hist[:, t + 1])
     if record and w_rec_t is not None:
         # y[t-1] at window steps: the spikes one step back (zeros before the first)
         yprev_rec = torch.cat([spikes.new_zeros(K, 1, B, n), spikes[:, :-1]], 1)[:, t0:] if t0 == 0 else spikes[:, t0 - 1:T - 1]
@@ -446,11 +466,19 @@ class PackLIFScan(torch.autograd.Function):
         one = u.new_ones(())
         wt = w_rec.transpose(1, 2) if w_rec is not None else None
         y_prev = None
-        for t in range(T):
-            v, y = _lif_advance(u, current[:, t], p, one, y_prev, wt)
-            vs[:, t] = v
-            spikes[:, t] = y
-            y_prev = y if wt is not None else None
+        if fused.active(u):
+            for t in range(T):
+                rec = None
+                if wt is not None and t > 0:  # in v[t]'s buffer (the kernel reads it first)
+                    rec = torch.bmm(spikes[:, t - 1], wt, out=vs[:, t])  # type: ignore[arg-type]
+                fused.lif_step(u, current[:, t], rec, vs[:, t], spikes[:, t], None, None, None,
+                               None, None, p.gamma, p.theta, p.reset, p.surrogate, groups=K)
+        else:
+            for t in range(T):
+                v, y = _lif_advance(u, current[:, t], p, one, y_prev, wt)
+                vs[:, t] = v
+                spikes[:, t] = y
+                y_prev = y if wt is not None else None
         ctx.save_for_backward(vs, spikes, w_rec)
         ctx.p = p
         return spikes
@@ -458,26 +486,8 @@ class PackLIFScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_spikes: Tensor):  # type: ignore[override]
         vs, spikes, w_rec = ctx.saved_tensors
-        p: LIFParameters = ctx.p
-        psi_fn = get_surrogate(p.surrogate)
-        K, T = vs.shape[0], vs.shape[1]
-        g_cur = torch.empty_like(vs)
-        g_u = torch.zeros_like(vs[:, 0])
-        g_rec = torch.zeros_like(g_u) if w_rec is not None else None
-        for t in range(T - 1, -1, -1):
-            v = vs[:, t]
-            psi = psi_fn(v)
-            g_y = g_spikes[:, t] + g_rec if (g_rec is not None and t < T - 1) else g_spikes[:, t].clone()
-            if p.reset == "soft":
-                g_y.sub_(g_u, alpha=p.theta)
-                g_i = torch.addcmul(g_u, g_y, psi)
-            else:
-                g_y.sub_((v + p.theta) * g_u)
-                g_i = torch.addcmul(g_u * (1.0 - heaviside(v)), g_y, psi)
-            g_cur[:, t] = g_i
-            g_u = g_i * p.gamma
-            if g_rec is not None and t > 0:
-                g_rec = torch.bmm(g_i, w_rec)
+        K = vs.shape[0]
+        g_cur = scan_backward(g_spikes, vs, w_rec, ctx.p, time_dim=1)
         g_w = None
         if w_rec is not None and ctx.needs_input_grad[1]:
             n = w_rec.shape[1]

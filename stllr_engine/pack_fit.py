@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stllr_engine import fused as fused_steps
 from stllr_engine.costs import AllocationTracker
 from stllr_engine.errors import StllrError
 from stllr_engine.network import Network
@@ -52,6 +53,7 @@ from stllr_engine.train import (
     _make_optimizer,
     _make_scheduler,
     evaluate,
+    fused_metrics,
     load_checkpoint,
     resolve_device,
     resume_source,
@@ -210,7 +212,7 @@ def _cost_key(m: "_Member") -> str:
     import json
 
     t = m.cfg.to_dict()
-    for k in ("seed", "lr", "weight_decay", "epochs", "patience", "min_delta", "device", "measure_costs"):
+    for k in ("seed", "lr", "weight_decay", "epochs", "patience", "min_delta", "device", "measure_costs", "fused"):
         t.pop(k, None)
     spec = {k: v for k, v in m.net.spec.to_dict().items() if k != "seed"}
     return json.dumps([spec, t, str(m.net.readout.weight.dtype)], sort_keys=True, default=str)
@@ -290,6 +292,7 @@ def _fit_pack(members: list[_Member], device: torch.device, resume: bool) -> Ite
         own_params = pack.member_parameters([m.net for m in running])
         opt = _pack_optimizer(pack, own_params, [m.opt for m in running])
         P = len(running)
+        fused_mode = running[0].cfg.fused
         loss_sum = torch.zeros(P, dtype=torch.float64)
         objective_sum = torch.zeros(P, dtype=torch.float64)
         correct_sum = torch.zeros(P, dtype=torch.int64)
@@ -298,38 +301,39 @@ def _fit_pack(members: list[_Member], device: torch.device, resume: bool) -> Ite
         diverged: dict[int, str] = {}
         measure_time = 0.0
         t_start = time.perf_counter()
-        for batches in _zip_exact([m.train for m in running]):
-            x, labels = _stack_batches(batches, [m.net for m in running], device)
-            steps = x.shape[1]
-            if any(m.costs is None for m in running):
-                t_m = time.perf_counter()
-                for j, m in enumerate(running):
-                    if m.costs is None:
-                        _check_shape(m.net, x[j])
-                        key = _cost_key(m)
-                        if key not in measured:  # one instrumented step of this member alone
-                            measured[key] = _first_costs(m.net, rule_step(m.cfg), x[j], labels[j], m.cfg)
-                        m.costs = dict(measured[key])
-                measure_time += time.perf_counter() - t_m
-            opt.zero_grad()
-            step = pack_stllr_step if rule == "stllr" else pack_bptt_step
-            if P not in pack_bytes and running[0].cfg.measure_costs:
-                # the pack's own footprint, once per pack size: every allocation of its step
-                with AllocationTracker() as tracker:
+        with fused_steps.use(fused_mode):
+            for batches in _zip_exact([m.train for m in running]):
+                x, labels = _stack_batches(batches, [m.net for m in running], device)
+                steps = x.shape[1]
+                if any(m.costs is None for m in running):
+                    t_m = time.perf_counter()
+                    for j, m in enumerate(running):
+                        if m.costs is None:
+                            _check_shape(m.net, x[j])
+                            key = _cost_key(m)
+                            if key not in measured:  # one instrumented step of this member alone
+                                measured[key] = _first_costs(m.net, rule_step(m.cfg), x[j], labels[j], m.cfg)
+                            m.costs = dict(measured[key])
+                    measure_time += time.perf_counter() - t_m
+                opt.zero_grad()
+                step = pack_stllr_step if rule == "stllr" else pack_bptt_step
+                if P not in pack_bytes and running[0].cfg.measure_costs:
+                    # the pack's own footprint, once per pack size: every allocation of its step
+                    with AllocationTracker() as tracker:
+                        stats = step(pack, x, labels, loss=loss_kind)
+                    pack_bytes[P] = tracker.peak_bytes
+                else:
                     stats = step(pack, x, labels, loss=loss_kind)
-                pack_bytes[P] = tracker.peak_bytes
-            else:
-                stats = step(pack, x, labels, loss=loss_kind)
-            opt.step()
-            loss_sum += stats.loss.detach().double().cpu() * stats.batch
-            objective_sum += stats.objective.detach().double().cpu() * stats.batch
-            correct_sum += stats.correct.cpu()
-            n += stats.batch
-            bad = ~torch.isfinite(stats.loss.detach().cpu()) & opt.active.cpu()
-            for j in torch.nonzero(bad).flatten().tolist():
-                diverged[j] = (f"training diverged: the loss became {float(stats.loss[j])} in epoch {epoch + 1} "
-                               f"(batch {n // max(1, stats.batch)}): lower the learning rate")
-                opt.active[j] = False
+                opt.step()
+                loss_sum += stats.loss.detach().double().cpu() * stats.batch
+                objective_sum += stats.objective.detach().double().cpu() * stats.batch
+                correct_sum += stats.correct.cpu()
+                n += stats.batch
+                bad = ~torch.isfinite(stats.loss.detach().cpu()) & opt.active.cpu()
+                for j in torch.nonzero(bad).flatten().tolist():
+                    diverged[j] = (f"training diverged: the loss became {float(stats.loss[j])} in epoch {epoch + 1} "
+                                   f"(batch {n // max(1, stats.batch)}): lower the learning rate")
+                    opt.active[j] = False
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - t_start - measure_time
@@ -337,14 +341,15 @@ def _fit_pack(members: list[_Member], device: torch.device, resume: bool) -> Ite
             raise StllrError("the training loader yielded no samples: check the dataset split and batch size")
         pack.write_back([m.net for m in running])
         _store_optimizer(opt, own_params, [m.opt for m in running])
-        evals = {}
-        for split in ("val", "test"):
-            loaders = [getattr(m, split) for m in running]
-            if all(ld is not None for ld in loaders):
-                evals[split] = _evaluate_pack(pack, [m.net for m in running], loaders, device)  # type: ignore[arg-type]
-            elif any(ld is not None for ld in loaders):
-                evals[split] = [evaluate(m.net, ld, device) if ld is not None else None  # type: ignore[misc]
-                                for m, ld in zip(running, loaders)]
+        with fused_steps.use(fused_mode):
+            evals = {}
+            for split in ("val", "test"):
+                loaders = [getattr(m, split) for m in running]
+                if all(ld is not None for ld in loaders):
+                    evals[split] = _evaluate_pack(pack, [m.net for m in running], loaders, device)  # type: ignore[arg-type]
+                elif any(ld is not None for ld in loaders):
+                    evals[split] = [evaluate(m.net, ld, device) if ld is not None else None  # type: ignore[misc]
+                                    for m, ld in zip(running, loaders)]
         for j, m in enumerate(running):
             metrics: dict[str, Any] = {
                 "epoch": epoch + 1,
@@ -367,6 +372,7 @@ def _fit_pack(members: list[_Member], device: torch.device, resume: bool) -> Ite
                 warnings.filterwarnings("ignore", message="Detected call of")
                 m.sched.step()
             metrics.update(m.costs or {})
+            metrics.update(fused_metrics(m.cfg, device))
             if j in diverged or not math.isfinite(metrics["train_loss"]):
                 metrics.update(status="diverged", error=diverged.get(j) or (
                     f"training diverged: the loss became {metrics['train_loss']} in epoch {epoch + 1}: "
@@ -387,7 +393,8 @@ def _fit_pack(members: list[_Member], device: torch.device, resume: bool) -> Ite
                     for split in ("val", "test"):
                         loader = getattr(m, split)
                         if loader is not None:
-                            ev1 = evaluate(m.net, loader, device)
+                            with fused_steps.use(fused_mode):
+                                ev1 = evaluate(m.net, loader, device)
                             metrics[f"{split}_accuracy"], metrics[f"{split}_loss"] = ev1["accuracy"], ev1["loss"]
                 metrics["finished"] = stopped_by is not None
                 m.done = stopped_by is not None

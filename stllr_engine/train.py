@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stllr_engine import fused as fused_steps
 from stllr_engine._checks import choice, integer, known_fields, real
 from stllr_engine.bptt import LOSSES, bptt_step
 from stllr_engine.costs import formula_costs, measure_costs
@@ -88,6 +89,10 @@ class TrainConfig:
             Better means a higher ``val_accuracy`` by more than ``min_delta``, or an accuracy
             at least as high with a lower ``val_loss``. ``None`` (default): train all ``epochs``.
         min_delta: the accuracy gain that counts as better (with ``patience``).
+        fused: the fused time step (:mod:`stllr_engine.fused`): ``"auto"`` (default: on
+            where the CPU kernel builds), ``"on"`` (an unbuildable kernel is an error) or
+            ``"off"`` (the eager step). It changes speed, never a result: costs are
+            measured on the eager step, and a run resumes under any setting.
     """
 
     rule: str = "stllr"
@@ -104,6 +109,7 @@ class TrainConfig:
     loss: str | None = None  # new fields go last: positional construction keeps its meaning
     patience: int | None = None
     min_delta: float = 0.0
+    fused: str = "auto"
 
     def __post_init__(self) -> None:
         w = "training"
@@ -130,6 +136,9 @@ class TrainConfig:
         if self.patience is not None:
             integer(w, "patience", self.patience, 1)
         real(w, "min_delta", self.min_delta, 0.0, 1.0)
+        if isinstance(self.fused, bool):  # YAML's on/off/true/false
+            object.__setattr__(self, "fused", "on" if self.fused else "off")
+        choice(w, "fused", self.fused, fused_steps.MODES)
         if not isinstance(self.device, str) or not self.device:
             raise StllrError(f"{w}: device={self.device!r} must be a name such as 'cpu' or 'cuda:0'")
         if not isinstance(self.measure_costs, bool):
@@ -459,7 +468,7 @@ def _check_resume(ckpt: dict[str, Any], net: Network, cfg: TrainConfig, path: st
     then, now = stored.to_dict(), cfg.to_dict()
     if stored.loss_kind == cfg.loss_kind:  # unset means the rule's own: the same objective, named or not
         then["loss"] = now["loss"] = cfg.loss_kind
-    changed = sorted(k for k in now if k not in ("device", "measure_costs") and now[k] != then[k])
+    changed = sorted(k for k in now if k not in ("device", "measure_costs", "fused") and now[k] != then[k])
     if changed:
         hint = " (the cosine schedule is fixed by epochs when a run starts)" if "epochs" in changed else ""
         raise StllrError(f"checkpoint {path} was trained with other settings ({', '.join(changed)} differ){hint}: "
@@ -536,6 +545,12 @@ def _evaluate_into(metrics: dict[str, Any], prefix: str, net: Network, loader: I
     if loader is not None:
         ev = evaluate(net, loader, device)
         metrics[f"{prefix}_accuracy"], metrics[f"{prefix}_loss"] = ev["accuracy"], ev["loss"]
+
+
+def fused_metrics(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """Whether the run's steps were fused, and the seconds this process spent building the kernel."""
+    on = cfg.fused != "off" and device.type == "cpu" and fused_steps.available()
+    return {"fused_step": on, "fused_compile_s": fused_steps.compile_seconds() if on else 0.0}
 
 
 def _first_costs(net: Network, step: Callable[..., StepStats], x: Tensor, labels: Tensor,
@@ -668,28 +683,29 @@ def _fit(
         correct_sum = torch.zeros((), device=device, dtype=torch.int64)
         measure_time = 0.0
         t_start = time.perf_counter()
-        for batch in train_loader:
-            x, labels = _batch_to(batch, net, device)
-            steps = x.shape[0]
-            if costs is None:
-                _check_shape(net, x)
-                t_m = time.perf_counter()
-                costs = _first_costs(net, step, x, labels, cfg)
-                measure_time += time.perf_counter() - t_m
-            opt.zero_grad(set_to_none=True)
-            if online:
-                stats = step(net, x, labels, optimizer=opt)  # steps the optimiser at every window step
-            else:
-                stats = step(net, x, labels)
-                opt.step()
-            loss_sum += stats.loss.detach().double() * stats.batch
-            objective_sum += stats.objective.detach().double() * stats.batch
-            correct_sum += stats.correct
-            n += stats.batch
-            # NaN/inf: stop at once instead of training on garbage (on a GPU: checked per epoch,
-            # so that the step never waits for the host)
-            if device.type == "cpu" and not math.isfinite(float(stats.loss)):
-                _diverged(float(stats.loss), epoch, n // max(1, stats.batch))
+        with fused_steps.use(cfg.fused):
+            for batch in train_loader:
+                x, labels = _batch_to(batch, net, device)
+                steps = x.shape[0]
+                if costs is None:
+                    _check_shape(net, x)
+                    t_m = time.perf_counter()
+                    costs = _first_costs(net, step, x, labels, cfg)
+                    measure_time += time.perf_counter() - t_m
+                opt.zero_grad(set_to_none=True)
+                if online:
+                    stats = step(net, x, labels, optimizer=opt)  # steps the optimiser at every window step
+                else:
+                    stats = step(net, x, labels)
+                    opt.step()
+                loss_sum += stats.loss.detach().double() * stats.batch
+                objective_sum += stats.objective.detach().double() * stats.batch
+                correct_sum += stats.correct
+                n += stats.batch
+                # NaN/inf: stop at once instead of training on garbage (on a GPU: checked per epoch,
+                # so that the step never waits for the host)
+                if device.type == "cpu" and not math.isfinite(float(stats.loss)):
+                    _diverged(float(stats.loss), epoch, n // max(1, stats.batch))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - t_start - measure_time
@@ -713,8 +729,10 @@ def _fit(
         }
         sched.step()
         metrics.update(costs or {})
-        _evaluate_into(metrics, "val", net, val_loader, device)
-        _evaluate_into(metrics, "test", net, test_loader, device)
+        metrics.update(fused_metrics(cfg, device))
+        with fused_steps.use(cfg.fused):
+            _evaluate_into(metrics, "val", net, val_loader, device)
+            _evaluate_into(metrics, "test", net, test_loader, device)
         stopped_by = early.update(net, metrics, epoch + 1, epoch + 1 == cfg.epochs)
         metrics.update(stopped_by=stopped_by, epochs_trained=epoch + 1, best_epoch=early.best_epoch)
         if stopped_by in ("patience", "max_epochs"):
@@ -723,8 +741,9 @@ def _fit(
                 if key in metrics:
                     metrics[f"epoch_{key}"] = metrics[key]
             net.load_state_dict(early.best_state)
-            _evaluate_into(metrics, "val", net, val_loader, device)
-            _evaluate_into(metrics, "test", net, test_loader, device)
+            with fused_steps.use(cfg.fused):
+                _evaluate_into(metrics, "val", net, val_loader, device)
+                _evaluate_into(metrics, "test", net, test_loader, device)
         metrics["finished"] = stopped_by is not None
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, net, opt, sched, epoch + 1, cfg, metrics,

@@ -45,7 +45,7 @@ __all__ = ["Ledger", "FolderLock", "PidFileLock", "repair_journal", "read_result
            "RESUME_EXEMPT", "say"]
 
 #: Study-file keys a resume may change: where the data lives, and the budget (``--trials``).
-RESUME_EXEMPT = ("dataset.data_dir", "dataset.cache_dir", "budget.trials", "description")
+RESUME_EXEMPT = ("dataset.data_dir", "dataset.cache_dir", "budget.trials", "description", "fixed.training.fused")
 
 
 def say(line: str) -> None:
@@ -417,7 +417,7 @@ class Ledger:
         more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
         raise StllrError(f"--resume {self.folder}: the study differs from what this folder ran ({shown}{more}): "
                          "undo the change, or run it as a new study with another --out (only --trials, "
-                         "dataset.data_dir and dataset.cache_dir may change on a resume)")
+                         "dataset.data_dir, dataset.cache_dir and fixed.training.fused may change on a resume)")
 
     def _read_budget(self, trials: int | None) -> None:
         path = self.path("budget.json")

@@ -50,7 +50,14 @@ def test_bench_engine_quick_json(engine_quick):
     mem = "learning_memory_bytes_measured_per_batch"
     chunked = {r["chunk_steps"]: r for r in records if r["mode"] == "chunked"}
     by = {(r["model"], r["rule"], r["impl"], r["mode"], r["T"], r["learn_steps"]): r for r in records
-          if r["mode"] != "chunked"}
+          if r["mode"] != "chunked" and (r["impl"] != "engine" or r["fused"])}  # the eager twins: below
+    eager = [r for r in records if r["impl"] == "engine" and not r["fused"]]
+    assert sorted((r["rule"], r["mode"], r["T"], r["learn_steps"]) for r in eager) == [
+        ("bptt", "fused_scan", 100, 100), ("stllr", "window", 100, 10)]
+    for r in eager:  # the same step, eager: the same learning memory, measured exactly
+        assert r["learning_memory_bytes_measured_per_batch"] == by[
+            (r["model"], r["rule"], "engine", r["mode"], r["T"], r["learn_steps"])]["learning_memory_bytes_measured_per_batch"]
+    assert all(r["fused_compile_s"] >= 0 for r in records)
     stream25 = by[("shd_rsnn", "stllr", "engine", "streaming", 25, 10)]
     stream400 = by[("shd_rsnn", "stllr", "engine", "streaming", 400, 10)]
     assert stream25[mem] == stream400[mem]  # exact, load-independent
@@ -61,7 +68,11 @@ def test_bench_engine_quick_json(engine_quick):
     bptt400 = by[("shd_rsnn", "bptt", "engine", "fused_scan", 400, 400)]
     assert bptt400[mem] / bptt25[mem] == pytest.approx(16, rel=0.03)
     assert by[("shd_rsnn", "bptt", "engine", "fused_scan", 100, 100)]["learning_macs_formula_per_sample"] == 105_300_000
-    assert len(targets) == 10
+    assert len(targets) == 14
+    named = {t["target"]: t for t in targets}
+    assert (named["#16: S-TLLR(learn_steps=10, window) / BPTT step time, SHD net"]["threshold"],
+            named["#16: BPTT engine / unrolled reference step time, SHD net"]["threshold"]) == (0.55, 0.8)
+    assert sum(t["target"].startswith("fused (auto) / eager step time") for t in targets) == 2
     # chunked rows on the SHD net (T 100, learn_steps 90): the automatic chunk (6) and two others;
     # a chunk holds its records, so memory above streaming's grows exactly with c (exact, load-free)
     assert set(chunked) == {6, 3, 15}
