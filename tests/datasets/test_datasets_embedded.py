@@ -117,3 +117,96 @@ def test_digits_split_is_stratified_and_seeded() -> None:
     other, _ = load_dataset("digits", T=10, seed=1)
     assert np.array_equal(train.labels, again.labels)
     assert not np.array_equal(train.labels, other.labels)
+
+
+# -- the timing task as a family (issue #17 item 2): order dial, shift, instances --------------
+
+
+def test_the_dials_at_their_defaults_give_the_original_samples_bit_for_bit() -> None:
+    import hashlib
+
+    h = hashlib.sha256()
+    for kw in ({}, {"seed": 3, "T": 12, "channels": 8, "samples_per_class": 24}):
+        for split in load_dataset("synthetic_temporal", **kw):
+            x, y = _arrays(split)
+            for i in range(len(y)):
+                h.update(x[i].astype(np.float32).tobytes())
+                h.update(str(int(y[i])).encode())
+    # the samples of the generator before order/shift existed (its published findings used them)
+    assert h.hexdigest() == "f02d5a81e1d979b939e26d9bb1da316a6ff0e9b7efaca26bd1b577252ebcdd53"
+
+
+@pytest.mark.parametrize("order", [0.0, 0.5, 1.0])
+def test_every_class_has_the_same_expected_spikes_at_every_order(order: float) -> None:
+    train, _ = load_dataset("synthetic_temporal", order=order, noise=0.0, samples_per_class=400)
+    frames, labels = _arrays(train)
+    per_class = np.array([frames[labels == k].sum((1, 2)).mean() for k in range(4)])
+    # timed spikes kept with p = order (32 of them) plus Poisson rate spikes with mean (1 - order) * 32;
+    # a rate spike on an occupied cell merges with it, so slightly fewer than 32
+    assert np.all(np.abs(per_class - 32) < 1.5), per_class
+    assert per_class.max() - per_class.min() < 1.0
+
+
+def test_order_zero_is_a_pure_rate_code() -> None:
+    from stllr_engine.datasets.synthetic_temporal import class_rate_profiles
+
+    train, _ = load_dataset("synthetic_temporal", order=0.0, noise=0.0, samples_per_class=600, seed=4)
+    frames, labels = _arrays(train)
+    profiles = class_rate_profiles(32, 4, 4)
+    for k in range(4):
+        counts = frames[labels == k].sum(1).mean(0)  # per channel
+        assert np.corrcoef(counts, profiles[k])[0, 1] > 0.95  # the class's own rates
+        # timing carries nothing: every channel's spikes spread evenly over the window
+        t = np.nonzero(frames[labels == k])[1]
+        assert abs(t.mean() - 19.5) < 0.6 and abs(t.std() - np.sqrt((40**2 - 1) / 12)) < 0.6
+
+
+def test_a_shift_moves_each_samples_spikes_together_and_clips_none() -> None:
+    T, shift = 40, 10
+    times = class_spike_times(32, T, 4, 0, shift)
+    assert times.min() == shift and times.max() == T - 1 - shift
+    train, _ = load_dataset("synthetic_temporal", shift=shift, jitter=0.0, noise=0.0, samples_per_class=50)
+    frames, labels = _arrays(train)
+    offsets = set()
+    for x, k in zip(frames, labels):
+        t = x.argmax(0)  # each channel's one spike
+        d = t - times[k]
+        assert np.all(d == d[0])  # relative order kept exactly
+        offsets.add(int(d[0]))
+    assert offsets <= set(range(-shift, shift + 1)) and len(offsets) > 10
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"order": 1.5}, "order=1.5 must be a number in [0.0, 1.0]"),
+    ({"shift": 20}, "shift=20 leaves no room"),
+    ({"shift": -1}, "shift=-1 must be an integer >= 0"),
+    ({"order": 0.5, "rate_spikes": 0}, "set rate_spikes > 0"),
+])
+def test_bad_dials_are_one_line_errors(params, message) -> None:
+    from stllr_engine.errors import StllrError
+
+    with pytest.raises(StllrError, match=message.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")) as err:
+        load_dataset("synthetic_temporal", **params)
+    assert "\n" not in str(err.value)
+
+
+def test_the_floors_follow_the_dial() -> None:
+    """Counts solve the rate end and sit near chance at the order end; the frames' linear
+    read-out solves the order end unshifted (the task's known weakness) and a wide shift
+    takes most of that away. Three task instances each."""
+    from stllr_engine.experiment import ExperimentConfig
+    from stllr_engine.floors import measure_floors
+
+    def floors(**options):
+        out = []
+        for seed in (0, 1, 2):
+            cfg = ExperimentConfig.for_dataset("synthetic_temporal", {**options, "seed": seed},
+                                               network={"kind": "mlp", "width": 8}, data={"val_fraction": 0.2})
+            f = measure_floors(cfg)
+            out.append((f["linear_readout"]["test_accuracy"], f["count_readout"]["test_accuracy"]))
+        return np.array(out)
+
+    rate, order, shifted = floors(order=0.0), floors(order=1.0), floors(order=1.0, shift=16, channels=8)
+    assert rate[:, 1].min() >= 0.75
+    assert order[:, 1].max() <= 0.4 and order[:, 0].min() >= 0.95
+    assert shifted[:, 0].max() <= 0.6 and shifted[:, 1].max() <= 0.45
