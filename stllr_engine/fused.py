@@ -71,14 +71,38 @@ def mode() -> str:
     return _mode
 
 
+def _flags() -> list[str]:
+    flags = ["-O3", "-ffp-contract=off"]
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):  # the vector width torch's kernels use here
+        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    return flags
+
+
 def build_directory() -> str:
-    """Where the kernel is built and cached: ``$STLLR_FUSED_DIR``, else a folder per torch
-    version and CPU capability under ``$TORCH_EXTENSIONS_DIR`` (``~/.cache/torch_extensions``)."""
+    """Where the kernel is built and cached: ``$STLLR_FUSED_DIR``, else a folder under
+    ``$TORCH_EXTENSIONS_DIR`` (``~/.cache/torch_extensions``) named by the torch version, CPU
+    capability and a hash of the source, its path, the Python environment and the flags, so
+    that two checkouts or environments sharing a home folder never rebuild each other's kernel
+    (nor overwrite a library another process has loaded)."""
     if os.environ.get("STLLR_FUSED_DIR"):
         return os.environ["STLLR_FUSED_DIR"]
+    import hashlib
+    import sys
+
     base = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")
+    src = _source()
+    h = hashlib.sha256()
+    with open(src, "rb") as fh:
+        h.update(fh.read())
+    for part in (os.path.abspath(src), sys.prefix, " ".join(_flags())):
+        h.update(b"\0" + part.encode())
     version = torch.__version__.replace("+", "_")
-    return os.path.join(base, f"stllr_fused-torch{version}-{torch.backends.cpu.get_cpu_capability().lower()}")
+    cap = torch.backends.cpu.get_cpu_capability().lower()
+    return os.path.join(base, f"stllr_fused-torch{version}-{cap}-{h.hexdigest()[:12]}")
+
+
+def _source() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_fused.cpp")
 
 
 def _build() -> None:
@@ -88,12 +112,10 @@ def _build() -> None:
     from torch.utils.cpp_extension import load
 
     t = time.perf_counter()
-    src = os.path.join(os.path.dirname(__file__), "_fused.cpp")
+    src = _source()
     try:
         cap = torch.backends.cpu.get_cpu_capability()
-        flags = ["-O3", "-ffp-contract=off"]
-        if cap in ("AVX2", "AVX512"):  # the vector width torch's own kernels use here
-            flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+        flags = _flags()
         folder = build_directory()
         os.makedirs(folder, exist_ok=True)
         # One builder per machine. torch's own lock file outlives a builder that was killed

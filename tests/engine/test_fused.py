@@ -252,3 +252,24 @@ def test_a_build_killed_midway_does_not_hang_the_next(tmp_path):
     code = "from stllr_engine import fused; print(fused.available(), fused._error)"
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=400)
     assert res.stdout.split()[0] == "True", res.stdout + res.stderr[-2000:]
+
+
+def test_two_checkouts_sharing_a_home_folder_build_into_their_own_folders(tmp_path):
+    """Else each rebuilds the other's kernel (~50 s each time) and may overwrite a library
+    that the other's processes have loaded."""
+    import shutil
+
+    import stllr_engine
+
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(os.path.dirname(stllr_engine.__file__), copy / "stllr_engine")
+    code = "from stllr_engine import fused; print(fused.build_directory())"
+    env = {k: v for k, v in os.environ.items() if k != "STLLR_FUSED_DIR"}
+    env["PYTHONPATH"] = str(copy)
+    other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path,
+                           timeout=120).stdout.strip()
+    env.pop("PYTHONPATH")
+    here = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120).stdout.strip()
+    assert other and here and other != here
+    assert os.path.dirname(other) == os.path.dirname(here)  # the same cache, folders of their own
