@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
         ("packs", packs, "configurations per hour: K members packed as one model vs the same K separate"),
     ]:
         _add(bsub, name, text, module.add_arguments, module.execute)
+    from study import data_commands
+
+    dsub = sub.add_parser("data", help="datasets the project generates").add_subparsers(dest="what", required=True)
+    _add(dsub, "make", "generate a dataset into a folder (spoken_digits: SHD's words by TTS voices)",
+         data_commands.add_make_arguments, data_commands.make)
     for name, text, add_arguments, run in [
         ("sweep", "run (or --resume) a study: S-TLLR search + BPTT baselines on Ray Tune + Optuna",
          commands.add_sweep_arguments, commands.sweep),

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from stllr_engine.datasets import _cache, digits, synthetic_temporal
+from stllr_engine.datasets import _cache, digits, spoken_digits, synthetic_temporal
 from stllr_engine.datasets._base import FrameDataset
 from stllr_engine.datasets._events import EventSource, load_events
 from stllr_engine.datasets.cifar10_dvs import CIFAR10DVSSource
@@ -73,6 +73,26 @@ def _embedded_spec(module: Any, description: str) -> DatasetSpec:
                        False, module.validate, load)
 
 
+def _spoken_digits_spec() -> DatasetSpec:
+    source = spoken_digits.SpokenDigitsSource()
+    binning = tuple(source.defaults)
+
+    def validate(params: dict[str, Any]) -> dict[str, Any]:
+        out = source.validate({k: params[k] for k in binning})
+        out.update(spoken_digits.validate_generation(params))
+        return out
+
+    def load(data_dir: PathLike | None, cache_dir: PathLike | None, params: dict[str, Any],
+             max_cache_bytes: int | str | None) -> tuple[FrameDataset, FrameDataset]:
+        # a set made elsewhere (stllr data make spoken_digits DIR), else generated once into the cache
+        root = data_dir if data_dir is not None else spoken_digits.ensure(params)
+        return load_events(source, root, cache_dir, {k: params[k] for k in binning}, max_cache_bytes)
+
+    return DatasetSpec(spoken_digits.NAME, "SHD's 20 words spoken by TTS voices through a 700-channel cochlea "
+                       "model (generated; needs espeak-ng): [T, 700] counts, 100 x 10 ms, 20 classes",
+                       MappingProxyType(dict(spoken_digits.DEFAULTS)), False, validate, load)
+
+
 DATASETS: Mapping[str, DatasetSpec] = MappingProxyType({spec.name: spec for spec in (
     _event_spec(SHDSource(), "Spiking Heidelberg Digits: [T, 700] counts, 100 x 10 ms, "
                              "20 classes"),
@@ -84,6 +104,7 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType({spec.name: spec for spec
     _embedded_spec(synthetic_temporal, "embedded toy task, classes differ only in spike "
                                        "timing: [T, channels] 0/1"),
     _embedded_spec(digits, "sklearn 8x8 digits, latency coded: [T, 64] 0/1, 10 classes"),
+    _spoken_digits_spec(),
 )})
 
 

@@ -1,0 +1,146 @@
+"""``spoken_digits`` (issue #17 item 1): SHD's words by TTS voices, in SHD's own format.
+
+A small real set (3 voices x 20 words, espeak-ng and the cochlea model, ~5 s) read back
+through the project's ``shd`` loader and through ``tonic.datasets.SHD`` unchanged; the split
+by speaker; determinism by seed; generation into the cache once; the one-line errors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from stllr_engine.datasets import load_dataset, spoken_digits
+from stllr_engine.errors import StllrError
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+SMALL = {"speakers": 2, "test_speakers": 1, "repeats": 1}
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("spoken")
+    summary = spoken_digits.make(folder, **SMALL)
+    return folder, summary
+
+
+def _read(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        return {"times": [np.asarray(t) for t in f["spikes/times"]], "units": [np.asarray(u) for u in f["spikes/units"]],
+                "labels": np.asarray(f["labels"]), "speaker": np.asarray(f["extra/speaker"]),
+                "keys": [k.decode() for k in f["extra/keys"]]}
+
+
+def test_a_set_in_shds_format_split_by_speaker(small_set):
+    folder, summary = small_set
+    train, test = _read(folder / "SHD" / "shd_train.h5"), _read(folder / "SHD" / "shd_test.h5")
+    assert len(train["labels"]) == 2 * 20 and len(test["labels"]) == 20
+    assert train["keys"][0] == "english-zero" and train["keys"][19] == "german-neun" and len(train["keys"]) == 20
+    for split in (train, test):
+        for s in set(split["speaker"]):  # every voice says every word
+            assert sorted(split["labels"][split["speaker"] == s]) == list(range(20))
+        for t, u in zip(split["times"], split["units"]):
+            assert t.dtype == np.float16 and u.dtype == np.uint16 and len(t) == len(u)
+            assert 1000 <= len(t) <= 40_000  # SHD has a few thousand spikes per word
+            assert 0.0 <= t.min() and t.max() <= 1.5 and np.all(np.diff(t.astype(np.float64)) >= 0)
+            assert u.max() < 700 and len(np.unique(u)) > 100  # spread over the cochlea
+    assert not set(train["speaker"]) & set(test["speaker"])  # no test voice in training
+    assert summary["test"]["speakers"] == sorted(set(test["speaker"].tolist()))
+
+
+def test_it_loads_through_the_shd_loader_and_through_tonic_unchanged(small_set):
+    import tonic
+
+    folder, _ = small_set
+    train, test = load_dataset("shd", data_dir=folder)
+    raw = _read(folder / "SHD" / "shd_train.h5")
+    assert (len(train), len(test)) == (40, 20) and tuple(train[0][0].shape) == (100, 700)
+    x, label = train[3]
+    t, u = raw["times"][3].astype(np.float64), raw["units"][3].astype(np.int64)
+    inside = t < 1.0
+    assert label == raw["labels"][3] and x.sum() == inside.sum()  # every spike of the first second, binned
+    assert x[int(t[0] * 100), u[0]] >= 1
+    ds = tonic.datasets.SHD(str(folder), train=True)  # as tonic reads SHD: no download attempted
+    events, target = ds[3]
+    assert target == raw["labels"][3] and len(events) == len(t)
+    np.testing.assert_array_equal(events["x"], u)
+    assert list(ds.speaker) == raw["speaker"].tolist()
+
+
+def test_the_same_seed_makes_the_same_set_and_another_seed_another(small_set, tmp_path):
+    folder, _ = small_set
+    again = spoken_digits.make(tmp_path / "again", **SMALL)
+    a, b = _read(folder / "SHD" / "shd_test.h5"), _read(tmp_path / "again" / "SHD" / "shd_test.h5")
+    assert again["test"]["speakers"] == sorted(set(b["speaker"].tolist()))
+    assert np.array_equal(a["labels"], b["labels"]) and np.array_equal(a["speaker"], b["speaker"])
+    assert all(np.array_equal(x, y) for x, y in zip(a["times"], b["times"]))
+    assert all(np.array_equal(x, y) for x, y in zip(a["units"], b["units"]))
+    recipes = spoken_digits.utterances(spoken_digits.validate_generation({**spoken_digits.GENERATION, **SMALL,
+                                                                          "seed": 1}))
+    first = spoken_digits.utterances(spoken_digits.validate_generation({**spoken_digits.GENERATION, **SMALL}))
+    assert recipes != first
+
+
+def test_load_dataset_generates_into_the_cache_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("STLLR_DATA_CACHE", str(tmp_path))
+    train, test = load_dataset("spoken_digits", **SMALL, T=50, bin_ms=20.0)
+    assert train.info.name == "spoken_digits" and tuple(train[0][0].shape) == (50, 700) and len(test) == 20
+    made = next(tmp_path.glob("spoken_digits/*/SHD/shd_train.h5"))
+    stamp = made.stat().st_mtime_ns
+    train2, _ = load_dataset("spoken_digits", **SMALL, T=50, bin_ms=20.0)
+    assert made.stat().st_mtime_ns == stamp and np.array_equal(train2[5][0].numpy(), train[5][0].numpy())
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"speakers": 0}, "speakers=0 must be an integer >= 1"),
+    ({"snr_db": [30, 10]}, "snr_db=[30, 10] must be [low, high] in dB with low <= high"),
+    ({"speakers": 400}, "distinct voices available"),
+    ({"T": 0}, "T=0 must be an integer >= 1"),
+])
+def test_bad_parameters_are_one_line_errors(params, message):
+    with pytest.raises(StllrError) as err:
+        load_dataset("spoken_digits", **params)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_without_espeak_ng_it_says_how_to_install_it(tmp_path):
+    code = ("from stllr_engine.datasets import load_dataset\n"
+            "load_dataset('spoken_digits', speakers=1, test_speakers=1, repeats=1)")
+    env = dict(os.environ, PATH=str(tmp_path), STLLR_DATA_CACHE=str(tmp_path / "cache"))
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "espeak-ng, which is not installed: install it (Debian/Ubuntu: apt-get install espeak-ng" in res.stderr
+    assert not list((tmp_path / "cache").glob("spoken_digits/*/SHD/*.h5"))
+
+
+def _stllr(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True, text=True, timeout=300,
+                          **kw)
+
+
+def test_the_command_line_makes_a_set_and_a_killed_make_leaves_none(tmp_path):
+    res = _stllr("data", "make", "spoken_digits", str(tmp_path / "a"), "--speakers", "1", "--test-speakers", "1",
+                 "--repeats", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    import json
+
+    summary = json.loads(res.stdout)
+    assert summary["train"]["samples"] == summary["test"]["samples"] == 20
+    bad = _stllr("data", "make", "spoken_digits", str(tmp_path / "b"), "--speakers", "0")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("stllr: error: dataset")
+    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "data", "make", "spoken_digits", str(tmp_path / "c"),
+                             "--repeats", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not list((tmp_path / "c").glob("SHD/shd_*.h5")) and not list((tmp_path / "c").glob("SHD/*.zip"))
