@@ -105,7 +105,7 @@ def scan_backward(g_spikes: Tensor, vs: Tensor, w_rec: Tensor | None, p: LIFPara
         for t in range(T - 1, -1, -1):
             fused.lif_backward_step(at(g_spikes, t), g_rec if (g_rec is not None and t < T - 1) else None, g_u,
                                     at(vs, t), at(g_cur, t), p.gamma, p.theta, p.reset, p.surrogate, groups)
-            if g_rec is not None and t > 0:
+            if g_rec is not None and w_rec is not None and t > 0:
                 torch.matmul(at(g_cur, t), w_rec, out=g_rec)
         return g_cur
     psi_fn = get_surrogate(p.surrogate)
@@ -125,7 +125,7 @@ def scan_backward(g_spikes: Tensor, vs: Tensor, w_rec: Tensor | None, p: LIFPara
             g_y.sub_((v + p.theta) * g_u)
             g_i = torch.addcmul(g_u * (1.0 - heaviside(v)), g_y, psi, out=at(g_cur, t))
         torch.mul(g_i, p.gamma, out=g_u)
-        if g_rec is not None and t > 0:
+        if g_rec is not None and w_rec is not None and t > 0:
             torch.matmul(g_i, w_rec, out=g_rec)
     return g_cur
 

@@ -17,7 +17,7 @@ def add_make_arguments(ap: argparse.ArgumentParser) -> None:
                     help="held-out voices, never heard in training (default %(default)s)")
     ap.add_argument("--repeats", type=int, default=GENERATION["repeats"],
                     help="times each voice says each of the 20 words (default %(default)s)")
-    ap.add_argument("--snr-db", type=float, nargs=2, metavar=("LOW", "HIGH"), default=list(GENERATION["snr_db"]),
+    ap.add_argument("--snr-db", type=float, nargs=2, metavar=("LOW", "HIGH"), default=[float(v) for v in GENERATION["snr_db"]],
                     help="white-noise SNR range in dB (default %(default)s)")
     ap.add_argument("--seed", type=int, default=GENERATION["seed"], help="the set (default %(default)s)")
     ap.add_argument("--workers", type=int, default=None, help="parallel syntheses (default: the cores, at most 8)")

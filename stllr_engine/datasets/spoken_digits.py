@@ -70,7 +70,7 @@ VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f
             "robert", "sandro", "shelby", "steph", "travis", "victor", "zac", "grandma", "grandpa")
 CHANNELS = 700
 SAMPLE_RATE = 22050  # espeak-ng's
-GENERATION = {"speakers": 24, "test_speakers": 6, "repeats": 3, "snr_db": (5.0, 25.0), "seed": 0}
+GENERATION: dict[str, Any] = {"speakers": 24, "test_speakers": 6, "repeats": 3, "snr_db": (5.0, 25.0), "seed": 0}
 DEFAULTS: dict[str, Any] = {"T": 100, "bin_ms": 10.0, "channels": 700, **GENERATION}
 FORMAT = 1  # bump when the generator's output changes: a cached set is then remade
 
