@@ -34,12 +34,12 @@ PRESET_DIR = Path(__file__).resolve().parent
 PRESET_NAMES = (
     "quickstart", "shd_rsnn", "dvs_gesture_vgg9", "cifar10dvs_vgg9", "nmnist",
     "balance_digits", "balance_synthetic", "scaling_digits", "scaling_synthetic",
-    "balance_digits_factorial", "balance_synthetic_factorial",
+    "balance_digits_factorial", "balance_synthetic_factorial", "balance_spoken", "scaling_spoken",
 )
 # The open questions' studies, one per task (one study = one dataset = one folder).
-PRESET_GROUPS = {"balance": ("balance_digits", "balance_synthetic"),
+PRESET_GROUPS = {"balance": ("balance_digits", "balance_synthetic", "balance_spoken"),
                  "balance_factorial": ("balance_digits_factorial", "balance_synthetic_factorial"),
-                 "scaling": ("scaling_digits", "scaling_synthetic")}
+                 "scaling": ("scaling_digits", "scaling_synthetic", "scaling_spoken")}
 
 from study.schema import DEFAULT_OBJECTIVES  # noqa: E402  (one definition: accuracy, learning MACs, measured memory)
 _SAMPLER_OPTIONS: dict[str, dict[str, str]] = {  # option -> kind
