@@ -27,10 +27,15 @@ def add_make_arguments(ap: argparse.ArgumentParser) -> None:
 def make(args: argparse.Namespace) -> int:
     from stllr_engine.datasets import spoken_digits
 
+    from stllr_engine.errors import StllrError
+
     t = time.perf_counter()
-    summary = spoken_digits.make(args.folder, workers=args.workers, progress=not args.json, speakers=args.speakers,
-                                 test_speakers=args.test_speakers, repeats=args.repeats, snr_db=args.snr_db,
-                                 seed=args.seed)
+    try:
+        summary = spoken_digits.make(args.folder, workers=args.workers, progress=not args.json,
+                                     speakers=args.speakers, test_speakers=args.test_speakers, repeats=args.repeats,
+                                     snr_db=args.snr_db, seed=args.seed)
+    except OSError as exc:
+        raise StllrError(f"cannot write {args.folder}: {exc.strerror or exc}") from None
     summary["seconds"] = round(time.perf_counter() - t, 1)
     if args.json:
         print(json.dumps(summary))

@@ -150,8 +150,11 @@ def synthesize(u: dict[str, Any], exe: str) -> np.ndarray:
     """The utterance's waveform, float64 at :data:`SAMPLE_RATE`."""
     with tempfile.TemporaryDirectory(prefix="stllr-tts-") as tmp:
         path = os.path.join(tmp, "w.wav")
-        res = subprocess.run([exe, "-v", u["voice"], "-p", str(u["pitch"]), "-s", str(u["speed"]), "-w", path,
-                              u["word"]], capture_output=True, text=True, timeout=60)
+        try:
+            res = subprocess.run([exe, "-v", u["voice"], "-p", str(u["pitch"]), "-s", str(u["speed"]), "-w", path,
+                                  u["word"]], capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise StllrError(f"espeak-ng did not finish {u['word']!r} with voice {u['voice']} within 60 s") from None
         if res.returncode != 0 or not os.path.exists(path):
             raise StllrError(f"espeak-ng failed on {u['word']!r} with voice {u['voice']}: "
                              f"{(res.stderr or res.stdout).strip().splitlines()[-1:] or 'no output'}")
@@ -331,9 +334,15 @@ def ensure(p: dict[str, Any]) -> Path:
     """The generated set for ``p`` (made now, once, under a lock, if it is not there)."""
     root = default_root(p)
     if not all((root / "SHD" / f"shd_{s}.h5").is_file() for s in ("train", "test")):
-        with _locked(root):
-            if not all((root / "SHD" / f"shd_{s}.h5").is_file() for s in ("train", "test")):
-                make(root, **{k: p[k] for k in GENERATION})
+        espeak()  # before any folder is made: without it, one line and nothing written
+        try:
+            with _locked(root):
+                if not all((root / "SHD" / f"shd_{s}.h5").is_file() for s in ("train", "test")):
+                    make(root, **{k: p[k] for k in GENERATION})
+        except OSError as exc:  # a read-only or full disk: say where, and how to choose another place
+            raise StllrError(f"cannot generate {NAME!r} into {root}: {exc.strerror or exc}; free space there, "
+                             "or set STLLR_DATA_CACHE (or data_dir, with a set from `stllr data make "
+                             "spoken_digits DIR`)") from None
     return root
 
 

@@ -144,3 +144,13 @@ def test_the_command_line_makes_a_set_and_a_killed_make_leaves_none(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not list((tmp_path / "c").glob("SHD/shd_*.h5")) and not list((tmp_path / "c").glob("SHD/*.zip"))
+
+
+def test_a_cache_it_cannot_write_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("STLLR_DATA_CACHE", str(blocker / "cache"))  # under a file: cannot be made
+    with pytest.raises(StllrError) as err:
+        load_dataset("spoken_digits", **SMALL)
+    assert "cannot generate 'spoken_digits' into" in str(err.value) and "STLLR_DATA_CACHE" in str(err.value)
+    assert "\n" not in str(err.value) and blocker.read_text() == "not a folder"
