@@ -14,7 +14,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 studies=("$@")
 if [ ${#studies[@]} -eq 0 ]; then
   studies=(balance_synthetic_factorial scaling_synthetic balance_digits_factorial scaling_digits
-           balance_synthetic balance_digits)
+           balance_synthetic balance_digits balance_spoken scaling_spoken)  # *_spoken: needs espeak-ng
 fi
 for item in "${studies[@]}"; do
   name=${item%%:*}
