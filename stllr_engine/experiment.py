@@ -61,6 +61,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: How a validation split may be held out of the training split (:attr:`DataConfig.val_split`).
+VAL_SPLITS = ("random", "speaker")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which data, and how it is batched.
@@ -74,6 +78,10 @@ class DataConfig:
         num_workers: DataLoader worker processes.
         val_fraction: share of the training set held out for validation (fixed by the
             seed); 0 disables validation.
+        val_split: how validation is held out: ``"random"`` samples, or ``"speaker"``: whole
+            speakers (datasets that record them: ``shd``, ``spoken_digits``), so that, like the
+            test split, validation hears no voice that training does; about ``val_fraction``
+            of the samples.
         max_cache_bytes: limit on a new frame-cache entry (``load_dataset``'s; ``None``:
             ``STLLR_MAX_CACHE_BYTES`` or 8 GiB). Does not change results.
     """
@@ -86,6 +94,7 @@ class DataConfig:
     eval_batch_size: int | None = None
     num_workers: int = 0
     val_fraction: float = 0.1
+    val_split: str = "random"
     max_cache_bytes: int | str | None = None
 
     def __post_init__(self) -> None:
@@ -112,6 +121,9 @@ class DataConfig:
             integer(w, "eval_batch_size", self.eval_batch_size, 1)
         integer(w, "num_workers", self.num_workers, 0)
         real(w, "val_fraction", self.val_fraction, 0.0, 0.9)
+        if self.val_split not in VAL_SPLITS:
+            raise StllrError(f"{w}: val_split={self.val_split!r} is not a way to hold out validation: "
+                             f"use one of {', '.join(VAL_SPLITS)}")
 
     @property
     def T(self) -> int | None:
@@ -348,8 +360,11 @@ def load_data(config: ExperimentConfig) -> tuple[DataLoader, DataLoader | None, 
         raise StllrError(f"data: val_fraction={d.val_fraction} of {n} training samples leaves an empty split: "
                          "use a fraction that keeps at least one sample on each side")
     g = torch.Generator().manual_seed(config.derived_seed("split"))
-    order = torch.randperm(n, generator=g).tolist()
-    val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+    if d.val_split == "speaker" and n_val:
+        val_idx, train_idx = _speaker_split(train, d, n_val, g)
+    else:
+        order = torch.randperm(n, generator=g).tolist()
+        val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
     eval_bs = d.eval_batch_size or d.batch_size
     common: dict[str, Any] = {"collate_fn": FrameDataset.collate, "num_workers": d.num_workers,
                               "persistent_workers": False}
@@ -359,6 +374,31 @@ def load_data(config: ExperimentConfig) -> tuple[DataLoader, DataLoader | None, 
     val_loader = DataLoader(Subset(train, val_idx), batch_size=eval_bs, **common) if n_val else None
     test_loader = DataLoader(test, batch_size=eval_bs, **common)
     return train_loader, val_loader, test_loader
+
+
+def _speaker_split(train: Any, d: DataConfig, n_val: int, g: torch.Generator) -> tuple[list[int], list[int]]:
+    """Whole speakers, drawn in a seeded order until they hold at least ``n_val`` samples
+    (and at least one speaker stays in training): ``(val_idx, train_idx)``."""
+    import numpy as np
+
+    groups = getattr(train, "groups", None)
+    if groups is None:
+        raise StllrError(f"data: val_split='speaker' needs a dataset that records its speakers (shd, "
+                         f"spoken_digits); {d.dataset!r} does not: use val_split: random")
+    speakers = sorted(set(groups.tolist()), key=str)
+    if len(speakers) < 2:
+        raise StllrError(f"data: val_split='speaker' needs at least 2 speakers in the training split, "
+                         f"{d.dataset!r} has {len(speakers)}: use val_split: random")
+    order = [speakers[i] for i in torch.randperm(len(speakers), generator=g).tolist()]
+    held: set[Any] = set()
+    count = 0
+    for spk in order[:-1]:  # the last one always trains
+        if count >= n_val:
+            break
+        held.add(spk)
+        count += int(np.count_nonzero(groups == spk))
+    is_val = np.isin(groups, list(held))
+    return np.flatnonzero(is_val).tolist(), np.flatnonzero(~is_val).tolist()
 
 
 # -- the run -----------------------------------------------------------------------------

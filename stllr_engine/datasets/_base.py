@@ -49,11 +49,17 @@ class FrameDataset(Dataset):
         frames: Array ``[N, T, *input_shape]`` of any numeric dtype (counts or 0/1).
         labels: Integer array ``[N]``.
         info: Description of the split.
+        groups: Who recorded each sample (e.g. SHD's ``extra/speaker``), ``[N]``, or ``None``:
+            what a validation split held out by speaker draws on.
     """
 
-    def __init__(self, frames: np.ndarray, labels: np.ndarray, info: DatasetInfo) -> None:
+    def __init__(self, frames: np.ndarray, labels: np.ndarray, info: DatasetInfo,
+                 groups: np.ndarray | None = None) -> None:
         if len(frames) != len(labels):
             raise ValueError(f"{len(frames)} frames but {len(labels)} labels")
+        if groups is not None and len(groups) != len(labels):
+            raise ValueError(f"{len(groups)} speaker ids but {len(labels)} labels")
+        self.groups = None if groups is None else np.asarray(groups)
         labels = np.asarray(labels)
         if labels.dtype.kind not in "iu" and not (
                 labels.dtype.kind == "f" and np.array_equal(labels, np.floor(labels))):

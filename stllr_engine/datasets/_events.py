@@ -85,6 +85,11 @@ class EventSource(ABC):
     def open_split(self, root: Path, split: str) -> EventSplit:
         """List one split's samples (``root`` already passed :meth:`check`)."""
 
+    def speakers(self, root: Path, split: str) -> np.ndarray | None:
+        """Who recorded each sample of a split (any hashable ids, in sample order), or
+        ``None`` when the dataset does not say (then validation cannot be held out by speaker)."""
+        return None
+
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
         """Check and normalise ``T``, ``bin_ms`` and the spatial size parameter."""
         out = dict(params)
@@ -226,7 +231,11 @@ def load_events(
         info = DatasetInfo(name=source.name, split=split, input_shape=out_shape,
                            num_classes=source.num_classes, T=T, bin_ms=params["bin_ms"],
                            params=dict(params), cache_entry=str(entry))
-        pair.append(FrameDataset(frames, labels, info))
+        speakers = source.speakers(root, split)
+        if speakers is not None and len(speakers) != len(labels):
+            raise StllrError(f"{events.files[0]}: {len(speakers)} speaker ids for {len(labels)} samples; "
+                             "expected one speaker id per sample (replace the file with a fresh copy)")
+        pair.append(FrameDataset(frames, labels, info, groups=speakers))
     return pair[0], pair[1]
 
 

@@ -71,6 +71,22 @@ class SHDSource(EventSource):
 
         return EventSplit(files=[path], n=n, read=read, file_of=lambda i: path, one_file=True)
 
+    def speakers(self, root: Path, split: str) -> np.ndarray | None:
+        """``extra/speaker`` of the split's file (``None`` when the file has none)."""
+        import h5py
+
+        path = root / self.folder / f"shd_{split}.h5"
+        try:
+            with h5py.File(path, "r") as f:
+                if "extra/speaker" not in f:
+                    return None
+                ids = np.asarray(f["extra/speaker"][()])
+        except Exception as exc:
+            raise self.corrupt(path, exc) from exc
+        if ids.ndim != 1:
+            raise StllrError(f"{path}: extra/speaker has shape {ids.shape}; expected one speaker id per sample")
+        return ids
+
     def check_fields(self, path: Path) -> None:
         """Refuse, in one line, an SHD file whose labels do not fit its samples.
 

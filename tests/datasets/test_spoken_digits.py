@@ -154,3 +154,44 @@ def test_a_cache_it_cannot_write_is_one_line_and_leaves_nothing(tmp_path, monkey
         load_dataset("spoken_digits", **SMALL)
     assert "cannot generate 'spoken_digits' into" in str(err.value) and "STLLR_DATA_CACHE" in str(err.value)
     assert "\n" not in str(err.value) and blocker.read_text() == "not a folder"
+
+
+def _split_speakers(folder: Path, seed: int, val_split: str = "speaker") -> tuple[set, set, int, int]:
+    from stllr_engine.experiment import ExperimentConfig, load_data
+
+    cfg = ExperimentConfig.for_dataset("shd", {"T": 20, "bin_ms": 50.0, "channels": 10},
+                                       network={"kind": "mlp", "width": 8, "depth": 1},
+                                       data={"data_dir": str(folder), "val_fraction": 0.2, "val_split": val_split,
+                                             "cache_dir": str(folder / "cache")}, seed=seed)
+    train, val, _ = load_data(cfg)
+    groups = train.dataset.dataset.groups
+    assert groups is not None
+    tr_idx, val_idx = list(train.dataset.indices), list(val.dataset.indices)  # type: ignore[union-attr]
+    assert sorted(tr_idx + val_idx) == list(range(len(groups)))  # every training sample once
+    return set(groups[tr_idx].tolist()), set(groups[val_idx].tolist()), len(tr_idx), len(val_idx)
+
+
+def test_validation_held_out_by_speaker_hears_no_training_voice(tmp_path):
+    folder = tmp_path / "four"
+    spoken_digits.make(folder, speakers=4, test_speakers=1, repeats=1)
+    seen = set()
+    for seed in range(6):
+        tr, va, n_tr, n_va = _split_speakers(folder, seed)
+        assert tr and va and not tr & va  # whole voices: none on both sides
+        assert (n_tr, n_va) == (60, 20)  # 0.2 of 80 = 16 samples: one voice of 20 covers it
+        assert _split_speakers(folder, seed)[1] == va  # fixed by the seed
+        seen.add(frozenset(va))
+    assert len(seen) > 1  # and another seed holds out another voice
+    tr, va, _, _ = _split_speakers(folder, 0, val_split="random")
+    assert tr & va  # the random split mixes voices: what val_split: speaker is for
+
+
+def test_a_speaker_split_of_a_dataset_without_speakers_is_one_line():
+    from stllr_engine.experiment import ExperimentConfig, load_data
+
+    cfg = ExperimentConfig.for_dataset("digits", {}, network={"kind": "mlp", "width": 8, "depth": 1},
+                                       data={"val_split": "speaker"})
+    with pytest.raises(StllrError, match="val_split='speaker' needs a dataset that records its speakers"):
+        load_data(cfg)
+    with pytest.raises(StllrError, match="val_split='by_voice' is not a way to hold out validation"):
+        ExperimentConfig.for_dataset("digits", {}, data={"val_split": "by_voice"})
