@@ -14,11 +14,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", action="append", choices=FORMATS, default=None, dest="formats",
                    help="also write static figures in this format under FOLDER/figures (repeatable; needs kaleido "
                         "and a Chromium)")
+    p.add_argument("--family", action="store_true",
+                   help="each DIR is one instance of a task family (e.g. `scripts/family.sh`): tabulate every "
+                        "study's verdict and claims side by side, with how often each holds and keeps its sign "
+                        "(family.md, family*.csv in FOLDER; default: the first DIR's parent/family)")
 
 
 def execute(args: argparse.Namespace) -> int:
     from reports._report import build_report  # plotly, optuna: only when a report is built
 
+    if args.family:
+        from pathlib import Path
+
+        from reports.family import write_family
+
+        out = args.out or str(Path(args.dirs[0]).resolve().parent / "family")
+        md = write_family(args.dirs, out)
+        print(md)
+        return 0
     path = build_report(args.dirs, out=args.out, formats=tuple(args.formats or ()))
     print(path)
     print(path.parent / "summary.md")
