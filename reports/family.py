@@ -44,7 +44,7 @@ def _member(path: Path) -> dict[str, Any]:
     options = dict((doc.get("dataset") or {}).get("options") or {})
     from stllr_engine.datasets import DATASETS
 
-    if dataset in DATASETS:  # the settings a member left at the dataset's defaults
+    if isinstance(dataset, str) and dataset in DATASETS:  # the settings a member left at the dataset's defaults
         options = {**{k: v for k, v in DATASETS[dataset].defaults.items() if k in SETTING_KEYS}, **options}
     report = path / "report"
     if not (report / "claims.csv").is_file() or not (report / "verdict.csv").is_file():

@@ -28,8 +28,10 @@ members as groups of channels, and the input transforms, pooling and global aver
 members' samples side by side), with or without weight standardisation (per member and
 output unit; the gains are stacked parameters, and S-TLLR's update passes back through the
 standardisation as in :func:`stllr_engine.stllr.apply_gradients`); offline S-TLLR (every
-mode: they compute the same update, the pack runs its window as one chunk) and BPTT on every
-objective. Online S-TLLR and per-step labels are refused with one line (train them unpacked).
+mode: they compute the same update, the pack runs its window as one chunk), online S-TLLR
+(the sequence one step at a time, each member's optimiser stepped at every step of its own
+window) and BPTT on every objective. Per-step labels are refused with one line (train them
+unpacked).
 
 A member equals its separate run: :mod:`tests.engine.test_pack` compares gradients,
 optimiser steps and whole runs with :func:`stllr_engine.stllr.stllr_step`,
@@ -39,6 +41,7 @@ optimiser steps and whole runs with :func:`stllr_engine.stllr.stllr_step`,
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
@@ -97,8 +100,6 @@ def check_packable(nets: Sequence[Network], cfgs: Sequence[TrainConfig]) -> None
         if pack_key(net.spec.to_dict(), cfg) != key:
             raise StllrError("the members of a pack must share the architecture and every setting that is not "
                              "per member (lr, weight_decay, seed, S-TLLR factors and window)")
-        if cfg.rule == "stllr" and cfg.stllr.online:
-            raise StllrError("online S-TLLR steps the optimiser at every window step: it trains unpacked")
     devices = {str(n.readout.weight.device) for n in nets}
     dtypes = {n.readout.weight.dtype for n in nets}
     if len(devices) > 1 or len(dtypes) > 1:
@@ -520,8 +521,57 @@ def _apply_updates(pack: Pack, graph: list[_Weights] | None, updates: Sequence[t
         t.requires_grad_(False)
 
 
+def _learn_window(pack: Pack, w_graph: list[_Weights] | None, weights: list[_Weights], records: list[_Records],
+                  err: Tensor, tr_ro: Tensor, c_bias: Tensor | None, ro_raw: Tensor | None, a_pre: Tensor,
+                  a_post: Tensor) -> None:
+    """S-TLLR's update of every member over ``L`` window steps, into ``.grad`` of the stacked
+    parameters: ``err [K, L, B, C]`` the output errors (zero outside a member's window),
+    ``tr_ro [K, L, B, F]`` the readout's input trace, ``c_bias [K, L]`` the bias trace
+    (``readout_bias: trace``; ``None``: the error alone), the layers' window ``records``."""
+    K, L, B, C = err.shape
+    rows = L * B
+    err_f = err.reshape(K, rows, C)
+    _grad_into(pack.ro_w, torch.bmm(err_f.transpose(1, 2), tr_ro.reshape(K, rows, -1)))
+    if c_bias is not None:  # ∂o[t]/∂b = Σ_s λ^s: the bias trace
+        _grad_into(pack.ro_b, (err * c_bias[:, :, None, None]).sum((1, 2)))
+    else:
+        _grad_into(pack.ro_b, err.sum((1, 2)))
+    bp = pack.cfgs[0].stllr.learning_signal == "bp"
+    delta = None
+    if bp:
+        delta = torch.bmm(err_f, pack.ro_w)
+        if pack.ro_meta is not None:
+            delta = _adjoint(pack.ro_meta.pre, pack.ro_meta.in_shape, delta, ro_raw)
+    updates: list[tuple[Tensor, Tensor | None]] = [None] * len(pack.layers)  # type: ignore[list-item]
+    for i in reversed(range(len(pack.layers))):
+        layer, rec, meta, wts = pack.layers[i], records[i], pack.meta[i], weights[i]
+        n = rec.psi.shape[-1]
+        if not bp:
+            delta = torch.bmm(err_f, pack.feedback[i])
+        d = delta.view(K, rows, n)  # type: ignore[union-attr]
+        g = d * rec.psi.reshape(K, rows, n)
+        h = d * rec.tr_post_prev.reshape(K, rows, n)
+        ap, aq = _col(a_pre[i], wts.w.dim() - 1), _col(a_post[i], wts.w.dim() - 1)
+        dw = (_weight_grad(meta, g, rec.tr_pre.reshape(K, rows, -1), wts.w.shape) * ap
+              + _weight_grad(meta, h, rec.x.reshape(K, rows, -1), wts.w.shape) * aq)
+        if layer.b is not None:
+            _grad_into(layer.b, _bias_grad(meta, g))
+        dr = None
+        if wts.w_rec is not None:
+            assert rec.tr_rec is not None and rec.y_prev is not None
+            gt, ht = g.transpose(1, 2), h.transpose(1, 2)
+            ap2, aq2 = _col(a_pre[i], 2), _col(a_post[i], 2)
+            dr = (torch.bmm(gt, rec.tr_rec.reshape(K, rows, n)) * ap2
+                  + torch.bmm(ht, rec.y_prev.reshape(K, rows, n)) * aq2)
+        updates[i] = (dw, dr)
+        if bp and i > 0:
+            delta = _input_grad(meta, g, wts.w, rec.x_raw)
+    _apply_updates(pack, w_graph, updates)
+
+
 @torch.no_grad()
-def pack_stllr_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "per_step") -> PackStats:
+def pack_stllr_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "per_step",
+                    optimizer: "_PackOptimizer | None" = None) -> PackStats:
     """One S-TLLR step of every member on its own batch: the update goes into ``.grad`` of the
     stacked parameters (what :func:`stllr_engine.stllr.stllr_step` writes for each member).
 
@@ -530,8 +580,20 @@ def pack_stllr_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "per_step
         x: ``[K, T, B, *input_shape]``, member-major, time before batch.
         labels: ``[K, B]`` class labels.
         loss: ``"per_step"`` or ``"sum_output"`` (every member the same).
+        optimizer: the members' optimiser, required with online S-TLLR (``stllr.online``): each
+            member then takes one optimiser step at every step of its own window, and the next
+            step's forward sees its new weights (:func:`stllr_engine.stllr.stllr_step`'s online
+            mode); ``.grad`` then holds the last step's update.
     """
     try:
+        if pack.cfgs[0].rule == "stllr" and pack.cfgs[0].stllr.online:
+            if optimizer is None:
+                raise StllrError("online S-TLLR steps the optimiser at every window step: pass optimizer= to "
+                                 "pack_stllr_step")
+            if loss != "per_step":
+                raise StllrError("online S-TLLR updates at every window step, but loss='sum_output' knows its "
+                                 "output error only at the sequence's end: use loss='per_step' or online=False")
+            return _pack_stllr_online(pack, x, labels, optimizer)
         return _pack_stllr_step(pack, x, labels, loss)
     finally:
         for t in pack.parameters():  # a standardised pack's weights required grad for the step's update
@@ -575,48 +637,14 @@ def _pack_stllr_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "per_ste
         err = (logp.exp() - onehot[:, None]) / B * mask[:, :, None, None]
     else:
         raise StllrError(f"S-TLLR: loss={loss!r} is not an objective S-TLLR learns: use per_step or sum_output")
-    rows = L * B
-    err_f = err.reshape(K, rows, C)
-    _grad_into(pack.ro_w, torch.bmm(err_f.transpose(1, 2), tr_ro.reshape(K, rows, -1)))
     if pack.cfgs[0].stllr.readout_bias == "trace":
         s = (steps + 1).to(x.dtype)  # steps since the sequence began
         lam_c = lam_ro[:, None]
-        c = torch.where(lam_c == 1.0, s[None, :].expand(K, L),
-                        (1.0 - torch.pow(lam_c, s[None, :])) / (1.0 - torch.where(lam_c == 1.0, 0.0, lam_c)))
-        _grad_into(pack.ro_b, (err * c[:, :, None, None]).sum((1, 2)))
+        c_bias = torch.where(lam_c == 1.0, s[None, :].expand(K, L),
+                             (1.0 - torch.pow(lam_c, s[None, :])) / (1.0 - torch.where(lam_c == 1.0, 0.0, lam_c)))
     else:
-        _grad_into(pack.ro_b, err.sum((1, 2)))
-    bp = pack.cfgs[0].stllr.learning_signal == "bp"
-    delta = None
-    if bp:
-        delta = torch.bmm(err_f, pack.ro_w)
-        if pack.ro_meta is not None:
-            delta = _adjoint(pack.ro_meta.pre, pack.ro_meta.in_shape, delta, ro_raw)
-    updates: list[tuple[Tensor, Tensor | None]] = [None] * len(pack.layers)  # type: ignore[list-item]
-    for i in reversed(range(len(pack.layers))):
-        layer, rec, meta, wts = pack.layers[i], records[i], pack.meta[i], weights[i]
-        n = rec.psi.shape[-1]
-        if not bp:
-            delta = torch.bmm(err_f, pack.feedback[i])
-        d = delta.view(K, rows, n)  # type: ignore[union-attr]
-        g = d * rec.psi.reshape(K, rows, n)
-        h = d * rec.tr_post_prev.reshape(K, rows, n)
-        ap, aq = _col(a_pre[i], wts.w.dim() - 1), _col(a_post[i], wts.w.dim() - 1)
-        dw = (_weight_grad(meta, g, rec.tr_pre.reshape(K, rows, -1), wts.w.shape) * ap
-              + _weight_grad(meta, h, rec.x.reshape(K, rows, -1), wts.w.shape) * aq)
-        if layer.b is not None:
-            _grad_into(layer.b, _bias_grad(meta, g))
-        dr = None
-        if wts.w_rec is not None:
-            assert rec.tr_rec is not None and rec.y_prev is not None
-            gt, ht = g.transpose(1, 2), h.transpose(1, 2)
-            ap2, aq2 = _col(a_pre[i], 2), _col(a_post[i], 2)
-            dr = (torch.bmm(gt, rec.tr_rec.reshape(K, rows, n)) * ap2
-                  + torch.bmm(ht, rec.y_prev.reshape(K, rows, n)) * aq2)
-        updates[i] = (dw, dr)
-        if bp and i > 0:
-            delta = _input_grad(meta, g, wts.w, rec.x_raw)
-    _apply_updates(pack, w_graph, updates)
+        c_bias = None
+    _learn_window(pack, w_graph, weights, records, err, tr_ro, c_bias, ro_raw, a_pre, a_post)
     loss_sum = F.cross_entropy(o_sum.reshape(K * B, C), labels.reshape(-1), reduction="none").view(K, B).mean(1)
     correct = (o_sum.argmax(-1) == labels).sum(1)
     if loss == "sum_output":
@@ -624,6 +652,93 @@ def _pack_stllr_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "per_ste
     else:
         objective = (per_step_ce * mask).sum(1) / n_learn.to(x.dtype)
     return PackStats(loss_sum, correct, B, objective)
+
+
+def _pack_stllr_online(pack: Pack, x: Tensor, labels: Tensor, optimizer: "_PackOptimizer") -> PackStats:
+    """Online S-TLLR for every member: the whole sequence one step at a time (the weights change
+    within it), an optimiser step of the members whose window holds step ``t`` after it."""
+    _check_batch(pack, x, labels)
+    x = _flatten_input(x)
+    K, T, B = x.shape[0], x.shape[1], x.shape[2]
+    n_learn = pack.learn_steps(T)
+    t_first = T - n_learn  # [K]: member k learns at steps t >= t_first[k]
+    lam_pre, lam_post = pack.factor("lambda_pre"), pack.factor("lambda_post")
+    a_pre, a_post = pack.factor("alpha_pre"), pack.factor("alpha_post")
+    lam_ro = pack.readout_lambdas()
+    trace_bias = pack.cfgs[0].stllr.readout_bias == "trace"
+    p = pack.lif
+    psi_fn = get_surrogate(p.surrogate)
+    w_graph, weights = _weights_for_learning(pack)
+    C = pack.ro_w.shape[1]
+    onehot = F.one_hot(labels, C).to(x.dtype)
+    base_active = optimizer.active.clone()
+    one = x.new_ones(())
+
+    def zeros(n: int) -> Tensor:
+        return x.new_zeros(K, B, n)
+
+    state: list[dict[str, Tensor | None]] = []
+    for i, meta in enumerate(pack.meta):
+        n, fx = math.prod(meta.out_shape), math.prod(meta.x_shape)
+        state.append({"u": zeros(n), "y": zeros(n) if pack.layers[i].w_rec is not None else None,
+                      "tr_pre": zeros(fx), "tr_post": zeros(n),
+                      "tr_rec": zeros(n) if pack.layers[i].w_rec is not None else None})
+    f_ro = pack.ro_w.shape[2]
+    o, tr_ro = x.new_zeros(K, B, C), zeros(f_ro)
+    c_bias = x.new_zeros(K)
+    o_sum = x.new_zeros(K, B, C)
+    per_step = x.new_zeros(K)
+    try:
+        for t in range(T):
+            inp = x[:, t]
+            records = []
+            for i, (meta, layer) in enumerate(zip(pack.meta, pack.layers)):
+                st, wts = state[i], weights[i]
+                xs = _transformed(meta.pre, meta.in_shape, inp[:, None])[:, 0]
+                x_raw = inp if meta.pre.needs_input_for_adjoint else None
+                current = _synapse(meta, xs[:, None], wts.w, layer.b)[:, 0]
+                st["tr_pre"] = st["tr_pre"] * _col(lam_pre[i], 2) + xs  # type: ignore[operator]
+                y_prev = st["y"]
+                if y_prev is not None:
+                    st["tr_rec"] = st["tr_rec"] * _col(lam_pre[i], 2) + y_prev  # type: ignore[operator]
+                w_rec_t = wts.w_rec.transpose(1, 2) if wts.w_rec is not None else None
+                v, y = _lif_advance(st["u"], current, p, one, y_prev, w_rec_t)  # type: ignore[arg-type]
+                psi = psi_fn(v)
+                tr_post_prev = st["tr_post"]
+                st["tr_post"] = tr_post_prev * _col(lam_post[i], 2) + psi  # type: ignore[operator]
+                if y_prev is not None:
+                    st["y"] = y
+                records.append(_Records(xs[:, None], st["tr_pre"][:, None], psi[:, None],  # type: ignore[index]
+                                        tr_post_prev[:, None],  # type: ignore[index]
+                                        None if y_prev is None else y_prev[:, None],
+                                        None if st["tr_rec"] is None else st["tr_rec"][:, None],  # type: ignore[index]
+                                        None if x_raw is None else x_raw[:, None]))
+                inp = y
+            ro_raw = inp[:, None] if pack.ro_meta is not None and pack.ro_meta.pre.needs_input_for_adjoint else None
+            xo = _readout_input(pack, inp[:, None])[:, 0]
+            o = torch.baddbmm(pack.ro_b[:, None, :], xo, pack.ro_w.transpose(1, 2)) + pack.gamma_o * o
+            tr_ro = tr_ro * _col(lam_ro, 2) + xo
+            c_bias = c_bias * lam_ro + 1.0
+            o_sum += o
+            learning = t >= t_first  # [K]
+            if not bool(learning.any()):
+                continue
+            m = learning.to(x.dtype)
+            logp = F.log_softmax(o, dim=-1)
+            per_step += -(logp * onehot).sum((1, 2)) / B * m
+            err = ((logp.exp() - onehot) / B * _col(m, 2))[:, None]  # [K, 1, B, C]
+            optimizer.zero_grad()
+            _learn_window(pack, w_graph, weights, records, err, tr_ro[:, None],
+                          c_bias[:, None] if trace_bias else None, ro_raw, a_pre, a_post)
+            optimizer.active.copy_(base_active & learning)
+            optimizer.step()
+            optimizer.active.copy_(base_active)
+            w_graph, weights = _weights_for_learning(pack)  # the next step sees the new (re-standardised) weights
+    finally:
+        optimizer.active.copy_(base_active)
+    loss_sum = F.cross_entropy(o_sum.reshape(K * B, C), labels.reshape(-1), reduction="none").view(K, B).mean(1)
+    correct = (o_sum.argmax(-1) == labels).sum(1)
+    return PackStats(loss_sum, correct, B, per_step / n_learn.to(x.dtype))
 
 
 # ---------------------------------------------------------------------------------------

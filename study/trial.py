@@ -180,7 +180,7 @@ def pack_groups(exps: list[Any], pack: int, node_bytes: int | None = None) -> li
     :func:`auto_pack_size` (:data:`AUTO_PACK`, fewer for runs whose packs would not fit the
     node's memory, ``node_bytes``: this machine's by default); ``n``: at most ``n``. Runs share
     a pack only where the engine can hold them (:func:`stllr_engine.pack.check_packable`'s
-    rules: offline S-TLLR or BPTT, every network kind).
+    rules: every network kind, rule and mode).
     """
     if pack == 0:
         limit = auto_pack_size(exps[0], node_memory_bytes() if node_bytes is None else node_bytes) if exps else 1
@@ -192,9 +192,9 @@ def pack_groups(exps: list[Any], pack: int, node_bytes: int | None = None) -> li
 
 
 def packable(exp: Any) -> bool:
-    """Whether the engine can train this experiment in a pack (:mod:`stllr_engine.pack`)."""
-    train = exp.training
-    return not (train.rule == "stllr" and train.stllr.online)
+    """Whether the engine can train this experiment in a pack (:mod:`stllr_engine.pack`): every
+    network kind, rule and mode can; kept as the one place to say otherwise."""
+    return exp is not None
 
 
 class _Trial:

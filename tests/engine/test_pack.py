@@ -317,8 +317,8 @@ def test_members_must_share_what_is_not_theirs():
     same = [build_network(spec.replace(seed=s)) for s in range(2)]
     with pytest.raises(StllrError, match="share the architecture"):
         check_packable(same, [TrainConfig(rule="stllr"), TrainConfig(rule="bptt")])
-    with pytest.raises(StllrError, match="online"):
-        check_packable(same, [TrainConfig(stllr=STLLRConfig(online=True))] * 2)
+    with pytest.raises(StllrError, match="share the architecture"):  # online and offline members
+        check_packable(same, [TrainConfig(stllr=STLLRConfig(online=True)), TrainConfig()])
     # what a member owns may differ
     check_packable(same, [TrainConfig(lr=1e-3, stllr=STLLRConfig(learn_steps=2, alpha_post=1.0)),
                           TrainConfig(lr=1e-2, weight_decay=1e-4, stllr=STLLRConfig(learn_steps=5, mode="window"))])
@@ -358,3 +358,56 @@ def test_a_packed_conv_run_with_standardised_weights_is_each_members_separate_ru
                 expected = b[key] if b[key] is None else pytest.approx(b[key], rel=TOL, abs=TOL)
                 assert a[key] == expected, (k, a["epoch"], key)
         assert packed[k][0]["learning_memory_bytes_measured_per_batch"] == alone[0]["learning_memory_bytes_measured_per_batch"]
+
+
+@pytest.mark.parametrize("family,signal", [("mlp2", "bp"), ("rsnn1-ws-rec-gain", "dfa"), ("vgg2-max-ws", "bp"),
+                                           ("rsnn2", "bp")])
+def test_online_packs_step_every_member_as_its_own_online_run(family, signal, fused_mode):
+    """Online S-TLLR: an optimiser step at every step of each member's own window; after a few
+    batches every member's parameters and Adam state are its separate online run's."""
+    K, T, B = 3, 8, 3
+    plain = dict(input_shape=(7,), num_classes=4, width=9, gamma=0.7, theta=0.3, gamma_o=0.5)
+    families = {**_FAMILIES, "mlp2": dict(plain, kind="mlp", depth=2), "rsnn2": dict(plain, kind="rsnn", depth=2)}
+    spec = NetworkSpec(**families[family])
+    factors = [dict(f, learn_steps=min(f["learn_steps"], T)) for f in _FACTORS]
+    lrs = [1e-2, 3e-3, 2e-2]
+    cfgs = [TrainConfig(rule="stllr", lr=lr, weight_decay=wd, stllr=STLLRConfig(online=True, learning_signal=signal, **f))
+            for f, lr, wd in zip(factors, lrs, [0.0, 1e-3, 0.0])]
+    nets, _, _ = _members(spec, cfgs, K, T, B, seed=8)
+    pack = Pack.from_networks(nets, cfgs)
+    opt = PackAdam(pack.parameters(), lrs, [c.weight_decay for c in cfgs])
+    opts = [torch.optim.Adam(n.parameters(), lr=c.lr, weight_decay=c.weight_decay) for n, c in zip(nets, cfgs)]
+    g = torch.Generator().manual_seed(9)
+    for batch in range(3):
+        x = (torch.rand(K, T, B, *spec.input_shape, generator=g) < 0.4).double()
+        y = torch.randint(0, spec.num_classes, (K, B), generator=g)
+        if batch == 1:
+            opt.active[1] = False  # a member frozen (diverged, stopped early) sits this batch out
+        stats = pack_stllr_step(pack, x, y, optimizer=opt)
+        opt.active[:] = True
+        for k in range(K):
+            if batch == 1 and k == 1:
+                continue
+            own, _ = stllr_step(nets[k], x[k], y[k], cfgs[k].stllr, optimizer=opts[k])
+            assert float(stats.objective[k]) == pytest.approx(float(own.objective), rel=TOL)
+            assert float(stats.loss[k]) == pytest.approx(float(own.loss), rel=TOL)
+    for k in range(K):
+        for stacked, own in zip(pack.parameters(), pack.member_parameters(nets)):
+            assert _rel(stacked[k], own[k].detach()) <= TOL, k
+        steps = [float(opts[k].state[p]["step"]) for p in nets[k].readout.parameters()]
+        assert float(opt.steps[k]) == steps[0] == 3 * cfgs[k].stllr.learn_steps - (cfgs[k].stllr.learn_steps if k == 1 else 0)
+    with pytest.raises(StllrError, match="pass optimizer="):
+        pack_stllr_step(pack, x, y)
+
+
+def test_a_packed_online_run_is_each_members_separate_run():
+    configs = [_experiment(0, 2e-3, patience=1, epochs=3, learn_steps=4, online=True),
+               _experiment(1, 5e-4, patience=None, epochs=2, learn_steps=16, online=True, alpha_post=1.0)]
+    packed = _collect(configs)
+    for k, config in enumerate(configs):
+        alone = list(run_experiment(config))
+        assert len(packed[k]) == len(alone)
+        for a, b in zip(packed[k], alone):
+            for key in _KEYS:
+                expected = b[key] if b[key] is None else pytest.approx(b[key], rel=TOL, abs=TOL)
+                assert a[key] == expected, (k, a["epoch"], key)
