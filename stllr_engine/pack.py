@@ -30,8 +30,8 @@ output unit; the gains are stacked parameters, and S-TLLR's update passes back t
 standardisation as in :func:`stllr_engine.stllr.apply_gradients`); offline S-TLLR (every
 mode: they compute the same update, the pack runs its window as one chunk), online S-TLLR
 (the sequence one step at a time, each member's optimiser stepped at every step of its own
-window) and BPTT on every objective. Per-step labels are refused with one line (train them
-unpacked).
+window) and BPTT on every objective, with any per-step loss (:mod:`stllr_engine.losses`) and
+per-sample or per-step targets.
 
 A member equals its separate run: :mod:`tests.engine.test_pack` compares gradients,
 optimiser steps and whole runs with :func:`stllr_engine.stllr.stllr_step`,
@@ -53,6 +53,7 @@ from stllr_engine import fused
 from stllr_engine.bptt import scan_backward
 from stllr_engine.errors import StllrError
 from stllr_engine.layers import standardize_weight
+from stllr_engine.losses import StepLoss, get_step_loss
 from stllr_engine.network import Network
 from stllr_engine.neurons import LIFParameters, get_surrogate
 from stllr_engine.train import TrainConfig
@@ -475,12 +476,39 @@ def _readout_forward(pack: Pack, inp: Tensor) -> Tensor:
     return o
 
 
-def _check_batch(pack: Pack, x: Tensor, labels: Tensor) -> None:
+def _check_batch(pack: Pack, x: Tensor, labels: Tensor, sl: StepLoss) -> bool:
+    """Check the batch's shapes; return whether its targets are per step (``[K, T, B, ...]``)."""
     if x.dim() < 4 or x.shape[0] != pack.K:
         raise StllrError(f"a pack of {pack.K} members takes input [K={pack.K}, T, B, ...], got {tuple(x.shape)}")
-    if labels.shape != (pack.K, x.shape[2]):
-        raise StllrError(f"a pack takes labels [K, B] = [{pack.K}, {x.shape[2]}] (per-step labels train unpacked), "
-                         f"got {tuple(labels.shape)}")
+    K, T, B = x.shape[:3]
+    extra = ", C" * sl.target_dims
+    per_step = labels.dim() == sl.target_dims + 3
+    lead = (K, T, B) if per_step else (K, B)
+    if labels.dim() not in (sl.target_dims + 2, sl.target_dims + 3) or tuple(labels.shape[:len(lead)]) != lead:
+        raise StllrError(f"a pack takes targets [K, B{extra}] = [{K}, {B}{extra}] or per step [K, T, B{extra}] = "
+                         f"[{K}, {T}, {B}{extra}], got {tuple(labels.shape)}")
+    return per_step
+
+
+def _window_targets(labels: Tensor, per_step: bool, first: int, T: int) -> Tensor:
+    if per_step:
+        return labels[:, first:]
+    return labels[:, None].expand(labels.shape[0], T - first, *labels.shape[1:])
+
+
+def _final_targets(labels: Tensor, per_step: bool) -> Tensor:
+    return labels[:, -1] if per_step else labels
+
+
+def _per_member(sl: StepLoss, o: Tensor, target: Tensor) -> Tensor:
+    """``ℓ`` of each member's ``[B, C]`` output: ``o [K, B, C]`` → ``[K]`` (the members as steps)."""
+    return sl.values(o, target)
+
+
+def _correct(sl: StepLoss, o_sum: Tensor, final: Tensor) -> Tensor:
+    if not sl.classification:
+        return torch.zeros(o_sum.shape[0], dtype=torch.int64, device=o_sum.device)
+    return (o_sum.argmax(-1) == final).sum(1)
 
 
 def _grad_into(t: Tensor, g: Tensor) -> None:
@@ -571,15 +599,18 @@ def _learn_window(pack: Pack, w_graph: list[_Weights] | None, weights: list[_Wei
 
 @torch.no_grad()
 def pack_stllr_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "per_step",
-                    optimizer: "_PackOptimizer | None" = None) -> PackStats:
+                    optimizer: "_PackOptimizer | None" = None, step_loss: StepLoss | str | None = None) -> PackStats:
     """One S-TLLR step of every member on its own batch: the update goes into ``.grad`` of the
     stacked parameters (what :func:`stllr_engine.stllr.stllr_step` writes for each member).
 
     Args:
         pack: the members.
         x: ``[K, T, B, *input_shape]``, member-major, time before batch.
-        labels: ``[K, B]`` class labels.
+        labels: ``[K, B, ...]`` targets (class labels ``[K, B]`` by default), or per step
+            ``[K, T, B, ...]``.
         loss: ``"per_step"`` or ``"sum_output"`` (every member the same).
+        step_loss: ``ℓ`` of ``L[t] = ℓ(o[t], target[t])`` (:mod:`stllr_engine.losses`; default
+            cross-entropy).
         optimizer: the members' optimiser, required with online S-TLLR (``stllr.online``): each
             member then takes one optimiser step at every step of its own window, and the next
             step's forward sees its new weights (:func:`stllr_engine.stllr.stllr_step`'s online
@@ -593,16 +624,16 @@ def pack_stllr_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "per_step
             if loss != "per_step":
                 raise StllrError("online S-TLLR updates at every window step, but loss='sum_output' knows its "
                                  "output error only at the sequence's end: use loss='per_step' or online=False")
-            return _pack_stllr_online(pack, x, labels, optimizer)
-        return _pack_stllr_step(pack, x, labels, loss)
+            return _pack_stllr_online(pack, x, labels, optimizer, get_step_loss(step_loss))
+        return _pack_stllr_step(pack, x, labels, loss, get_step_loss(step_loss))
     finally:
         for t in pack.parameters():  # a standardised pack's weights required grad for the step's update
             t.requires_grad_(False)
 
 
-def _pack_stllr_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "per_step") -> PackStats:
+def _pack_stllr_step(pack: Pack, x: Tensor, labels: Tensor, loss: str, sl: StepLoss) -> PackStats:
     """The body of :func:`pack_stllr_step`."""
-    _check_batch(pack, x, labels)
+    per_step_targets = _check_batch(pack, x, labels, sl)
     x = _flatten_input(x)
     K, T, B = x.shape[0], x.shape[1], x.shape[2]
     n_learn = pack.learn_steps(T)  # [K]
@@ -625,16 +656,19 @@ def _pack_stllr_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "per_ste
     # the window mask: member k learns at steps t >= T - n_k
     steps = torch.arange(t0, T, device=x.device)
     mask = (steps[None, :] >= (T - n_learn)[:, None]).to(x.dtype)  # [K, L]
-    onehot = F.one_hot(labels, C).to(x.dtype)  # [K, B, C]
     o_win = o[:, t0:]
-    logp = F.log_softmax(o_win, dim=-1)
-    per_step_ce = -(logp * onehot[:, None]).sum(-1).sum(-1) / B  # [K, L]
+    target_win = _window_targets(labels, per_step_targets, t0, T)  # [K, L, B, ...]
+    final = _final_targets(labels, per_step_targets)
+    flat_win = target_win.reshape(K * L, *target_win.shape[2:])
     o_sum = o.sum(1)
     if loss == "sum_output":
-        seq_err = (F.softmax(o_sum, dim=-1) - onehot) / B  # [K, B, C]
+        seq_err = sl.error(o_sum, final)[1]  # [K, B, C]: the members as steps, each its own batch mean
         err = seq_err[:, None].expand(K, L, B, C) * mask[:, :, None, None]
+        per_step_l = None
     elif loss == "per_step":
-        err = (logp.exp() - onehot[:, None]) / B * mask[:, :, None, None]
+        _, e = sl.error(o_win.reshape(K * L, B, C), flat_win)
+        err = e.view(K, L, B, C) * mask[:, :, None, None]
+        per_step_l = sl.values(o_win.reshape(K * L, B, C), flat_win).view(K, L)
     else:
         raise StllrError(f"S-TLLR: loss={loss!r} is not an objective S-TLLR learns: use per_step or sum_output")
     if pack.cfgs[0].stllr.readout_bias == "trace":
@@ -645,19 +679,20 @@ def _pack_stllr_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "per_ste
     else:
         c_bias = None
     _learn_window(pack, w_graph, weights, records, err, tr_ro, c_bias, ro_raw, a_pre, a_post)
-    loss_sum = F.cross_entropy(o_sum.reshape(K * B, C), labels.reshape(-1), reduction="none").view(K, B).mean(1)
-    correct = (o_sum.argmax(-1) == labels).sum(1)
-    if loss == "sum_output":
+    loss_sum = _per_member(sl, o_sum, final)
+    correct = _correct(sl, o_sum, final)
+    if per_step_l is None:
         objective = loss_sum
     else:
-        objective = (per_step_ce * mask).sum(1) / n_learn.to(x.dtype)
+        objective = (per_step_l * mask).sum(1) / n_learn.to(x.dtype)
     return PackStats(loss_sum, correct, B, objective)
 
 
-def _pack_stllr_online(pack: Pack, x: Tensor, labels: Tensor, optimizer: "_PackOptimizer") -> PackStats:
+def _pack_stllr_online(pack: Pack, x: Tensor, labels: Tensor, optimizer: "_PackOptimizer",
+                       sl: StepLoss) -> PackStats:
     """Online S-TLLR for every member: the whole sequence one step at a time (the weights change
     within it), an optimiser step of the members whose window holds step ``t`` after it."""
-    _check_batch(pack, x, labels)
+    per_step_targets = _check_batch(pack, x, labels, sl)
     x = _flatten_input(x)
     K, T, B = x.shape[0], x.shape[1], x.shape[2]
     n_learn = pack.learn_steps(T)
@@ -670,7 +705,8 @@ def _pack_stllr_online(pack: Pack, x: Tensor, labels: Tensor, optimizer: "_PackO
     psi_fn = get_surrogate(p.surrogate)
     w_graph, weights = _weights_for_learning(pack)
     C = pack.ro_w.shape[1]
-    onehot = F.one_hot(labels, C).to(x.dtype)
+    targets = _window_targets(labels, per_step_targets, 0, x.shape[1])  # [K, T, B, ...]
+    final = _final_targets(labels, per_step_targets)
     base_active = optimizer.active.clone()
     one = x.new_ones(())
 
@@ -724,9 +760,8 @@ def _pack_stllr_online(pack: Pack, x: Tensor, labels: Tensor, optimizer: "_PackO
             if not bool(learning.any()):
                 continue
             m = learning.to(x.dtype)
-            logp = F.log_softmax(o, dim=-1)
-            per_step += -(logp * onehot).sum((1, 2)) / B * m
-            err = ((logp.exp() - onehot) / B * _col(m, 2))[:, None]  # [K, 1, B, C]
+            per_step += sl.values(o, targets[:, t]) * m  # the members as steps
+            err = (sl.error(o, targets[:, t])[1] * _col(m, 2))[:, None]  # [K, 1, B, C]
             optimizer.zero_grad()
             _learn_window(pack, w_graph, weights, records, err, tr_ro[:, None],
                           c_bias[:, None] if trace_bias else None, ro_raw, a_pre, a_post)
@@ -736,9 +771,7 @@ def _pack_stllr_online(pack: Pack, x: Tensor, labels: Tensor, optimizer: "_PackO
             w_graph, weights = _weights_for_learning(pack)  # the next step sees the new (re-standardised) weights
     finally:
         optimizer.active.copy_(base_active)
-    loss_sum = F.cross_entropy(o_sum.reshape(K * B, C), labels.reshape(-1), reduction="none").view(K, B).mean(1)
-    correct = (o_sum.argmax(-1) == labels).sum(1)
-    return PackStats(loss_sum, correct, B, per_step / n_learn.to(x.dtype))
+    return PackStats(_per_member(sl, o_sum, final), _correct(sl, o_sum, final), B, per_step / n_learn.to(x.dtype))
 
 
 # ---------------------------------------------------------------------------------------
@@ -797,14 +830,18 @@ def _bptt_readout_inputs(pack: Pack, x: Tensor, params: list[PackLayer]) -> Tens
     return _readout_input(pack, inp)
 
 
-def pack_bptt_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "sum_output") -> PackStats:
+def pack_bptt_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "sum_output",
+                   step_loss: StepLoss | str | None = None) -> PackStats:
     """One BPTT step of every member on its own batch, gradients into ``.grad`` of the stacked
     parameters (each member's own objective's gradient: members never mix).
 
     ``loss``: ``"sum_output"``, ``"per_step"`` (each member over its own ``learn_steps``)
-    or ``"per_step_all"``.
+    or ``"per_step_all"``; ``step_loss``: ``ℓ`` of ``L[t]`` (default cross-entropy; ``labels``
+    as for :func:`pack_stllr_step`).
     """
-    _check_batch(pack, x, labels)
+    sl = get_step_loss(step_loss)
+    per_step_targets = _check_batch(pack, x, labels, sl)
+    final = _final_targets(labels, per_step_targets)
     x = _flatten_input(x)
     K, T, B = x.shape[0], x.shape[1], x.shape[2]
     params = []
@@ -825,7 +862,7 @@ def pack_bptt_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "sum_outpu
                                torch.zeros((), dtype=x.dtype, device=x.device))  # [T, T]: o = leak @ z
             k_sum = leak.sum(0)  # Σ_t o[t] = Σ_s k_s z[s]
             o_sum = torch.einsum("s,ksbc->kbc", k_sum, z)
-            ce_sum = F.cross_entropy(o_sum.reshape(K * B, C), labels.reshape(-1), reduction="none").view(K, B).mean(1)
+            ce_sum = _per_member(sl, o_sum, final)
             if loss == "sum_output":
                 objective = ce_sum
             elif loss in ("per_step", "per_step_all"):
@@ -833,8 +870,8 @@ def pack_bptt_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "sum_outpu
                 first = T - int(n_learn.max())
                 o = torch.einsum("ts,ksbc->ktbc", leak[first:], z)  # [K, L, B, C]
                 L = T - first
-                ce = F.cross_entropy(o.reshape(-1, C), labels[:, None, :].expand(K, L, B).reshape(-1),
-                                     reduction="none").view(K, L, B).mean(2)
+                tw = _window_targets(labels, per_step_targets, first, T)
+                ce = sl.values(o.reshape(K * L, B, C), tw.reshape(K * L, *tw.shape[2:])).view(K, L)
                 mask = (torch.arange(first, T, device=x.device)[None, :] >= (T - n_learn)[:, None]).to(x.dtype)
                 objective = (ce * mask).sum(1) / n_learn.to(x.dtype)
             else:
@@ -844,7 +881,7 @@ def pack_bptt_step(pack: Pack, x: Tensor, labels: Tensor, loss: str = "sum_outpu
         for t in pack.parameters():
             t.requires_grad_(False)
     with torch.no_grad():
-        correct = (o_sum.argmax(-1) == labels).sum(1)
+        correct = _correct(sl, o_sum, final)
     return PackStats(ce_sum.detach(), correct, B, objective.detach())
 
 
