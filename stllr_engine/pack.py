@@ -427,7 +427,7 @@ def _layer_forward(pack: Pack, i: int, inp: Tensor, t0: int, lam_pre: Tensor, la
             if w_rec_t is not None:  # y[t-1] W_recᵀ, in v's buffer (the kernel reads it first)
                 rec = torch.bmm(y_prev, w_rec_t, out=v_buf)  # type: ignore[arg-type]
             psi_out = (psi_rec[:, w] if w >= 0 else psi_buf) if post_hist is not None else None  # type: ignore[index]
-            fused.lif_step(u, current[:, t], rec, v_buf, spikes[:, t], psi_out,
+            fused.lif_step(u, current[:, t], rec, v_buf if rec is not None else None, spikes[:, t], psi_out,
                            post_hist[:, t] if post_hist is not None else None,
                            post_hist[:, t + 1] if post_hist is not None else None, None,
                            lam_post if post_hist is not None else None, p.gamma, p.theta, p.reset, p.surrogate,
