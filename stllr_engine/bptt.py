@@ -244,8 +244,9 @@ def bptt_step(net: Network, x: Tensor, labels: Tensor, probe: Probe | None = Non
             cross-entropy, ``labels`` then being classes); ``"sum_output"`` is ``ℓ(Σ_t o[t], target)``.
 
     Returns:
-        stats whose ``loss`` is ``CE(Σ_t o[t], label)`` whatever the objective (comparable
-        across rules) and whose ``objective`` is the value of ``loss``.
+        stats whose ``loss`` is ``ℓ(Σ_t o[t], target)`` (by default ``CE(Σ_t o[t], label)``)
+        whatever the objective (comparable across rules) and whose ``objective`` is the value
+        of ``loss``.
     """
     probe = probe or NoProbe()
     x = x.contiguous()

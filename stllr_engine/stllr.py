@@ -427,8 +427,9 @@ def stllr_step(
             ``[B, C]`` or ``[T, B, C]``), or any :class:`~stllr_engine.losses.StepLoss`.
 
     Returns:
-        ``(stats, final_state)``; ``stats.objective`` is the mean per-step CE over the
-        window (``"per_step"``) or ``CE(Σ_t o[t], label)`` (``"sum_output"``).
+        ``(stats, final_state)``; ``stats.objective`` is the mean of ``L[t]`` over the
+        window (``"per_step"``) or ``ℓ(Σ_t o[t], target)`` (``"sum_output"``); ``stats.loss`` is
+        ``ℓ(Σ_t o[t], target)`` (with the default ``ℓ``: ``CE(Σ_t o[t], label)``).
     """
     probe = probe or NoProbe()
     if loss not in STLLR_LOSSES:

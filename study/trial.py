@@ -178,17 +178,54 @@ def pack_groups(exps: list[Any], pack: int, node_bytes: int | None = None) -> li
 
     ``pack`` 1: each alone; 0 (automatic): all that may share a pack, at most
     :func:`auto_pack_size` (:data:`AUTO_PACK`, fewer for runs whose packs would not fit the
-    node's memory, ``node_bytes``: this machine's by default); ``n``: at most ``n``. Runs share
-    a pack only where the engine can hold them (:func:`stllr_engine.pack.check_packable`'s
-    rules: every network kind, rule and mode).
+    node's memory, ``node_bytes``: this machine's, or a CUDA run's device's, by default); ``n``:
+    at most ``n``. Runs share a pack only where the engine can hold them
+    (:func:`stllr_engine.pack.check_packable`'s rules: every network kind, rule and mode) and
+    where their splits have the same sizes (a validation split by speaker can differ by seed).
     """
     if pack == 0:
-        limit = auto_pack_size(exps[0], node_memory_bytes() if node_bytes is None else node_bytes) if exps else 1
+        if node_bytes is None:  # a GPU run's pack is bounded by the device's memory, a CPU run's by the host's
+            node_bytes = (_device_memory(exps[0]) or node_memory_bytes()) if exps else None
+        limit = auto_pack_size(exps[0], node_bytes) if exps else 1
     else:
         limit = pack
     if limit <= 1 or len(exps) <= 1 or not packable(exps[0]):
         return [[i] for i in range(len(exps))]
-    return [list(range(i, min(i + limit, len(exps)))) for i in range(0, len(exps), limit)]
+    # members must have splits of one size: a validation split by speaker can differ by seed
+    keys: dict[Any, list[int]] = {}
+    for i, e in enumerate(exps):
+        key = _split_key(e)
+        keys.setdefault(key, []).append(i)
+    groups = []
+    for idx in keys.values():
+        groups += [idx[j:j + limit] for j in range(0, len(idx), limit)]
+    return sorted(groups)
+
+
+def _split_key(exp: Any) -> Any:
+    """What decides a run's split sizes: nothing beyond the shared settings, except with a
+    validation split by speaker (then the sizes themselves)."""
+    if getattr(exp.data, "val_split", "random") != "speaker":
+        return None
+    from stllr_engine.experiment import split_sizes
+
+    return split_sizes(exp)
+
+
+def _device_memory(exp: Any) -> int | None:
+    """A CUDA run's device memory (a pack on a GPU is bounded by it, not by the host's)."""
+    device = str(exp.training.device)
+    if not device.startswith("cuda"):
+        return None
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        index = torch.device(device).index
+        return int(torch.cuda.get_device_properties(index if index is not None else 0).total_memory)
+    except Exception:  # noqa: BLE001 - no CUDA here: the host's memory is the bound
+        return None
 
 
 def packable(exp: Any) -> bool:
