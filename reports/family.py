@@ -138,10 +138,12 @@ def _consistency(claims: pd.DataFrame, family_size: int) -> pd.DataFrame:
         k = max(neg, pos)
         holds = g[g["holds"]]
         holds_signs = set((holds["estimate"] > 0).tolist())
-        per_order = []
+        per_order, signs_by_order = [], []
         if "order" in g.columns and g["order"].notna().any():
             for o, go in g.groupby("order"):
                 per_order.append(f"order {o:g}: {int(go['holds'].sum())}/{len(go)}")
+                n_pos, n_neg = int((go["estimate"] > 0).sum()), int((go["estimate"] < 0).sum())
+                signs_by_order.append(f"order {o:g}: {n_pos}+ {n_neg}−")
         # worded as a member in the majority's direction words it (the members' texts name a direction)
         agree = g[(g["estimate"] < 0) if majority_negative else (g["estimate"] > 0)]
         text = _claim_text(str((agree if len(agree) else g)["claim"].iloc[0]))
@@ -151,7 +153,8 @@ def _consistency(claims: pd.DataFrame, family_size: int) -> pd.DataFrame:
                     "holds_in": len(holds), "same_sign": k, "ties": present - neg - pos,
                     "sign": "negative" if majority_negative else "positive",
                     "sign_test_p": _sign_test(k, neg + pos), "median_estimate": float(g["estimate"].median()),
-                    "holds_by_order": "; ".join(per_order), "consistent": consistent})
+                    "holds_by_order": "; ".join(per_order), "signs_by_order": "; ".join(signs_by_order),
+                    "consistent": consistent})
     return pd.DataFrame(out)
 
 
@@ -182,14 +185,15 @@ def write_family(dirs: Sequence[str | Path], out: str | Path) -> Path:
     if len(summary):
         lines += ["## Claims across the members", "",
                   "| claim (worded in the majority's direction) | in | holds in | same sign | sign test p | "
-                  "median estimate | holds, by dial setting | consistent |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "median estimate | holds, by dial setting | signs, by dial setting | consistent |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for _, s in summary.iterrows():
             n = s["members"]
             ties = f", {s['ties']} zero" if s["ties"] else ""
             lines.append(f"| {s['claim']} | {s['present_in']}/{n} | {s['holds_in']}/{n} | {s['same_sign']}/{n} "
                          f"({s['sign']}{ties}) | {s['sign_test_p']:.3g} | {100 * s['median_estimate']:+.1f} | "
-                         f"{s['holds_by_order'] or '–'} | {'yes' if s['consistent'] else 'no'} |")
+                         f"{s['holds_by_order'] or '–'} | {s['signs_by_order'] or '–'} | "
+                         f"{'yes' if s['consistent'] else 'no'} |")
         lines += ["", "*In*: the members whose report makes this claim (a report makes a conditional claim only "
                   "where its chosen surface has the interaction). *Consistent*: every member makes the claim, it "
                   "held in at least one, and every member's estimate has the same sign. Estimates in points "

@@ -60,6 +60,7 @@ def test_a_family_counts_where_a_claim_holds_and_keeps_its_sign(tmp_path, capsys
     assert summary["sign_test_p"] == pytest.approx(0.25)
     assert summary["median_estimate"] == pytest.approx(-0.40)
     assert summary["holds_by_order"] == "order 0: 1/2; order 1: 1/1"
+    assert summary["signs_by_order"] == "order 0: 0+ 2−; order 1: 0+ 1−"
     assert bool(summary["consistent"])
     md = (out / "family.md").read_text()
     assert "| α_post, low → high, where λ_post > 0.5 | 3/3 | 2/3 | 3/3 (negative) | 0.25 | -40.0 |" in md
