@@ -22,7 +22,8 @@ target ≥ 3 (issue #16 item 6, e.g. ``--sweep balance_digits``).
 
 Networks: ``digits_mlp`` (64 → 128 → 10, T 16, batch 64), ``timing_rsnn`` (32 → 128
 recurrent → 8, T 40, batch 64), ``shd_rsnn`` (700 → 450 recurrent → 20, T 100, batch 128,
-S-TLLR learn_steps 90; K up to 8 unless ``--full``). Target (a ratio in one run): speedup
+S-TLLR learn_steps 90; K up to 8 unless ``--full``), ``digits_vgg`` (1 × 8 × 8 → two 3 × 3
+conv layers of 8 and 16 channels with weight standardisation and gains → 10, T 16, batch 64). Target (a ratio in one run): speedup
 ≥ 5 at K = 16 on ``digits_mlp``, S-TLLR.
 """
 
@@ -48,6 +49,9 @@ NETS: dict[str, tuple[NetworkSpec, int, int, int]] = {
     "digits_mlp": (NetworkSpec(kind="mlp", input_shape=(64,), num_classes=10, width=128), 16, 64, 8),
     "timing_rsnn": (NetworkSpec(kind="rsnn", input_shape=(32,), num_classes=8, width=128), 40, 64, 20),
     "shd_rsnn": (preset("shd_rsnn"), 100, 128, 90),
+    # a small VGG with weight standardisation on the digits as images (1 x 8 x 8, `image: true`)
+    "digits_vgg": (NetworkSpec(kind="vgg", input_shape=(1, 8, 8), num_classes=10, width=8, depth=1,
+                               weight_standardization=True, ws_gain=True), 16, 64, 8),
 }
 
 
@@ -154,7 +158,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="time a sweep of this preset end to end, packed and unpacked (e.g. balance_digits)")
     ap.add_argument("--trials", type=int, default=12, help="configurations of the --sweep budget")
     ap.add_argument("--k", default="1,2,4,8,16,32", help="pack sizes, comma-separated")
-    ap.add_argument("--nets", default="digits_mlp,timing_rsnn,shd_rsnn", help=f"of {', '.join(NETS)}")
+    ap.add_argument("--nets", default="digits_mlp,timing_rsnn,digits_vgg,shd_rsnn", help=f"of {', '.join(NETS)}")
     ap.add_argument("--rules", default="stllr,bptt", help="stllr, bptt or both")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per case (median)")

@@ -26,6 +26,11 @@ def execute(args: argparse.Namespace) -> int:
     if args.family:
         from pathlib import Path
 
+        from stllr_engine.errors import StllrError
+
+        if args.formats:
+            raise StllrError("--family writes tables (family.md, family*.csv), no figures: drop --format")
+
         from reports.family import write_family
 
         out = args.out or str(Path(args.dirs[0]).resolve().parent / "family")

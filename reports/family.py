@@ -44,7 +44,7 @@ def _member(path: Path) -> dict[str, Any]:
     options = dict((doc.get("dataset") or {}).get("options") or {})
     from stllr_engine.datasets import DATASETS
 
-    if dataset in DATASETS:  # the settings a member left at the dataset's defaults
+    if isinstance(dataset, str) and dataset in DATASETS:  # the settings a member left at the dataset's defaults
         options = {**{k: v for k, v in DATASETS[dataset].defaults.items() if k in SETTING_KEYS}, **options}
     report = path / "report"
     if not (report / "claims.csv").is_file() or not (report / "verdict.csv").is_file():
@@ -73,7 +73,9 @@ def family_table(dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame
         m = _member(Path(d))
         setting = {k: m["options"].get(k) for k in SETTING_KEYS}
         v = m["verdict"]
-        v = v[v["stllr_loss_kind"] == "per_step"] if "stllr_loss_kind" in v.columns else v
+        for col in ("stllr_loss_kind", "bptt_loss_kind"):  # both rules on the per-step objective
+            if col in v.columns:
+                v = v[v[col].astype(str).map(lambda kinds: "per_step" in kinds.split(";"))]
         first = v.iloc[0] if len(v) else None
         members.append({
             "member": m["name"], "dataset": m["dataset"], **setting,
@@ -126,24 +128,33 @@ def _claim_text(text: str) -> str:
     return text
 
 
-def _consistency(claims: pd.DataFrame) -> pd.DataFrame:
+def _consistency(claims: pd.DataFrame, family_size: int) -> pd.DataFrame:
+    """Per claim: in how many of the family's members it exists, holds and keeps the majority's sign."""
     out = []
     for key, g in claims.groupby("claim_key", sort=False):
-        n = len(g)
+        present = len(g)
         neg, pos = int((g["estimate"] < 0).sum()), int((g["estimate"] > 0).sum())
-        sign = "lower" if neg >= pos else "higher"
+        majority_negative = neg >= pos
         k = max(neg, pos)
         holds = g[g["holds"]]
         holds_signs = set((holds["estimate"] > 0).tolist())
-        per_order = []
+        per_order, signs_by_order = [], []
         if "order" in g.columns and g["order"].notna().any():
             for o, go in g.groupby("order"):
                 per_order.append(f"order {o:g}: {int(go['holds'].sum())}/{len(go)}")
-        consistent = len(holds) > 0 and len(holds_signs) == 1 and k == n
-        out.append({"claim_key": key, "claim": _claim_text(str(g["claim"].iloc[0])), "members": n,
-                    "holds_in": len(holds), "same_sign": k, "sign": "negative" if sign == "lower" else "positive",
-                    "sign_test_p": _sign_test(k, n), "median_estimate": float(g["estimate"].median()),
-                    "holds_by_order": "; ".join(per_order), "consistent": consistent})
+                n_pos, n_neg = int((go["estimate"] > 0).sum()), int((go["estimate"] < 0).sum())
+                signs_by_order.append(f"order {o:g}: {n_pos}+ {n_neg}−")
+        # worded as a member in the majority's direction words it (the members' texts name a direction)
+        agree = g[(g["estimate"] < 0) if majority_negative else (g["estimate"] > 0)]
+        text = _claim_text(str((agree if len(agree) else g)["claim"].iloc[0]))
+        consistent = (present == family_size and len(holds) > 0 and len(holds_signs) == 1
+                      and k == present and (len(holds_signs) == 0 or holds_signs == {not majority_negative}))
+        out.append({"claim_key": key, "claim": text, "members": family_size, "present_in": present,
+                    "holds_in": len(holds), "same_sign": k, "ties": present - neg - pos,
+                    "sign": "negative" if majority_negative else "positive",
+                    "sign_test_p": _sign_test(k, neg + pos), "median_estimate": float(g["estimate"].median()),
+                    "holds_by_order": "; ".join(per_order), "signs_by_order": "; ".join(signs_by_order),
+                    "consistent": consistent})
     return pd.DataFrame(out)
 
 
@@ -154,7 +165,7 @@ def write_family(dirs: Sequence[str | Path], out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     members.to_csv(out / "family.csv", index=False)
     claims.to_csv(out / "family_claims.csv", index=False)
-    summary = _consistency(claims) if len(claims) else pd.DataFrame()
+    summary = _consistency(claims, len(members)) if len(claims) else pd.DataFrame()
     if len(summary):
         summary.to_csv(out / "family_consistency.csv", index=False)
     lines = [f"# One study per task instance: {len(members)} members", ""]
@@ -173,15 +184,21 @@ def write_family(dirs: Sequence[str | Path], out: str | Path) -> Path:
     lines += ["", "Accuracies in %, test split; differences in points, paired by seed.", ""]
     if len(summary):
         lines += ["## Claims across the members", "",
-                  "| claim | holds in | same sign | sign test p | median estimate | holds, by dial setting | consistent |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| claim (worded in the majority's direction) | in | holds in | same sign | sign test p | "
+                  "median estimate | holds, by dial setting | signs, by dial setting | consistent |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for _, s in summary.iterrows():
-            lines.append(f"| {s['claim']} | {s['holds_in']}/{s['members']} | {s['same_sign']}/{s['members']} "
-                         f"({s['sign']}) | {s['sign_test_p']:.3g} | {100 * s['median_estimate']:+.1f} | "
-                         f"{s['holds_by_order'] or '–'} | {'yes' if s['consistent'] else 'no'} |")
-        lines += ["", "*Consistent*: the claim held in at least one member, and every member's estimate has the "
-                  "same sign. Estimates in points of test accuracy (Q1 effects: from the low to the high level "
-                  "of the factor).", ""]
+            n = s["members"]
+            ties = f", {s['ties']} zero" if s["ties"] else ""
+            lines.append(f"| {s['claim']} | {s['present_in']}/{n} | {s['holds_in']}/{n} | {s['same_sign']}/{n} "
+                         f"({s['sign']}{ties}) | {s['sign_test_p']:.3g} | {100 * s['median_estimate']:+.1f} | "
+                         f"{s['holds_by_order'] or '–'} | {s['signs_by_order'] or '–'} | "
+                         f"{'yes' if s['consistent'] else 'no'} |")
+        lines += ["", "*In*: the members whose report makes this claim (a report makes a conditional claim only "
+                  "where its chosen surface has the interaction). *Consistent*: every member makes the claim, it "
+                  "held in at least one, and every member's estimate has the same sign. Estimates in points "
+                  "(test accuracy; Q1 effects from the low to the high level of the factor; Q2 slopes per "
+                  "doubling).", ""]
         lines += ["## Each claim, member by member", ""]
         for key, g in claims.groupby("claim_key", sort=False):
             lines += [f"**{_claim_text(str(g['claim'].iloc[0]))}**", "", "| member | setting | estimate [95% CI] | Holm p | holds |",

@@ -631,7 +631,7 @@ def _embedded_shapes() -> dict[str, Callable[[dict[str, Any]], tuple[tuple[int, 
     """Input shape and classes of each embedded dataset from its (validated) parameters."""
     return {
         # scikit-learn's 8x8 digits: 64 pixels, 10 classes, whatever T or split
-        "digits": lambda p: ((64,), 10),
+        "digits": lambda p: ((1, 8, 8) if p.get("image") else (64,), 10),  # image: one channel of 8 x 8
         "synthetic_temporal": lambda p: ((int(p["channels"]),), int(p["num_classes"])),
     }
 

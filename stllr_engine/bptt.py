@@ -33,6 +33,7 @@ from torch import Tensor
 from stllr_engine import fused
 from stllr_engine._checks import choice, integer
 from stllr_engine.errors import StllrError
+from stllr_engine.losses import StepLoss, get_step_loss
 from stllr_engine.layers import SynapseWeights
 from stllr_engine.network import Network
 from stllr_engine.neurons import LIFParameters, get_surrogate, heaviside, lif_advance_
@@ -226,17 +227,9 @@ def loss_window(loss: str, T: int, learn_steps: int | None) -> int:
     return T - learn_steps
 
 
-def _window_labels(labels: Tensor, T: int, first: int) -> Tensor:
-    """Labels of steps ``[first, T)`` as ``[n, B]``; ``labels`` is ``[B]`` or per-step ``[T, B]``."""
-    if labels.dim() == 1:
-        return labels.expand(T - first, labels.shape[0])
-    if labels.shape[0] != T:
-        raise StllrError(f"per-step labels must be [T={T}, B], got {tuple(labels.shape)}")
-    return labels[first:]
-
-
 def bptt_step(net: Network, x: Tensor, labels: Tensor, probe: Probe | None = None, *,
-              loss: str = "sum_output", learn_steps: int | None = None) -> StepStats:
+              loss: str = "sum_output", learn_steps: int | None = None,
+              step_loss: StepLoss | str | None = None) -> StepStats:
     """One BPTT training step on the objective ``loss``, gradients into ``.grad``.
 
     Args:
@@ -247,37 +240,41 @@ def bptt_step(net: Network, x: Tensor, labels: Tensor, probe: Probe | None = Non
         probe: optional instrumentation (costs).
         loss: ``"sum_output"``, ``"per_step"`` or ``"per_step_all"`` (module docstring).
         learn_steps: the window of ``"per_step"`` (required there, ``<= T``; ignored otherwise).
+        step_loss: ``ℓ`` of ``L[t] = ℓ(o[t], target[t])`` (:mod:`stllr_engine.losses`; default
+            cross-entropy, ``labels`` then being classes); ``"sum_output"`` is ``ℓ(Σ_t o[t], target)``.
 
     Returns:
-        stats whose ``loss`` is ``CE(Σ_t o[t], label)`` whatever the objective (comparable
-        across rules) and whose ``objective`` is the value of ``loss``.
+        stats whose ``loss`` is ``ℓ(Σ_t o[t], target)`` (by default ``CE(Σ_t o[t], label)``)
+        whatever the objective (comparable across rules) and whose ``objective`` is the value
+        of ``loss``.
     """
     probe = probe or NoProbe()
     x = x.contiguous()
     T, batch = x.shape[0], x.shape[1]
     first = loss_window(loss, T, learn_steps)
-    final_labels = labels if labels.dim() == 1 else labels[-1]
+    sl = get_step_loss(step_loss)
+    final_labels = sl.final(labels)
     weights = [layer.effective_weights() for layer in net.hidden_layers]
     # (standardised) weights: derived from the parameters, not learning memory
     probe.exclude([t for sw in weights for t in sw if t is not None])
     if loss == "sum_output":
         with probe.phase("forward"):
             o_sum = bptt_forward(net, x, weights)
-            objective = F.cross_entropy(o_sum, final_labels)
+            objective = sl.values(o_sum[None], final_labels[None])[0]
         with probe.phase("learning"):
             objective.backward()
-        correct = (o_sum.detach().argmax(-1) == final_labels).sum()
+        correct = sl.correct(o_sum.detach(), labels)
         ce = objective.detach()
         return StepStats(ce, correct, batch, ce)
     with probe.phase("forward"):
         xo = _readout_inputs(net, x, weights)
         o, z = _step_outputs(net, xo, T, batch, first)
         classes = o.shape[-1]
-        # mean over (step, sample) = the mean over the window's steps of the batch-mean CE
-        objective = F.cross_entropy(o.reshape(-1, classes), _window_labels(labels, T, first).reshape(-1))
+        # the mean over the window's steps of the batch-mean L[t]
+        objective = sl.mean(o, sl.window(labels, T, first))
         with torch.no_grad():  # Σ_t o[t] for the comparable loss and the accuracy
             o_sum = (_sum_weights(net.readout.gamma_o, T, z) @ z.view(T, -1)).view(batch, classes)
     with probe.phase("learning"):
         objective.backward()
-    correct = (o_sum.argmax(-1) == final_labels).sum()
-    return StepStats(F.cross_entropy(o_sum, final_labels), correct, batch, objective.detach())
+    correct = sl.correct(o_sum, labels)
+    return StepStats(sl.values(o_sum[None], final_labels[None])[0], correct, batch, objective.detach())

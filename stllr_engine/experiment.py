@@ -354,17 +354,8 @@ def load_data(config: ExperimentConfig) -> tuple[DataLoader, DataLoader | None, 
             f"dataset {d.dataset!r} gives {list(info.input_shape)} and {info.num_classes}: build the config with "
             "ExperimentConfig.for_dataset (or set network.input_shape/num_classes to the dataset's)"
         )
-    n = len(train)
-    n_val = int(round(d.val_fraction * n))
-    if d.val_fraction > 0 and not 1 <= n_val < n:
-        raise StllrError(f"data: val_fraction={d.val_fraction} of {n} training samples leaves an empty split: "
-                         "use a fraction that keeps at least one sample on each side")
-    g = torch.Generator().manual_seed(config.derived_seed("split"))
-    if d.val_split == "speaker" and n_val:
-        val_idx, train_idx = _speaker_split(train, d, n_val, g)
-    else:
-        order = torch.randperm(n, generator=g).tolist()
-        val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+    val_idx, train_idx = split_indices(config, train)
+    n_val = len(val_idx)
     eval_bs = d.eval_batch_size or d.batch_size
     common: dict[str, Any] = {"collate_fn": FrameDataset.collate, "num_workers": d.num_workers,
                               "persistent_workers": False}
@@ -376,9 +367,32 @@ def load_data(config: ExperimentConfig) -> tuple[DataLoader, DataLoader | None, 
     return train_loader, val_loader, test_loader
 
 
+def split_indices(config: ExperimentConfig, train: Any) -> tuple[list[int], list[int]]:
+    """``(val_idx, train_idx)`` into the training split ``train``: the validation samples the
+    seed holds out (``data.val_fraction``, ``data.val_split``), in order."""
+    d = config.data
+    n = len(train)
+    n_val = int(round(d.val_fraction * n))
+    if d.val_fraction > 0 and not 1 <= n_val < n:
+        raise StllrError(f"data: val_fraction={d.val_fraction} of {n} training samples leaves an empty split: "
+                         "use a fraction that keeps at least one sample on each side")
+    g = torch.Generator().manual_seed(config.derived_seed("split"))
+    if d.val_split == "speaker" and n_val:
+        return _speaker_split(train, d, n_val, g)
+    order = torch.randperm(n, generator=g).tolist()
+    return sorted(order[:n_val]), sorted(order[n_val:])
+
+
+def split_sizes(config: ExperimentConfig) -> tuple[int, int]:
+    """``(train, validation)`` sample counts of this config's split (what a pack's members must share)."""
+    val_idx, train_idx = split_indices(config, _load(config.data)[0])
+    return len(train_idx), len(val_idx)
+
+
 def _speaker_split(train: Any, d: DataConfig, n_val: int, g: torch.Generator) -> tuple[list[int], list[int]]:
     """Whole speakers, drawn in a seeded order until they hold at least ``n_val`` samples
-    (and at least one speaker stays in training): ``(val_idx, train_idx)``."""
+    (and at least one speaker stays in training): ``(val_idx, train_idx)``. Speakers with
+    unequal sample counts give seeds splits of unequal sizes (a pack groups runs by them)."""
     import numpy as np
 
     groups = getattr(train, "groups", None)

@@ -293,7 +293,7 @@ def _lif_scan(
                         trrec_rec[w_idx] = tr_rec
                 torch.mm(y_prev, w_rec_t, out=rec)
             psi_out = psi_rec[w_idx] if psi_rec is not None and recording else (scratch if tr_post is not None else None)
-            fused.lif_step(u, current[t], rec, v, spikes[t], psi_out, tr_post, tr_post,
+            fused.lif_step(u, current[t], rec, v if rec is not None else None, spikes[t], psi_out, tr_post, tr_post,
                            trpost_rec[w_idx] if trpost_rec is not None and tr_post is not None and recording else None,
                            lam_post if tr_post is not None else None, p.gamma, p.theta, p.reset, p.surrogate)
             y_prev = spikes[t]

@@ -279,6 +279,7 @@ def _fit_pack(members: list[_Member], device: torch.device, resume: bool) -> Ite
     epochs = max(m.cfg.epochs for m in members)
     rule = members[0].cfg.rule
     loss_kind = members[0].cfg.loss_kind
+    online = rule == "stllr" and members[0].cfg.stllr.online
     pack_bytes: dict[int, int] = {}  # the pack's measured step footprint, per pack size
     measured: dict[str, dict[str, Any]] = {}  # a member's measured costs, by what they depend on
     for epoch in range(min(m.start for m in members), epochs):
@@ -317,14 +318,16 @@ def _fit_pack(members: list[_Member], device: torch.device, resume: bool) -> Ite
                     measure_time += time.perf_counter() - t_m
                 opt.zero_grad()
                 step = pack_stllr_step if rule == "stllr" else pack_bptt_step
+                kw: dict[str, Any] = {"optimizer": opt} if online else {}  # online: it steps as it goes
                 if P not in pack_bytes and running[0].cfg.measure_costs:
                     # the pack's own footprint, once per pack size: every allocation of its step
                     with AllocationTracker() as tracker:
-                        stats = step(pack, x, labels, loss=loss_kind)
+                        stats = step(pack, x, labels, loss=loss_kind, **kw)
                     pack_bytes[P] = tracker.peak_bytes
                 else:
-                    stats = step(pack, x, labels, loss=loss_kind)
-                opt.step()
+                    stats = step(pack, x, labels, loss=loss_kind, **kw)
+                if not online:
+                    opt.step()
                 loss_sum += stats.loss.detach().double().cpu() * stats.batch
                 objective_sum += stats.objective.detach().double().cpu() * stats.batch
                 correct_sum += stats.correct.cpu()

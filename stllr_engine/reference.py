@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stllr_engine.layers import SpikingLayer
+from stllr_engine.losses import StepLoss, get_step_loss
 from stllr_engine.network import Network
 from stllr_engine.neurons import LIFState, lif_step
 from stllr_engine.stllr import STLLRConfig
@@ -97,24 +98,26 @@ def _factors(cfg: STLLRConfig, i: int) -> dict[str, float]:
 
 
 def reference_stllr_grads(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig,
-                          loss: str = "per_step") -> dict[str, Tensor]:
+                          loss: str = "per_step", step_loss: StepLoss | str | None = None) -> dict[str, Tensor]:
     """S-TLLR updates by the equations, by parameter name (``net.named_parameters()``).
 
     Args:
         net: network (its parameters are not modified).
         x: input ``[T, B, ...]``.
-        labels: ``[B]`` or per-step ``[T, B]``.
+        labels: ``[B]`` or per-step ``[T, B]`` (regression targets: ``[B, C]``, ``[T, B, C]``).
         cfg: the rule settings (``mode`` and ``online`` are irrelevant here).
         loss: ``"per_step"`` or ``"sum_output"`` (the output error, module docstring).
+        step_loss: ``ℓ`` (default cross-entropy); every error here is autograd's ``∂ℓ/∂o``.
     """
     total = {name: torch.zeros_like(p) for name, p in net.named_parameters()}
-    for update in _reference_steps(net, x, labels, cfg, loss):
+    for update in _reference_steps(net, x, labels, cfg, loss, step_loss):
         for name, g in update.items():
             total[name] += g
     return total
 
 
-def reference_stllr_online_sgd(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig, lr: float) -> None:
+def reference_stllr_online_sgd(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig, lr: float,
+                               step_loss: StepLoss | str | None = None) -> None:
     """Online S-TLLR by the equations: after every window step, ``p ← p − lr · update``.
 
     A plain SGD step on the parameters after each window step's explicit-eligibility
@@ -122,24 +125,31 @@ def reference_stllr_online_sgd(net: Network, x: Tensor, labels: Tensor, cfg: STL
     """
     params = dict(net.named_parameters())
     with torch.no_grad():
-        for update in _reference_steps(net, x, labels, cfg):
+        for update in _reference_steps(net, x, labels, cfg, "per_step", step_loss):
             for name, g in update.items():
                 params[name].sub_(g, alpha=lr)
 
 
 def _reference_steps(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig,
-                     loss_kind: str = "per_step") -> Iterator[dict[str, Tensor]]:
+                     loss_kind: str = "per_step", step_loss: StepLoss | str | None = None) -> Iterator[dict[str, Tensor]]:
     """Yields each window step's update by parameter name, step by step; reads the
     parameters afresh at every step, so a caller may change them between steps."""
     T, batch = x.shape[0], x.shape[1]
     layers = net.hidden_layers
     ro = net.readout
+    sl = get_step_loss(step_loss)
+    per_step_targets = sl.per_step(labels)
+
+    def output_error(o: Tensor, target: Tensor) -> Tensor:  # ∂ℓ(o, target)/∂o, by autograd
+        with torch.enable_grad():
+            leaf = o.detach().requires_grad_(True)
+            return torch.autograd.grad(sl.step(leaf, target), leaf)[0]
+
     seq_err = None
     if loss_kind == "sum_output":
         with torch.no_grad():
             o_sum = torch.stack(_unrolled_outputs(net, x)).sum(0)
-        last = labels if labels.dim() == 1 else labels[-1]
-        seq_err = (torch.softmax(o_sum, -1) - F.one_hot(last, ro.num_classes).to(x.dtype)) / batch
+        seq_err = output_error(o_sum, labels[-1] if per_step_targets else labels)
     elif loss_kind != "per_step":
         raise ValueError(f"unknown loss {loss_kind!r}")
     factors = [_factors(cfg, i) for i in range(len(layers))]
@@ -161,7 +171,7 @@ def _reference_steps(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig,
     for t in range(T):
         with torch.no_grad():
             weights = [reference_weights(layer) for layer in layers]
-        lab = labels if labels.dim() == 1 else labels[t]
+        lab = labels[t] if per_step_targets else labels
         # requires_grad on the input makes the step's graph exist even without a bias
         inp: Tensor = x[t].clone().requires_grad_(cfg.learning_signal == "bp")
         xs_all, ys, vs = [], [], []
@@ -185,10 +195,10 @@ def _reference_steps(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig,
                 deltas = (list(torch.autograd.grad(o, ys, grad_outputs=seq_err))
                           if t >= t_win and cfg.learning_signal == "bp" else None)
             elif t >= t_win and cfg.learning_signal == "bp":
-                *deltas, err = torch.autograd.grad(F.cross_entropy(o, lab), ys + [o])  # δ_l[t] = ∂L[t]/∂y_l[t]
+                *deltas, err = torch.autograd.grad(sl.step(o, lab), ys + [o])  # δ_l[t] = ∂L[t]/∂y_l[t]
             else:
                 deltas = None
-                err = (torch.softmax(o.detach(), -1) - F.one_hot(lab, ro.num_classes).to(x.dtype)) / batch
+                err = output_error(o, lab)
         o = o.detach()
         tr_ro = lam_ro * tr_ro + xo.detach()
         c_ro = lam_ro * c_ro + 1.0
@@ -258,13 +268,16 @@ def _psi(layer: SpikingLayer, v: Tensor) -> Tensor:
 
 
 def reference_bptt_loss(net: Network, x: Tensor, labels: Tensor, loss: str = "sum_output",
-                        learn_steps: int | None = None) -> Tensor:
+                        learn_steps: int | None = None, step_loss: StepLoss | str | None = None) -> Tensor:
     """The objective ``loss`` of the plainly unrolled network (differentiable).
 
     ``"sum_output"``: ``CE(Σ_t o[t], label)`` (per-step labels: the last step's);
     ``"per_step"``: the mean over the last ``learn_steps`` steps of ``CE(o[t], label[t])``;
-    ``"per_step_all"``: the same mean over all ``T`` steps. CE is the batch mean.
+    ``"per_step_all"``: the same mean over all ``T`` steps. CE is the batch mean;
+    ``step_loss`` replaces it by any ``ℓ`` (:mod:`stllr_engine.losses`, its ``step``).
     """
+    sl = get_step_loss(step_loss)
+    per_step_targets = sl.per_step(labels)
     T, batch = x.shape[0], x.shape[1]
     if loss not in ("sum_output", "per_step", "per_step_all"):
         raise ValueError(f"unknown loss {loss!r}")
@@ -273,8 +286,8 @@ def reference_bptt_loss(net: Network, x: Tensor, labels: Tensor, loss: str = "su
     first = T - learn_steps if loss == "per_step" else 0  # type: ignore[operator]
     outputs = _unrolled_outputs(net, x)
     if loss == "sum_output":
-        return F.cross_entropy(torch.stack(outputs).sum(0), labels if labels.dim() == 1 else labels[-1])
-    per_step = [F.cross_entropy(o, labels if labels.dim() == 1 else labels[t])
+        return sl.step(torch.stack(outputs).sum(0), labels[-1] if per_step_targets else labels)
+    per_step = [sl.step(o, labels[t] if per_step_targets else labels)
                 for t, o in enumerate(outputs) if t >= first]
     return torch.stack(per_step).sum() / len(per_step)
 

@@ -40,7 +40,6 @@ from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from stllr_engine._checks import FrozenMapping, choice, integer, known_fields, real
@@ -54,6 +53,7 @@ from stllr_engine.forward import (
     run_chunk,
 )
 from stllr_engine.layers import SynapseWeights
+from stllr_engine.losses import CrossEntropy, StepLoss, get_step_loss
 from stllr_engine.network import Network
 from stllr_engine.step_types import NoProbe, Probe, StepStats
 
@@ -235,15 +235,6 @@ STLLR_PRESETS: dict[str, STLLRConfig] = {
 }
 
 
-def _window_labels(labels: Tensor, T: int, t_start: int, t_end: int) -> Tensor:
-    """Labels of steps ``[t_start, t_end)`` as ``[n, B]``; ``labels`` is ``[B]`` or ``[T, B]``."""
-    if labels.dim() == 1:
-        return labels.expand(t_end - t_start, labels.shape[0])
-    if labels.shape[0] != T:
-        raise ValueError(f"per-step labels must be [T={T}, B], got {tuple(labels.shape)}")
-    return labels[t_start:t_end]
-
-
 class LayerUpdate(NamedTuple):
     """One hidden layer's S-TLLR update, accumulated over the window.
 
@@ -277,17 +268,6 @@ class Updates(NamedTuple):
         return [self.readout_weight, self.readout_bias, *(t for u in self.layers for t in u if t is not None)]
 
 
-def _output_error(o: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """``(Σ_t L[t], ∂L[t]/∂o[t])`` for ``L[t] = CE(o[t], label)`` (batch mean); ``o`` is
-    ``[n, B, C]``. The loss stays a tensor (no host synchronisation)."""
-    batch = o.shape[1]
-    logp = F.log_softmax(o, dim=-1)
-    loss = -logp.gather(-1, labels.unsqueeze(-1)).sum() / batch
-    err = logp.exp_()
-    err.scatter_add_(-1, labels.unsqueeze(-1), torch.full_like(err[..., :1], -1.0))
-    return loss, err.div_(batch)
-
-
 def _learn(
     net: Network,
     weights: list[SynapseWeights],
@@ -298,14 +278,17 @@ def _learn(
     cfg: STLLRConfig,
     updates: Updates,
     seq_error: Tensor | None = None,
+    step_loss: StepLoss | None = None,
 ) -> Tensor:
     """Accumulate the S-TLLR update of a window (or one step) into ``updates``; return Σ_t L[t].
 
-    ``seq_error`` (``[B, C]``): the output error of every step is this one (``loss="sum_output"``);
-    the returned per-step loss is then that of the window's outputs, for the record only."""
+    ``labels``: the window's targets ``[n, B, ...]``; ``step_loss``: ``L[t]`` (default
+    cross-entropy). ``seq_error`` (``[B, C]``): the output error of every step is this one
+    (``loss="sum_output"``); the returned per-step loss is then that of the window's outputs,
+    for the record only."""
     n, batch, classes = ro_rec.o.shape
     rows = n * batch
-    loss, err3 = _output_error(ro_rec.o, labels)
+    loss, err3 = (step_loss or CrossEntropy()).error(ro_rec.o, labels)
     if seq_error is not None:
         err3 = seq_error.expand(n, batch, classes).contiguous()
     err = err3.reshape(rows, classes)
@@ -418,6 +401,7 @@ def stllr_step(
     state: NetState | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     loss: str = "per_step",
+    step_loss: StepLoss | str | None = None,
 ) -> tuple[StepStats, NetState]:
     """One S-TLLR training step on a batch: writes the update into ``.grad``.
 
@@ -438,10 +422,14 @@ def stllr_step(
         loss: the objective whose output error drives learning: ``"per_step"`` (the
             rule's own, ``L[t] = CE(o[t], label)``) or ``"sum_output"``
             (``CE(Σ_t o[t], label)``, per-step labels: the last step's; module docstring).
+        step_loss: ``L[t] = ℓ(o[t], target[t])`` (:mod:`stllr_engine.losses`): ``"ce"`` (the
+            default: ``labels`` are classes) or ``"mse"`` (``labels`` are regression targets
+            ``[B, C]`` or ``[T, B, C]``), or any :class:`~stllr_engine.losses.StepLoss`.
 
     Returns:
-        ``(stats, final_state)``; ``stats.objective`` is the mean per-step CE over the
-        window (``"per_step"``) or ``CE(Σ_t o[t], label)`` (``"sum_output"``).
+        ``(stats, final_state)``; ``stats.objective`` is the mean of ``L[t]`` over the
+        window (``"per_step"``) or ``ℓ(Σ_t o[t], target)`` (``"sum_output"``); ``stats.loss`` is
+        ``ℓ(Σ_t o[t], target)`` (with the default ``ℓ``: ``CE(Σ_t o[t], label)``).
     """
     probe = probe or NoProbe()
     if loss not in STLLR_LOSSES:
@@ -469,7 +457,8 @@ def stllr_step(
     o_sum = torch.zeros(batch, net.readout.num_classes, device=x.device, dtype=x.dtype)
     per_step_sum = torch.zeros((), device=x.device, dtype=x.dtype)
     probe.observe(state.tensors())
-    final_labels = labels if labels.dim() == 1 else labels[-1]
+    sl = get_step_loss(step_loss)
+    final_labels = sl.final(labels)
     seq_error = None
     for a, b in _chunks(cfg, T, t_win, whole_window=seq):
         n_window = max(0, b - max(a, t_win))  # window steps in this chunk (its last ones)
@@ -485,9 +474,9 @@ def stllr_step(
         if n_window:
             with probe.phase("learning"), torch.no_grad():
                 if seq:  # the window ends the sequence: Σ_t o[t] is complete (whole_window)
-                    seq_error = _output_error(o_sum[None], final_labels[None])[1][0]
-                per_step_sum += _learn(net, weights, records, ro_rec, _window_labels(labels, T, b - n_window, b),  # type: ignore[arg-type]
-                               factors, cfg, updates, seq_error)
+                    seq_error = sl.error(o_sum[None], final_labels[None])[1][0]
+                per_step_sum += _learn(net, weights, records, ro_rec, sl.window(labels, T, b - n_window, b),  # type: ignore[arg-type]
+                               factors, cfg, updates, seq_error, sl)
         del records, ro_rec
         if n_window and cfg.online:
             # the official stllr_online: one optimiser step per window step; the next
@@ -503,6 +492,6 @@ def stllr_step(
     if not cfg.online:
         with probe.phase("learning"):
             apply_gradients(net, w_graph, updates)
-    correct = (o_sum.argmax(-1) == final_labels).sum()
-    ce = F.cross_entropy(o_sum, final_labels)
+    correct = sl.correct(o_sum, labels)
+    ce = sl.values(o_sum[None], final_labels[None])[0]
     return StepStats(ce, correct, batch, ce if seq else per_step_sum / n_learn), state

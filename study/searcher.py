@@ -38,7 +38,7 @@ from typing import Any
 from stllr_engine.errors import StllrError
 from study.plan import ROLE_RULE, Configuration, Planner, config_id_of
 from study.schema import ENDED
-from study.trial import AUTO_PACK
+from study.trial import AUTO_PACK, auto_pack_size
 
 try:
     from ray.tune.search import Searcher
@@ -127,6 +127,7 @@ class StudySearcher(Searcher):  # type: ignore[misc]
         self.held: list[Configuration] = []  # proposed by the sampler, waiting for a pack of their kind
         self.gathering: list[Configuration] = []
         pack = int(spec.resources.get("pack", 1))
+        self.pack_setting = pack
         self.pack_limit = AUTO_PACK if pack == 0 else pack
         # across configurations only without a scheduler: one would stop a pack on one member's curve
         self.cross_pack = self.pack_limit > 1 and spec.scheduler is None
@@ -214,23 +215,24 @@ class StudySearcher(Searcher):  # type: ignore[misc]
         if sig is None:
             return [first]
         group, members = [first], len(first.runs)
+        limit = self._pack_limit(first)
         self.gathering = group
         try:
             for pool in (self.queue, self.held):
                 for c in list(pool):
-                    if members + len(c.runs) > self.pack_limit:
+                    if members + len(c.runs) > limit:
                         break
                     if c.config_id not in self._busy() and _signature(c) == sig:
                         pool.remove(c)
                         group.append(c)
                         members += len(c.runs)
             while (first.role == "search" and self.remaining > 0 and not self.exhausted
-                   and members + len(first.runs) <= self.pack_limit):
+                   and members + len(first.runs) <= limit):
                 found = self._next_search_config()
                 if found is None:
                     break
                 self.remaining -= 1
-                if _signature(found) != sig or members + len(found.runs) > self.pack_limit:
+                if _signature(found) != sig or members + len(found.runs) > limit:
                     self.held.append(found)
                     break
                 group.append(found)
@@ -238,6 +240,15 @@ class StudySearcher(Searcher):  # type: ignore[misc]
         finally:
             self.gathering = []
         return group
+
+    def _pack_limit(self, cfg: Configuration) -> int:
+        """Most members of a pack that starts with ``cfg``: ``resources.pack``, or automatic
+        (:func:`study.trial.auto_pack_size`: fewer where the largest node's memory calls for it)."""
+        if self.pack_setting != 0 or not cfg.runs:
+            return self.pack_limit
+        from stllr_engine.experiment import ExperimentConfig
+
+        return auto_pack_size(ExperimentConfig.from_dict(cfg.runs[0].config), self.node_bytes)
 
     def _propose(self, trial_id: str, group: list[Configuration]) -> dict[str, Any]:
         cfg = group[0]

@@ -128,27 +128,110 @@ def _usable_checkpoint(ckpt: str) -> bool:
 
 #: The most members an automatic pack takes (``resources.pack: auto``).
 AUTO_PACK = 16
+#: the share of a node's memory one automatic pack may take by the formulas (several trials share a node,
+#: and the formulas are a lower bound: ``stllr_engine.shapes.memory_need_bytes``)
+PACK_MEMORY_SHARE = 0.25
 
 
-def pack_groups(exps: list[Any], pack: int) -> list[list[int]]:
+def node_memory_bytes() -> int | None:
+    """This machine's physical memory (``None`` where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def auto_pack_size(exp: Any, node_bytes: int | None) -> int:
+    """The automatic pack size for runs like ``exp``: :data:`AUTO_PACK`, fewer where that many
+    members would need more than :data:`PACK_MEMORY_SHARE` of ``node_bytes`` (the run's
+    :func:`~stllr_engine.shapes.memory_need_bytes` times the members), at least 1.
+
+    Convolutional networks on a CPU train alone: there a step is bound by the convolutions'
+    arithmetic, not by per-op overhead, and ``stllr bench packs`` measured packs of VGG slower
+    than the same runs one after the other (``digits_vgg``, K = 16: S-TLLR 0.91x, BPTT 0.45x);
+    ``resources.pack: n`` still packs them.
+
+    >>> from stllr_engine.experiment import ExperimentConfig
+    >>> e = ExperimentConfig.for_dataset("digits", {}, network={"kind": "mlp", "width": 64, "depth": 1})
+    >>> auto_pack_size(e, 24 * 2**30), auto_pack_size(e, 2**20), auto_pack_size(e, None)
+    (16, 1, 16)
+    >>> vgg = ExperimentConfig.for_dataset("digits", {"image": True}, network={"kind": "vgg", "width": 4})
+    >>> auto_pack_size(vgg, 24 * 2**30)
+    1
+    """
+    if exp.network.kind == "vgg" and not str(exp.training.device).startswith("cuda"):
+        return 1
+    if node_bytes is None:
+        return AUTO_PACK
+    from stllr_engine.shapes import memory_need_bytes
+
+    train, data = exp.training, exp.data
+    T = data.T or 1
+    need = memory_need_bytes(exp.network, train.rule, T, train.stllr, batch_size=data.batch_size,
+                             bytes_per_value=8 if exp.runtime.dtype == "float64" else 4,
+                             optimizer=train.optimizer, momentum=train.momentum, loss=train.loss_kind)
+    return max(1, min(AUTO_PACK, int(PACK_MEMORY_SHARE * node_bytes // max(1, need))))
+
+
+def pack_groups(exps: list[Any], pack: int, node_bytes: int | None = None) -> list[list[int]]:
     """Which pending runs train together: indices into ``exps``, in order.
 
     ``pack`` 1: each alone; 0 (automatic): all that may share a pack, at most
-    :data:`AUTO_PACK`; ``n``: at most ``n``. Runs share a pack only where the engine can
-    hold them (:func:`stllr_engine.pack.check_packable`'s rules: ``mlp``/``rsnn`` without
-    weight standardisation, offline S-TLLR or BPTT).
+    :func:`auto_pack_size` (:data:`AUTO_PACK`, fewer for runs whose packs would not fit the
+    node's memory, ``node_bytes``: this machine's, or a CUDA run's device's, by default); ``n``:
+    at most ``n``. Runs share a pack only where the engine can hold them
+    (:func:`stllr_engine.pack.check_packable`'s rules: every network kind, rule and mode) and
+    where their splits have the same sizes (a validation split by speaker can differ by seed).
     """
-    limit = AUTO_PACK if pack == 0 else pack
+    if pack == 0:
+        if node_bytes is None:  # a GPU run's pack is bounded by the device's memory, a CPU run's by the host's
+            node_bytes = (_device_memory(exps[0]) or node_memory_bytes()) if exps else None
+        limit = auto_pack_size(exps[0], node_bytes) if exps else 1
+    else:
+        limit = pack
     if limit <= 1 or len(exps) <= 1 or not packable(exps[0]):
         return [[i] for i in range(len(exps))]
-    return [list(range(i, min(i + limit, len(exps)))) for i in range(0, len(exps), limit)]
+    # members must have splits of one size: a validation split by speaker can differ by seed
+    keys: dict[Any, list[int]] = {}
+    for i, e in enumerate(exps):
+        key = _split_key(e)
+        keys.setdefault(key, []).append(i)
+    groups = []
+    for idx in keys.values():
+        groups += [idx[j:j + limit] for j in range(0, len(idx), limit)]
+    return sorted(groups)
+
+
+def _split_key(exp: Any) -> Any:
+    """What decides a run's split sizes: nothing beyond the shared settings, except with a
+    validation split by speaker (then the sizes themselves)."""
+    if getattr(exp.data, "val_split", "random") != "speaker":
+        return None
+    from stllr_engine.experiment import split_sizes
+
+    return split_sizes(exp)
+
+
+def _device_memory(exp: Any) -> int | None:
+    """A CUDA run's device memory (a pack on a GPU is bounded by it, not by the host's)."""
+    device = str(exp.training.device)
+    if not device.startswith("cuda"):
+        return None
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        index = torch.device(device).index
+        return int(torch.cuda.get_device_properties(index if index is not None else 0).total_memory)
+    except Exception:  # noqa: BLE001 - no CUDA here: the host's memory is the bound
+        return None
 
 
 def packable(exp: Any) -> bool:
-    """Whether the engine can train this experiment in a pack (:mod:`stllr_engine.pack`)."""
-    net, train = exp.network, exp.training
-    return not (net.kind not in ("mlp", "rsnn") or net.weight_standardization or net.recurrent_standardization
-                or (train.rule == "stllr" and train.stllr.online))
+    """Whether the engine can train this experiment in a pack (:mod:`stllr_engine.pack`): every
+    network kind, rule and mode can; kept as the one place to say otherwise."""
+    return exp is not None
 
 
 class _Trial:

@@ -7,7 +7,7 @@ access, so a sample costs one slice and one cast.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,17 +49,18 @@ class FrameDataset(Dataset):
         frames: Array ``[N, T, *input_shape]`` of any numeric dtype (counts or 0/1).
         labels: Integer array ``[N]``.
         info: Description of the split.
-        groups: Who recorded each sample (e.g. SHD's ``extra/speaker``), ``[N]``, or ``None``:
-            what a validation split held out by speaker draws on.
+        groups: Who recorded each sample (e.g. SHD's ``extra/speaker``), ``[N]``, or a function
+            that reads them when first asked for (:attr:`groups`), or ``None``: what a
+            validation split held out by speaker draws on.
     """
 
     def __init__(self, frames: np.ndarray, labels: np.ndarray, info: DatasetInfo,
-                 groups: np.ndarray | None = None) -> None:
+                 groups: np.ndarray | Callable[[], np.ndarray | None] | None = None) -> None:
         if len(frames) != len(labels):
             raise ValueError(f"{len(frames)} frames but {len(labels)} labels")
-        if groups is not None and len(groups) != len(labels):
-            raise ValueError(f"{len(groups)} speaker ids but {len(labels)} labels")
-        self.groups = None if groups is None else np.asarray(groups)
+        self._groups = groups if groups is None or callable(groups) else np.asarray(groups)
+        if isinstance(self._groups, np.ndarray) and len(self._groups) != len(labels):
+            raise ValueError(f"{len(self._groups)} speaker ids but {len(labels)} labels")
         labels = np.asarray(labels)
         if labels.dtype.kind not in "iu" and not (
                 labels.dtype.kind == "f" and np.array_equal(labels, np.floor(labels))):
@@ -101,6 +102,22 @@ class FrameDataset(Dataset):
                         for j, x in enumerate(frames))):
             return base, labels
         return torch.stack(frames), labels
+
+    @property
+    def groups(self) -> np.ndarray | None:
+        """Who recorded each sample ``[N]`` (read on first use), or ``None`` when the dataset does not say."""
+        if callable(self._groups):
+            ids = self._groups()
+            if ids is not None:
+                ids = np.asarray(ids)
+                if len(ids) != len(self._labels):
+                    from stllr_engine.errors import StllrError
+
+                    raise StllrError(f"{self.info.name} ({self.info.split}): {len(ids)} speaker ids for "
+                                     f"{len(self._labels)} samples; expected one speaker id per sample (replace "
+                                     "the file with a fresh copy)")
+            self._groups = ids
+        return self._groups
 
     @property
     def labels(self) -> np.ndarray:

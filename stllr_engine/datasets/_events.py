@@ -231,11 +231,8 @@ def load_events(
         info = DatasetInfo(name=source.name, split=split, input_shape=out_shape,
                            num_classes=source.num_classes, T=T, bin_ms=params["bin_ms"],
                            params=dict(params), cache_entry=str(entry))
-        speakers = source.speakers(root, split)
-        if speakers is not None and len(speakers) != len(labels):
-            raise StllrError(f"{events.files[0]}: {len(speakers)} speaker ids for {len(labels)} samples; "
-                             "expected one speaker id per sample (replace the file with a fresh copy)")
-        pair.append(FrameDataset(frames, labels, info, groups=speakers))
+        # speaker ids are read only when a split by speaker asks for them
+        pair.append(FrameDataset(frames, labels, info, groups=functools.partial(source.speakers, root, split)))
     return pair[0], pair[1]
 
 

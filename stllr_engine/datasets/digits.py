@@ -10,7 +10,8 @@ once, brighter pixels earlier:
 
 so ``v = 16`` fires in bin 0 and ``v = 1`` near the end; ``v = 0`` never fires.
 
-Output: 0/1 float frames ``[T, 64]`` (row-major pixels), labels 0..9.  The split
+Output: 0/1 float frames ``[T, 64]`` (row-major pixels), or ``[T, 1, 8, 8]`` with
+``image: true`` (for a convolutional network), labels 0..9.  The split
 is sklearn's ``train_test_split`` stratified by label with ``random_state=seed``
 (default 80 % train / 20 % test).
 """
@@ -25,7 +26,7 @@ from stllr_engine.datasets import _params
 from stllr_engine.datasets._base import DatasetInfo, FrameDataset
 
 NAME = "digits"
-DEFAULTS: dict[str, Any] = {"T": 16, "test_fraction": 0.2, "seed": 0}
+DEFAULTS: dict[str, Any] = {"T": 16, "test_fraction": 0.2, "seed": 0, "image": False}
 MAX_VALUE = 16
 
 
@@ -36,7 +37,16 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
         "test_fraction": _params.real_in(NAME, "test_fraction", params["test_fraction"],
                                          0.05, 0.95),
         "seed": _params.any_int(NAME, "seed", params["seed"]),
+        "image": _flag("image", params["image"]),
     }
+
+
+def _flag(name: str, value: Any) -> bool:
+    from stllr_engine.errors import StllrError
+
+    if not isinstance(value, (bool, np.bool_)):
+        raise StllrError(f"dataset {NAME!r}: {name}={value!r} must be true or false")
+    return bool(value)
 
 
 def latency_code(images: np.ndarray, T: int) -> np.ndarray:
@@ -64,9 +74,13 @@ def load(params: dict[str, Any]) -> tuple[FrameDataset, FrameDataset]:
     train_idx, test_idx = train_test_split(index, test_size=params["test_fraction"],
                                            stratify=labels, random_state=params["seed"])
     frames = latency_code(images, params["T"])
+    shape: tuple[int, ...] = (images.shape[1],)
+    if params["image"]:  # one channel of 8 x 8 pixels
+        shape = (1, 8, 8)
+        frames = frames.reshape(len(frames), params["T"], *shape)
     pair = []
     for split, idx in (("train", train_idx), ("test", test_idx)):
-        info = DatasetInfo(name=NAME, split=split, input_shape=(images.shape[1],),
+        info = DatasetInfo(name=NAME, split=split, input_shape=shape,
                            num_classes=10, T=params["T"], params=dict(params))
         pair.append(FrameDataset(frames[idx], labels[idx], info))
     return pair[0], pair[1]

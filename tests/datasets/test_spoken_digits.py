@@ -195,3 +195,36 @@ def test_a_speaker_split_of_a_dataset_without_speakers_is_one_line():
         load_data(cfg)
     with pytest.raises(StllrError, match="val_split='by_voice' is not a way to hold out validation"):
         ExperimentConfig.for_dataset("digits", {}, data={"val_split": "by_voice"})
+
+
+def test_runs_whose_speaker_splits_differ_in_size_never_share_a_pack(tmp_path):
+    """Speakers with unequal sample counts (as in SHD) give seeds splits of unequal sizes: the
+    automatic packs group runs by their split sizes, and the members of each pack train."""
+    from stllr_engine.experiment import ExperimentConfig, split_sizes
+    from stllr_engine.pack_fit import run_pack
+    from study.trial import pack_groups
+
+    folder = tmp_path / "uneven"
+    spoken_digits.make(folder, speakers=4, test_speakers=1, repeats=1)
+    with h5py.File(folder / "SHD" / "shd_train.h5", "r+") as f:  # 80 samples: voices of 10, 20, 20 and 30
+        f["extra/speaker"][...] = np.repeat(np.array([7, 8, 9, 10], dtype=np.asarray(f["extra/speaker"]).dtype),
+                                            [10, 20, 20, 30])
+
+    def config(seed: int) -> ExperimentConfig:
+        return ExperimentConfig.for_dataset("shd", {"T": 10, "bin_ms": 100.0, "channels": 10},
+                                            network={"kind": "rsnn", "width": 8, "depth": 1},
+                                            training={"epochs": 1, "lr": 1e-2},
+                                            data={"data_dir": str(folder), "cache_dir": str(folder / "cache"),
+                                                  "val_fraction": 0.2, "val_split": "speaker", "batch_size": 16},
+                                            seed=seed)
+
+    exps = [config(s) for s in range(6)]
+    sizes = [split_sizes(e) for e in exps]
+    assert len(set(sizes)) > 1 and all(t + v == 80 for t, v in sizes)
+    groups = pack_groups(exps, 0)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    assert all(len({sizes[i] for i in g}) == 1 for g in groups)
+    assert any(len(g) > 1 for g in groups)
+    packed = [g for g in groups if len(g) > 1][0]
+    epochs = list(run_pack([exps[i] for i in packed]))
+    assert len(epochs) == 1 and all(m is not None and m["val_accuracy"] >= 0 for m in epochs[0])

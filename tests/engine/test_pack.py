@@ -89,6 +89,78 @@ def test_bptt_pack_gradients_equal_each_members_own_step(kind, depth, loss):
         assert float(stats.loss[k]) == pytest.approx(float(own.loss), rel=TOL)
 
 
+# convolutional and weight-standardised members (issue #16 item 1: every family)
+_CONV = dict(kind="vgg", input_shape=(2, 8, 8), num_classes=4, width=2, gamma=0.7, theta=0.3, gamma_o=0.5)
+_FAMILIES = {
+    "vgg1-avg": dict(_CONV, depth=1),
+    "vgg2-max-ws": dict(_CONV, depth=2, pool="max", weight_standardization=True, surrogate="sigmoid"),
+    "vgg2-avg-ws-gain-unbiased-nolastpool": dict(_CONV, depth=2, weight_standardization=True, ws_gain=True,
+                                                 ws_variance="unbiased", pool_last_block=False, reset="hard"),
+    "mlp2-ws-gain": dict(kind="mlp", input_shape=(7,), num_classes=4, width=9, depth=2, gamma=0.7, theta=0.3,
+                         gamma_o=0.5, weight_standardization=True, ws_gain=True),
+    "rsnn1-ws-rec-gain": dict(kind="rsnn", input_shape=(7,), num_classes=4, width=9, depth=1, gamma=0.7, theta=0.3,
+                              gamma_o=0.5, weight_standardization=True, recurrent_standardization=True, ws_gain=True),
+}
+
+
+@pytest.fixture(params=["auto", "off"])
+def fused_mode(request):
+    """The fused time step where it builds, and the eager step: both must be exact."""
+    from stllr_engine import fused
+
+    with fused.use(request.param):
+        yield request.param
+
+
+@pytest.mark.parametrize("family,signal,loss", [
+    *itertools.product(_FAMILIES, ["bp"], ["per_step", "sum_output"]),
+    *itertools.product(["vgg2-max-ws", "rsnn1-ws-rec-gain"], ["dfa"], ["per_step"]),
+])
+def test_conv_and_standardised_packs_equal_each_members_own_stllr_step(family, signal, loss, fused_mode):
+    K, T, B = 3, 8, 3
+    spec = NetworkSpec(**_FAMILIES[family])
+    factors = [dict(f, learn_steps=min(f["learn_steps"], T)) for f in _FACTORS]
+    cfgs = [TrainConfig(rule="stllr", loss=loss, stllr=STLLRConfig(learning_signal=signal, **f)) for f in factors]
+    nets, x, y = _members(spec, cfgs, K, T, B, seed=5)
+    pack = Pack.from_networks(nets, cfgs)
+    stats = pack_stllr_step(pack, x, y, loss=loss)
+    assert all(not t.requires_grad for t in pack.parameters())
+    if spec.ws_gain:  # the gains are parameters of the pack, and learn
+        assert pack.layers[0].gain is not None and float(pack.layers[0].gain.grad.abs().max()) > 0
+    for k in range(K):
+        nets[k].zero_grad()
+        own, _ = stllr_step(nets[k], x[k], y[k], cfgs[k].stllr, loss=loss)
+        assert _worst(pack, nets, k) <= TOL, k
+        assert float(stats.objective[k]) == pytest.approx(float(own.objective), rel=TOL)
+        assert int(stats.correct[k]) == int(own.correct)
+
+
+@pytest.mark.parametrize("family,loss", [*itertools.product(_FAMILIES, ["per_step"]),
+                                         ("vgg2-max-ws", "sum_output"), ("vgg1-avg", "per_step_all")])
+def test_conv_and_standardised_packs_equal_each_members_own_bptt_step(family, loss, fused_mode):
+    K, T, B = 3, 8, 3
+    spec = NetworkSpec(**_FAMILIES[family])
+    cfgs = [TrainConfig(rule="bptt", loss=loss, stllr=STLLRConfig(learn_steps=n)) for n in (3, 8, 6)]
+    nets, x, y = _members(spec, cfgs, K, T, B, seed=6)
+    pack = Pack.from_networks(nets, cfgs)
+    stats = pack_bptt_step(pack, x, y, loss=loss)
+    for k in range(K):
+        nets[k].zero_grad()
+        own = bptt_step(nets[k], x[k].contiguous(), y[k], loss=loss, learn_steps=cfgs[k].loss_steps)
+        assert _worst(pack, nets, k) <= TOL, k
+        assert float(stats.objective[k]) == pytest.approx(float(own.objective), rel=TOL)
+
+
+@pytest.mark.parametrize("family", ["vgg2-max-ws", "vgg2-avg-ws-gain-unbiased-nolastpool"])
+def test_conv_pack_inference_equals_each_members_forward(family):
+    spec = NetworkSpec(**_FAMILIES[family])
+    cfgs = [TrainConfig(rule="stllr")] * 3
+    nets, x, _ = _members(spec, cfgs, 3, 6, 4, seed=7)
+    o = pack_inference(Pack.from_networks(nets, cfgs), x)
+    for k in range(3):
+        assert _rel(o[k], nets[k](x[k].transpose(0, 1)).sum(0)) <= TOL
+
+
 def test_pack_inference_equals_each_members_forward():
     spec = NetworkSpec(kind="rsnn", input_shape=(7,), num_classes=4, width=9, depth=2, gamma=0.7, theta=0.3, gamma_o=0.5)
     cfgs = [TrainConfig(rule="stllr")] * 3
@@ -237,17 +309,6 @@ def test_a_killed_pack_resumes_every_member_exactly_and_a_member_resumes_alone(t
     assert alone[-1]["resumed_finished"] and alone[-1]["test_accuracy"] == whole[1][-1]["test_accuracy"]
 
 
-@pytest.mark.parametrize("change,words", [
-    (dict(kind="vgg", input_shape=(2, 8, 8)), "kind 'vgg'"),
-    (dict(weight_standardization=True), "weight standardisation"),
-])
-def test_networks_a_pack_cannot_hold_are_refused_in_one_line(change, words):
-    spec = NetworkSpec(kind="mlp", input_shape=(7,), num_classes=4, width=9).replace(**change)
-    nets = [build_network(spec.replace(seed=s)) for s in range(2)]
-    with pytest.raises(StllrError, match=words):
-        check_packable(nets, [TrainConfig()] * 2)
-
-
 def test_members_must_share_what_is_not_theirs():
     spec = NetworkSpec(kind="mlp", input_shape=(7,), num_classes=4, width=9)
     nets = [build_network(spec), build_network(spec.replace(width=10, seed=1))]
@@ -256,8 +317,8 @@ def test_members_must_share_what_is_not_theirs():
     same = [build_network(spec.replace(seed=s)) for s in range(2)]
     with pytest.raises(StllrError, match="share the architecture"):
         check_packable(same, [TrainConfig(rule="stllr"), TrainConfig(rule="bptt")])
-    with pytest.raises(StllrError, match="online"):
-        check_packable(same, [TrainConfig(stllr=STLLRConfig(online=True))] * 2)
+    with pytest.raises(StllrError, match="share the architecture"):  # online and offline members
+        check_packable(same, [TrainConfig(stllr=STLLRConfig(online=True)), TrainConfig()])
     # what a member owns may differ
     check_packable(same, [TrainConfig(lr=1e-3, stllr=STLLRConfig(learn_steps=2, alpha_post=1.0)),
                           TrainConfig(lr=1e-2, weight_decay=1e-4, stllr=STLLRConfig(learn_steps=5, mode="window"))])
@@ -274,3 +335,79 @@ def test_members_that_differ_only_in_their_window_measure_their_own_costs():
         for key in ("learning_macs_measured_per_sample", "learning_memory_bytes_measured_per_batch"):
             assert packed[k][0][key] == alone[key], (k, key)
     assert packed[0][0]["learning_macs_measured_per_sample"] < packed[1][0]["learning_macs_measured_per_sample"]
+
+
+@pytest.mark.parametrize("rule", ["stllr", "bptt"])
+def test_a_packed_conv_run_with_standardised_weights_is_each_members_separate_run(rule):
+    def config(seed: int, lr: float, **stllr) -> ExperimentConfig:
+        training = {"rule": rule, "lr": lr, "epochs": 3, "patience": 1, "stllr": {"learn_steps": 6, **stllr}}
+        if rule == "bptt":
+            training["loss"] = "per_step"
+        return ExperimentConfig.for_dataset(
+            "digits", {"image": True, "T": 8}, training=training, seed=seed,
+            network={"kind": "vgg", "width": 2, "depth": 1, "weight_standardization": True, "ws_gain": True},
+            data={"batch_size": 256, "val_fraction": 0.2}, runtime={"dtype": "float64"})
+
+    configs = [config(0, 2e-2, alpha_post=-1.0), config(1, 5e-3, learn_steps=8, lambda_post=0.8)]
+    packed = _collect(configs)
+    for k, cfg in enumerate(configs):
+        alone = list(run_experiment(cfg))
+        assert len(packed[k]) == len(alone)
+        for a, b in zip(packed[k], alone):
+            for key in _KEYS:
+                expected = b[key] if b[key] is None else pytest.approx(b[key], rel=TOL, abs=TOL)
+                assert a[key] == expected, (k, a["epoch"], key)
+        assert packed[k][0]["learning_memory_bytes_measured_per_batch"] == alone[0]["learning_memory_bytes_measured_per_batch"]
+
+
+@pytest.mark.parametrize("family,signal", [("mlp2", "bp"), ("rsnn1-ws-rec-gain", "dfa"), ("vgg2-max-ws", "bp"),
+                                           ("rsnn2", "bp")])
+def test_online_packs_step_every_member_as_its_own_online_run(family, signal, fused_mode):
+    """Online S-TLLR: an optimiser step at every step of each member's own window; after a few
+    batches every member's parameters and Adam state are its separate online run's."""
+    K, T, B = 3, 8, 3
+    plain = dict(input_shape=(7,), num_classes=4, width=9, gamma=0.7, theta=0.3, gamma_o=0.5)
+    families = {**_FAMILIES, "mlp2": dict(plain, kind="mlp", depth=2), "rsnn2": dict(plain, kind="rsnn", depth=2)}
+    spec = NetworkSpec(**families[family])
+    factors = [dict(f, learn_steps=min(f["learn_steps"], T)) for f in _FACTORS]
+    lrs = [1e-2, 3e-3, 2e-2]
+    cfgs = [TrainConfig(rule="stllr", lr=lr, weight_decay=wd, stllr=STLLRConfig(online=True, learning_signal=signal, **f))
+            for f, lr, wd in zip(factors, lrs, [0.0, 1e-3, 0.0])]
+    nets, _, _ = _members(spec, cfgs, K, T, B, seed=8)
+    pack = Pack.from_networks(nets, cfgs)
+    opt = PackAdam(pack.parameters(), lrs, [c.weight_decay for c in cfgs])
+    opts = [torch.optim.Adam(n.parameters(), lr=c.lr, weight_decay=c.weight_decay) for n, c in zip(nets, cfgs)]
+    g = torch.Generator().manual_seed(9)
+    for batch in range(3):
+        x = (torch.rand(K, T, B, *spec.input_shape, generator=g) < 0.4).double()
+        y = torch.randint(0, spec.num_classes, (K, B), generator=g)
+        if batch == 1:
+            opt.active[1] = False  # a member frozen (diverged, stopped early) sits this batch out
+        stats = pack_stllr_step(pack, x, y, optimizer=opt)
+        opt.active[:] = True
+        for k in range(K):
+            if batch == 1 and k == 1:
+                continue
+            own, _ = stllr_step(nets[k], x[k], y[k], cfgs[k].stllr, optimizer=opts[k])
+            assert float(stats.objective[k]) == pytest.approx(float(own.objective), rel=TOL)
+            assert float(stats.loss[k]) == pytest.approx(float(own.loss), rel=TOL)
+    for k in range(K):
+        for stacked, own in zip(pack.parameters(), pack.member_parameters(nets)):
+            assert _rel(stacked[k], own[k].detach()) <= TOL, k
+        steps = [float(opts[k].state[p]["step"]) for p in nets[k].readout.parameters()]
+        assert float(opt.steps[k]) == steps[0] == 3 * cfgs[k].stllr.learn_steps - (cfgs[k].stllr.learn_steps if k == 1 else 0)
+    with pytest.raises(StllrError, match="pass optimizer="):
+        pack_stllr_step(pack, x, y)
+
+
+def test_a_packed_online_run_is_each_members_separate_run():
+    configs = [_experiment(0, 2e-3, patience=1, epochs=3, learn_steps=4, online=True),
+               _experiment(1, 5e-4, patience=None, epochs=2, learn_steps=16, online=True, alpha_post=1.0)]
+    packed = _collect(configs)
+    for k, config in enumerate(configs):
+        alone = list(run_experiment(config))
+        assert len(packed[k]) == len(alone)
+        for a, b in zip(packed[k], alone):
+            for key in _KEYS:
+                expected = b[key] if b[key] is None else pytest.approx(b[key], rel=TOL, abs=TOL)
+                assert a[key] == expected, (k, a["epoch"], key)

@@ -322,3 +322,30 @@ def test_a_packed_sweep_gives_every_run_its_unpacked_result(study_file, tmp_path
         state1, vals1 = values[1][key]
         assert state == state1 == optuna.trial.TrialState.COMPLETE, key
         assert vals == pytest.approx(vals1, rel=1e-9, abs=1e-9), key
+
+
+def test_a_packed_conv_sweep_with_standardised_weights_gives_every_run_its_unpacked_result(study_file, tmp_path):
+    """``resources.pack: n`` packs VGG runs with weight standardisation too (issue #16 item 1):
+    the rows equal the unpacked sweep's (float64: to 1e-9). (``auto`` trains VGG alone on a
+    CPU, where packs of convolutions measured slower: ``study.trial.auto_pack_size``.)"""
+    common = dict(dataset={"name": "digits", "options": {"T": 8, "image": True}},
+                  budget={"trials": 2, "epochs": 2, "seeds": [0, 1]}, sampler={"name": "random", "seed": 1},
+                  model={"kind": "vgg", "fixed": {"gamma": 0.9, "theta": 0.5, "surrogate": "sigmoid", "gamma_o": 0.95,
+                                                  "width": 2, "depth": 1, "weight_standardization": True,
+                                                  "ws_gain": True}},
+                  search={"alpha_post": {"type": "float", "low": -1.0, "high": 1.0}},
+                  baseline={"search": {"lr": [0.003, 0.01]}, "trials": 1},
+                  fixed={"training": {"lr": 3e-3}, "stllr": {"lambda_pre": 1.0, "learn_steps": 8},
+                         "runtime": {"dtype": "float64"}, "data": {"batch_size": 256, "val_fraction": 0.2}})
+    tables = {}
+    for pack in (4, 1):
+        path = study_file(name=f"vgg{pack}", resources={"cpu": 1, "gpu": 0, "pack": pack}, **common)
+        folder = tmp_path / f"vgg{pack}"
+        sweep(str(path), out=str(folder), quiet=True, report=False)
+        tables[pack] = pd.read_parquet(folder / "results.parquet").set_index("trial_id").sort_index()
+    packed, alone = tables[4], tables[1]
+    assert list(packed.index) == list(alone.index) and set(packed.status) == {"complete"}
+    assert packed.pack_size.max() >= 2 and alone.pack_size.isna().all()
+    for col in ("val_accuracy", "test_accuracy", "train_loss", "val_loss",
+                "learning_memory_bytes_measured_per_batch", "learning_macs_measured_per_sample"):
+        assert (packed[col] - alone[col]).abs().max() <= 1e-9, col
