@@ -89,7 +89,7 @@ CASES = [
     ("unknown dataset", set_key("dataset.name", "digitz"),
      r"^dataset\.name: unknown dataset 'digitz' \(did you mean 'digits'\?\); use one of "),
     ("unknown dataset option", set_key("dataset.options.TT", 3),
-     r"^dataset\.options\.TT: unknown key \(did you mean 'T'\?\); valid keys are T, test_fraction, seed$"),
+     r"^dataset\.options\.TT: unknown key \(did you mean 'T'\?\); valid keys are T, test_fraction, seed, image$"),
     ("unknown sampler", set_key("sampler", {"name": "nsga_2", "seed": 0}),
      r"^sampler\.name: unknown sampler 'nsga_2' \(did you mean 'nsga2'\?\); use one of tpe, nsga2, nsga3, gp, random, grid$"),
     ("unknown sampler option", set_key("sampler.populaton_size", 4),
