@@ -233,12 +233,9 @@ def _collect(configs, **kw):
     return rows
 
 
-@pytest.mark.parametrize("rule", ["stllr", "bptt"])
-def test_a_packed_run_is_each_members_separate_run_epoch_by_epoch(rule):
-    configs = [_experiment(0, 2e-2, rule, patience=1, epochs=8, learn_steps=4, lambda_post=0.2),
-               _experiment(1, 5e-3, rule, patience=3, epochs=8, learn_steps=16, lambda_post=0.8),
-               _experiment(2, 1e-2, rule, patience=None, epochs=3, learn_steps=8, alpha_post=1.0)]
-    packed = _collect(configs)
+def _assert_each_member_is_its_run(packed, configs) -> list[list[dict]]:
+    """Every member's epochs equal its separate run's (``_KEYS`` to ``TOL``); returns the separate runs."""
+    alone_runs = []
     for k, config in enumerate(configs):
         alone = list(run_experiment(config))
         assert len(packed[k]) == len(alone)
@@ -246,6 +243,18 @@ def test_a_packed_run_is_each_members_separate_run_epoch_by_epoch(rule):
             for key in _KEYS:
                 expected = b[key] if b[key] is None else pytest.approx(b[key], rel=TOL, abs=TOL)
                 assert a[key] == expected, (k, a["epoch"], key)
+        alone_runs.append(alone)
+    return alone_runs
+
+
+@pytest.mark.parametrize("rule", ["stllr", "bptt"])
+def test_a_packed_run_is_each_members_separate_run_epoch_by_epoch(rule):
+    configs = [_experiment(0, 2e-2, rule, patience=1, epochs=8, learn_steps=4, lambda_post=0.2),
+               _experiment(1, 5e-3, rule, patience=3, epochs=8, learn_steps=16, lambda_post=0.8),
+               _experiment(2, 1e-2, rule, patience=None, epochs=3, learn_steps=8, alpha_post=1.0)]
+    packed = _collect(configs)
+    for k, alone in enumerate(_assert_each_member_is_its_run(packed, configs)):
+        for a, b in zip(packed[k], alone):
             assert a["stopped_by"] == b["stopped_by"]
             assert a["pack_member"] == k
         # a member's measured costs are its own run's (measured on the member alone)
@@ -350,13 +359,7 @@ def test_a_packed_conv_run_with_standardised_weights_is_each_members_separate_ru
 
     configs = [config(0, 2e-2, alpha_post=-1.0), config(1, 5e-3, learn_steps=8, lambda_post=0.8)]
     packed = _collect(configs)
-    for k, cfg in enumerate(configs):
-        alone = list(run_experiment(cfg))
-        assert len(packed[k]) == len(alone)
-        for a, b in zip(packed[k], alone):
-            for key in _KEYS:
-                expected = b[key] if b[key] is None else pytest.approx(b[key], rel=TOL, abs=TOL)
-                assert a[key] == expected, (k, a["epoch"], key)
+    for k, alone in enumerate(_assert_each_member_is_its_run(packed, configs)):
         assert packed[k][0]["learning_memory_bytes_measured_per_batch"] == alone[0]["learning_memory_bytes_measured_per_batch"]
 
 
@@ -403,11 +406,4 @@ def test_online_packs_step_every_member_as_its_own_online_run(family, signal, fu
 def test_a_packed_online_run_is_each_members_separate_run():
     configs = [_experiment(0, 2e-3, patience=1, epochs=3, learn_steps=4, online=True),
                _experiment(1, 5e-4, patience=None, epochs=2, learn_steps=16, online=True, alpha_post=1.0)]
-    packed = _collect(configs)
-    for k, config in enumerate(configs):
-        alone = list(run_experiment(config))
-        assert len(packed[k]) == len(alone)
-        for a, b in zip(packed[k], alone):
-            for key in _KEYS:
-                expected = b[key] if b[key] is None else pytest.approx(b[key], rel=TOL, abs=TOL)
-                assert a[key] == expected, (k, a["epoch"], key)
+    _assert_each_member_is_its_run(_collect(configs), configs)
