@@ -27,7 +27,6 @@ rules differ only in how credit travels through time. Speed comes from three thi
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from stllr_engine import fused
@@ -142,10 +141,14 @@ def _readout_inputs(net: Network, x: Tensor, weights: list[SynapseWeights] | Non
     if weights is None:
         weights = [layer.effective_weights() for layer in net.hidden_layers]
     inp = x
+    outputs: list[Tensor] = []  # every layer's spikes, for the layers that take a skip
     for layer, sw in zip(net.hidden_layers, weights):
         xs = layer.pre(inp.reshape(T * batch, *inp.shape[2:]))
+        if layer.skip is not None:
+            xs = layer.gather(xs, outputs[layer.skip].reshape(T * batch, *layer.skip_shape))  # type: ignore[misc]
         current = layer.synapse(xs, sw.w, layer.bias).view(T, batch, *layer.out_shape)
         inp = lif_scan(current, sw.w_rec, layer.lif)
+        outputs.append(inp)
     return net.readout.pre(inp.reshape(T * batch, *inp.shape[2:])).view(T, -1)
 
 
@@ -163,7 +166,7 @@ def _sum_output(net: Network, xo: Tensor, T: int, batch: int) -> Tensor:
     ro = net.readout
     k = _sum_weights(ro.gamma_o, T, xo)
     x_bar = (k @ xo).view(batch, -1)
-    return F.linear(x_bar, ro.weight, ro.bias * k.sum())
+    return ro.synapse(x_bar, ro.weight, ro.bias * k.sum())
 
 
 def _leak_matrix(g: float, T: int, first: int, like: Tensor) -> Tensor:
@@ -183,7 +186,7 @@ def _step_outputs(net: Network, xo: Tensor, T: int, batch: int, first: int) -> t
     ``n·T·B·C`` MACs rather than ``n·T·B·F``.
     """
     ro = net.readout
-    z = F.linear(xo.view(T * batch, -1), ro.weight, ro.bias).view(T, batch * ro.num_classes)
+    z = ro.synapse(xo.view(T * batch, -1), ro.weight, ro.bias).view(T, batch * ro.num_classes)
     o = _leak_matrix(ro.gamma_o, T, first, xo) @ z
     return o.view(T - first, batch, ro.num_classes), z.view(T, batch, ro.num_classes)
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from stllr_engine import fused
@@ -132,7 +131,7 @@ def initial_state(
     ro = net.readout
     readout = ReadoutTraceState(
         o=zeros((ro.num_classes,)),
-        tr=zeros(ro.x_shape) if readout_lambda is not None else None,
+        tr=zeros((ro.x_size,)) if readout_lambda is not None else None,  # flat: records are [n, B, x_size]
         c=0.0,
     )
     return NetState(tuple(layers), readout)
@@ -200,11 +199,14 @@ def run_chunk(
     records: list[LayerRecord] = []
     new_layers: list[LayerState] = []
     spikes = x
+    outputs: list[Tensor] = []  # every layer's spikes, for the layers that take a skip
     with torch.no_grad():
         for i, (layer, sw, st) in enumerate(zip(net.hidden_layers, weights, state.layers)):
             f = factors[i] if factors is not None else None
+            skip = outputs[layer.skip] if layer.skip is not None else None
             spikes, layer_state, record = _layer_chunk(layer, sw, st, spikes, f, n_learn, record_pool_inputs,
-                                                       input_is_data=i == 0)
+                                                       input_is_data=i == 0, skip=skip)
+            outputs.append(spikes)
             new_layers.append(layer_state)
             if record is not None:
                 records.append(record)
@@ -215,13 +217,17 @@ def run_chunk(
 
 def _layer_chunk(
     layer: SpikingLayer, sw: SynapseWeights, st: LayerState, inp: Tensor, f: LayerFactors | None, n_learn: int,
-    record_pool_inputs: bool, input_is_data: bool,
+    record_pool_inputs: bool, input_is_data: bool, skip: Tensor | None = None,
 ) -> tuple[Tensor, LayerState, LayerRecord | None]:
     """One hidden layer over a chunk: one GEMM / convolution for the currents of every
-    step, the input trace, then the LIF scan. Returns ``(spikes, state, record)``."""
+    step, the input trace, then the LIF scan. Returns ``(spikes, state, record)``.
+    ``skip``: the spikes ``[c, B, ...]`` of the layer this one takes a skip from."""
     c, batch = inp.shape[0], inp.shape[1]
     t0 = c - n_learn
     xs = layer.pre(inp.reshape(c * batch, *inp.shape[2:]))
+    if skip is not None or layer.skip is not None:
+        xs = layer.gather(xs, None if skip is None else skip.reshape(c * batch, *skip.shape[2:]))
+        input_is_data = False  # the concatenation is a new tensor
     current = layer.synapse(xs, sw.w, layer.bias).view(c, batch, *layer.out_shape)
     xs = xs.view(c, batch, *layer.x_shape)
     x_rec = x_raw = None
@@ -333,7 +339,7 @@ def _readout_chunk(
     t0 = c - n_learn
     ro_raw = _window(inp, t0) if n_learn and ro.pre.needs_input_for_adjoint and record_pool_inputs else None
     xo = ro.pre(inp.reshape(c * batch, *inp.shape[2:]))
-    j = F.linear(xo, ro.weight, ro.bias).view(c, batch, -1)
+    j = ro.synapse(xo, ro.weight, ro.bias).view(c, batch, -1)
     xo = xo.view(c, batch, -1)
     o = st.o
     o_traj = torch.empty_like(j)

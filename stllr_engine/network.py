@@ -8,6 +8,16 @@
   ``width`` channels for ``k = 0`` and ``min(width·2^(block+1), 8·width)`` otherwise, so
   ``width=64, depth=4`` is exactly VGG-9 (64C3-128C3-AP-256C3-256C3-AP-512C3-512C3-AP-
   512C3-512C3-AP-GAP-FC): preset ``vgg9``.
+* ``flownet``: a spiking encoder–decoder for dense prediction (optical flow), in the
+  style of Spike-FlowNet: ``depth`` encoder layers, 3×3 convs of stride 2 with
+  ``width·2^k`` channels (capped at ``8·width``), then ``depth`` decoder layers, each a 2×
+  nearest upsampling then a 3×3 conv, with the channels of the encoder layer of the same
+  resolution, whose spikes it also takes as a skip input (concatenated); the last decoder
+  layer (full resolution, ``width`` channels) has none. The readout is a 3×3 conv head with
+  ``num_classes`` output maps (2: the flow's u and v) at the input's resolution, flattened.
+  ``width=64, depth=4`` has Spike-FlowNet's encoder (4→64→128→256→512, stride 2); it
+  differs from it in having no residual blocks, one flow head instead of four, and skips
+  that carry spikes at every step rather than membrane currents summed over time.
 
 >>> net = build_network(NetworkSpec(kind="rsnn", input_shape=(700,), num_classes=20, width=450))
 >>> [layer.synaptic_macs() for layer in net.layers], net.readout.synaptic_macs()
@@ -33,7 +43,7 @@ from stllr_engine.neurons import SURROGATES, LIFParameters, sigmoid_leak
 
 __all__ = ["NetworkSpec", "Network", "build_network", "PRESETS", "preset"]
 
-KINDS = ("rsnn", "mlp", "vgg")
+KINDS = ("rsnn", "mlp", "vgg", "flownet")
 MAX_SEED = 2**63 - 1
 
 
@@ -52,11 +62,11 @@ class NetworkSpec:
     """Everything needed to rebuild a network (saved with every checkpoint and result).
 
     Attributes:
-        kind: ``"rsnn"``, ``"mlp"`` or ``"vgg"``.
+        kind: ``"rsnn"``, ``"mlp"``, ``"vgg"`` or ``"flownet"``.
         input_shape: per-step sample shape, e.g. ``(700,)`` or ``(2, 32, 32)``.
         num_classes: readout size.
-        width: neurons per hidden layer (``rsnn``/``mlp``) or base channels (``vgg``).
-        depth: hidden layers (``rsnn``/``mlp``) or conv blocks (``vgg``).
+        width: neurons per hidden layer (``rsnn``/``mlp``) or base channels (``vgg``, ``flownet``).
+        depth: hidden layers (``rsnn``/``mlp``), conv blocks (``vgg``) or encoder levels (``flownet``).
         gamma, theta, reset, surrogate: LIF constants (DESIGN §2).
         gamma_o: readout leak.
         weight_standardization: scaled WS on feed-forward weights (the official layers use it).
@@ -115,8 +125,13 @@ class NetworkSpec:
                              "enable one or set ws_gain=false")
         if self.recurrent_standardization and self.kind != "rsnn":
             raise StllrError(f"{w}: recurrent_standardization applies to kind 'rsnn' only, not {self.kind!r}")
-        if self.kind == "vgg" and len(self.input_shape) != 3:
-            raise StllrError(f"{w}: vgg needs a [C, H, W] input_shape, got {list(self.input_shape)}")
+        if self.kind in ("vgg", "flownet") and len(self.input_shape) != 3:
+            raise StllrError(f"{w}: {self.kind} needs a [C, H, W] input_shape, got {list(self.input_shape)}")
+        if self.kind == "flownet":
+            h, wd = self.input_shape[1:]
+            if h % (2**self.depth) or wd % (2**self.depth):
+                raise StllrError(f"{w}: flownet depth {self.depth} halves {h}x{wd} {self.depth} times: use an "
+                                 f"input size divisible by {2**self.depth} or a smaller depth")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -155,6 +170,13 @@ PRESETS: dict[str, NetworkSpec] = {
     # The authors' VGG (models/VGG_STDP.py, DVS Gesture command): leak 0 → γ = 0.5, θ = 0.6, WS
     # with unbiased variance and gain on every conv, max pooling after blocks 1-3 only, global
     # average pooling into a plain linear readout (γ_o = 0).
+    # Spike-FlowNet's encoder on MVSEC (dt = 1: 4 channels, 256 × 256 crop): integrate-and-fire
+    # (γ = 1), threshold 0.75, hard reset; the head integrates (γ_o = 1, its output at a step is
+    # the sum of the currents so far, as Spike-FlowNet's decoder sums the encoder's over time).
+    "spike_flownet": NetworkSpec(
+        kind="flownet", input_shape=(4, 256, 256), num_classes=2, width=64, depth=4, gamma=1.0,
+        theta=0.75, reset="hard", surrogate="triangle", gamma_o=1.0,
+    ),
     "vgg9_official": NetworkSpec(
         kind="vgg", input_shape=(2, 32, 32), num_classes=11, width=64, depth=4, gamma=sigmoid_leak(0.0),
         theta=0.6, surrogate="triangle", gamma_o=0.0, weight_standardization=True, pool="max",
@@ -164,7 +186,7 @@ PRESETS: dict[str, NetworkSpec] = {
 
 
 def preset(name: str, **overrides: Any) -> NetworkSpec:
-    """A named spec (``shd_rsnn``, ``vgg9``, ``shd_rsnn_official``, ``vgg9_official``), optionally
+    """A named spec (``shd_rsnn``, ``vgg9``, ``shd_rsnn_official``, ``vgg9_official``, ``spike_flownet``), optionally
     with fields replaced."""
     if name not in PRESETS:
         raise StllrError(f"unknown network preset {name!r}: use one of {', '.join(PRESETS)}")
@@ -250,6 +272,8 @@ def build_network(spec: NetworkSpec) -> Network:
                 layers.append(layer)
                 shape, pre = layer.out_shape, Transform()
             readout = Readout(shape, spec.num_classes, spec.gamma_o)
+        elif spec.kind == "flownet":
+            layers, readout = _flownet_layers(spec, lif, ws)
         else:
             pool = "avgpool" if spec.pool == "avg" else "maxpool"
             vgg_halvings(spec)
@@ -266,3 +290,34 @@ def build_network(spec: NetworkSpec) -> Network:
     finally:
         torch.random.set_rng_state(saved_rng_state)
     return Network(spec, layers, readout)
+
+
+def flownet_channels(spec: NetworkSpec) -> tuple[list[int], list[int]]:
+    """``(encoder channels, decoder channels)`` of a ``flownet`` spec, one entry per layer.
+
+    >>> flownet_channels(NetworkSpec(kind="flownet", input_shape=(4, 64, 64), num_classes=2, width=64, depth=4))
+    ([64, 128, 256, 512], [256, 128, 64, 64])
+    """
+    enc = [spec.width * 2 ** min(k, 3) for k in range(spec.depth)]
+    dec = [enc[spec.depth - 2 - j] for j in range(spec.depth - 1)] + [spec.width]
+    return enc, dec
+
+
+def _flownet_layers(spec: NetworkSpec, lif: LIFParameters, ws: dict[str, Any]) -> tuple[list[SpikingLayer], Readout]:
+    """The encoder (stride-2 convs), the decoder (upsample, conv, skip from the encoder
+    layer of the same resolution) and the conv flow head of a ``flownet``."""
+    enc, dec = flownet_channels(spec)
+    layers: list[SpikingLayer] = []
+    shape = spec.input_shape
+    for channels in enc:
+        layer = SpikingLayer("conv", shape, channels, lif, stride=2, **ws)
+        layers.append(layer)
+        shape = layer.out_shape
+    d = spec.depth
+    for j, channels in enumerate(dec):
+        k = d - 2 - j  # the encoder layer whose output has this decoder layer's resolution
+        skip = dict(skip=k, skip_shape=layers[k].out_shape) if k >= 0 else {}
+        layer = SpikingLayer("conv", shape, channels, lif, pre=Transform(("upsample",)), **skip, **ws)
+        layers.append(layer)
+        shape = layer.out_shape
+    return layers, Readout(shape, spec.num_classes, spec.gamma_o, kind="conv")

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stllr_engine.layers import SpikingLayer
+from stllr_engine.layers import Readout, SpikingLayer
 from stllr_engine.losses import StepLoss, get_step_loss
 from stllr_engine.network import Network
 from stllr_engine.neurons import LIFState, lif_step
@@ -41,9 +41,9 @@ def _eligibility(layer: SpikingLayer, psi: Tensor, tr_pre: Tensor, tr_post_prev:
     """Explicit e[t]: dense ``[B, out, in]``; conv ``[B, C_out, L, C_in·k·k]``."""
     if layer.kind == "dense":
         return a_pre * psi[:, :, None] * tr_pre[:, None, :] + a_post * tr_post_prev[:, :, None] * x[:, None, :]
-    k, pad = layer.kernel_size, layer.padding
-    tr_u = F.unfold(tr_pre, k, padding=pad)  # [B, Cin·k·k, L]
-    x_u = F.unfold(x, k, padding=pad)
+    k, pad, stride = layer.kernel_size, layer.padding, layer.stride
+    tr_u = F.unfold(tr_pre, k, padding=pad, stride=stride)  # [B, Cin·k·k, L]
+    x_u = F.unfold(x, k, padding=pad, stride=stride)
     b, c = psi.shape[:2]
     psi_l, post_l = psi.reshape(b, c, -1), tr_post_prev.reshape(b, c, -1)  # [B, Cout, L]
     return (a_pre * psi_l[:, :, :, None] * tr_u.transpose(1, 2)[:, None]
@@ -56,6 +56,37 @@ def _apply_e(layer: SpikingLayer, delta: Tensor, e: Tensor) -> Tensor:
         return torch.einsum("bi,bij->ij", delta, e)
     b, c = delta.shape[:2]
     return torch.einsum("bcl,bclk->ck", delta.reshape(b, c, -1), e).reshape(layer.weight.shape)
+
+
+def _readout_current(ro: Readout, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """``W x + b`` of the readout, flat ``[B, outputs]``: a matrix product, or a 3×3 convolution
+    (padding 1) of ``x`` as ``[B, C, H, W]`` for a conv head."""
+    if ro.kind == "dense":
+        return x.reshape(x.shape[0], -1) @ w.t() + b
+    return F.conv2d(x.reshape(x.shape[0], *ro.x_shape), w, b, padding=1).flatten(1)
+
+
+def _readout_update(ro: Readout, err: Tensor, tr: Tensor) -> Tensor:
+    """``ΔW = Σ_b err ⊗ tr`` by explicit products; a conv head sums them over positions (unfold)."""
+    if ro.kind == "dense":
+        return torch.einsum("bi,bj->ij", err, tr.reshape(tr.shape[0], -1))
+    b = err.shape[0]
+    tr_u = F.unfold(tr.reshape(b, *ro.x_shape), 3, padding=1)  # [B, C·9, L]
+    e = err.reshape(b, ro.out_channels, -1)  # [B, out, L]
+    return torch.einsum("bol,bkl->ok", e, tr_u).reshape(ro.weight.shape)
+
+
+def _readout_bias_update(ro: Readout, err: Tensor) -> Tensor:
+    return err.reshape(err.shape[0], ro.out_channels, -1).sum((0, 2))
+
+
+def _layer_input(layer: SpikingLayer, inp: Tensor, ys: list[Tensor]) -> Tensor:
+    """The synapse's input: the transformed spikes of the layer below, with the skip's spikes
+    concatenated along the channels where the layer has one."""
+    xs = layer.pre(inp)
+    if layer.skip is not None:
+        xs = torch.cat([xs, ys[layer.skip]], dim=1)
+    return xs
 
 
 def reference_weights(layer: SpikingLayer) -> tuple[Tensor, Tensor | None]:
@@ -178,7 +209,7 @@ def _reference_steps(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig,
         with torch.enable_grad():
             for i, layer in enumerate(layers):
                 w, w_rec = weights[i]
-                xs = layer.pre(inp)
+                xs = _layer_input(layer, inp, ys)
                 cur = layer.add_bias(layer.synapse(xs, w))
                 if w_rec is not None:
                     cur = cur + y_prev[i] @ w_rec.t()
@@ -189,7 +220,7 @@ def _reference_steps(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig,
                 u[i] = st.u.detach()
                 inp = y
             xo = ro.pre(inp)
-            o = ro.gamma_o * o.detach() + xo @ ro.weight.detach().t() + ro.bias.detach()
+            o = ro.gamma_o * o.detach() + _readout_current(ro, xo, ro.weight.detach(), ro.bias.detach())
             if seq_err is not None:  # the sequence's output error at every step
                 err = seq_err
                 deltas = (list(torch.autograd.grad(o, ys, grad_outputs=seq_err))
@@ -202,8 +233,8 @@ def _reference_steps(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig,
         o = o.detach()
         tr_ro = lam_ro * tr_ro + xo.detach()
         c_ro = lam_ro * c_ro + 1.0
-        update = {"readout.weight": torch.einsum("bi,bj->ij", err, tr_ro),
-                  "readout.bias": err.sum(0) * (c_ro if cfg.readout_bias == "trace" else 1.0)}
+        update = {"readout.weight": _readout_update(ro, err, tr_ro),
+                  "readout.bias": _readout_bias_update(ro, err) * (c_ro if cfg.readout_bias == "trace" else 1.0)}
         for i, layer in enumerate(layers):
             f = factors[i]
             psi = _psi(layer, vs[i])
@@ -303,14 +334,16 @@ def _unrolled_outputs(net: Network, x: Tensor) -> list[Tensor]:
     outputs: list[Tensor] = []
     for xt in x.unbind(0):
         inp = xt
+        ys: list[Tensor] = []
         for i, layer in enumerate(layers):
             w, w_rec = reference_weights(layer)
-            cur = layer.add_bias(layer.synapse(layer.pre(inp), w))
+            cur = layer.add_bias(layer.synapse(_layer_input(layer, inp, ys), w))
             if w_rec is not None:
                 cur = cur + y_prev[i] @ w_rec.t()
             y, _, st = lif_step(cur, LIFState(u[i]), layer.lif)
             u[i], y_prev[i] = st.u, y
+            ys.append(y)
             inp = y
-        o = ro.gamma_o * o + F.linear(ro.pre(inp), ro.weight, ro.bias)
+        o = ro.gamma_o * o + _readout_current(ro, ro.pre(inp), ro.weight, ro.bias)
         outputs.append(o)
     return outputs

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 from stllr_engine._checks import integer
 from stllr_engine.errors import StllrError
-from stllr_engine.network import NetworkSpec, vgg_halvings
+from stllr_engine.network import NetworkSpec, flownet_channels, vgg_halvings
 from stllr_engine.stllr import STLLRConfig
 
 __all__ = ["LayerRun", "NetworkShape", "network_shape", "spec_formula_costs", "memory_need_bytes",
@@ -147,6 +147,27 @@ def network_shape(spec: NetworkSpec) -> NetworkShape:
             other = dense(width)
             runs.append(LayerRun(spec.depth - 1, other.macs, other.neurons, other.params))
         readout_in = width
+    elif spec.kind == "flownet":
+        enc, dec = flownet_channels(spec)
+        c_in, h, w = spec.input_shape
+        sizes = []  # (channels, h, w) of each encoder layer's output
+        for channels in enc:  # 3×3, stride 2, padding 1: halves H and W
+            h, w = h // 2, w // 2
+            fan_in = c_in * KERNEL * KERNEL
+            runs.append(LayerRun(1, channels * h * w * fan_in, channels * h * w,
+                                 channels * fan_in + channels + gain * channels))
+            sizes.append((channels, h, w))
+            c_in = channels
+        for j, channels in enumerate(dec):  # 2× upsampling, then 3×3, stride 1, with the skip's channels
+            k = spec.depth - 2 - j
+            h, w = 2 * h, 2 * w
+            fan_in = (c_in + (sizes[k][0] if k >= 0 else 0)) * KERNEL * KERNEL
+            runs.append(LayerRun(1, channels * h * w * fan_in, channels * h * w,
+                                 channels * fan_in + channels + gain * channels))
+            c_in = channels
+        c = spec.num_classes  # the conv head: c maps of h × w from 3×3 windows of c_in channels
+        head_in = c_in * KERNEL * KERNEL
+        return NetworkShape(spec, tuple(runs), c * h * w * head_in, c * head_in + c, c * h * w)
     else:
         h, w = spec.input_shape[1:]
         halvings = vgg_halvings(spec)

@@ -293,20 +293,23 @@ def _learn(
         err3 = seq_error.expand(n, batch, classes).contiguous()
     err = err3.reshape(rows, classes)
     ro = net.readout
-    updates.readout_weight.add_(err.t() @ ro_rec.tr.reshape(rows, -1))
+    updates.readout_weight.add_(ro.weight_grad(err, ro_rec.tr.reshape(rows, -1)))
     if cfg.readout_bias == "trace":  # ∂o[t]/∂b = Σ_s λ^s: the bias trace
-        updates.readout_bias.add_((err3 * ro_rec.c[:, None, None]).sum((0, 1)))
+        updates.readout_bias.add_(ro.bias_grad((err3 * ro_rec.c[:, None, None]).reshape(rows, classes)))
     else:  # the official code: the output error alone
-        updates.readout_bias.add_(err.sum(0))
+        updates.readout_bias.add_(ro.bias_grad(err))
     layers = net.hidden_layers
     delta = None
+    skipped: dict[int, Tensor] = {}  # δ that layers above send to layer i through their skip input
     if cfg.learning_signal == "bp":
-        delta = ro.pre.adjoint(err @ ro.weight, ro.in_shape, _flat(ro_rec.x_raw))
+        delta = ro.pre.adjoint(ro.input_grad(err, ro.weight), ro.in_shape, _flat(ro_rec.x_raw))
     for i in reversed(range(len(layers))):
         layer, rec, f, sw, upd = layers[i], records[i], factors[i], weights[i], updates.layers[i]
         if cfg.learning_signal == "dfa":
             delta = err @ net.feedback_matrix(i)
         d = delta.reshape(rows, *layer.out_shape)  # type: ignore[union-attr]
+        if i in skipped:
+            d = d + skipped.pop(i).reshape(rows, *layer.out_shape)
         g = d * rec.psi.reshape(rows, *layer.out_shape)  # δ ⊙ ψ
         h = d * rec.tr_post_prev.reshape(rows, *layer.out_shape) if f.alpha_post != 0 else None  # type: ignore[union-attr]
         if f.alpha_pre != 0:
@@ -321,7 +324,11 @@ def _learn(
             if h is not None:
                 upd.rec_weight.add_(layer.weight_grad(h, rec.y_prev.reshape(rows, -1)), alpha=f.alpha_post)  # type: ignore[union-attr]
         if cfg.learning_signal == "bp" and i > 0:
-            delta = layer.pre.adjoint(layer.input_grad(g, sw.w), layer.in_shape, _flat(rec.x_raw))
+            gx, g_skip = layer.split_input_grad(layer.input_grad(g, sw.w))
+            if g_skip is not None:
+                j = layer.skip
+                skipped[j] = g_skip if j not in skipped else skipped[j] + g_skip  # type: ignore[index]
+            delta = layer.pre.adjoint(gx, layer.in_shape, _flat(rec.x_raw))
     return loss
 
 
