@@ -357,7 +357,8 @@ def load_data(config: ExperimentConfig) -> tuple[DataLoader, DataLoader | None, 
     val_idx, train_idx = split_indices(config, train)
     n_val = len(val_idx)
     eval_bs = d.eval_batch_size or d.batch_size
-    common: dict[str, Any] = {"collate_fn": FrameDataset.collate, "num_workers": d.num_workers,
+    common: dict[str, Any] = {"collate_fn": getattr(type(train), "collate", FrameDataset.collate),
+                              "num_workers": d.num_workers,
                               "persistent_workers": False}
     shuffle_gen = torch.Generator().manual_seed(config.derived_seed("shuffle"))
     train_loader = DataLoader(Subset(train, train_idx) if n_val else train, batch_size=d.batch_size,

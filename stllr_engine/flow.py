@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stllr_engine.errors import StllrError
+from stllr_engine.losses import StepLoss
 
 __all__ = ["warp", "charbonnier", "photometric", "smoothness", "flow_loss", "flow_errors", "FlowMetrics",
-           "ALPHA", "EPSILON", "SMOOTH_WEIGHT", "OUTLIER_PX"]
+           "FlowStepLoss", "ALPHA", "EPSILON", "SMOOTH_WEIGHT", "OUTLIER_PX"]
 
 ALPHA = 0.45
 EPSILON = 1e-3
@@ -194,3 +195,28 @@ class FlowMetrics:
         return {"aee": sum(self.frame_aee) / frames if frames else float("nan"),
                 "outliers_pct": 100.0 * self.outliers / self.points if self.points else float("nan"),
                 "frames": float(frames), "empty_frames": float(self.empty_frames), "points": float(self.points)}
+
+
+
+class FlowStepLoss(StepLoss):
+    """The self-supervised flow loss as a per-step loss (:class:`stllr_engine.losses.StepLoss`).
+
+    ``o[t]`` is the flow head's flat output ``[B, 2·H·W]`` (the u map, then the v map); a
+    sample's target is ``[4, H, W]``: the previous and the next grey image, then the
+    ground-truth flow (unused by the loss: training is self-supervised). ``ℓ(o, target)`` is
+    :func:`flow_loss` of that flow at one scale.
+    """
+
+    name = "flow"
+    classification = False
+    target_dims = 3
+
+    def __init__(self, smooth_weight: float = SMOOTH_WEIGHT):
+        self.smooth_weight = float(smooth_weight)
+
+    def step(self, o: Tensor, target: Tensor) -> Tensor:
+        b, _, h, w = target.shape
+        return flow_loss([o.reshape(b, 2, h, w)], target[:, 0], target[:, 1], self.smooth_weight)
+
+    def __repr__(self) -> str:
+        return f"FlowStepLoss(smooth_weight={self.smooth_weight})"

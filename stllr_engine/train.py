@@ -205,15 +205,29 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return device
 
 
-def rule_step(cfg: TrainConfig) -> Callable[..., StepStats]:
-    """``step(net, x, labels, probe=None) -> StepStats`` for time-major ``x``."""
+def is_flow(net: Network) -> bool:
+    """Whether ``net`` predicts optical flow (kind ``flownet``: targets are images and flows,
+    the loss is :class:`stllr_engine.flow.FlowStepLoss`, the measure AEE) rather than classes."""
+    return net.spec.kind == "flownet"
+
+
+def task_loss(net: Network) -> Any:
+    """The per-step loss of ``net``'s task: ``None`` (cross-entropy) or the flow loss."""
+    if is_flow(net):
+        from stllr_engine.flow import FlowStepLoss
+
+        return FlowStepLoss()
+    return None
+
+
+def rule_step(cfg: TrainConfig, step_loss: Any = None) -> Callable[..., StepStats]:
+    """``step(net, x, labels, probe=None) -> StepStats`` for time-major ``x``; ``step_loss``:
+    the per-step loss (default cross-entropy; :func:`task_loss`)."""
     if cfg.rule == "bptt":
-        if cfg.loss_kind == "sum_output":
-            return bptt_step
         loss, learn_steps = cfg.loss_kind, cfg.loss_steps
 
         def bptt(net: Network, x: Tensor, labels: Tensor, probe: Any = None) -> StepStats:
-            return bptt_step(net, x, labels, probe, loss=loss, learn_steps=learn_steps)
+            return bptt_step(net, x, labels, probe, loss=loss, learn_steps=learn_steps, step_loss=step_loss)
 
         return bptt
 
@@ -222,8 +236,8 @@ def rule_step(cfg: TrainConfig) -> Callable[..., StepStats]:
     def step(net: Network, x: Tensor, labels: Tensor, probe: Any = None,
              optimizer: torch.optim.Optimizer | None = None) -> StepStats:
         if optimizer is not None:  # online S-TLLR: the step updates at every window step
-            return stllr_step(net, x, labels, cfg.stllr, probe=probe, optimizer=optimizer)[0]
-        return stllr_step(net, x, labels, cfg.stllr, probe=probe, loss=stllr_loss)[0]
+            return stllr_step(net, x, labels, cfg.stllr, probe=probe, optimizer=optimizer, step_loss=step_loss)[0]
+        return stllr_step(net, x, labels, cfg.stllr, probe=probe, loss=stllr_loss, step_loss=step_loss)[0]
 
     return step
 
@@ -247,6 +261,14 @@ def _batch_to(batch: Any, net: Network, device: torch.device) -> tuple[Tensor, T
     if frames.dim() < 3 or frames.shape[1] < 1:
         raise StllrError(f"data frames must be [B, T, ...] with T >= 1, got shape {tuple(frames.shape)}")
     labels = torch.as_tensor(labels)
+    if is_flow(net):  # targets: previous image, next image, ground-truth flow, [B, 4, H, W]
+        want = (frames.shape[0], 4, *net.spec.input_shape[1:])
+        if tuple(labels.shape) != want:
+            raise StllrError(f"flow targets must be [B, 4, H, W] = {want} (previous image, next image, flow u, v), "
+                             f"got {tuple(labels.shape)}")
+        dtype = net.readout.weight.dtype
+        x = frames.to(device=device, dtype=dtype, non_blocking=True).transpose(0, 1).contiguous()
+        return x, labels.to(device=device, dtype=dtype)
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise StllrError(f"labels must be integer class indices, got dtype {labels.dtype}")
     classes = net.readout.num_classes
@@ -276,11 +298,20 @@ def _check_shape(net: Network, x: Tensor) -> None:
 
 
 @torch.no_grad()
-def evaluate(net: Network, loader: Iterable[Any], device: str | torch.device | None = None) -> dict[str, float]:
-    """Accuracy (argmax Σ_t o[t]) and loss ``CE(Σ_t o[t], label)`` over a loader."""
+def evaluate(net: Network, loader: Iterable[Any], device: str | torch.device | None = None,
+             output: str = "sum") -> dict[str, float]:
+    """Accuracy (argmax Σ_t o[t]) and loss ``CE(Σ_t o[t], label)`` over a loader.
+
+    A flow network (:func:`is_flow`) is scored on its predicted flow instead, ``Σ_t o[t]``
+    (``output="sum"``) or the last step's ``o[T-1]`` (``"last"``): ``aee`` and
+    ``outliers_pct`` (:class:`stllr_engine.flow.FlowMetrics`: over the pixels with an event and
+    a valid ground truth) and ``loss``, the self-supervised loss per sample.
+    """
     device = resolve_device(device) if device is not None else net.readout.weight.device
     net.to(device)
     net.eval()
+    if is_flow(net):
+        return _evaluate_flow(net, loader, device, output)
     n = correct = 0
     loss = 0.0
     for batch in loader:
@@ -294,6 +325,29 @@ def evaluate(net: Network, loader: Iterable[Any], device: str | torch.device | N
     if n == 0:
         raise StllrError("the evaluation loader yielded no samples: check the dataset split")
     return {"accuracy": correct / n, "loss": loss / n}
+
+
+def _evaluate_flow(net: Network, loader: Iterable[Any], device: torch.device, output: str) -> dict[str, float]:
+    from stllr_engine.flow import FlowMetrics, FlowStepLoss
+
+    if output not in ("sum", "last"):
+        raise StllrError(f"evaluate: output={output!r}: use 'sum' (Σ_t o[t]) or 'last' (o[T-1])")
+    sl, metrics = FlowStepLoss(), FlowMetrics()
+    n, loss = 0, 0.0
+    h, w = net.spec.input_shape[1:]
+    for batch in loader:
+        x, targets = _batch_to(batch, net, device)
+        _check_shape(net, x)
+        o = run_inference(net, x)
+        pred = (o.sum(0) if output == "sum" else o[-1]).reshape(-1, 2, h, w)
+        b = pred.shape[0]
+        loss += float(sl.step(pred.reshape(b, -1), targets)) * b
+        metrics.update(pred, targets[:, 2:4], x.abs().sum(dim=(0, 2)) > 0)
+        n += b
+    if n == 0:
+        raise StllrError("the evaluation loader yielded no samples: check the dataset split")
+    r = metrics.result()
+    return {"aee": r["aee"], "outliers_pct": r["outliers_pct"], "loss": loss / n}
 
 
 def _versions() -> dict[str, str]:
@@ -541,10 +595,20 @@ def fit(
 
 
 def _evaluate_into(metrics: dict[str, Any], prefix: str, net: Network, loader: Iterable[Any] | None,
-                   device: torch.device) -> None:
+                   device: torch.device, output: str = "sum") -> None:
     if loader is not None:
-        ev = evaluate(net, loader, device)
-        metrics[f"{prefix}_accuracy"], metrics[f"{prefix}_loss"] = ev["accuracy"], ev["loss"]
+        ev = evaluate(net, loader, device, output)
+        for key, value in ev.items():
+            metrics[f"{prefix}_{key}"] = value
+
+
+#: what an epoch's evaluation adds per split (``val_…``, ``test_…``), by task
+EVAL_KEYS = {"classification": ("accuracy", "loss"), "flow": ("aee", "outliers_pct", "loss")}
+
+
+def _flow_output(cfg: TrainConfig) -> str:
+    """The flow a run predicts: the objective's, ``Σ_t o[t]`` for ``sum_output``, else ``o[T-1]``."""
+    return "sum" if cfg.loss_kind == "sum_output" else "last"
 
 
 def fused_metrics(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
@@ -593,10 +657,18 @@ class _EarlyStopping:
         self.stopped = False
 
     def update(self, net: Network, metrics: dict[str, Any], epoch: int, last: bool) -> str | None:
-        """Take one epoch's validation figures; returns how the run stops, or ``None``."""
+        """Take one epoch's validation figures; returns how the run stops, or ``None``.
+
+        A flow run's score is ``−val_aee`` (lower AEE is better; ``−val_loss`` where the
+        validation split has no ground truth), compared like an accuracy."""
         if self.patience is None:
             return "fixed" if last else None
-        acc, loss = float(metrics["val_accuracy"]), float(metrics["val_loss"])
+        loss = float(metrics["val_loss"])
+        if "val_aee" in metrics:
+            aee = float(metrics["val_aee"])
+            acc = -aee if math.isfinite(aee) else -loss
+        else:
+            acc = float(metrics["val_accuracy"])
         better = acc > self.best_accuracy + self.min_delta or (
             acc >= self.best_accuracy and loss < self.best_loss and self.best_epoch is not None)
         if self.best_epoch is None or better:
@@ -670,7 +742,9 @@ def _fit(
             final["resumed_finished"] = True
             yield final
             return
-    step = rule_step(cfg)
+    step = rule_step(cfg, task_loss(net))
+    flow = is_flow(net)
+    output = _flow_output(cfg)
     online = cfg.rule == "stllr" and getattr(cfg.stllr, "online", False)
     costs: dict[str, Any] | None = None
     for epoch in range(start, cfg.epochs):
@@ -723,7 +797,7 @@ def _fit(
             "loss_kind": cfg.loss_kind,
             "loss_steps": cfg.loss_steps if cfg.loss_steps is not None else steps,
             "train_objective": objective_total / n,
-            "train_accuracy": correct / n,
+            **({} if flow else {"train_accuracy": correct / n}),
             "wall_time_s": wall,
             "samples_per_s": n / wall if wall > 0 else float("nan"),
         }
@@ -731,19 +805,20 @@ def _fit(
         metrics.update(costs or {})
         metrics.update(fused_metrics(cfg, device))
         with fused_steps.use(cfg.fused):
-            _evaluate_into(metrics, "val", net, val_loader, device)
-            _evaluate_into(metrics, "test", net, test_loader, device)
+            _evaluate_into(metrics, "val", net, val_loader, device, output)
+            _evaluate_into(metrics, "test", net, test_loader, device, output)
         stopped_by = early.update(net, metrics, epoch + 1, epoch + 1 == cfg.epochs)
         metrics.update(stopped_by=stopped_by, epochs_trained=epoch + 1, best_epoch=early.best_epoch)
         if stopped_by in ("patience", "max_epochs"):
             # the run's result is its best-validation weights: put them back, evaluate those
-            for key in ("val_accuracy", "val_loss", "test_accuracy", "test_loss"):
+            for key in (f"{split}_{k}" for split in ("val", "test") for k in EVAL_KEYS["flow" if flow else
+                                                                                         "classification"]):
                 if key in metrics:
                     metrics[f"epoch_{key}"] = metrics[key]
             net.load_state_dict(early.best_state)
             with fused_steps.use(cfg.fused):
-                _evaluate_into(metrics, "val", net, val_loader, device)
-                _evaluate_into(metrics, "test", net, test_loader, device)
+                _evaluate_into(metrics, "val", net, val_loader, device, output)
+                _evaluate_into(metrics, "test", net, test_loader, device, output)
         metrics["finished"] = stopped_by is not None
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, net, opt, sched, epoch + 1, cfg, metrics,
