@@ -30,6 +30,9 @@ class DatasetInfo:
             into ``T`` equal bins, or when time steps are not milliseconds.
         params: Every parameter the frames were made with (for provenance).
         cache_entry: Path of the on-disk cache entry, ``None`` for embedded data.
+        task: ``"classification"`` (samples are ``(frames, label)``) or ``"flow"``
+            (optical flow, :class:`~stllr_engine.datasets._flow.FlowDataset`: samples are
+            ``(frames, target [4, H, W])`` and ``num_classes`` is the 2 output channels u, v).
     """
 
     name: str
@@ -40,6 +43,7 @@ class DatasetInfo:
     bin_ms: float | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     cache_entry: str | None = None
+    task: str = "classification"
 
 
 class FrameDataset(Dataset):

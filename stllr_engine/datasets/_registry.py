@@ -9,7 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from stllr_engine.datasets import _cache, digits, spoken_digits, synthetic_temporal
+from stllr_engine.datasets import _cache, digits, flow_synthetic, mvsec, spoken_digits, synthetic_temporal
 from stllr_engine.datasets._base import FrameDataset
 from stllr_engine.datasets._events import EventSource, load_events
 from stllr_engine.datasets.cifar10_dvs import CIFAR10DVSSource
@@ -93,6 +93,17 @@ def _spoken_digits_spec() -> DatasetSpec:
                        MappingProxyType(dict(spoken_digits.DEFAULTS)), False, validate, load)
 
 
+def _mvsec_spec() -> DatasetSpec:
+    def load(data_dir: PathLike | None, cache_dir: PathLike | None, params: dict[str, Any],
+             max_cache_bytes: int | str | None) -> tuple[FrameDataset, FrameDataset]:
+        return mvsec.load(data_dir, cache_dir, params, max_cache_bytes)  # type: ignore[return-value]
+
+    return DatasetSpec(mvsec.NAME, "MVSEC optical flow (Spike-FlowNet's input): grey frame pairs dt=1 or 4 apart, "
+                       "[T, 4, 256, 256] former/latter-half ON/OFF counts, T=5 (dt=1) or 20 (dt=4); target "
+                       "[4, 256, 256] = both images and the gt flow; train outdoor_day2, test indoor_flying1-3",
+                       MappingProxyType(dict(mvsec.DEFAULTS)), True, mvsec.validate, load)
+
+
 DATASETS: Mapping[str, DatasetSpec] = MappingProxyType({spec.name: spec for spec in (
     _event_spec(SHDSource(), "Spiking Heidelberg Digits: [T, 700] counts, 100 x 10 ms, "
                              "20 classes"),
@@ -105,6 +116,10 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType({spec.name: spec for spec
                                        "timing: [T, channels] 0/1"),
     _embedded_spec(digits, "sklearn 8x8 digits, latency coded: [T, 64] 0/1, 10 classes"),
     _spoken_digits_spec(),
+    _embedded_spec(flow_synthetic, "embedded optical-flow toy task: a smooth random texture translating and "
+                                   "rotating, [T, 4, 32, 32] former/latter-half ON/OFF counts, T=5; target "
+                                   "[4, 32, 32] = both images and the exact flow"),
+    _mvsec_spec(),
 )})
 
 
