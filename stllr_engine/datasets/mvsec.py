@@ -425,8 +425,8 @@ def load(data_dir: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[s
         for sq, t in zip(seqs, tables, strict=True):
             spans.append((sq.name, at, at + len(t["i"])))
             at += len(t["i"])
-        entry = str(Path(seqs[0].entry)) if len(seqs) == 1 else None
+        cache_entry = seqs[0].entry if len(seqs) == 1 else None
         info = DatasetInfo(name=NAME, split=split, input_shape=(4, crop, crop), num_classes=2, T=params["T"],
-                           params=dict(params), cache_entry=entry, task="flow")
+                           params=dict(params), cache_entry=cache_entry, task="flow")
         pair.append(FlowDataset(source, info, spans, grouped=True))
     return pair[0], pair[1]
