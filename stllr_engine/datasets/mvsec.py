@@ -389,6 +389,10 @@ def load(data_dir: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[s
     names = list(dict.fromkeys((*params["train"], *params["test"])))
     found = {s: _files(folder, s) for s in names}          # every file is there before anything is read
     dims = {s: _shapes(*found[s]) for s in names}           # and well formed before anything is written
+    for s in names:
+        if dims[s]["n"] <= params["dt"]:
+            raise _malformed(found[s][0], f"{IMAGES} has {dims[s]['n']} images, too few for a pair at "
+                                          f"dt={params['dt']}")
     entries: dict[str, str] = {}
     for s in names:
         key = {"crop": crop, "format": FORMAT, "files": _cache.fingerprint(found[s], root)}
@@ -415,18 +419,14 @@ def load(data_dir: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[s
         seqs = [sequences[s] for s in params[split]]
         tables = []
         for sq in seqs:
-            n = dims[sq.name]["n"]
-            if n <= params["dt"]:
-                raise _malformed(found[sq.name][0], f"{IMAGES} has {n} images, too few for a pair at "
-                                                    f"dt={params['dt']}")
             tables.append(pair_table(sq.arrays, params["dt"], params["max_pairs"]))
         source = MVSECSource(seqs, tables, params["dt"], params["T"], crop)
         spans, at = [], 0
         for sq, t in zip(seqs, tables, strict=True):
             spans.append((sq.name, at, at + len(t["i"])))
             at += len(t["i"])
-        entry = str(Path(seqs[0].entry)) if len(seqs) == 1 else None
+        cache_entry = seqs[0].entry if len(seqs) == 1 else None
         info = DatasetInfo(name=NAME, split=split, input_shape=(4, crop, crop), num_classes=2, T=params["T"],
-                           params=dict(params), cache_entry=entry, task="flow")
+                           params=dict(params), cache_entry=cache_entry, task="flow")
         pair.append(FlowDataset(source, info, spans, grouped=True))
     return pair[0], pair[1]

@@ -19,6 +19,7 @@ from stllr_engine.errors import StllrError
 EVENT = ("shd", "dvs_gesture", "cifar10_dvs", "nmnist")
 EMBEDDED = ("synthetic_temporal", "digits")
 ALL = EVENT + EMBEDDED
+FLOW = ("flow_synthetic", "mvsec")  # (frames, target) samples: tests/datasets/test_flow_data.py
 FOLDERS = {"shd": "SHD", "dvs_gesture": "DVSGesture", "cifar10_dvs": "CIFAR10DVS",
            "nmnist": "NMNIST"}
 SENSORS = {"shd": (700,), "dvs_gesture": (2, 128, 128), "cifar10_dvs": (2, 128, 128),
@@ -65,10 +66,10 @@ def dataset(request: pytest.FixtureRequest, tmp_path: Path, writers: Any) -> tup
 
 
 def test_registry_lists_every_dataset() -> None:
-    assert set(DATASETS) == set(ALL) | {"spoken_digits"}  # generated (tests/datasets/test_spoken_digits.py)
+    assert set(DATASETS) == set(ALL) | {"spoken_digits"} | set(FLOW)  # spoken_digits: test_spoken_digits.py
     for name, spec in DATASETS.items():
         assert spec.name == name and spec.description and "T" in spec.defaults
-        assert spec.needs_files == (name in EVENT)
+        assert spec.needs_files == (name in EVENT or name == "mvsec")
 
 
 def test_shapes_dtypes_and_labels(dataset: tuple) -> None:

@@ -1,0 +1,287 @@
+"""Optical-flow datasets: the embedded flow_synthetic task and MVSEC from tiny real-layout hdf5 files."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from stllr_engine.datasets import DATASETS, load_dataset, mvsec
+from stllr_engine.datasets import flow_synthetic as fs
+from stllr_engine.datasets._flow import FlowDataset
+from stllr_engine.errors import StllrError
+from stllr_engine.flow import warp
+
+H, W = 260, 346
+
+# ------------------------------------------------------------------ MVSEC fixtures (real hdf5 layout)
+
+# (x, y, p) on the sensor; image_raw_event_inds = [-1, 7, 9]: pair 0 gets events 0..7, pair 1 events 8, 9
+EVENTS = [(45, 2, 1), (300, 257, -1), (46, 3, 1), (10, 100, 1),       # former half of pair 0
+          (100, 50, -1), (100, 50, -1), (345, 259, 1), (200, 200, 1),  # latter half of pair 0
+          (60, 60, 1), (61, 61, -1)]                                    # pair 1
+IMAGE_TS = [0.05, 0.10, 0.13]
+GT_TS = [0.0, 0.1, 0.2]
+
+
+def write_mvsec(folder: Path, sequence: str, events: list[tuple[int, int, int]] | None = None,
+                drop: str | None = None, image_shape: tuple[int, int] = (H, W)) -> tuple[Path, Path]:
+    """``<folder>/<sequence>_data.hdf5`` and ``_gt.hdf5`` as MVSEC ships them (3 images, 3 gt frames)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    events = EVENTS if events is None else events
+    ev = np.array([(x, y, 0.05 + 0.001 * k, p) for k, (x, y, p) in enumerate(events)], dtype=np.float64)
+    ev = ev.reshape(-1, 4)
+    ys, xs = np.mgrid[0:image_shape[0], 0:image_shape[1]]
+    images = np.stack([(xs + ys + 50 * i) % 256 for i in range(3)]).astype(np.uint8)
+    flow = np.zeros((3, 2, H, W), dtype=np.float32)
+    flow[0, 0], flow[0, 1] = 2.0, -4.0
+    flow[1, 0], flow[1, 1] = np.mgrid[0:H, 0:W][1], np.mgrid[0:H, 0:W][0]  # u = column, v = row
+    flow[2] = np.nan
+    data, gt = folder / f"{sequence}_data.hdf5", folder / f"{sequence}_gt.hdf5"
+    fields = {"davis/left/events": ev, "davis/left/image_raw": images,
+              "davis/left/image_raw_ts": np.array(IMAGE_TS), "davis/left/image_raw_event_inds": np.array([-1, 7, 9])}
+    with h5py.File(data, "w") as f:
+        for key, value in fields.items():
+            if key != drop:
+                f.create_dataset(key, data=value)
+    with h5py.File(gt, "w") as f:
+        for key, value in {"davis/left/flow_dist": flow, "davis/left/flow_dist_ts": np.array(GT_TS)}.items():
+            if key != drop:
+                f.create_dataset(key, data=value)
+    return data, gt
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    for seq in ("seqA", "seqB"):
+        write_mvsec(tmp_path / "mvsec", seq)
+    return tmp_path
+
+
+def _mvsec(root: Path, **params: Any) -> tuple[FlowDataset, FlowDataset]:
+    return load_dataset("mvsec", data_dir=root, **{"train": ["seqA"], "test": ["seqA", "seqB"], "T": 2, **params})
+
+
+def test_mvsec_hand_placed_events_land_in_their_step_channel_and_pixel(root: Path) -> None:
+    train, _ = _mvsec(root)
+    assert len(train) == 2 and mvsec.crop_offsets(256) == (2, 45)
+    frames, target = train[0]
+    assert frames.shape == (2, 4, 256, 256) and frames.dtype == torch.float32
+    want = torch.zeros_like(frames)
+    want[0, 0, 0, 0] = 1        # event 0: former half, bin 0, ON, sensor (45, 2) -> crop (0, 0)
+    want[0, 1, 255, 255] = 1    # event 1: former, bin 0, OFF, sensor (300, 257)
+    want[1, 0, 1, 1] = 1        # event 2: former, bin 1, ON; event 3 (x=10) is outside the crop
+    want[0, 3, 48, 55] = 2      # events 4, 5: latter, bin 0, OFF, sensor (100, 50)
+    want[1, 2, 198, 155] = 1    # event 7: latter, bin 1, ON; event 6 (x=345) is outside
+    assert torch.equal(frames, want)
+    frames1, _ = train[1]       # two events: one per half, both in bin 0
+    want1 = torch.zeros_like(frames1)
+    want1[0, 0, 58, 15] = 1
+    want1[0, 3, 59, 16] = 1
+    assert torch.equal(frames1, want1)
+
+
+def test_mvsec_target_layout_crop_and_gt_scaling(root: Path) -> None:
+    train, _ = _mvsec(root)
+    rows, cols = np.mgrid[0:256, 0:256]
+    _, t0 = train[0]
+    assert t0.shape == (4, 256, 256) and t0.dtype == torch.float32
+    np.testing.assert_allclose(t0[0].numpy(), ((cols + 45 + rows + 2) % 256) / 255, rtol=1e-6)
+    np.testing.assert_allclose(t0[1].numpy(), ((cols + 45 + rows + 2 + 50) % 256) / 255, rtol=1e-6)
+    # t_0 = 0.05 lies in gt interval [0.0, 0.1): flow_dist[0] x (0.10 - 0.05) / 0.1
+    np.testing.assert_allclose(t0[2].numpy(), 1.0)
+    np.testing.assert_allclose(t0[3].numpy(), -2.0)
+    _, t1 = train[1]            # t_1 = 0.10 in [0.1, 0.2): flow_dist[1] (u = sensor column) x 0.03 / 0.1
+    np.testing.assert_allclose(t1[2].numpy(), (cols + 45) * 0.3, rtol=1e-5)
+    np.testing.assert_allclose(t1[3].numpy(), (rows + 2) * 0.3, rtol=1e-5)
+
+
+def test_mvsec_info_groups_sequences_and_batches(root: Path) -> None:
+    train, test = _mvsec(root, crop=64)
+    assert test.info.task == "flow" and test.info.num_classes == 2
+    assert test.info.input_shape == (4, 64, 64) and test.info.T == 2 and len(test) == 4
+    assert test.sequences == [("seqA", 0, 2), ("seqB", 2, 4)]
+    assert test.groups.tolist() == [0, 0, 1, 1] and test.labels.tolist() == [0, 0, 0, 0]
+    x, y = next(iter(DataLoader(test, batch_size=3, collate_fn=FlowDataset.collate)))
+    assert x.shape == (3, 2, 4, 64, 64) and y.shape == (3, 4, 64, 64)
+    assert torch.equal(x[2], test[2][0]) and torch.equal(y[2], test[2][1])
+    blob = pickle.dumps(test)
+    assert len(blob) < 20_000  # memory maps travel as paths
+    again = pickle.loads(blob)
+    assert all(torch.equal(a, b) for a, b in zip(again[3], test[3], strict=True))
+    assert load_dataset("mvsec", data_dir=root, train="seqA", test="seqB", max_pairs=1)[0].info.T == 5
+
+
+def test_mvsec_caches_each_sequence_once(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    real = mvsec._build
+
+    def counting(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(mvsec, "_build", counting)
+    train, test = _mvsec(root)
+    assert calls["n"] == 2  # seqA and seqB, seqA shared by both splits
+    entries = sorted(p.name for p in (root / ".stllr_cache").iterdir() if p.is_dir())
+    assert len(entries) == 2 and all(e.startswith("mvsec-seq") for e in entries)
+    assert Path(train.info.cache_entry).parent == root / ".stllr_cache"
+    again, _ = _mvsec(root, T=3, dt=1)  # binning parameters share the entry
+    assert calls["n"] == 2
+    first, second = _mvsec(root)[0], train
+    for i in range(len(first)):
+        assert all(torch.equal(a, b) for a, b in zip(first[i], second[i], strict=True))
+    assert isinstance(first._source.sequences[0].arrays["events_x"], np.memmap)
+    _mvsec(root, crop=128)  # another crop is another entry
+    assert calls["n"] == 4
+
+
+def test_mvsec_polarity_zero_one_counts_zero_as_off(tmp_path: Path) -> None:
+    write_mvsec(tmp_path / "mvsec", "s", events=[(45, 2, 0), (45, 2, 1)] + [(0, 0, 1)] * 8)
+    train, _ = load_dataset("mvsec", data_dir=tmp_path, train="s", test="s", T=1)
+    frames, _ = train[0]
+    # events 0 (p=0) and 1 (p=1), both at crop (0, 0) in the former half: one OFF, one ON
+    assert frames[0, 1, 0, 0] == 1 and frames[0, 0, 0, 0] == 1
+    assert frames[0, 0:2].sum() == 2 and frames[0, 2:].sum() == 0  # the rest are outside the crop
+
+
+@pytest.mark.parametrize(("setup", "params", "needle"), [
+    ("no_folder", {}, "no folder mvsec/"),
+    ("no_gt", {}, "seqA_gt.hdf5 not found"),
+    ("no_key", {}, "no dataset davis/left/image_raw_ts"),
+    ("bad_images", {}, "davis/left/image_raw has shape (3, 100, 100)"),
+    ("no_events", {}, "no events"),
+    ("ok", {"crop": 255}, "crop=255"),
+    ("ok", {"crop": 262}, "crop=262"),
+    ("ok", {"dt": 2}, "dt=2"),
+    ("ok", {"dt": 4}, "too few for a pair at dt=4"),
+    ("ok", {"max_pairs": 0}, "max_pairs=0"),
+])
+def test_mvsec_faults_are_one_line_errors(tmp_path: Path, setup: str, params: dict[str, Any], needle: str) -> None:
+    folder = tmp_path / "mvsec"
+    if setup == "no_gt":
+        write_mvsec(folder, "seqA")[1].unlink()
+    elif setup == "no_key":
+        write_mvsec(folder, "seqA", drop="davis/left/image_raw_ts")
+    elif setup == "bad_images":
+        write_mvsec(folder, "seqA", image_shape=(100, 100))
+    elif setup == "no_events":
+        write_mvsec(folder, "seqA", events=[])
+    elif setup == "ok":
+        write_mvsec(folder, "seqA")
+    with pytest.raises(StllrError) as info:
+        load_dataset("mvsec", data_dir=tmp_path, train="seqA", test="seqA", **params)
+    message = str(info.value)
+    assert needle in message and "\n" not in message
+    if setup in ("no_gt", "no_key", "bad_images", "no_events"):
+        assert str(folder) in message
+    assert not (tmp_path / ".stllr_cache").exists()  # refused before anything is written
+
+
+def test_mvsec_needs_data_dir() -> None:
+    with pytest.raises(StllrError, match="data_dir"):
+        load_dataset("mvsec")
+
+
+def test_mvsec_bin_events_equal_counts() -> None:
+    x = np.arange(10) % 4
+    counts = mvsec.bin_events(x, np.zeros(10, int), np.ones(10, int), 2, 8)
+    # former half: events 0..4 -> bins 0,0,0,1,1 (floor(j*2/5)); latter: 5..9 the same
+    assert counts[:, 0].sum(axis=(1, 2)).tolist() == [3, 2] and counts[:, 2].sum(axis=(1, 2)).tolist() == [3, 2]
+    assert counts.sum() == 10 and counts[:, [1, 3]].sum() == 0
+
+
+# ------------------------------------------------------------------ flow_synthetic
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> tuple[FlowDataset, FlowDataset]:
+    return load_dataset("flow_synthetic", n_train=24, n_test=8)
+
+
+def test_synthetic_shapes_info_and_contract(synthetic: tuple[FlowDataset, FlowDataset]) -> None:
+    train, test = synthetic
+    assert (len(train), len(test)) == (24, 8)
+    info = train.info
+    assert (info.task, info.num_classes, info.T, info.input_shape) == ("flow", 2, 5, (4, 32, 32))
+    frames, target = train[3]
+    assert frames.shape == (5, 4, 32, 32) and target.shape == (4, 32, 32)
+    assert frames.dtype == target.dtype == torch.float32
+    assert train._source.frames.dtype == np.uint8
+    assert 0 <= target[:2].min() and target[:2].max() <= 1
+    assert train.labels.tolist() == [0] * 24 and train.groups is None
+    assert train.sequences == [("flow_synthetic-train", 0, 24)]
+    items = train.__getitems__([3, 0])
+    assert torch.equal(items[0][0], frames) and torch.equal(items[0][1], target)
+    x, y = FlowDataset.collate(items)
+    assert x.shape == (2, 5, 4, 32, 32) and y.shape == (2, 4, 32, 32)
+    again = pickle.loads(pickle.dumps(train))
+    assert torch.equal(again[5][0], train[5][0])
+
+
+def test_synthetic_is_deterministic_per_seed() -> None:
+    a, a_test = load_dataset("flow_synthetic", n_train=4, n_test=4, seed=3)
+    b, _ = load_dataset("flow_synthetic", n_train=4, n_test=4, seed=3)
+    c, _ = load_dataset("flow_synthetic", n_train=4, n_test=4, seed=4)
+    assert np.array_equal(a._source.frames, b._source.frames)
+    assert np.array_equal(a._source.targets, b._source.targets)
+    assert not np.array_equal(a._source.targets, c._source.targets)
+    assert not np.array_equal(a._source.targets, a_test._source.targets)
+
+
+def test_synthetic_translation_flow_is_the_shift_everywhere() -> None:
+    shift = np.array([[1.25, -0.5]])
+    flow = fs.displacement(32, shift, np.zeros(1))
+    assert np.allclose(flow[0, 0], 1.25) and np.allclose(flow[0, 1], -0.5)
+    train, _ = load_dataset("flow_synthetic", n_train=6, n_test=1, max_rotation=0.0, max_shift=1.5)
+    gt = train._source.targets[:, 2:]
+    assert np.allclose(gt, gt[:, :, :1, :1], atol=1e-6)  # constant over the image
+    assert np.abs(gt).max() <= 1.5 and np.abs(gt).max() > 0
+    # rotation: the centre stays, a point at radius r moves by 2 r sin(θ/2)
+    rot = fs.displacement(33, np.zeros((1, 2)), np.array([90.0]))
+    assert np.allclose(rot[0, :, 16, 16], 0) and np.allclose(rot[0, :, 16, 32], [-16, 16])
+
+
+def test_synthetic_gt_flow_warps_next_onto_prev(synthetic: tuple[FlowDataset, FlowDataset]) -> None:
+    targets = torch.from_numpy(synthetic[0]._source.targets).double()
+    warped = warp(targets[:, 1:2], targets[:, 2:4])
+    err = (targets[:, 0:1] - warped)[:, :, 4:-4, 4:-4].abs()
+    assert err.mean() < 0.01 and err.max() < 0.06
+    unwarped = (targets[:, 0:1] - targets[:, 1:2])[:, :, 4:-4, 4:-4].abs()
+    assert unwarped.mean() > 5 * err.mean()  # the motion is visible, and the gt explains it
+
+
+def test_synthetic_events_follow_log_intensity_change(synthetic: tuple[FlowDataset, FlowDataset]) -> None:
+    train, _ = synthetic
+    contrast = train.info.params["contrast"]
+    frames = train._source.frames.astype(np.int64)      # [N, T, 4, H, W]
+    targets = train._source.targets.astype(np.float64)
+    assert frames.sum(axis=(1, 2, 3, 4)).min() > 50      # every sample has events
+    assert frames[:, :, 0:2].sum() > 0 and frames[:, :, 2:4].sum() > 0  # in both halves
+    net = (frames[:, :, 0] + frames[:, :, 2] - frames[:, :, 1] - frames[:, :, 3]).sum(1)
+    change = (np.log(targets[:, 1]) - np.log(targets[:, 0])) / contrast
+    assert np.abs(net - change).max() < 1 + 1e-5        # ON − OFF tracks log I_next − log I_prev
+    brighter = change > 2
+    assert brighter.any() and (net[brighter] > 0).all()
+    on = frames[:, :, [0, 2]].sum((1, 2))
+    off = frames[:, :, [1, 3]].sum((1, 2))
+    assert (on[brighter] > off[brighter]).all()
+
+
+@pytest.mark.parametrize("params", [{"size": 30}, {"contrast": 0.0}, {"T": 0}, {"max_shift": -1}])
+def test_synthetic_bad_parameter_is_one_line(params: dict[str, Any]) -> None:
+    with pytest.raises(StllrError) as info:
+        load_dataset("flow_synthetic", **params)
+    assert next(iter(params)) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_registry_entries() -> None:
+    assert not DATASETS["flow_synthetic"].needs_files and DATASETS["mvsec"].needs_files
+    assert DATASETS["mvsec"].defaults["train"] == ("outdoor_day2",)
+    assert mvsec.validate(dict(DATASETS["mvsec"].defaults, dt=4))["T"] == 20
