@@ -35,7 +35,7 @@ PRESET_NAMES = (
     "quickstart", "shd_rsnn", "dvs_gesture_vgg9", "cifar10dvs_vgg9", "nmnist",
     "balance_digits", "balance_synthetic", "scaling_digits", "scaling_synthetic",
     "balance_digits_factorial", "balance_synthetic_factorial", "balance_spoken", "scaling_spoken",
-    "family_timing", "family_scaling_timing",
+    "family_timing", "family_scaling_timing", "flow_synthetic",
 )
 # The open questions' studies, one per task (one study = one dataset = one folder).
 PRESET_GROUPS = {"balance": ("balance_digits", "balance_synthetic", "balance_spoken"),
@@ -794,6 +794,6 @@ def _describe(spec: StudySpec, params: dict[str, Any]) -> str:
 
 def _probe_network(kind: str, fields: dict[str, Any]) -> NetworkSpec:
     """A NetworkSpec with these fields and a stand-in input (the dataset supplies the real one)."""
-    shape = [2, 32, 32] if kind == "vgg" else [8]
+    shape = [2, 32, 32] if kind in ("vgg", "flownet") else [8]
     return NetworkSpec.from_dict({**fields, "kind": kind, "input_shape": shape, "num_classes": 2})
 

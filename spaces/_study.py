@@ -253,7 +253,7 @@ class StudySpec:
     def hidden_layers(self, params: dict[str, Any]) -> int:
         """Spiking layers of the network a configuration builds (vgg: two per block)."""
         depth = int(params.get("depth", self.model_fixed.get("depth", NetworkSpec.depth)))
-        return 2 * depth if self.model_kind == "vgg" else depth
+        return 2 * depth if self.model_kind in ("vgg", "flownet") else depth
 
     def arch(self, params: dict[str, Any]) -> dict[str, Any]:
         """The architecture key of a configuration: ``model``, ``width``, ``depth``, ``T``."""
@@ -633,6 +633,8 @@ def _embedded_shapes() -> dict[str, Callable[[dict[str, Any]], tuple[tuple[int, 
         # scikit-learn's 8x8 digits: 64 pixels, 10 classes, whatever T or split
         "digits": lambda p: ((1, 8, 8) if p.get("image") else (64,), 10),  # image: one channel of 8 x 8
         "synthetic_temporal": lambda p: ((int(p["channels"]),), int(p["num_classes"])),
+        # 4 event channels (former/latter half x ON/OFF) of size x size; 2 outputs (u, v)
+        "flow_synthetic": lambda p: ((4, int(p["size"]), int(p["size"])), 2),
     }
 
 

@@ -41,7 +41,7 @@ from stllr_engine.errors import StllrError
 from stllr_engine.losses import StepLoss
 
 __all__ = ["warp", "charbonnier", "photometric", "smoothness", "flow_loss", "flow_errors", "FlowMetrics",
-           "FlowStepLoss", "ALPHA", "EPSILON", "SMOOTH_WEIGHT", "OUTLIER_PX"]
+           "FlowStepLoss", "FLOW_LOSSES", "ALPHA", "EPSILON", "SMOOTH_WEIGHT", "OUTLIER_PX"]
 
 ALPHA = 0.45
 EPSILON = 1e-3
@@ -198,25 +198,39 @@ class FlowMetrics:
 
 
 
+#: the losses a flow network trains on (``TrainConfig.flow_loss``)
+FLOW_LOSSES = ("photometric", "supervised")
+
+
 class FlowStepLoss(StepLoss):
-    """The self-supervised flow loss as a per-step loss (:class:`stllr_engine.losses.StepLoss`).
+    """The flow losses as a per-step loss (:class:`stllr_engine.losses.StepLoss`).
 
     ``o[t]`` is the flow head's flat output ``[B, 2·H·W]`` (the u map, then the v map); a
     sample's target is ``[4, H, W]``: the previous and the next grey image, then the
-    ground-truth flow (unused by the loss: training is self-supervised). ``ℓ(o, target)`` is
-    :func:`flow_loss` of that flow at one scale.
+    ground-truth flow ``(u, v)``.
+
+    * ``"photometric"`` (the default, the paper's, self-supervised): :func:`flow_loss` of the
+      flow at one scale; the ground truth is not used;
+    * ``"supervised"``: the mean squared error to the ground-truth flow over every pixel and
+      both components, for tasks whose flow is known everywhere (``flow_synthetic``).
     """
 
     name = "flow"
     classification = False
     target_dims = 3
 
-    def __init__(self, smooth_weight: float = SMOOTH_WEIGHT):
+    def __init__(self, kind: str = "photometric", smooth_weight: float = SMOOTH_WEIGHT):
+        if kind not in FLOW_LOSSES:
+            raise StllrError(f"flow loss {kind!r}: use one of {', '.join(FLOW_LOSSES)}")
+        self.kind = kind
         self.smooth_weight = float(smooth_weight)
 
     def step(self, o: Tensor, target: Tensor) -> Tensor:
         b, _, h, w = target.shape
-        return flow_loss([o.reshape(b, 2, h, w)], target[:, 0], target[:, 1], self.smooth_weight)
+        flow = o.reshape(b, 2, h, w)
+        if self.kind == "supervised":
+            return ((flow - target[:, 2:4]) ** 2).mean()
+        return flow_loss([flow], target[:, 0], target[:, 1], self.smooth_weight)
 
     def __repr__(self) -> str:
-        return f"FlowStepLoss(smooth_weight={self.smooth_weight})"
+        return f"FlowStepLoss({self.kind!r}, smooth_weight={self.smooth_weight})"

@@ -93,6 +93,9 @@ class TrainConfig:
             where the CPU kernel builds), ``"on"`` (an unbuildable kernel is an error) or
             ``"off"`` (the eager step). It changes speed, never a result: costs are
             measured on the eager step, and a run resumes under any setting.
+        flow_loss: what a flow network (kind ``flownet``) learns from: ``"photometric"``
+            (self-supervised, the paper's) or ``"supervised"`` (the known flow; for embedded
+            tasks), :class:`stllr_engine.flow.FlowStepLoss`. Ignored by classifiers.
     """
 
     rule: str = "stllr"
@@ -110,6 +113,7 @@ class TrainConfig:
     patience: int | None = None
     min_delta: float = 0.0
     fused: str = "auto"
+    flow_loss: str = "photometric"
 
     def __post_init__(self) -> None:
         w = "training"
@@ -139,6 +143,7 @@ class TrainConfig:
         if isinstance(self.fused, bool):  # YAML's on/off/true/false
             object.__setattr__(self, "fused", "on" if self.fused else "off")
         choice(w, "fused", self.fused, fused_steps.MODES)
+        choice(w, "flow_loss", self.flow_loss, ("photometric", "supervised"))
         if not isinstance(self.device, str) or not self.device:
             raise StllrError(f"{w}: device={self.device!r} must be a name such as 'cpu' or 'cuda:0'")
         if not isinstance(self.measure_costs, bool):
@@ -211,12 +216,12 @@ def is_flow(net: Network) -> bool:
     return net.spec.kind == "flownet"
 
 
-def task_loss(net: Network) -> Any:
-    """The per-step loss of ``net``'s task: ``None`` (cross-entropy) or the flow loss."""
+def task_loss(net: Network, cfg: TrainConfig | None = None) -> Any:
+    """The per-step loss of ``net``'s task: ``None`` (cross-entropy) or the flow loss ``cfg.flow_loss``."""
     if is_flow(net):
         from stllr_engine.flow import FlowStepLoss
 
-        return FlowStepLoss()
+        return FlowStepLoss(cfg.flow_loss if cfg is not None else "photometric")
     return None
 
 
@@ -305,7 +310,8 @@ def evaluate(net: Network, loader: Iterable[Any], device: str | torch.device | N
     A flow network (:func:`is_flow`) is scored on its predicted flow instead, ``Σ_t o[t]``
     (``output="sum"``) or the last step's ``o[T-1]`` (``"last"``): ``aee`` and
     ``outliers_pct`` (:class:`stllr_engine.flow.FlowMetrics`: over the pixels with an event and
-    a valid ground truth) and ``loss``, the self-supervised loss per sample.
+    a valid ground truth), ``zero_aee``, the AEE of predicting no motion (the floor a
+    flow must beat to have learned anything), and ``loss``, the self-supervised loss per sample.
     """
     device = resolve_device(device) if device is not None else net.readout.weight.device
     net.to(device)
@@ -332,7 +338,7 @@ def _evaluate_flow(net: Network, loader: Iterable[Any], device: torch.device, ou
 
     if output not in ("sum", "last"):
         raise StllrError(f"evaluate: output={output!r}: use 'sum' (Σ_t o[t]) or 'last' (o[T-1])")
-    sl, metrics = FlowStepLoss(), FlowMetrics()
+    sl, metrics, zero = FlowStepLoss(), FlowMetrics(), FlowMetrics()
     n, loss = 0, 0.0
     h, w = net.spec.input_shape[1:]
     for batch in loader:
@@ -342,12 +348,14 @@ def _evaluate_flow(net: Network, loader: Iterable[Any], device: torch.device, ou
         pred = (o.sum(0) if output == "sum" else o[-1]).reshape(-1, 2, h, w)
         b = pred.shape[0]
         loss += float(sl.step(pred.reshape(b, -1), targets)) * b
-        metrics.update(pred, targets[:, 2:4], x.abs().sum(dim=(0, 2)) > 0)
+        events = x.abs().sum(dim=(0, 2)) > 0
+        metrics.update(pred, targets[:, 2:4], events)
+        zero.update(torch.zeros_like(pred), targets[:, 2:4], events)
         n += b
     if n == 0:
         raise StllrError("the evaluation loader yielded no samples: check the dataset split")
     r = metrics.result()
-    return {"aee": r["aee"], "outliers_pct": r["outliers_pct"], "loss": loss / n}
+    return {"aee": r["aee"], "outliers_pct": r["outliers_pct"], "zero_aee": zero.result()["aee"], "loss": loss / n}
 
 
 def _versions() -> dict[str, str]:
@@ -603,7 +611,7 @@ def _evaluate_into(metrics: dict[str, Any], prefix: str, net: Network, loader: I
 
 
 #: what an epoch's evaluation adds per split (``val_…``, ``test_…``), by task
-EVAL_KEYS = {"classification": ("accuracy", "loss"), "flow": ("aee", "outliers_pct", "loss")}
+EVAL_KEYS = {"classification": ("accuracy", "loss"), "flow": ("aee", "outliers_pct", "zero_aee", "loss")}
 
 
 def _flow_output(cfg: TrainConfig) -> str:
@@ -742,7 +750,7 @@ def _fit(
             final["resumed_finished"] = True
             yield final
             return
-    step = rule_step(cfg, task_loss(net))
+    step = rule_step(cfg, task_loss(net, cfg))
     flow = is_flow(net)
     output = _flow_output(cfg)
     online = cfg.rule == "stllr" and getattr(cfg.stllr, "online", False)

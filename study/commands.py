@@ -90,6 +90,19 @@ def train(args: argparse.Namespace) -> int:
     if sampled:
         print(f"sampled at random (seed {seed}), since --set gave none: {', '.join(sampled)}")
     for m in run_experiment(exp, checkpoint_dir=args.out):
+        if "test_aee" in m:  # a flow network: AEE (lower is better) against predicting no motion
+            val = m.get("epoch_val_aee", m.get("val_aee"))
+            print(f"epoch {m['epoch']}/{exp.training.epochs}: train_loss {m['train_loss']:.4f}"
+                  + (f" val_aee {val:.3f}" if val is not None else "")
+                  + f" test_aee {m.get('epoch_test_aee', m['test_aee']):.3f} (no motion: {m['test_zero_aee']:.3f})"
+                  f" test_outliers {m.get('epoch_test_outliers_pct', m['test_outliers_pct']):.1f}%"
+                  f" learning_macs {m.get('learning_macs_formula_per_sample')}"
+                  f" memory {m.get('learning_memory_bytes_measured_per_batch')} B/batch {m['wall_time_s']:.2f}s",
+                  flush=True)
+            if m.get("stopped_by") in ("patience", "max_epochs"):
+                print(f"stopped after {m['epochs_trained']} epochs ({m['stopped_by']}); best epoch {m['best_epoch']}, "
+                      f"its weights restored: val_aee {m['val_aee']:.3f} test_aee {m['test_aee']:.3f}", flush=True)
+            continue
         val = m.get("epoch_val_accuracy", m.get("val_accuracy"))  # this epoch's own weights
         print(f"epoch {m['epoch']}/{exp.training.epochs}: train_acc {m['train_accuracy']:.4f}"
               + (f" val_acc {val:.4f}" if val is not None else "")

@@ -125,7 +125,7 @@ def run_row(study: str, trial_id: str, config_id: str, arch_id: str, role: str, 
         st = train["stllr"]
         row.update({k: st[k] for k in FACTORS}, learn_steps=st["learn_steps"], learning_signal=st["learning_signal"])
         if st.get("layer_factors"):  # every layer's factors: the overrides, the defaults elsewhere
-            layers = int(net["depth"]) * (2 if net["kind"] == "vgg" else 1)
+            layers = int(net["depth"]) * (2 if net["kind"] in ("vgg", "flownet") else 1)
             overrides = {int(i): v for i, v in st["layer_factors"].items()}
             for i in range(max(layers, max(overrides) + 1)):
                 for k in FACTORS:

@@ -349,3 +349,16 @@ def test_a_packed_conv_sweep_with_standardised_weights_gives_every_run_its_unpac
     for col in ("val_accuracy", "test_accuracy", "train_loss", "val_loss",
                 "learning_memory_bytes_measured_per_batch", "learning_macs_measured_per_sample"):
         assert (packed[col] - alone[col]).abs().max() <= 1e-9, col
+
+
+def test_train_prints_the_aee_of_each_epoch_of_the_flow_preset_and_a_sweep_refuses_it(tmp_path):
+    ok = run("train", "flow_synthetic", "--set", "budget.epochs=2", "--set", "lr=0.0035", "--set", "alpha_post=0.2",
+             "--set", "lambda_pre=0.77", "--set", "lambda_post=0.72", timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    epochs = [line for line in ok.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
+    for line in epochs:  # AEE on validation and test, next to predicting no motion
+        assert " val_aee " in line and " test_aee " in line and "(no motion: 1.681)" in line, line
+    bad = run("sweep", "flow_synthetic", "--out", str(tmp_path / "flow"), timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "AEE objective" in bad.stderr and "stllr train" in bad.stderr and not (tmp_path / "flow").exists()
