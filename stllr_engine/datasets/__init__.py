@@ -17,7 +17,8 @@ name                files under ``data_dir``                         default fra
 ``nmnist``          ``NMNIST/{Train,Test}/<digit>/*.bin``             [10, 2, 34, 34], 30 ms
 =================== ================================================ =====================
 
-``synthetic_temporal`` and ``digits`` are generated in memory.  Binning rules are
+``mvsec`` (optical flow) reads ``mvsec/<sequence>_{data,gt}.hdf5`` in MVSEC's layout.
+``synthetic_temporal``, ``digits`` and ``flow_synthetic`` are generated in memory.  Binning rules are
 in :mod:`._binning`, the cache (keying, locking, faults) in :mod:`._cache`, each
 format in its module's docstring.
 
