@@ -248,7 +248,7 @@ class _Validator:
         self.learn_steps(search, fixed, T)
         baseline_search, baseline_trials, baseline_losses, stllr_losses = self.baseline(
             raw.get("baseline"), rules, taken, kind, model_fixed, fixed, dataset, options)
-        objectives = self.objectives(raw.get("objectives"), fixed)
+        objectives = self.objectives(raw.get("objectives"), fixed, kind)
         constraints = self.constraints(raw.get("constraints"))
         trials, epochs, seeds, patience = self.budget(raw["budget"])
         sampler = self.sampler(raw.get("sampler"))
@@ -605,9 +605,15 @@ class _Validator:
                             f"use some of {', '.join(allowed)}: {hint}")
         return [str(x) for x in losses]
 
-    def objectives(self, value: Any, fixed: dict[str, dict[str, Any]]) -> list[Objective]:
+    def objectives(self, value: Any, fixed: dict[str, dict[str, Any]], kind: str = "mlp") -> list[Objective]:
+        from study.schema import MEASURES, measure_of
+
+        measure = measure_of(kind)
+        own, other = (MEASURES[m][0] for m in (measure, "aee" if measure == "accuracy" else "accuracy"))
         if value is None:
             value = [{"metric": m, "direction": d} for m, d in DEFAULT_OBJECTIVES]
+            if measure == "aee":  # a flow network: its AEE in place of an accuracy
+                value[0] = {"metric": "val_aee", "direction": "minimize"}
         if not isinstance(value, list) or not value:
             raise self.fail("objectives", f"{value!r} is not a non-empty list",
                             "write e.g. [{metric: val_accuracy, direction: maximize}, learning_macs]")
@@ -636,6 +642,10 @@ class _Validator:
                                 f"{'higher' if sense == 'maximize' else 'lower'}", f"use direction: {sense}")
             if any(o.metric == metric for o in out):
                 raise self.fail(key, f"{metric} is already an objective", "list each metric once")
+            if metric in (other, "train_accuracy" if measure == "aee" else None):
+                what = "a flow network (model.kind flownet) is scored by its AEE" if measure == "aee" else \
+                    f"a {kind} network is a classifier, scored by its accuracy"
+                raise self.fail(f"{key}.metric", f"{metric}: {what}", f"use {own}")
             out.append(Objective(metric, direction))
         if any(o.metric.startswith("val_") for o in out):
             vf = fixed.get("data", {}).get("val_fraction", 0.1)

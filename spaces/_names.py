@@ -53,6 +53,7 @@ STLLR_FACTORS = ("lambda_pre", "lambda_post", "alpha_pre", "alpha_post")  # per-
 # Metric -> the direction that improves it (results columns, study/schema.py).
 METRICS: dict[str, str] = {
     "val_accuracy": "maximize", "val_loss": "minimize",
+    "val_aee": "minimize",  # optical flow: average end-point error (px), lower is better
     "train_accuracy": "maximize", "train_loss": "minimize",
     "forward_macs_formula_per_sample": "minimize",
     "learning_macs_formula_per_sample": "minimize",
@@ -69,6 +70,7 @@ METRICS: dict[str, str] = {
 FORMULA_METRICS = tuple(m for m in METRICS if m.endswith("_formula_per_sample"))
 ALIASES: dict[str, str] = {
     "accuracy": "val_accuracy",
+    "aee": "val_aee",
     "learning_macs": "learning_macs_formula_per_sample",
     "forward_macs": "forward_macs_formula_per_sample",
     # the memory objective is what the rule measurably keeps (DESIGN §8); the formula sits beside it

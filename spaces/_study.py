@@ -250,6 +250,21 @@ class StudySpec:
             optuna.logging.set_verbosity(verbosity)
         return out
 
+    @property
+    def measure(self) -> str:
+        """What runs are ranked by (:data:`study.schema.MEASURES`): ``"accuracy"`` or, for flow
+        networks, ``"aee"`` (lower is better)."""
+        from study.schema import measure_of
+
+        return measure_of(self.model_kind)
+
+    @property
+    def measure_columns(self) -> tuple[str, str, str]:
+        """``(validation column, test column, direction)`` of :attr:`measure`."""
+        from study.schema import MEASURES
+
+        return MEASURES[self.measure]
+
     def hidden_layers(self, params: dict[str, Any]) -> int:
         """Spiking layers of the network a configuration builds (vgg: two per block)."""
         depth = int(params.get("depth", self.model_fixed.get("depth", NetworkSpec.depth)))

@@ -383,7 +383,9 @@ class Readout(nn.Module):
             lin = nn.Conv2d(self.x_shape[0], num_classes, 3, padding=1)
             self.out_channels = num_classes
             self.num_classes = num_classes * self.x_shape[1] * self.x_shape[2]
-        self.weight, self.bias = lin.weight, lin.bias
+        assert lin.bias is not None  # both maps are built with a bias
+        self.weight: Tensor = lin.weight
+        self.bias: Tensor = lin.bias
         self.x_size = math.prod(self.x_shape)
 
     def _maps(self, t: Tensor) -> Tensor:

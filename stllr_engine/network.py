@@ -316,7 +316,7 @@ def _flownet_layers(spec: NetworkSpec, lif: LIFParameters, ws: dict[str, Any]) -
     d = spec.depth
     for j, channels in enumerate(dec):
         k = d - 2 - j  # the encoder layer whose output has this decoder layer's resolution
-        skip = dict(skip=k, skip_shape=layers[k].out_shape) if k >= 0 else {}
+        skip: dict[str, Any] = dict(skip=k, skip_shape=layers[k].out_shape) if k >= 0 else {}
         layer = SpikingLayer("conv", shape, channels, lif, pre=Transform(("upsample",)), **skip, **ws)
         layers.append(layer)
         shape = layer.out_shape

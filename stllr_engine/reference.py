@@ -205,7 +205,9 @@ def _reference_steps(net: Network, x: Tensor, labels: Tensor, cfg: STLLRConfig,
         lab = labels[t] if per_step_targets else labels
         # requires_grad on the input makes the step's graph exist even without a bias
         inp: Tensor = x[t].clone().requires_grad_(cfg.learning_signal == "bp")
-        xs_all, ys, vs = [], [], []
+        xs_all: list[Tensor] = []
+        ys: list[Tensor] = []
+        vs: list[Tensor] = []
         with torch.enable_grad():
             for i, layer in enumerate(layers):
                 w, w_rec = weights[i]

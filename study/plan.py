@@ -129,7 +129,7 @@ class Planner:
                 done.append(row)
             else:
                 runs.append(Run(f"{cid}-s{seed}", seed, self.spec.experiment(params, rule, seed).to_dict()))
-        objectives = self.objectives if role == "search" else ("val_accuracy",)
+        objectives = self.objectives if role == "search" else (self.spec.measure_columns[0],)
         return Configuration(study=self.spec.name, folder=self.folder, role=role, rule=rule, config_id=cid,
                              arch_id=self.arch_id(params), params=dict(params), runs=tuple(runs), done=tuple(done),
                              objectives=objectives, threads=self.threads, optuna_study=optuna_study,
@@ -162,8 +162,11 @@ class Planner:
 
     def chosen(self, rows: dict[str, dict[str, Any]]) -> dict[str, tuple[str, dict[str, Any], float]]:
         """Per architecture, the S-TLLR search configuration the matched comparison uses:
-        the highest mean ``val_accuracy`` over seeds among those whose every seed completed
-        (ties: the smaller config id). ``arch_id -> (config_id, params, mean val_accuracy)``."""
+        the best mean validation measure over seeds (the highest ``val_accuracy``, the lowest
+        ``val_aee`` for flow) among those whose every seed completed (ties: the smaller config
+        id). ``arch_id -> (config_id, params, mean of the measure)``."""
+        val_col, _, direction = self.spec.measure_columns
+        sign = 1.0 if direction == "maximize" else -1.0
         by_config: dict[str, list[dict[str, Any]]] = {}
         for r in rows.values():
             if r.get("role") == "search":
@@ -172,12 +175,12 @@ class Planner:
         for cid in sorted(by_config):
             got = self.rows_of(cid, rows)
             vals = [float(v) for r in got if r.get("status") == "complete"
-                    and isinstance(v := r.get("val_accuracy"), (int, float)) and v == v]
+                    and isinstance(v := r.get(val_col), (int, float)) and v == v]
             if len(vals) < len(self.seeds):
                 continue
             score = sum(vals) / len(vals)
             aid = got[0]["arch_id"]
-            if aid not in best or score > best[aid][2]:
+            if aid not in best or sign * score > sign * best[aid][2]:
                 best[aid] = (cid, json.loads(got[0].get("params_json") or "{}"), score)
         return best
 

@@ -63,10 +63,28 @@ COST_COLUMNS = (
     "cuda_peak_bytes_measured_per_batch",
 )
 
-_METRICS = ("val_accuracy", "test_accuracy", "val_loss", "test_loss", "train_accuracy", "train_loss")
+_METRICS = ("val_accuracy", "test_accuracy", "val_loss", "test_loss", "train_accuracy", "train_loss",
+            "val_aee", "test_aee", "val_outliers_pct", "test_outliers_pct", "test_zero_aee")
+
+#: The measure a study ranks runs by, by task: ``(validation column, test column, direction)``.
+#: Classifiers: accuracy, higher is better; flow networks (kind ``flownet``): AEE in pixels,
+#: lower is better. Every row names its study's measure (column ``measure``).
+MEASURES: dict[str, tuple[str, str, str]] = {
+    "accuracy": ("val_accuracy", "test_accuracy", "maximize"),
+    "aee": ("val_aee", "test_aee", "minimize"),
+}
+
+
+def measure_of(model_kind: str) -> str:
+    """The measure of a study whose networks are of ``model_kind``: ``"aee"`` for ``flownet``.
+
+    >>> measure_of("mlp"), measure_of("flownet")
+    ('accuracy', 'aee')
+    """
+    return "aee" if model_kind == "flownet" else "accuracy"
 
 COLUMNS = (
-    "study", "trial_id", "config_id", "arch_id", "rule", "role", "seed", "status", "reason",
+    "study", "trial_id", "config_id", "arch_id", "rule", "role", "seed", "status", "reason", "measure",
     *_METRICS,
     *COST_COLUMNS,
     "dataset", "model", "width", "depth", "T", "batch", "epochs", "epochs_done",
@@ -78,7 +96,7 @@ COLUMNS = (
 )
 
 #: Columns stored as text (the rest are numbers).
-TEXT_COLUMNS = ("study", "trial_id", "config_id", "arch_id", "rule", "role", "status", "reason", "dataset",
+TEXT_COLUMNS = ("study", "trial_id", "config_id", "arch_id", "rule", "role", "status", "reason", "measure", "dataset",
                 "loss_kind", "stopped_by",
                 "model", "learning_signal", "node", "started_at", "ended_at", "counting", "config_json",
                 "params_json", "curves_json", "pack_id")
@@ -115,7 +133,8 @@ def run_row(study: str, trial_id: str, config_id: str, arch_id: str, role: str, 
     T = data.get("options", {}).get("T")
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(study=study, trial_id=trial_id, config_id=config_id, arch_id=arch_id, rule=rule, role=role,
-               seed=int(config["seed"]), status=status, reason=reason, dataset=data["dataset"],
+               seed=int(config["seed"]), status=status, reason=reason, measure=measure_of(net["kind"]),
+               dataset=data["dataset"],
                model=net["kind"], width=net["width"], depth=net["depth"], T=T, batch=data["batch_size"],
                epochs=train["epochs"], lr=train["lr"], patience=train.get("patience"),
                loss_kind=train.get("loss") or ("per_step" if rule == "stllr" else "sum_output"), node=node, started_at=started_at, ended_at=ended_at,

@@ -157,9 +157,10 @@ class StudySearcher(Searcher):  # type: ignore[misc]
                 _metric_names(study, list(self.objectives))
             else:  # "tuned <arch>" / "baseline <arch> <loss>": the settings are enqueued (tuning_settings)
                 sampler = optuna.samplers.RandomSampler(seed=zlib.crc32(name.encode()) & 0x7FFFFFFF)
-                study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler,
+                val_col, _, direction = self.live.spec.measure_columns
+                study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
                                             load_if_exists=True)
-                _metric_names(study, ["val_accuracy"])
+                _metric_names(study, [val_col])
             studies[name] = study
         return studies[name]
 
@@ -330,9 +331,10 @@ class StudySearcher(Searcher):  # type: ignore[misc]
         log.info("search trial %d: %s infeasible: %s", trial.number, params, "; ".join(violations))
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        """Per-epoch validation accuracy, mean over the seeds that reached the epoch."""
+        """Per-epoch validation measure (accuracy, or AEE for flow), mean over the seeds that reached the epoch."""
         oid = self.optuna_ids.get(trial_id)
-        val = result.get("val_accuracy_run", result.get("val_accuracy"))
+        col = self.live.spec.measure_columns[0]
+        val = result.get(f"{col}_run", result.get(col))
         epoch, seed = result.get("epoch"), result.get("seed")
         if oid is None or not isinstance(val, (int, float)) or epoch is None or seed is None or val != val:
             return
@@ -367,8 +369,9 @@ class StudySearcher(Searcher):  # type: ignore[misc]
                                            if c.config_id in outcomes else None)
             state, values = self._outcome(own, error, c.objectives)
             oid = oids.get(c.config_id)
-            if oid is not None and own and isinstance(own.get("test_accuracy_mean"), (int, float)):
-                storage.set_trial_user_attr(oid, "test_accuracy", float(own["test_accuracy_mean"]))
+            test_col = self.live.spec.measure_columns[1]
+            if oid is not None and own and isinstance(own.get(f"{test_col}_mean"), (int, float)):
+                storage.set_trial_user_attr(oid, test_col, float(own[f"{test_col}_mean"]))
             log.info("tune %s (%s %s) ended: %s %s", trial_id, c.role, c.config_id, state, values)
             study = self._study(c.optuna_study)
             study.tell(c.optuna_number, values, state=getattr(optuna.trial.TrialState, state))

@@ -159,6 +159,8 @@ def auto_pack_size(exp: Any, node_bytes: int | None) -> int:
     >>> auto_pack_size(vgg, 24 * 2**30)
     1
     """
+    if exp.network.kind not in ("mlp", "rsnn", "vgg"):  # check_packable's kinds: the others train alone
+        return 1
     if exp.network.kind == "vgg" and not str(exp.training.device).startswith("cuda"):
         return 1
     if node_bytes is None:
@@ -442,7 +444,7 @@ def run_configuration(cfg: dict[str, Any]) -> None:
     if pending:  # the last run's final epoch travels here (so schedulers and intermediate values see it)
         last = json.loads(final["run_row"])
         final.update(run_trial_id=last["trial_id"], seed=last["seed"], epoch=last.get("epochs_done"),
-                     val_accuracy_run=last.get("val_accuracy"))
+                     val_accuracy_run=last.get("val_accuracy"), val_aee_run=last.get("val_aee"))
     tune.report(final)
 
 
@@ -454,6 +456,8 @@ def _outcome(rows: list[dict[str, Any]], objectives: list[str]) -> dict[str, Any
     for o in objectives:
         values = [float(r[o]) for r in complete if r.get(o) is not None]
         out[o] = sum(values) / len(values) if values else float("nan")
-    tests = [float(r["test_accuracy"]) for r in complete if isinstance(r.get("test_accuracy"), (int, float))]
-    out["test_accuracy_mean"] = sum(tests) / len(tests) if tests else float("nan")
+    for col in ("test_accuracy", "test_aee"):  # the test measure, for the dashboard (never optimised)
+        tests = [float(r[col]) for r in complete if isinstance(r.get(col), (int, float)) and r[col] == r[col]]
+        if tests or col == "test_accuracy":
+            out[f"{col}_mean"] = sum(tests) / len(tests) if tests else float("nan")
     return out

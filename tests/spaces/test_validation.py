@@ -102,7 +102,7 @@ CASES = [
      r"^objectives\[0\]\.direction: val_accuracy is better when it is higher; use direction: maximize$"),
     ("no validation split", set_key("fixed.data.val_fraction", 0.0),
      r"^fixed\.data\.val_fraction: is 0, so there is no validation score to select on; use a fraction"),
-    ("unknown model", set_key("model.kind", "cnn"), r"^model\.kind: unknown model 'cnn'.*; use one of rsnn, mlp, vgg$"),
+    ("unknown model", set_key("model.kind", "cnn"), r"^model\.kind: unknown model 'cnn'.*; use one of rsnn, mlp, vgg, flownet$"),
     # constraints
     ("measured metric constraint", set_key("constraints", ["learning_memory_bytes_measured_per_batch <= 1 MiB"]),
      r"^constraints\[0\]: learning_memory_bytes_measured_per_batch cannot be priced before training; constrain a "
