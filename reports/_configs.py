@@ -51,7 +51,8 @@ def config_table(runs: pd.DataFrame, measure: Measure | None = None) -> pd.DataF
     Returns:
         Settings, ``n_seeds``, ``seeds``, ``trial_ids`` (``;``-joined, traceable to runs),
         ``<metric>_mean`` / ``<metric>_std`` (sample std over seeds; NaN with one seed),
-        ``test_accuracy_by_seed`` (JSON ``{seed: accuracy}``, for differences paired by seed)
+        ``test_accuracy_by_seed`` (JSON ``{seed: accuracy}``, for differences paired by seed;
+        ``test_aee_by_seed`` and no accuracy columns for a flow study)
         ``n_stopped_<how>`` for each of :data:`STOPPED_BY` (runs that ended that way; NaN
         when none of the configuration's runs says how it stopped) and ``n_best_at_last_epoch``
         (runs whose best validation accuracy came at their last epoch).
@@ -65,10 +66,12 @@ def config_table(runs: pd.DataFrame, measure: Measure | None = None) -> pd.DataF
         if c not in runs.columns:
             runs[c] = np.nan
     settings = list(SETTINGS) + layer_columns(runs)
-    metric_cols = list(dict.fromkeys([*METRICS, *measure.extra_metrics]))
+    # a flow study's table has no accuracy columns (its runs' are NaN): its measure's stand in their place
+    metric_cols = list(dict.fromkeys([*(m for m in METRICS if not (other and "accuracy" in m)),
+                                      *measure.extra_metrics]))
     columns = ["study", "config_id", *settings, *(["measure"] if other else []), "n_seeds", "seeds", "trial_ids"]
     columns += [f"{m}_{s}" for m in metric_cols for s in ("mean", "std")]
-    columns += ["test_accuracy_by_seed", *([measure.by_seed_col] if other else []),
+    columns += [measure.by_seed_col,
                 *(f"n_stopped_{how}" for how in STOPPED_BY), "n_best_at_last_epoch"]
     if "stopped_by" not in runs.columns:
         runs["stopped_by"] = None
@@ -84,10 +87,9 @@ def config_table(runs: pd.DataFrame, measure: Measure | None = None) -> pd.DataF
     means, stds = g[metric_cols].mean(), g[metric_cols].std(ddof=1)
     for m in metric_cols:
         out[f"{m}_mean"], out[f"{m}_std"] = means[m], stds[m]
-    out["test_accuracy_by_seed"] = g[["seed", "test_accuracy"]].apply(_by_seed)
+    out[measure.by_seed_col] = g[["seed", measure.test_col]].apply(_by_seed)
     if other:
         out["measure"] = measure.name
-        out[measure.by_seed_col] = g[["seed", measure.test_col]].apply(_by_seed)
     last = (runs["best_epoch"] >= runs["epochs_trained"]) if {"best_epoch", "epochs_trained"} <= set(runs.columns) \
         else pd.Series(False, index=runs.index)
     out["n_best_at_last_epoch"] = last.groupby([runs["study"], runs["config_id"]], sort=True, dropna=False).sum()

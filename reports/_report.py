@@ -715,8 +715,9 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
         The path of ``report.html``; ``summary.md``, the CSV tables and ``figures/`` lie beside it.
 
     Raises:
-        StllrError: a folder, ``results.parquet`` or ``study.yaml`` is missing or damaged, or a
-            format is unknown / cannot be exported.
+        StllrError: a folder, ``results.parquet`` or ``study.yaml`` is missing or damaged, a
+            format is unknown / cannot be exported, or the studies measure different things
+            (accuracy and a flow study's AEE).
     """
     if isinstance(dirs, (str, Path)):
         dirs = [dirs]
@@ -725,6 +726,7 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
         raise StllrError(f"report: unknown figure format {bad[0]!r}; use one of {', '.join(FORMATS)}")
     check_available(tuple(formats))
     studies = load_studies(list(dirs))
+    measure_of_studies(studies)  # accuracy and AEE studies in one report: refused before anything is written
     folder = Path(out) if out is not None else Path(dirs[0]) / "report"
     folder.mkdir(parents=True, exist_ok=True)
 
