@@ -269,3 +269,9 @@ def test_flow_page_renders_in_headless_chromium(flow_report, tmp_path):
                  flags=re.S)
     assert "accura" not in own.lower()
     assert "validation AEE (px), lower is better" in own and "no motion (test) 2 px" in own
+
+
+def test_family_refuses_a_flow_study_in_one_line(tmp_path):
+    flow = write_study(tmp_path / "flow", _verdict_runs(1.0), name="flow", dataset="flow_synthetic")
+    rc, err = _stllr("report", "--family", str(flow), "--out", str(tmp_path / "family"))
+    assert rc == 2 and err.count("\n") == 1 and "flow study (measure aee" in err, err
