@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from reports._load import DEFAULT_OBJECTIVES, Objective, Study, complete_runs, load_studies, load_study
     from reports._frontier import (frontier, frontier_figure, hypervolume, hypervolume_table, pareto_mask, projection_figure,
                                   projections)
+    from reports._measure import ACCURACY, AEE, Measure, measure_of, measure_of_studies
     from reports._matched import matched_table, still_learning_note, window_memory_note
     from reports._questions import param_importance, q1_analysis, q1_items
     from reports._report import build_report
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
 
 # Imported on first use, so `stllr --help` does not pay for plotly and optuna.
 _WHERE = {
+    "ACCURACY": "reports._measure",
+    "AEE": "reports._measure",
+    "Measure": "reports._measure",
+    "measure_of": "reports._measure",
+    "measure_of_studies": "reports._measure",
     "Claim": "reports._claims",
     "DEFAULT_OBJECTIVES": "reports._load",
     "Objective": "reports._load",
@@ -66,6 +72,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ACCURACY", "AEE", "Measure", "measure_of", "measure_of_studies",
     "Claim", "DEFAULT_OBJECTIVES", "Objective", "Study", "best_per_arch", "build_report", "complete_runs",
     "config_table", "frontier", "frontier_figure", "holm", "hypervolume", "hypervolume_table", "load_studies",
     "load_study", "matched_table", "pareto_mask", "param_importance", "projection_figure", "projections",

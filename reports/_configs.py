@@ -12,6 +12,8 @@ import json
 import numpy as np
 import pandas as pd
 
+from reports._measure import ACCURACY, MEASURES, Measure, measure_of
+
 #: Measured or counted quantities: averaged over seeds (``<name>_mean``, ``<name>_std``).
 METRICS = (
     "val_accuracy", "test_accuracy", "val_loss", "test_loss", "train_accuracy",
@@ -37,31 +39,40 @@ def layer_columns(df: pd.DataFrame) -> list[str]:
     return sorted(cols, key=lambda c: (int("".join(ch for ch in c.split("_")[0] if ch.isdigit()) or 0), c))
 
 
-def config_table(runs: pd.DataFrame) -> pd.DataFrame:
+def config_table(runs: pd.DataFrame, measure: Measure | None = None) -> pd.DataFrame:
     """Aggregate complete runs to one row per (study, config_id).
 
     Args:
         runs: complete runs (see :func:`reports._load.complete_runs`).
+        measure: what the runs measure (default: :func:`reports._measure.measure_of` the runs). For
+            a measure other than accuracy (AEE) the table also has its metrics (``val_aee_mean``, ...),
+            a ``measure`` column and its by-seed column (``test_aee_by_seed``) beside the accuracy one.
 
     Returns:
         Settings, ``n_seeds``, ``seeds``, ``trial_ids`` (``;``-joined, traceable to runs),
         ``<metric>_mean`` / ``<metric>_std`` (sample std over seeds; NaN with one seed),
-        ``test_accuracy_by_seed`` (JSON ``{seed: accuracy}``, for differences paired by seed)
+        ``test_accuracy_by_seed`` (JSON ``{seed: accuracy}``, for differences paired by seed;
+        ``test_aee_by_seed`` and no accuracy columns for a flow study)
         ``n_stopped_<how>`` for each of :data:`STOPPED_BY` (runs that ended that way; NaN
         when none of the configuration's runs says how it stopped) and ``n_best_at_last_epoch``
         (runs whose best validation accuracy came at their last epoch).
     """
+    measure = measure or measure_of(runs)
     runs = runs.copy()
     if "time_per_epoch_s" not in runs.columns and {"wall_time_s", "epochs_done"} <= set(runs.columns):
         runs["time_per_epoch_s"] = runs["wall_time_s"] / runs["epochs_done"].where(runs["epochs_done"] > 0)
-    for c in (*SETTINGS, *METRICS, "seed"):
+    other = measure is not ACCURACY
+    for c in (*SETTINGS, *METRICS, *measure.extra_metrics, "seed"):
         if c not in runs.columns:
             runs[c] = np.nan
     settings = list(SETTINGS) + layer_columns(runs)
-    metric_cols = list(METRICS)
-    columns = ["study", "config_id", *settings, "n_seeds", "seeds", "trial_ids"]
+    # a flow study's table has no accuracy columns (its runs' are NaN): its measure's stand in their place
+    metric_cols = list(dict.fromkeys([*(m for m in METRICS if not (other and "accuracy" in m)),
+                                      *measure.extra_metrics]))
+    columns = ["study", "config_id", *settings, *(["measure"] if other else []), "n_seeds", "seeds", "trial_ids"]
     columns += [f"{m}_{s}" for m in metric_cols for s in ("mean", "std")]
-    columns += ["test_accuracy_by_seed", *(f"n_stopped_{how}" for how in STOPPED_BY), "n_best_at_last_epoch"]
+    columns += [measure.by_seed_col,
+                *(f"n_stopped_{how}" for how in STOPPED_BY), "n_best_at_last_epoch"]
     if "stopped_by" not in runs.columns:
         runs["stopped_by"] = None
     if runs.empty:
@@ -76,7 +87,9 @@ def config_table(runs: pd.DataFrame) -> pd.DataFrame:
     means, stds = g[metric_cols].mean(), g[metric_cols].std(ddof=1)
     for m in metric_cols:
         out[f"{m}_mean"], out[f"{m}_std"] = means[m], stds[m]
-    out["test_accuracy_by_seed"] = g[["seed", "test_accuracy"]].apply(_by_seed)
+    out[measure.by_seed_col] = g[["seed", measure.test_col]].apply(_by_seed)
+    if other:
+        out["measure"] = measure.name
     last = (runs["best_epoch"] >= runs["epochs_trained"]) if {"best_epoch", "epochs_trained"} <= set(runs.columns) \
         else pd.Series(False, index=runs.index)
     out["n_best_at_last_epoch"] = last.groupby([runs["study"], runs["config_id"]], sort=True, dropna=False).sum()
@@ -88,8 +101,9 @@ def config_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _by_seed(g: pd.DataFrame) -> str:
-    """``{"seed": value}`` as JSON, over the seeds with a finite seed number and value."""
-    pairs = {str(int(s)): float(v) for s, v in zip(g["seed"].astype(float), g["test_accuracy"].astype(float))
+    """``{"seed": value}`` as JSON (value: the frame's second column), over the seeds with a finite seed
+    number and value."""
+    pairs = {str(int(s)): float(v) for s, v in zip(g["seed"].astype(float), g[g.columns[1]].astype(float))
              if np.isfinite(s) and np.isfinite(v)}
     return json.dumps(pairs, sort_keys=True)
 
@@ -106,20 +120,38 @@ def seed_values(cell: object) -> dict[int, float]:
         return {}
 
 
-def ranked(configs: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
-    """Configurations with a finite mean ``metric``, best first: the highest mean, then fewer
-    learning MACs, then the lower config_id. Every "best configuration" in a report comes from
-    this order, so the sections name the same one when two tie."""
+def _direction(configs: pd.DataFrame, metric: str | None) -> tuple[str, bool]:
+    """The metric to rank by (default: the table's measure's validation column) and whether higher is better."""
+    if metric is None:
+        m = measure_of(configs)
+        return m.val_col, m.higher_is_better
+    for m in MEASURES.values():
+        if metric in (m.val_col, m.test_col):
+            return metric, m.higher_is_better
+    return metric, True
+
+
+def ranked(configs: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+    """Configurations with a finite mean ``metric``, best first: the best mean (the highest
+    accuracy, the lowest AEE), then fewer learning MACs, then the lower config_id. Every "best
+    configuration" in a report comes from this order, so the sections name the same one when
+    two tie. ``metric`` defaults to the validation column of the table's measure
+    (:func:`reports._measure.measure_of`): ``val_accuracy``, or ``val_aee`` for a flow study."""
+    metric, higher = _direction(configs, metric)
+    if f"{metric}_mean" not in configs.columns:
+        return configs.iloc[0:0].copy()
     c = configs[np.isfinite(configs[f"{metric}_mean"].astype(float))].copy()
     macs = c["learning_macs_formula_per_sample_mean"] if "learning_macs_formula_per_sample_mean" in c else np.nan
     c["_macs"] = pd.to_numeric(macs, errors="coerce")
     c["_macs"] = c["_macs"].fillna(np.inf)
-    c = c.sort_values([f"{metric}_mean", "_macs", "config_id"], ascending=[False, True, True], kind="stable")
+    c = c.sort_values([f"{metric}_mean", "_macs", "config_id"], ascending=[not higher, True, True],
+                      kind="stable")
     return c.drop(columns="_macs")
 
 
-def best_per_arch(configs: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
-    """The configuration with the best mean ``metric`` for each (dataset, rule, arch_id).
+def best_per_arch(configs: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+    """The configuration with the best mean ``metric`` (default: the measure's validation column, see
+    :func:`ranked`) for each (dataset, rule, arch_id).
 
     Selection reads the validation metric only; ties go to fewer learning MACs, then to the
     lower config_id, so the choice is reproducible.

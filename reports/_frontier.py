@@ -23,11 +23,16 @@ import plotly.graph_objects as go
 from reports._configs import as_percent
 from reports._html import byte_unit, mac_unit
 from reports._load import DEFAULT_OBJECTIVES, Objective
+from reports._measure import ACCURACY, AEE, Measure, measure_of
 
 RULE_STYLE = {"stllr": ("S-TLLR", "#1f77b4", "circle"), "bptt": ("BPTT", "#d62728", "square")}
 LABELS = {
     "val_accuracy": "validation accuracy",
     "test_accuracy": "test accuracy",
+    "val_aee": "validation AEE",
+    "test_aee": "test AEE",
+    "test_zero_aee": "no-motion AEE (test)",
+    "test_outliers_pct": "test outliers > 3 px (%)",
     "learning_macs_formula_per_sample": "learning MACs / sample (formula)",
     "learning_macs_measured_per_sample": "learning MACs / sample (measured)",
     "learning_memory_bytes_formula_per_sample": "learning memory bytes / sample (formula)",
@@ -39,6 +44,16 @@ LABELS = {
 
 def label(metric: str) -> str:
     return LABELS.get(metric, metric.replace("_", " "))
+
+
+def is_aee(metric: str) -> bool:
+    """True for an AEE column (pixels, lower is better)."""
+    return metric.endswith("_aee")
+
+
+def is_score(metric: str) -> bool:
+    """True for a column of a study's measure (accuracy or AEE), as against a cost."""
+    return "accuracy" in metric or is_aee(metric)
 
 
 def rule_name(rule: object) -> str:
@@ -89,20 +104,45 @@ def hypervolume(losses: np.ndarray, reference: np.ndarray) -> float:
     return float(volume)
 
 
-def frontier(configs: pd.DataFrame, objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES) -> pd.DataFrame:
+def measure_objectives(objectives: tuple[Objective, ...], measure: Measure) -> tuple[Objective, ...]:
+    """``objectives`` with the measure's columns: for AEE, an accuracy objective becomes the same split's
+    AEE, minimised (a flow study's file may keep the classification defaults); every AEE objective is
+    minimised. Unchanged for accuracy.
+
+    >>> [(o.metric, o.direction) for o in measure_objectives(DEFAULT_OBJECTIVES, AEE)][0]
+    ('val_aee', 'minimize')
+    """
+    if measure is ACCURACY:
+        return objectives
+    out = []
+    for o in objectives:
+        if "accuracy" in o.metric:
+            o = Objective(measure.val_col if o.metric.startswith("val") else measure.test_col, measure.direction)
+        elif is_aee(o.metric):
+            o = Objective(o.metric, "minimize")
+        out.append(o)
+    return tuple(dict.fromkeys(out))
+
+
+def frontier(configs: pd.DataFrame, objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES,
+             measure: Measure | None = None) -> pd.DataFrame:
     """The non-dominated configurations of each dataset over the study's objectives.
 
     Args:
         configs: :func:`reports._configs.config_table` output (complete runs only).
-        objectives: the objectives to rank by.
+        objectives: the objectives to rank by (for a flow study, see :func:`measure_objectives`:
+            AEE is minimised).
+        measure: what the study measures (default: :func:`reports._measure.measure_of` ``configs``).
 
     Returns:
         One row per frontier point: dataset, rule, config_id, n_seeds, each objective's mean
-        and std, test accuracy mean and std, the trial_ids behind it, then its settings.
+        and std, the test score's (accuracy or AEE) mean and std, the trial_ids behind it, then its settings.
     """
+    measure = measure or measure_of(configs)
+    objectives = measure_objectives(objectives, measure)
     metrics = [o.metric for o in objectives]
     lead = ["dataset", "study", "config_id", "rule", "arch_id", "n_seeds"]
-    values = [f"{m}_{s}" for m in [*metrics, "test_accuracy"] for s in ("mean", "std")]
+    values = [f"{m}_{s}" for m in [*metrics, measure.test_col] for s in ("mean", "std")]
     values = list(dict.fromkeys(values))
     rest = [c for c in configs.columns if c not in lead + values]
     cols = lead + values + rest
@@ -119,7 +159,8 @@ def frontier(configs: pd.DataFrame, objectives: tuple[Objective, ...] = DEFAULT_
     return out.sort_values(["dataset", first], ascending=[True, not objectives[0].maximize]).reset_index(drop=True)
 
 
-def hypervolume_table(configs: pd.DataFrame, objectives: tuple[Objective, ...]) -> pd.DataFrame:
+def hypervolume_table(configs: pd.DataFrame, objectives: tuple[Objective, ...],
+                      measure: Measure | None = None) -> pd.DataFrame:
     """Normalised hypervolume of each dataset's frontier: all configurations, S-TLLR only, BPTT only.
 
     Each objective is scaled so that the best mean over the dataset's configurations is 0 and
@@ -127,6 +168,7 @@ def hypervolume_table(configs: pd.DataFrame, objectives: tuple[Objective, ...]) 
     1.1^k so that 1 would be a single point at the ideal. The reference is the same for the
     three rows, so they compare.
     """
+    objectives = measure_objectives(objectives, measure or measure_of(configs))
     rows = []
     for dataset, g in configs.groupby("dataset", sort=True):
         losses = _losses(g, objectives)
@@ -163,6 +205,8 @@ def unit_of(metric: str, values: object) -> tuple[float, str]:
     if "accuracy" in metric:
         s = as_percent(values)
         return s, "%" if s == 100.0 else ""
+    if is_aee(metric):
+        return 1.0, "px"
     if "bytes" in metric:
         div, name = byte_unit(values)
         return 1.0 / div, name
@@ -173,7 +217,10 @@ def unit_of(metric: str, values: object) -> tuple[float, str]:
 
 
 def axis_title(metric: str, unit: str) -> str:
-    """``label(metric)`` with its unit, e.g. ``learning memory / sample (measured) [KiB]``."""
+    """``label(metric)`` with its unit, e.g. ``learning memory / sample (measured) [KiB]``, or
+    ``validation AEE (px), lower is better``."""
+    if is_aee(metric):
+        return f"{label(metric)} ({unit or 'px'}), lower is better"
     return label(metric).replace("memory bytes", "memory") + (f" [{unit}]" if unit else "")
 
 
@@ -194,7 +241,8 @@ def _v(r: pd.Series, metric: str, units: dict[str, tuple[float, str]], std: bool
     return f"{num.format(f * m)}{spread} {u}".rstrip()
 
 
-def _hover(df: pd.DataFrame, objectives: tuple[Objective, ...], units: dict[str, tuple[float, str]]) -> list[str]:
+def _hover(df: pd.DataFrame, objectives: tuple[Objective, ...], units: dict[str, tuple[float, str]],
+           measure: Measure = ACCURACY) -> list[str]:
     """Hover text of each configuration; every user-supplied string is HTML-escaped (plotly renders tags)."""
     out = []
     for _, r in df.iterrows():
@@ -205,7 +253,7 @@ def _hover(df: pd.DataFrame, objectives: tuple[Objective, ...], units: dict[str,
         for o in objectives:
             if o.metric not in COSTS:
                 lines.append(f"{label(o.metric)}: {_v(r, o.metric, units)}")
-        lines.append(f"test accuracy: {_v(r, 'test_accuracy', units)}")
+        lines.append(f"{label(measure.test_col)}: {_v(r, measure.test_col, units)}")
         lines.append(f"learning MACs / sample: formula {_v(r, COSTS[0], units, False)}, "
                      f"measured {_v(r, COSTS[1], units, False)}")
         lines.append(f"learning memory / sample: measured {_v(r, COSTS[2], units, False)}, "
@@ -228,15 +276,27 @@ def _keys(df: pd.DataFrame) -> pd.Series:
 
 
 def _axis(metric: str, unit: str) -> dict:
-    return {"title": {"text": axis_title(metric, unit)}, **({} if "accuracy" in metric else {"type": "log"})}
+    return {"title": {"text": axis_title(metric, unit)}, **({} if is_score(metric) else {"type": "log"})}
 
 
 def add_floors(fig: go.Figure, floors: dict | None, metric: str, scale: float, axis: str = "y") -> None:
     """Chance and the linear read-out of the task as lines across an accuracy axis (``axis`` "y" or "x").
 
     The read-out's validation accuracy goes on a validation axis, its test accuracy on a test
-    axis. Without floors (an older study) a note says they were not measured.
+    axis. Without floors (an older study) a note says they were not measured. On an AEE axis the
+    floor is the no-motion AEE (``floors["no_motion_aee"]``, test split: predicting zero flow).
     """
+    if is_aee(metric):
+        v = (floors or {}).get("no_motion_aee")
+        if v is not None and np.isfinite(float(v)):
+            style = {"line": {"color": "#2a7a2a", "dash": "dash", "width": 1.5},
+                     "annotation_text": f"no motion (test) {scale * float(v):.3g} px",
+                     "annotation_font": {"size": 11, "color": "#2a7a2a"}}
+            if axis == "y":
+                fig.add_hline(y=scale * float(v), annotation_position="bottom right", **style)
+            else:
+                fig.add_vline(x=scale * float(v), annotation_position="top left", **style)
+        return
     if "accuracy" not in metric:
         return
     if not floors:
@@ -271,14 +331,17 @@ def frontier_figure(frontier_df: pd.DataFrame, objectives: tuple[Objective, ...]
     large and outlined with their seeds' standard deviation as error bars, dominated
     configurations (``configs``) small and faint. Axes in %, KiB/MiB and M MACs; the task's
     floors (chance, linear read-out) as horizontal lines. A plain 2-D chart (no WebGL), so it
-    renders in any browser and exports to PDF.
+    renders in any browser and exports to PDF. For a flow study (AEE, lower is better) the floor
+    is the no-motion AEE (``floors["no_motion_aee"]``).
     """
-    y_obj, x_obj = objectives[0], objectives[min(1, len(objectives) - 1)]
-    fig = go.Figure()
     parts = [d for d in (configs, frontier_df) if d is not None and len(d)]
     everything = pd.concat(parts) if parts else frontier_df
+    measure = measure_of(everything)
+    objectives = measure_objectives(objectives, measure)
+    y_obj, x_obj = objectives[0], objectives[min(1, len(objectives) - 1)]
+    fig = go.Figure()
     units = _units(everything, list(dict.fromkeys([x_obj.metric, y_obj.metric, *(o.metric for o in objectives),
-                                                   "test_accuracy", *COSTS])))
+                                                   measure.test_col, *COSTS])))
     (xs, xu), (ys, yu) = units[x_obj.metric], units[y_obj.metric]
     for on in (False, True):
         for rule, (name, color, symbol) in RULE_STYLE.items():
@@ -297,25 +360,32 @@ def frontier_figure(frontier_df: pd.DataFrame, objectives: tuple[Objective, ...]
                 mode="markers", name=f"{name} frontier" if on else f"{name} dominated", marker=marker,
                 error_y={"array": _bars(d[f"{y_obj.metric}_std"], ys), "visible": on, "color": color, "width": 0},
                 error_x={"array": _bars(d[f"{x_obj.metric}_std"], xs), "visible": on, "color": color, "width": 0},
-                hovertext=_hover(d, objectives, units), hoverinfo="text"))
+                hovertext=_hover(d, objectives, units, measure), hoverinfo="text"))
     add_floors(fig, floors, y_obj.metric, ys, "y")
-    add_floors(fig, floors if "accuracy" in x_obj.metric else None, x_obj.metric, xs, "x")
+    add_floors(fig, floors if is_score(x_obj.metric) else None, x_obj.metric, xs, "x")
     fig.update_layout(title={"text": html.escape(title)}, xaxis=_axis(x_obj.metric, xu), yaxis=_axis(y_obj.metric, yu),
                       height=520, margin={"l": 60, "r": 10, "t": 50, "b": 50},
                       legend={"orientation": "h", "y": -0.18})
     return fig
 
 
-def projections(configs: pd.DataFrame, objectives: tuple[Objective, ...]) -> pd.DataFrame:
+def projections(configs: pd.DataFrame, objectives: tuple[Objective, ...], measure: Measure | None = None) -> pd.DataFrame:
     """For each pair of objectives, which configurations are non-dominated in that 2-D view.
 
     Returns one row per (pair, configuration): ``x``/``y`` metric names, their mean and std,
-    rule, config_id and ``on_2d_front``; the 3-D frontier flag comes from :func:`frontier`.
+    rule, config_id and ``on_2d_front``; the 3-D frontier flag comes from :func:`frontier`. The
+    score (accuracy, or AEE for a flow study) goes on y; beside it the test score
+    (``test_accuracy_*`` or ``test_aee_*``, with a ``measure`` column for AEE).
     """
+    measure = measure or measure_of(configs)
+    objectives = measure_objectives(objectives, measure)
+    test = measure.test_col
+    extra = {} if measure is ACCURACY else {"measure": measure.name}
     rows = []
     for dataset, g in configs.groupby("dataset", sort=True):
         for a, b in itertools.combinations(objectives, 2):
-            x, y = (b, a) if a.maximize and not b.maximize else (a, b)
+            up = (a.maximize and not b.maximize) if measure is ACCURACY else (is_score(a.metric) and not is_score(b.metric))
+            x, y = (b, a) if up else (a, b)
             sub = g[np.isfinite(g[f"{x.metric}_mean"].astype(float)) & np.isfinite(g[f"{y.metric}_mean"].astype(float))]
             if sub.empty:
                 continue
@@ -326,7 +396,7 @@ def projections(configs: pd.DataFrame, objectives: tuple[Objective, ...]) -> pd.
                              "loss_kind": r.get("loss_kind"), "n_seeds": r["n_seeds"], "trial_ids": r.get("trial_ids"),
                              "x_mean": r[f"{x.metric}_mean"], "x_std": r[f"{x.metric}_std"],
                              "y_mean": r[f"{y.metric}_mean"], "y_std": r[f"{y.metric}_std"],
-                             "test_accuracy_mean": r["test_accuracy_mean"], "test_accuracy_std": r["test_accuracy_std"],
+                             f"{test}_mean": r[f"{test}_mean"], f"{test}_std": r[f"{test}_std"], **extra,
                              **{f"{c}_mean": r.get(f"{c}_mean", np.nan) for c in COSTS},
                              "on_2d_front": bool(m)})
     return pd.DataFrame(rows)
@@ -336,9 +406,11 @@ def projection_figure(proj: pd.DataFrame, x: str, y: str, title: str = "", floor
     """One 2-D projection: every configuration coloured by rule with seed error bars, its 2-D
     front as a step line, the task's floors across an accuracy axis."""
     d = proj[(proj["x"] == x) & (proj["y"] == y)]
+    measure = measure_of(d)
+    test = measure.test_col
     fig = go.Figure()
     (xs, xu), (ys, yu) = unit_of(x, d["x_mean"]), unit_of(y, d["y_mean"])
-    cols = [c for c in ("test_accuracy", *COSTS) if f"{c}_mean" in d.columns]
+    cols = [c for c in (test, *COSTS) if f"{c}_mean" in d.columns]
     units = {c: unit_of(c, d[f"{c}_mean"]) for c in cols}
     axes = {y: (ys, yu), x: (xs, xu)}
     for rule, (name, color, symbol) in RULE_STYLE.items():
@@ -351,8 +423,8 @@ def projection_figure(proj: pd.DataFrame, x: str, y: str, title: str = "", floor
                      f"study {html.escape(str(row['study']))}, arch {html.escape(str(row.get('arch_id')))}",
                      *(f"{label(m)}: {_v(pd.Series({f'{m}_mean': row[f'{k}_mean'], f'{m}_std': row[f'{k}_std']}), m, axes)}"
                        for m, k in ((y, "y"), (x, "x")) if m not in COSTS)]
-            if "test_accuracy" in units:
-                lines.append(f"test accuracy: {_v(row, 'test_accuracy', units)}")
+            if test in units:
+                lines.append(f"{label(test)}: {_v(row, test, units)}")
             if all(c in units for c in COSTS):
                 lines.append(f"learning MACs / sample: formula {_v(row, COSTS[0], units, False)}, "
                              f"measured {_v(row, COSTS[1], units, False)}")
@@ -371,7 +443,7 @@ def projection_figure(proj: pd.DataFrame, x: str, y: str, title: str = "", floor
                                  mode="lines", name="2-D front", line={"shape": "hv", "color": "#444", "dash": "dot"},
                                  hoverinfo="skip"))
     add_floors(fig, floors, y, ys, "y")
-    if "accuracy" in x:
+    if is_score(x):
         add_floors(fig, floors, x, xs, "x")
     fig.update_layout(title={"text": html.escape(title)}, xaxis=_axis(x, xu), yaxis=_axis(y, yu), height=420,
                       margin={"l": 60, "r": 10, "t": 40, "b": 50})

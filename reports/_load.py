@@ -28,10 +28,12 @@ from study.schema import frame as _frame
 
 #: Text columns of the results table (study.schema), with the ones the report derives or that
 #: newer sweeps write (an older table lacks them: they are derived or left empty).
-TEXT_COLUMNS = tuple(dict.fromkeys(_TEXT_COLUMNS + ("stllr_mode", "loss_kind", "stopped_by")))
+TEXT_COLUMNS = tuple(dict.fromkeys(_TEXT_COLUMNS + ("stllr_mode", "loss_kind", "stopped_by", "measure")))
 #: Numeric columns: the rest of the schema's, with the derived and the newer ones.
 NUMERIC_COLUMNS = tuple(dict.fromkeys(tuple(c for c in _COLUMNS if c not in TEXT_COLUMNS)
                                       + ("late_train_gain", "epochs_trained", "best_epoch")))
+#: Metric columns of a flow study (``measure == "aee"``), read as numbers where a table has them.
+AEE_COLUMNS = ("val_aee", "test_aee", "test_outliers_pct", "test_zero_aee")
 REQUIRED_COLUMNS = ("trial_id", "config_id", "rule", "status")
 #: The objective each rule minimises when a row does not say (the engine's defaults, DESIGN §8).
 DEFAULT_LOSS = {"stllr": "per_step", "bptt": "sum_output"}
@@ -204,6 +206,12 @@ def _normalise(df: pd.DataFrame, name: str, dataset: str | None, path: Path) -> 
         df.loc[missing, "loss_kind"] = [_loss_kind(c, r) for c, r in zip(cfgs[missing], df.loc[missing, "rule"])]
     for col in NUMERIC_COLUMNS:
         df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else np.nan
+    for col in AEE_COLUMNS:
+        if col in df.columns:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    if "measure" not in df.columns and "val_aee" in df.columns and df["val_aee"].notna().any() \
+            and not df["val_accuracy"].notna().any():
+        df["measure"] = "aee"  # a flow table written before the measure column: its AEE columns say so
     for col in df.columns:
         if col.startswith("layer") and col not in TEXT_COLUMNS:
             df[col] = pd.to_numeric(df[col], errors="coerce")

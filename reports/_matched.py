@@ -23,6 +23,7 @@ from reports._claims import N_BOOT, bootstrap_p
 from reports._configs import STOPPED_BY, ranked, seed_values
 from reports._html import fmt
 from reports._load import DEFAULT_LOSS, LATE_EPOCHS
+from reports._measure import ACCURACY, Measure, measure_of
 
 #: The paper's Table 2 (TMLR version, mean ± std over 5 seeds), for datasets a study may share.
 PAPER_TABLE2 = pd.DataFrame([
@@ -104,7 +105,8 @@ def _count(g: pd.DataFrame, col: str) -> int:
     return int(pd.to_numeric(g[col], errors="coerce").fillna(0).sum()) if col in g.columns else 0
 
 
-def matched_table(configs: pd.DataFrame, floors: dict[str, dict] | None = None) -> pd.DataFrame:
+def matched_table(configs: pd.DataFrame, floors: dict[str, dict] | None = None,
+                  measure: Measure | None = None) -> pd.DataFrame:
     """S-TLLR against BPTT at each architecture both rules trained, per BPTT objective.
 
     Per (dataset, arch_id): S-TLLR's configuration is the best (by mean validation accuracy)
@@ -129,8 +131,16 @@ def matched_table(configs: pd.DataFrame, floors: dict[str, dict] | None = None) 
     ``bptt_tuning_trials``/``_runs``. How the chosen runs stopped: ``{rule}_stopped_{how}``.
     The floors of the task (``chance_accuracy``, ``linear_readout_{val,test}_accuracy``;
     NaN when not measured).
+
+    A flow study (``measure`` AEE, lower is better; default :func:`reports._measure.measure_of`
+    ``configs``) gets the same table with its measure's names: best = lowest mean validation
+    AEE, ``{rule}_{test,val}_aee_mean``/``_std``, ``aee_diff`` (S-TLLR − BPTT test AEE in px,
+    paired by seed: > 0 means S-TLLR is worse) with ``aee_diff_lo``/``_hi``/``_se``/``_p``,
+    ``aee_diff_says`` (the difference in words), ``measure`` and, as its floor,
+    ``no_motion_test_aee`` (the no-motion AEE of the task, from the runs); no chance or read-out.
     """
     floors = floors or {}
+    measure = measure or measure_of(configs)
     rows: list[dict] = []
     if configs.empty:
         return pd.DataFrame(rows)
@@ -155,15 +165,16 @@ def matched_table(configs: pd.DataFrame, floors: dict[str, dict] | None = None) 
                 tuned = tuned_all[tuned_loss == "per_step"]
             pick = ranked(tuned if len(ranked(tuned)) else search)
             rows.append(_row(dataset, arch, pick.iloc[0], cand.iloc[0], kind, tuned, search, bp[bp["_loss"] == kind],
-                             fl, lin))
+                             fl, lin, measure))
     out = pd.DataFrame(rows)
     return out.sort_values(["dataset", "width", "depth", "T", "arch_id", "_order"]).drop(columns="_order").reset_index(
         drop=True) if rows else out
 
 
 def _row(dataset: str, arch: str, s: pd.Series, b: pd.Series, kind: str, tuned: pd.DataFrame, search: pd.DataFrame,
-         bptt: pd.DataFrame, fl: dict, lin: dict) -> dict:
+         bptt: pd.DataFrame, fl: dict, lin: dict, measure: Measure = ACCURACY) -> dict:
     T, ls = float(s["T"]), float(s["learn_steps"])
+    name, test = measure.name, measure.test_col
     row = {"dataset": dataset, "model": s["model"], "arch_id": arch, "width": s["width"], "depth": s["depth"],
            "T": T, "learn_steps": ls, "alpha_post": s["alpha_post"], "stllr_mode": s.get("stllr_mode"),
            "stllr_loss_kind": loss_of(s), "bptt_loss_kind": kind,
@@ -171,30 +182,34 @@ def _row(dataset: str, arch: str, s: pd.Series, b: pd.Series, kind: str, tuned: 
            "stllr_tuned": bool(len(tuned)), "stllr_role": s.get("role"),
            "stllr_config_id": s["config_id"], "bptt_config_id": b["config_id"],
            "stllr_trial_ids": s["trial_ids"], "bptt_trial_ids": b["trial_ids"]}
+    if measure is not ACCURACY:
+        row["measure"] = name
     for tag, r in (("bptt", b), ("stllr", s)):
         for split in ("test", "val"):
-            row[f"{tag}_{split}_accuracy_mean"] = r[f"{split}_accuracy_mean"]
-            row[f"{tag}_{split}_accuracy_std"] = r[f"{split}_accuracy_std"]
+            row[f"{tag}_{split}_{name}_mean"] = r[f"{split}_{name}_mean"]
+            row[f"{tag}_{split}_{name}_std"] = r[f"{split}_{name}_std"]
         row[f"{tag}_seeds"] = int(r["n_seeds"])
         row[f"{tag}_late_train_gain"] = r.get("late_train_gain_mean", np.nan)
         for how in STOPPED_BY:  # NaN: the runs do not say how they stopped (an older study)
             row[f"{tag}_stopped_{how}"] = float(r.get(f"n_stopped_{how}", np.nan))
         row[f"{tag}_best_at_last_epoch"] = float(r.get("n_best_at_last_epoch", np.nan))
-    sv, bv = seed_values(s.get("test_accuracy_by_seed")), seed_values(b.get("test_accuracy_by_seed"))
+    sv, bv = seed_values(s.get(measure.by_seed_col)), seed_values(b.get(measure.by_seed_col))
     common = sorted(set(sv) & set(bv))
     diffs = [sv[k] - bv[k] for k in common]
     ps = paired_stats(diffs)
     row["n_pairs"], row["paired_seeds"] = len(common), ";".join(str(k) for k in common)
     row["paired_diffs"] = json.dumps({str(k): d for k, d in zip(common, diffs)})
     if common:
-        row["accuracy_diff"], row["accuracy_diff_se"] = ps["mean"], ps["se"]
+        row[f"{name}_diff"], row[f"{name}_diff_se"] = ps["mean"], ps["se"]
     else:  # no seed in common (an older study): the difference of the means, unpaired
-        row["accuracy_diff"] = s["test_accuracy_mean"] - b["test_accuracy_mean"]
-        var = sum((r["test_accuracy_std"] ** 2) / r["n_seeds"] for r in (s, b) if np.isfinite(r["test_accuracy_std"]))
-        row["accuracy_diff_se"] = float(np.sqrt(var)) if (s["n_seeds"] > 1 and b["n_seeds"] > 1) else np.nan
-    row["accuracy_diff_lo"], row["accuracy_diff_hi"] = ps["low"], ps["high"]
-    row["accuracy_diff_p_bootstrap"], row["accuracy_diff_p_t"], row["accuracy_diff_p"] = (
+        row[f"{name}_diff"] = s[f"{test}_mean"] - b[f"{test}_mean"]
+        var = sum((r[f"{test}_std"] ** 2) / r["n_seeds"] for r in (s, b) if np.isfinite(r[f"{test}_std"]))
+        row[f"{name}_diff_se"] = float(np.sqrt(var)) if (s["n_seeds"] > 1 and b["n_seeds"] > 1) else np.nan
+    row[f"{name}_diff_lo"], row[f"{name}_diff_hi"] = ps["low"], ps["high"]
+    row[f"{name}_diff_p_bootstrap"], row[f"{name}_diff_p_t"], row[f"{name}_diff_p"] = (
         ps["p_bootstrap"], ps["p_t"], ps["p"])
+    if measure is not ACCURACY:
+        row[f"{name}_diff_says"] = measure.diff_sentence(row[f"{name}_diff"])
     for name, col in _COSTS.items():
         row[f"bptt_{name}"], row[f"stllr_{name}"] = b.get(col, np.nan), s.get(col, np.nan)
     for kind_, which in (("mac", "learning_macs"), ("memory", "memory_bytes")):
@@ -207,6 +222,11 @@ def _row(dataset: str, arch: str, s: pd.Series, b: pd.Series, kind: str, tuned: 
     row["stllr_search_configs"], row["stllr_search_runs"] = len(search), _count(search, "n_seeds")
     row["stllr_tuning_trials"], row["stllr_tuning_runs"] = len(tuned), _count(tuned, "n_seeds")
     row["bptt_tuning_trials"], row["bptt_tuning_runs"] = len(bptt), _count(bptt, "n_seeds")
+    if measure is not ACCURACY:  # the floor of a flow task: predicting no motion (the same for every run)
+        floor = pd.to_numeric(pd.Series([b.get(f"{measure.floor_col}_mean"), s.get(f"{measure.floor_col}_mean")]),
+                              errors="coerce").dropna()
+        row[f"no_motion_{test}"] = float(floor.iloc[0]) if len(floor) else np.nan
+        return row
     row["chance_accuracy"] = fl.get("chance", np.nan)
     row["linear_readout_val_accuracy"] = lin.get("val_accuracy", np.nan)
     row["linear_readout_test_accuracy"] = lin.get("test_accuracy", np.nan)
@@ -248,8 +268,10 @@ def still_learning_note(matched: pd.DataFrame, threshold: float = 0.02) -> str |
     ``*_late_train_gain`` is the rise of training accuracy over the last
     :data:`reports._load.LATE_EPOCHS` epochs (mean over seeds); above ``threshold`` the run
     stopped because the epoch budget ran out, so the accuracy difference at that budget is
-    partly a difference in learning speed.
+    partly a difference in learning speed. None for a flow study (its runs have no training accuracy).
     """
+    if measure_of(matched) is not ACCURACY:
+        return None
     parts = []
     for tag, rule in (("bptt", "BPTT"), ("stllr", "S-TLLR")):
         col = f"{tag}_late_train_gain"
@@ -304,6 +326,7 @@ def stopping_note(configs: pd.DataFrame, matched: pd.DataFrame) -> str | None:
     cols = [f"n_stopped_{h}" for h in STOPPED_BY]
     if configs.empty or not set(cols) <= set(configs.columns) or not configs[cols].notna().any().any():
         return None
+    what = measure_of(configs).label
     parts = []
     for rule, name in (("stllr", "S-TLLR"), ("bptt", "BPTT")):
         c = configs[(configs["rule"] == rule) & configs[cols].notna().any(axis=1)]
@@ -323,10 +346,10 @@ def stopping_note(configs: pd.DataFrame, matched: pd.DataFrame) -> str | None:
                  f"patience (converged on validation), {late} at the epoch maximum (possibly still improving)")
         best_last = _sum(st.get("stllr_best_at_last_epoch", pd.Series(dtype=float))) + _sum(
             bp.get("bptt_best_at_last_epoch", pd.Series(dtype=float)))
-        text += f" ({best_last} of them with their best validation accuracy at the last epoch)" if late else ""
+        text += f" ({best_last} of them with their best validation {what} at the last epoch)" if late else ""
         text += f", {fixed} ran a fixed number of epochs (early stopping off)." if fixed else "."
         if late:
-            text += (" For those the accuracy difference is measured before convergence: raise the epoch maximum "
+            text += (f" For those the {what} difference is measured before convergence: raise the epoch maximum "
                      "(`budget.epochs`).")
     return text
 

@@ -30,6 +30,7 @@ from reports._html import (Block, Bullets, Figure, Section, Table, Text, byte_un
                            render_markdown, scaled)
 from reports._load import (STATUSES, Objective, Study, complete_runs, floors_by_dataset, load_studies,
                            objectives_by_dataset, status_counts)
+from reports._measure import ACCURACY, Measure, measure_of_studies
 from reports._matched import (paper_rows, still_learning_note, stopping_note, matched_table, tuning_note,
                               window_memory_note)
 from reports._static import FORMATS, check_available, export_figures
@@ -94,10 +95,43 @@ class Analysis:
     q1: Q1
     q2: Q2
     claims: list[Claim]
+    measure: Measure = ACCURACY  # what the studies measure (accuracy, or AEE for a flow study)
+
+
+#: Sections a flow (AEE) report leaves out, and the one sentence that says why.
+LEFT_OUT_FOR_AEE = {
+    "Rule × objective (2×2)": "its objectives (per_step, sum_output) are the classification losses; a flow study "
+                              "trains on a flow loss",
+    "Open question 1 — the causal / non-causal balance": "its response surface, collapse floor (chance) and bounds "
+                                                         "are built for a score in [0, 1]",
+    "Open question 2 — scaling with width, depth and T": "its gap slopes are fitted for classification scores",
+    "The learning window (learn_steps)": "its table and figure are built for classification scores",
+}
+
+
+def _aee_floors(configs: pd.DataFrame, datasets: list[str], measure: Measure) -> dict[str, dict]:
+    """The floor of each flow dataset: its no-motion AEE (the same for every run; the mean over configurations)."""
+    col = f"{measure.floor_col}_mean"
+    out: dict[str, dict] = {}
+    for d in datasets:
+        v = pd.to_numeric(configs.loc[configs["dataset"] == d, col], errors="coerce") if col in configs else pd.Series()
+        v = v[np.isfinite(v)]
+        if len(v):
+            out[d] = {"no_motion_aee": float(v.mean())}
+    return out
 
 
 def analyse(studies: list[Study]) -> Analysis:
-    """Every table and every claim of the report; Holm's correction over all claims, once."""
+    """Every table and every claim of the report; Holm's correction over all claims, once.
+
+    Studies that measure different things (accuracy and AEE) are refused in one line
+    (:func:`reports._measure.measure_of_studies`). A flow study (AEE) gets the frontier, the
+    matched table and the verdict in AEE (lower is better), its floor the no-motion AEE; the
+    sections of :data:`LEFT_OUT_FOR_AEE` are left out (their CSVs are not written).
+    """
+    measure = measure_of_studies(studies)
+    if measure is not ACCURACY:
+        return _analyse_other(studies, measure)
     runs = complete_runs(studies)
     configs = config_table(runs)
     objs = objectives_by_dataset(studies)
@@ -130,6 +164,34 @@ def analyse(studies: list[Study]) -> Analysis:
     return Analysis(studies, runs, configs, objs, floors, datasets, tables, a1, a2, claims)
 
 
+def _analyse_other(studies: list[Study], measure: Measure) -> Analysis:
+    """:func:`analyse` for a measure other than accuracy: frontier, matched table, verdict (AEE, lower is better)."""
+    runs = complete_runs(studies)
+    configs = config_table(runs, measure)
+    objs = {d: fr.measure_objectives(o, measure) for d, o in objectives_by_dataset(studies).items()}
+    datasets = sorted(configs["dataset"].unique()) if len(configs) else []
+    floors = _aee_floors(configs, datasets, measure)
+    tables: dict[str, pd.DataFrame] = {"runs.csv": status_counts(studies), "configurations.csv": configs}
+    tables["frontier.csv"] = _concat([fr.frontier(configs[configs["dataset"] == d], objs[d], measure)
+                                      for d in datasets])
+    tables["hypervolume.csv"] = _concat([fr.hypervolume_table(configs[configs["dataset"] == d], objs[d], measure)
+                                         for d in datasets])
+    tables["projections.csv"] = _concat([fr.projections(configs[configs["dataset"] == d], objs[d], measure)
+                                         for d in datasets])
+    matched = _ensure(matched_table(configs, None, measure))
+    tables["matched.csv"] = matched
+    verdict, claims = verdict_table(matched, measure)
+    if verdict.empty:
+        verdict = verdict.assign(measure=pd.Series(dtype=object))
+    holm(claims)
+    tables["verdict.csv"] = settle(verdict, claims)
+    tables["claims.csv"] = pd.DataFrame([{"key": c.key, "claim": c.text, "estimate": c.estimate, "low": c.low,
+                                          "high": c.high, "p": c.p, "p_holm": c.p_adj, "holds": c.holds()}
+                                         for c in claims], columns=["key", "claim", "estimate", "low", "high", "p",
+                                                                    "p_holm", "holds"])
+    return Analysis(studies, runs, configs, objs, floors, datasets, tables, Q1({}), Q2({}, matched), claims, measure)
+
+
 # -- phase 2: the page ------------------------------------------------------------------------
 
 
@@ -152,14 +214,20 @@ def _favour_tag(col: str) -> Callable[[pd.Series], str]:
     return lambda r: _FAVOUR_CLASS.get(str(r[col]), "fav-none")
 
 
-def _verdict_rows(v: pd.Series) -> pd.DataFrame:
+def _verdict_rows(v: pd.Series, measure: Measure = ACCURACY) -> pd.DataFrame:
     """One verdict row (a dataset and BPTT objective) as the box's rows: quantity, estimate, low, high, p, side."""
-    acc_side = v["accuracy_favours"]
+    n = measure.name
+    acc_side = v[f"{n}_favours"]
     if acc_side == "no difference":
         acc_side = "no difference at the corrected level"
-    rows = [{"quantity": "test accuracy, S-TLLR − BPTT [points]", "estimate": pct(v["accuracy_diff"], True),
-             "low": pct(v["accuracy_diff_lo"], True), "high": pct(v["accuracy_diff_hi"], True),
-             "p (Holm)": fmt(v["accuracy_diff_p_holm"]), "in favour of": acc_side, "side": v["accuracy_favours"]}]
+    if measure is ACCURACY:
+        quantity, f = "test accuracy, S-TLLR − BPTT [points]", (lambda x: pct(x, True))
+    else:
+        quantity = f"test {measure.label}, S-TLLR − BPTT [{measure.diff_unit}], {measure.better_word} is better"
+        f = (lambda x: measure.format(x, True))
+    rows = [{"quantity": quantity, "estimate": f(v[f"{n}_diff"]),
+             "low": f(v[f"{n}_diff_lo"]), "high": f(v[f"{n}_diff_hi"]),
+             "p (Holm)": fmt(v[f"{n}_diff_p_holm"]), "in favour of": acc_side, "side": v[f"{n}_favours"]}]
     names = {"mac": "learning MACs", "memory": "learning memory"}
     for kind, how in (("mac", "measured"), ("mac", "formula"), ("memory", "measured"), ("memory", "formula")):
         side = v[f"{kind}_{how}_favours"]
@@ -182,15 +250,30 @@ def verdict_section(a: Analysis) -> Section:
         st, bp = str(r["stllr_loss_kind"]), str(r["bptt_loss_kind"])
         objective = f"both on {bp}" if st == bp else f"S-TLLR on {st}, BPTT on {bp}"
         sec.blocks.append(Text(f"{r['dataset']}{' — ' + objective if several else ''}", summary=True, css="lead"))
+        floor = _floor_phrase(r, a) if a.measure is ACCURACY else _aee_floor_phrase(r, a.measure)
         sec.blocks.append(Text(
             f"S-TLLR ({r['stllr_loss_kind']}) vs BPTT ({r['bptt_loss_kind']}), {int(r['architectures'])} matched "
-            f"architecture(s), {int(r['n_seed_blocks'])} paired seed(s); {_tuned_phrase(r)}; {_floor_phrase(r, a)}"
+            f"architecture(s), {int(r['n_seed_blocks'])} paired seed(s); {_tuned_phrase(r)}; {floor}"
             + _late_phrase(r), summary=True, css="sub"))
-        rows = _verdict_rows(r)
+        if a.measure is not ACCURACY:
+            sec.blocks.append(Text(f"Test {a.measure.label}, S-TLLR − BPTT: {r[f'{a.measure.name}_diff_says']}.",
+                                   summary=True, css="sub"))
+        rows = _verdict_rows(r, a.measure)
         sec.blocks.append(Table(rows, "verdict.csv", {c: _text(c) for c in (
                                     "quantity", "estimate", "low", "high", "p (Holm)", "in favour of")},
                                 summary=True, tags={"in favour of": _favour_tag("side")}, count=False))
     n = len(a.claims)
+    m = a.measure
+    if m is not ACCURACY:
+        sec.blocks.append(Text(
+            f"{m.label}: S-TLLR − BPTT test {m.label} in {m.diff_unit}, {m.better_word} is better (a positive "
+            "difference means S-TLLR's error is larger: worse), paired by seed (seed s of both rules shares split, "
+            "data order and initialisation), averaged over the matched architectures; low/high: 95% interval over "
+            "seeds (the wider of bootstrap and t). A side is named only when the p-value, corrected (Holm) over all "
+            f"{n} claim{'s' if n != 1 else ''} of this report, is below 0.05. Costs: BPTT ÷ S-TLLR (> 1: S-TLLR "
+            "needs less), geometric mean over the matched architectures; low/high: the lowest and highest "
+            "architecture.", summary=True, css="note"))
+        return sec
     sec.blocks.append(Text(
         "Accuracy: S-TLLR − BPTT test accuracy paired by seed (seed s of both rules shares split, data order and "
         "initialisation), averaged over the matched architectures; low/high: 95% interval over seeds (the wider of "
@@ -230,7 +313,20 @@ def _floor_phrase(r: pd.Series, a: Analysis) -> str:
     return out + "."
 
 
-def _frontier_view(front: pd.DataFrame, objectives: tuple[Objective, ...], several_studies: bool) -> dict:
+def _aee_floor_phrase(r: pd.Series, measure: Measure) -> str:
+    """The floor of a flow task in the verdict: the no-motion AEE, and whether either rule beats it."""
+    zero = float(r.get(f"no_motion_{measure.test_col}", np.nan))
+    if not np.isfinite(zero):
+        return "floor (no-motion AEE) not measured."
+    out = f"floor: no-motion {measure.label} {measure.format(zero)} {measure.unit} (test)"
+    best = min(float(r[f"stllr_best_{measure.test_col}"]), float(r[f"bptt_best_{measure.test_col}"]))
+    if np.isfinite(best) and best >= zero:
+        out += " — neither rule beats predicting no motion"
+    return out + "."
+
+
+def _frontier_view(front: pd.DataFrame, objectives: tuple[Objective, ...], several_studies: bool,
+                   measure: Measure = ACCURACY) -> dict:
     (mdiv, mu), (bdiv, bu) = _units(front, [f"{c}_mean" for c in fr.COSTS[:2]], [f"{c}_mean" for c in fr.COSTS[2:]])
     view: dict = {"rule": lambda r: fr.rule_name(r["rule"])}
     if several_studies:
@@ -238,17 +334,22 @@ def _frontier_view(front: pd.DataFrame, objectives: tuple[Objective, ...], sever
     view.update({"config": "config_id", "arch": "arch_id"})
     if "loss_kind" in front.columns:
         view["objective"] = "loss_kind"
-    for m in dict.fromkeys(["val_accuracy", *(o.metric for o in objectives if "accuracy" in o.metric),
-                            "test_accuracy"]):
-        tag = "val" if m == "val_accuracy" else m.replace("_accuracy", "")
-        view[f"{tag} acc [%]"] = lambda r, m=m: pct(r[f"{m}_mean"])
-        view[f"{tag} std"] = lambda r, m=m: pct(r[f"{m}_std"])
+    if measure is ACCURACY:
+        for m in dict.fromkeys(["val_accuracy", *(o.metric for o in objectives if "accuracy" in o.metric),
+                                "test_accuracy"]):
+            tag = "val" if m == "val_accuracy" else m.replace("_accuracy", "")
+            view[f"{tag} acc [%]"] = lambda r, m=m: pct(r[f"{m}_mean"])
+            view[f"{tag} std"] = lambda r, m=m: pct(r[f"{m}_std"])
+    else:
+        for split, m in (("val", measure.val_col), ("test", measure.test_col)):
+            view[measure.column_label(split)] = lambda r, m=m: measure.format(r[f"{m}_mean"])
+            view[f"{split} std"] = lambda r, m=m: measure.format(r[f"{m}_std"])
     view[f"MACs formula [{mu.split()[0]}]"] = scaled(f"{fr.COSTS[0]}_mean", mdiv)
     view[f"MACs measured [{mu.split()[0]}]"] = scaled(f"{fr.COSTS[1]}_mean", mdiv)
     view[f"memory measured [{bu}]"] = scaled(f"{fr.COSTS[2]}_mean", bdiv)
     view[f"memory formula [{bu}]"] = scaled(f"{fr.COSTS[3]}_mean", bdiv)
     for o in objectives:
-        if "accuracy" not in o.metric and o.metric not in fr.COSTS:
+        if not fr.is_score(o.metric) and o.metric not in fr.COSTS:
             view[fr.label(o.metric)] = f"{o.metric}_mean"
     view["seeds"] = "n_seeds"
     return view
@@ -260,11 +361,15 @@ def frontier_sections(a: Analysis) -> tuple[list[Section], list[Figure]]:
     for d in a.datasets:
         c, o = a.configs[a.configs["dataset"] == d], a.objectives[d]
         f = a.tables["frontier.csv"][a.tables["frontier.csv"]["dataset"] == d]
+        floors_text = ("lines: the task's floors (chance, linear read-out of the input frames)." if a.measure is ACCURACY
+                       else "line: the task's floor, the no-motion AEE (predicting zero flow; test split). AEE in px, "
+                            "lower is better.")
         sec = Section(f"Frontier — {d}", [Text(
             f"{len(f)} non-dominated configurations of {len(c)} over " +
             ", ".join(f"{fr.label(x.metric)} ({'max' if x.maximize else 'min'})" for x in o) + ". Points: S-TLLR blue, "
-            "BPTT red; lines: the task's floors (chance, linear read-out of the input frames).", summary=True),
-            Table(f, "frontier.csv", _frontier_view(f, o, several), caption=f"Frontier ({d})", summary=True)])
+            "BPTT red; " + floors_text, summary=True),
+            Table(f, "frontier.csv", _frontier_view(f, o, several, a.measure), caption=f"Frontier ({d})",
+                  summary=True)])
         fig = Figure(fr.frontier_figure(f, o, c, title=f"{d}: frontier (large, outlined) and dominated configurations",
                                         floors=a.floors.get(d)), f"frontier_{_slug(d)}", "frontier.csv")
         sec.blocks.append(fig)
@@ -288,9 +393,39 @@ def frontier_sections(a: Analysis) -> tuple[list[Section], list[Figure]]:
     return sections, figures
 
 
+def _matched_score_table(a: Analysis, sec: Section, m: pd.DataFrame) -> None:
+    """The matched table's score part for a measure other than accuracy (AEE: px, lower is better)."""
+    ms = a.measure
+    n, t = ms.name, ms.test_col
+    f = ms.format
+    view: dict = {"dataset": "dataset", "arch": "arch_id", "S-TLLR objective": "stllr_loss_kind",
+                  "BPTT objective": "bptt_loss_kind", "S-TLLR tuned": lambda r: "yes" if r["stllr_tuned"] else "no",
+                  f"S-TLLR {ms.column_label('test')}": lambda r: f(r[f"stllr_{t}_mean"]),
+                  "S-TLLR std": lambda r: f(r[f"stllr_{t}_std"]),
+                  f"BPTT {ms.column_label('test')}": lambda r: f(r[f"bptt_{t}_mean"]),
+                  "BPTT std": lambda r: f(r[f"bptt_{t}_std"]),
+                  "paired seeds": "n_pairs", f"diff [{ms.diff_unit}]": lambda r: f(r[f"{n}_diff"], True),
+                  "95% low": lambda r: f(r[f"{n}_diff_lo"], True), "95% high": lambda r: f(r[f"{n}_diff_hi"], True),
+                  "S-TLLR − BPTT reads": _text(f"{n}_diff_says"),
+                  f"no-motion {ms.label} [{ms.unit}]": lambda r: f(r[f"no_motion_{t}"])}
+    sec.blocks.append(Table(m, "matched.csv", view, caption=f"{ms.axis_label} (test split; selection by the lowest "
+                                                            f"validation {ms.label})", summary=True))
+
+
 def matched_section(a: Analysis) -> Section:
     m = a.tables["matched.csv"]
-    sec = Section("Best S-TLLR vs BPTT at matched architecture (paper Table 2 layout)", [Text(
+    if a.measure is not ACCURACY:
+        ms = a.measure
+        sec = Section("Best S-TLLR vs BPTT at matched architecture (paper Table 2 layout)", [Text(
+            "Per architecture, S-TLLR at its tuned factors (the same learning-rate search as BPTT) — or, where the "
+            "study did not tune it, its best factor-search configuration — against the best BPTT configuration, per "
+            f"BPTT objective; both chosen by the lowest mean validation {ms.label}. Test {ms.label} in {ms.unit}, "
+            f"{ms.better_word} is better; difference S-TLLR − BPTT in {ms.diff_unit} paired by seed with its 95% "
+            "bootstrap interval (a positive difference: S-TLLR's error is larger, worse). Floor: the no-motion "
+            f"{ms.label} (predicting zero flow). Cost ratios are BPTT ÷ S-TLLR (> 1: S-TLLR needs less); 'paper' = "
+            "DESIGN §4 closed forms.", summary=True)])
+    else:
+        sec = Section("Best S-TLLR vs BPTT at matched architecture (paper Table 2 layout)", [Text(
         "Per architecture, S-TLLR at its tuned factors (the same learning-rate search as BPTT) — or, where the study did "
         "not tune it, its best factor-search configuration — against the best BPTT configuration, per BPTT objective; "
         "both chosen by mean validation accuracy. Test accuracy in %, difference S-TLLR − BPTT in points paired by seed "
@@ -300,6 +435,10 @@ def matched_section(a: Analysis) -> Section:
         sec.blocks.append(Text("No architecture has complete runs of both rules yet.", summary=True))
         return sec
     several_kinds = m.groupby(["dataset", "arch_id"]).size().max() > 1
+    if a.measure is not ACCURACY:
+        _matched_score_table(a, sec, m)
+        _matched_rest(a, sec, m, several_kinds)
+        return sec
     floors = m["chance_accuracy"].notna().any()
     acc: dict = {"dataset": "dataset", "arch": "arch_id", "S-TLLR objective": "stllr_loss_kind",
                  "BPTT objective": "bptt_loss_kind", "S-TLLR tuned": lambda r: "yes" if r["stllr_tuned"] else "no",
@@ -319,6 +458,12 @@ def matched_section(a: Analysis) -> Section:
         sec.blocks.append(Text("Floors not measured: the study folder has no floors.json (chance and a linear "
                                "read-out of the input frames), so the table cannot show when both rules fail.",
                                summary=True))
+    _matched_rest(a, sec, m, several_kinds)
+    return sec
+
+
+def _matched_rest(a: Analysis, sec: Section, m: pd.DataFrame, several_kinds: bool) -> None:
+    """The matched section's cost and tuning tables, its notes and the paper's Table 2 (any measure)."""
     (mdiv, mu), (bdiv, bu) = _units(m, ["bptt_learning_macs_measured", "stllr_learning_macs_measured"],
                                     ["bptt_memory_bytes_measured", "stllr_memory_bytes_measured"])
     objectives = {"objectives S-TLLR / BPTT": lambda r: f"{r['stllr_loss_kind']} / {r['bptt_loss_kind']}"}
@@ -345,11 +490,10 @@ def matched_section(a: Analysis) -> Section:
     for note in (tuning_note(m), stopping_note(a.configs, m) or still_learning_note(m), window_memory_note(m)):
         if note:
             sec.blocks.append(Text(note, summary=True))
-    if len(a.tables["paper_table2.csv"]):
+    if len(a.tables.get("paper_table2.csv", ())):
         sec.blocks.append(Table(a.tables["paper_table2.csv"], "paper_table2.csv", _PAPER_VIEW,
                                 caption="Paper Table 2 (TMLR), for reference; its MACs are a quarter of exact counts "
                                         "and its MB assume ~2 bytes per value (DESIGN §7)", summary=True))
-    return sec
 
 
 def objective_section(a: Analysis) -> Section:
@@ -487,9 +631,17 @@ def configurations_section(a: Analysis) -> Section:
     view.update({
         "config": "config_id", "rule": lambda r: fr.rule_name(r["rule"]), "role": "role", "arch": "arch_id",
         "objective": "loss_kind", "learn_steps": "learn_steps", "α_post": "alpha_post", "λ_post": "lambda_post",
-        "λ_pre": "lambda_pre", "lr": "lr", "val [%]": lambda r: pct(r["val_accuracy_mean"]),
-        "val std": lambda r: pct(r["val_accuracy_std"]), "test [%]": lambda r: pct(r["test_accuracy_mean"]),
-        "test std": lambda r: pct(r["test_accuracy_std"]), f"MACs [{mu.split()[0]}]": scaled(f"{fr.COSTS[0]}_mean", mdiv),
+        "λ_pre": "lambda_pre", "lr": "lr"})
+    ms = a.measure
+    if ms is ACCURACY:
+        view.update({"val [%]": lambda r: pct(r["val_accuracy_mean"]), "val std": lambda r: pct(r["val_accuracy_std"]),
+                     "test [%]": lambda r: pct(r["test_accuracy_mean"]),
+                     "test std": lambda r: pct(r["test_accuracy_std"])})
+    else:
+        for split, col in (("val", ms.val_col), ("test", ms.test_col)):
+            view[ms.column_label(split)] = lambda r, col=col: ms.format(r[f"{col}_mean"])
+            view[f"{split} std"] = lambda r, col=col: ms.format(r[f"{col}_std"])
+    view.update({f"MACs [{mu.split()[0]}]": scaled(f"{fr.COSTS[0]}_mean", mdiv),
         f"memory measured [{bu}]": scaled(f"{fr.COSTS[2]}_mean", bdiv),
         f"memory formula [{bu}]": scaled(f"{fr.COSTS[3]}_mean", bdiv), "seeds": "n_seeds"})
     sec = Section("All configurations", [Table(c, "configurations.csv", view)])
@@ -503,13 +655,20 @@ def sections(a: Analysis) -> tuple[str, list[str], list[Section], list[Figure]]:
     names = ", ".join(s.name for s in a.studies)
     title = f"S-TLLR vs BPTT: {names}"
     excluded = {st: int(counts[st].sum()) for st in STATUSES if st != "complete"}
+    ms = a.measure
+    scores = ("Selection uses validation accuracy only; test accuracy is shown beside." if ms is ACCURACY else
+              f"This is a flow study: its measure is the {ms.label} (average end-point error, {ms.unit}), "
+              f"{ms.better_word} is better. Selection uses the validation {ms.label} only (the lowest is best); "
+              f"the test {ms.label} is shown beside.")
     intro = [f"Generated {_dt.datetime.now().isoformat(timespec='seconds')} from "
              f"{', '.join(str(s.dir) for s in a.studies)}.",
              f"{len(a.runs)} complete runs in {len(a.configs)} configurations enter the analyses; excluded: "
              + ", ".join(f"{v} {k}" for k, v in excluded.items()) + ". A configuration is one point (mean over its "
-             "seeds, error bars = seed std). Selection uses validation accuracy only; test accuracy is shown beside.",
+             "seeds, error bars = seed std). " + scores,
              "Costs are per sample, learning phase only; 'formula' = DESIGN §4 counts as computed by the engine, "
-             "'measured' = the engine's allocation tracker and FLOP counter. Accuracies in %, memory in KiB/MiB."]
+             "'measured' = the engine's allocation tracker and FLOP counter. "
+             + ("Accuracies in %, memory in KiB/MiB." if ms is ACCURACY else f"{ms.label} in {ms.unit}, memory in "
+                                                                              "KiB/MiB.")]
     intro[1:1] = [f"Study {s.name}: {s.description}" for s in a.studies if s.description]
     intro += [f"{s.name}: {s.runs.attrs['rebuilt']}" for s in a.studies if s.runs.attrs.get("rebuilt")]
     out: list[Section] = [verdict_section(a)]
@@ -522,6 +681,12 @@ def sections(a: Analysis) -> tuple[str, list[str], list[Section], list[Figure]]:
     out += secs
     figures += figs
     out.append(matched_section(a))
+    if a.measure is not ACCURACY:
+        for heading, why in LEFT_OUT_FOR_AEE.items():
+            out.append(Section(heading, [Text(f"Left out of this {a.measure.label} report: {why}; this section is "
+                                            f"written for classification studies only.", summary=True)]))
+        out.append(configurations_section(a))
+        return title, intro, out, figures
     if len(a.tables["rule_objective.csv"]):
         out.append(objective_section(a))
     for sec in (q1_section(a.q1, a), q2_section(a.q2, a)):
@@ -550,8 +715,9 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
         The path of ``report.html``; ``summary.md``, the CSV tables and ``figures/`` lie beside it.
 
     Raises:
-        StllrError: a folder, ``results.parquet`` or ``study.yaml`` is missing or damaged, or a
-            format is unknown / cannot be exported.
+        StllrError: a folder, ``results.parquet`` or ``study.yaml`` is missing or damaged, a
+            format is unknown / cannot be exported, or the studies measure different things
+            (accuracy and a flow study's AEE).
     """
     if isinstance(dirs, (str, Path)):
         dirs = [dirs]
@@ -560,6 +726,7 @@ def build_report(dirs: list[str | Path] | tuple[str | Path, ...] | str | Path, o
         raise StllrError(f"report: unknown figure format {bad[0]!r}; use one of {', '.join(FORMATS)}")
     check_available(tuple(formats))
     studies = load_studies(list(dirs))
+    measure_of_studies(studies)  # accuracy and AEE studies in one report: refused before anything is written
     folder = Path(out) if out is not None else Path(dirs[0]) / "report"
     folder.mkdir(parents=True, exist_ok=True)
 

@@ -12,6 +12,11 @@ One row per (dataset, BPTT objective) over the matched architectures (:mod:`repo
   less), the geometric mean over the matched architectures with the lowest and highest.
   Counts and exact byte measurements carry no sampling noise, so a side is favoured when
   every architecture agrees by more than :data:`EQUAL_WITHIN`.
+
+A flow study (measure AEE, lower is better) gets the same rows with ``aee_*`` in place of
+``accuracy_*``: S-TLLR − BPTT test AEE in px, so a positive difference means S-TLLR is *worse*;
+its claim says which rule reaches the lower (better) AEE, and ``aee_favours`` names the rule
+with the lower AEE when the claim holds. Its floor is the no-motion AEE of the task.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import pandas as pd
 
 from reports._claims import Claim
 from reports._matched import paired_stats
+from reports._measure import ACCURACY, Measure, measure_of
 
 #: Ratios within this relative distance of 1 count as "no difference".
 EQUAL_WITHIN = 0.01
@@ -69,12 +75,16 @@ def seed_blocks(g: pd.DataFrame, col: str = "paired_diffs") -> dict[int, float]:
     return {k: float(np.mean(v)) for k, v in sorted(per.items())}
 
 
-def verdict_table(matched: pd.DataFrame) -> tuple[pd.DataFrame, list[Claim]]:
-    """The verdict rows (one per dataset and BPTT objective) and their accuracy claims.
+def verdict_table(matched: pd.DataFrame, measure: Measure | None = None) -> tuple[pd.DataFrame, list[Claim]]:
+    """The verdict rows (one per dataset and BPTT objective) and their accuracy (or AEE) claims.
 
     The claims' adjusted p-values are unknown here: call :func:`reports._claims.holm` over
     every claim of the report, then :func:`settle` to write the directions into the table.
+    ``measure``: default :func:`reports._measure.measure_of` ``matched``.
     """
+    measure = measure or measure_of(matched)
+    if measure is not ACCURACY:
+        return _verdict_other(matched, measure)
     rows: list[dict] = []
     claims: list[Claim] = []
     if matched.empty:
@@ -117,6 +127,53 @@ def verdict_table(matched: pd.DataFrame) -> tuple[pd.DataFrame, list[Claim]]:
     return pd.DataFrame(rows), claims
 
 
+def _verdict_other(matched: pd.DataFrame, measure: Measure) -> tuple[pd.DataFrame, list[Claim]]:
+    """:func:`verdict_table` for a measure other than accuracy (AEE: lower is better)."""
+    name, test = measure.name, measure.test_col
+    rows: list[dict] = []
+    claims: list[Claim] = []
+    if matched.empty:
+        return pd.DataFrame(columns=["dataset", "bptt_loss_kind"]), claims
+    several = matched.groupby("dataset")["bptt_loss_kind"].nunique()
+    best = np.nanmax if measure.higher_is_better else np.nanmin
+    for (dataset, kind), g in matched.groupby(["dataset", "bptt_loss_kind"], sort=False):
+        blocks = seed_blocks(g)
+        ps = paired_stats(list(blocks.values()))
+        paired = bool(blocks)
+        est = ps["mean"] if paired else float(g[f"{name}_diff"].mean())
+        row = {"dataset": dataset, "bptt_loss_kind": kind, "measure": name,
+               "stllr_loss_kind": ";".join(sorted(set(g["stllr_loss_kind"].astype(str)))),
+               "architectures": len(g), "stllr_tuned_architectures": int(g["stllr_tuned"].astype(bool).sum()),
+               "paired_seeds": ";".join(str(k) for k in blocks), "n_seed_blocks": len(blocks),
+               f"{name}_diff": est, f"{name}_diff_lo": ps["low"], f"{name}_diff_hi": ps["high"],
+               f"{name}_diff_p_bootstrap": ps["p_bootstrap"], f"{name}_diff_p_t": ps["p_t"],
+               f"{name}_diff_p": ps["p"], f"{name}_diff_p_holm": np.nan, f"{name}_favours": "",
+               f"{name}_diff_says": measure.diff_sentence(est),
+               f"stllr_best_{test}": float(best(g[f"stllr_{test}_mean"].astype(float))),
+               f"bptt_best_{test}": float(best(g[f"bptt_{test}_mean"].astype(float))),
+               f"no_motion_{test}": float(g[f"no_motion_{test}"].iloc[0]) if f"no_motion_{test}" in g else np.nan}
+        st, bp = g.drop_duplicates(["arch_id", "stllr_config_id"]), g.drop_duplicates(["arch_id", "bptt_config_id"])
+        late = pd.concat([st["stllr_stopped_max_epochs"], bp["bptt_stopped_max_epochs"]]).astype(float)
+        row["matched_runs"] = int(st["stllr_seeds"].sum() + bp["bptt_seeds"].sum())
+        row["matched_runs_max_epochs"] = float(late.sum()) if late.notna().any() else np.nan
+        for kind_, how in QUANTITIES:
+            r = g[f"{kind_}_ratio_{how}"].astype(float).to_numpy()
+            fin = r[np.isfinite(r)]
+            row[f"{kind_}_ratio_{how}"] = _geomean(r)
+            row[f"{kind_}_ratio_{how}_min"] = float(fin.min()) if fin.size else np.nan
+            row[f"{kind_}_ratio_{how}_max"] = float(fin.max()) if fin.size else np.nan
+            row[f"{kind_}_{how}_favours"] = ratio_favours(r)
+        key = f"verdict:{dataset}:{name}" + (f":bptt_{kind}" if several[dataset] > 1 else "")
+        lower = est < 0
+        text = (f"on {dataset}, S-TLLR reaches a {'lower' if lower else 'higher'} test {measure.label} than BPTT "
+                f"({'better' if lower != measure.higher_is_better else 'worse'}; "
+                f"S-TLLR on {row['stllr_loss_kind']}, BPTT on {kind})")
+        claims.append(Claim(key, text, est, ps["low"], ps["high"], ps["p"],
+                            extra={"dataset": dataset, "bptt_loss_kind": kind, "n": ps["n"], "measure": name}))
+        rows.append(row)
+    return pd.DataFrame(rows), claims
+
+
 def settle(verdict: pd.DataFrame, claims: list[Claim]) -> pd.DataFrame:
     """Write each accuracy claim's adjusted p-value and direction into the verdict rows (after Holm).
 
@@ -124,17 +181,20 @@ def settle(verdict: pd.DataFrame, claims: list[Claim]) -> pd.DataFrame:
     difference"`` when it does not, or says why no test was possible.
     """
     out = verdict.copy()
-    by = {(c.extra.get("dataset"), c.extra.get("bptt_loss_kind")): c for c in claims}
+    measure = measure_of(out)
+    name = measure.name
+    by = {(c.extra.get("dataset"), c.extra.get("bptt_loss_kind")): c for c in claims
+          if c.key.startswith("verdict:")}
     for i, r in out.iterrows():
         c = by.get((r["dataset"], r["bptt_loss_kind"]))
         if c is None:
             continue
-        out.at[i, "accuracy_diff_p_holm"] = c.p_adj
+        out.at[i, f"{name}_diff_p_holm"] = c.p_adj
         if not np.isfinite(c.p):
-            out.at[i, "accuracy_favours"] = ("no test: fewer than 2 paired seeds" if c.extra.get("n", 0) < 2
-                                             else "no test: every seed gives the same difference")
-        elif c.holds():
-            out.at[i, "accuracy_favours"] = "S-TLLR" if c.estimate > 0 else "BPTT"
+            out.at[i, f"{name}_favours"] = ("no test: fewer than 2 paired seeds" if c.extra.get("n", 0) < 2
+                                            else "no test: every seed gives the same difference")
+        elif c.holds():  # S-TLLR − BPTT: above 0 favours S-TLLR for accuracy, BPTT for AEE
+            out.at[i, f"{name}_favours"] = measure.favours(c.estimate)
         else:
-            out.at[i, "accuracy_favours"] = "no difference"
+            out.at[i, f"{name}_favours"] = "no difference"
     return out

@@ -53,6 +53,9 @@ def _member(path: Path) -> dict[str, Any]:
         build_report([str(path)], out=str(report))
     claims = pd.read_csv(report / "claims.csv")
     verdict = pd.read_csv(report / "verdict.csv")
+    if "measure" in verdict.columns:  # only a flow study's verdict has the column
+        raise StllrError(f"{path}: a flow study (measure aee, lower is better): "
+                         "--family tabulates classification studies only; use `stllr report DIR...` for it")
     floors = json.loads((path / "floors.json").read_text()) if (path / "floors.json").is_file() else {}
     return {"dir": path, "name": doc.get("name", path.name), "dataset": dataset,
             "options": options, "claims": claims, "verdict": verdict, "floors": floors}

@@ -198,3 +198,21 @@ def write_floors(folder: Path, *, dataset: str = "digits", chance: float = 0.1, 
                                 "features": "input frames flattened (T x C = 16 x 64 = 1024)",
                                 "method": "multinomial logistic regression"}))
     return path
+
+
+def flow_runs(runs: pd.DataFrame, *, zero_aee: float = 2.0, scale: float = 5.0) -> pd.DataFrame:
+    """A classification study's rows (e.g. :func:`fair_runs`) turned into a flow study's, as the
+    study side writes them: ``measure == "aee"``, ``val_aee``/``test_aee`` = ``scale`` · (1 − accuracy)
+    px (so the more accurate run has the lower AEE), ``test_outliers_pct``, the no-motion AEE
+    ``test_zero_aee`` (the same for every run of the dataset), losses; the accuracy columns NaN.
+    """
+    df = runs.copy()
+    df["measure"] = "aee"
+    df["val_aee"] = scale * (1.0 - df["val_accuracy"].astype(float))
+    df["test_aee"] = scale * (1.0 - df["test_accuracy"].astype(float))
+    df["test_outliers_pct"] = 100.0 * (df["test_aee"] / (df["test_aee"] + 3.0))
+    df["test_zero_aee"] = zero_aee
+    df["val_loss"], df["test_loss"] = df["val_aee"], df["test_aee"]
+    for col in ("val_accuracy", "test_accuracy", "train_accuracy"):
+        df[col] = np.nan
+    return df

@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("name", ["reports._frontier", "reports._stats", "reports._html", "reports._claims"])
+@pytest.mark.parametrize("name", ["reports._frontier", "reports._stats", "reports._html", "reports._claims",
+                                  "reports._measure", "reports._configs"])
 def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
