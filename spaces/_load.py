@@ -35,7 +35,7 @@ PRESET_NAMES = (
     "quickstart", "shd_rsnn", "dvs_gesture_vgg9", "cifar10dvs_vgg9", "nmnist",
     "balance_digits", "balance_synthetic", "scaling_digits", "scaling_synthetic",
     "balance_digits_factorial", "balance_synthetic_factorial", "balance_spoken", "scaling_spoken",
-    "family_timing", "family_scaling_timing", "flow_synthetic",
+    "family_timing", "family_scaling_timing", "flow_synthetic", "mvsec_flow",
 )
 # The open questions' studies, one per task (one study = one dataset = one folder).
 PRESET_GROUPS = {"balance": ("balance_digits", "balance_synthetic", "balance_spoken"),

@@ -650,6 +650,8 @@ def _embedded_shapes() -> dict[str, Callable[[dict[str, Any]], tuple[tuple[int, 
         "synthetic_temporal": lambda p: ((int(p["channels"]),), int(p["num_classes"])),
         # 4 event channels (former/latter half x ON/OFF) of size x size; 2 outputs (u, v)
         "flow_synthetic": lambda p: ((4, int(p["size"]), int(p["size"])), 2),
+        # not embedded, but its shape follows from its parameters: the crop, 2 outputs (u, v)
+        "mvsec": lambda p: ((4, int(p["crop"]), int(p["crop"])), 2),
     }
 
 

@@ -139,8 +139,10 @@ def status(args: argparse.Namespace) -> int:
     print(f"  equal tuning trained: S-TLLR {d['tuned_trained']}, BPTT {d['baselines_trained']} configurations")
     print("  runs: " + (", ".join(f"{k} {v}" for k, v in d["runs"].items()) or "none yet"))
     for rule, best in d["best"].items():
-        print(f"  best {rule}: val_accuracy {best['val_accuracy_mean']:.4f} ± {best['val_accuracy_std']:.4f} over "
-              f"{best['n_seeds']} seeds (test {best['test_accuracy_mean']:.4f}), configuration {best['config_id']}")
+        val, test = ("val_aee", "test_aee") if best.get("measure") == "aee" else ("val_accuracy", "test_accuracy")
+        print(f"  best {rule}: {val} {best[f'{val}_mean']:.4f} ± {best[f'{val}_std']:.4f} over "
+              f"{best['n_seeds']} seeds (test {best[f'{test}_mean']:.4f}), configuration {best['config_id']}"
+              + (" (AEE in px, lower is better)" if best.get("measure") == "aee" else ""))
     if d["frontier_size"] is not None:
         print(f"  frontier: {d['frontier_size']} configurations")
     for note in d["notes"]:

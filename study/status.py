@@ -102,16 +102,20 @@ def _ranking(folder: str, notes: list[str]) -> tuple[dict[str, dict[str, Any]], 
     except StllrError as exc:
         notes.append(str(exc))
         return {}, None
+    from reports._measure import measure_of
+
     configs = config_table(complete_runs([study]))
     if configs.empty:
         return {}, 0
+    m = measure_of(configs)  # accuracy, or a flow study's AEE (ranked lowest first)
+    val_mean, val_std, test_mean = f"{m.val_col}_mean", f"{m.val_col}_std", f"{m.test_col}_mean"
     best = {}
     for rule in ("stllr", "bptt"):
         top = ranked(configs[configs["rule"] == rule])
         if len(top):
             r = top.iloc[0]
-            best[rule] = {"config_id": str(r["config_id"]), "n_seeds": int(r["n_seeds"]),
-                          **{k: float(r[k]) for k in ("val_accuracy_mean", "val_accuracy_std", "test_accuracy_mean")}}
-            if best[rule]["val_accuracy_std"] != best[rule]["val_accuracy_std"]:
-                best[rule]["val_accuracy_std"] = 0.0
+            best[rule] = {"config_id": str(r["config_id"]), "n_seeds": int(r["n_seeds"]), "measure": m.name,
+                          **{k: float(r[k]) for k in (val_mean, val_std, test_mean)}}
+            if best[rule][val_std] != best[rule][val_std]:
+                best[rule][val_std] = 0.0
     return best, int(len(frontier(configs, study.objectives)))
