@@ -364,7 +364,8 @@ def test_train_prints_the_aee_of_each_epoch_of_the_flow_preset():
 def test_a_flow_sweep_ranks_by_aee_and_reports_lower_as_better(tmp_path):
     folder = tmp_path / "flow"
     ok = run("sweep", "flow_synthetic", "--out", str(folder), "--set", "budget.trials=2", "--set", "budget.epochs=2",
-             "--set", "baseline.trials=1", "--set", "model.fixed.width=4", "--set", "dataset.options.n_train=128",
+             "--set", "baseline.trials=1", "--set", "budget.seeds=[0]", "--set", "model.fixed.width=4",
+             "--set", "dataset.options.n_train=128",
              "--set", "dataset.options.n_test=64", timeout=600)
     assert ok.returncode == 0, ok.stderr[-2000:]
     df = pd.read_parquet(folder / "results.parquet")
