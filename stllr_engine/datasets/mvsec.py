@@ -21,20 +21,33 @@ latter OFF) events, ON meaning ``p > 0`` (p in {-1, 1} or {0, 1}). Default ``T``
 columns 45 .. 300); events outside the crop are dropped after the binning into halves and bins.
 
 Target ``[4, crop, crop]``: ``image_raw[i] / 255``, ``image_raw[i + dt] / 255``, and the ground-truth
-flow: ``flow_dist[j] · (t_{i+dt} − t_i) / (gt_ts[j+1] − gt_ts[j])`` with ``j`` the ground-truth frame
-whose interval ``[gt_ts[j], gt_ts[j+1])`` holds ``t_i``; zero where ``t_i`` lies outside the
-ground-truth intervals and where ``flow_dist`` is not finite. This scaling is an approximation: the
-MVSEC tools (``estimate_corresponding_gt_flow``) propagate the flow through the consecutive ground
-truth frames that the image interval spans; for dt = 1 the two agree while the flow varies little
-over one interval, for dt = 4 (about four gt intervals) the scaled flow is less exact.
+flow over ``[t0, t1] = [t_i, t_{i+dt}]``, propagated as the MVSEC / EV-FlowNet tools do
+(``estimate_corresponding_gt_flow``): ``flow_dist[j]`` is the displacement over its interval
+``[gt_ts[j], gt_ts[j+1])``; every pixel starts at its own position and, for each interval ``j``
+overlapping ``[t0, t1]`` in turn, moves by ``flow_dist[j]`` sampled at its current (sub-pixel)
+position (bilinear) times the overlap fraction ``|[t0, t1] ∩ [gt_ts[j], gt_ts[j+1])| /
+(gt_ts[j+1] − gt_ts[j])``; the flow is its final position minus its start. The points start at
+the crop's pixels but move in full-sensor coordinates over the uncropped gt, so a point that leaves
+the crop stays valid while it is on the sensor. A pair inside one interval gets
+``flow_dist[j] · (t1 − t0) / (gt_ts[j+1] − gt_ts[j])``, the tools' special case. The flow is 0
+(unknown) for a pixel whose point is off the sensor (``0 ≤ x ≤ 345``, ``0 ≤ y ≤ 259``) where it must
+sample the next interval's flow (as in the tools, the last move may end off the sensor: the one-interval
+case keeps every scaled gt value), or samples an invalid gt value (a bilinear neighbour of nonzero
+weight that is not finite or is ``(0, 0)``, MVSEC's mark of a pixel without depth; the tools mask
+exact zeros too, per component), and everywhere when ``[t0, t1]`` is not covered by increasing gt times
+(``t0 < gt_ts[0]``, ``t1 > gt_ts[-1]``, ``t1 ≤ t0``). Unlike the tools, which sample the flow at the
+nearest pixel (``cv2.remap``, ``INTER_NEAREST``), this samples bilinearly, in numpy.
 
 Cache (``cache_dir``, default ``<data_dir>/.stllr_cache``): one entry per sequence and crop,
 ``mvsec-<sequence>-<key>/`` with the cropped images (uint8), image times, event indices, the
-events' cropped x, y (int16) and ON flag (uint8) of *all* events, the gt times and the cropped gt
-flows (float32), published by one atomic rename under a lock as :mod:`._cache` does; the key covers
-the crop and the files' sizes and modification times. Dense frames are never stored (outdoor_day2
-would take about 35 GB): a sample is binned when it is read, from the memory-mapped entry, so
-``dt``, ``T`` and ``max_pairs`` share the entry.
+events' cropped x, y (int16) and ON flag (uint8) of *all* events, the gt times and the gt flows of
+the *full sensor* (float32, non-finite values kept, since points move across the whole sensor),
+published by one atomic rename under a lock as :mod:`._cache` does; the key covers the crop, the
+entry format (``FORMAT``; 2 since the gt is stored uncropped, so format-1 entries are rebuilt) and
+the files' sizes and modification times. Dense frames are never stored (outdoor_day2 would take
+about 35 GB): a sample is binned when it is read, from the memory-mapped entry, and its gt flow is
+propagated then (for the crop's pixels only: a few gather-and-add passes over ``crop²`` points, one
+per gt interval the pair spans), so ``dt``, ``T`` and ``max_pairs`` share the entry.
 """
 
 from __future__ import annotations
@@ -70,7 +83,7 @@ _FILES = ("images", "image_ts", "event_inds", "events_x", "events_y", "events_on
 _EVENT_ROWS = 2**20
 _IMAGE_ROWS = 64
 _FLOW_ROWS = 8
-FORMAT = 1
+FORMAT = 2  # 2: gt flows stored uncropped (full sensor, non-finite kept) for the propagation
 
 
 def validate(params: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +183,7 @@ def _shapes(data: Path, gt: Path) -> dict[str, int]:
 
 def entry_bytes(dims: dict[str, int], crop: int) -> int:
     """Bytes one sequence's entry takes."""
-    return (dims["n"] * (crop * crop + 16) + dims["N"] * 5 + dims["m"] * (8 + 8 * crop * crop)
+    return (dims["n"] * (crop * crop + 16) + dims["N"] * 5 + dims["m"] * (8 + 8 * SENSOR[0] * SENSOR[1])
             + len(_FILES) * 128 + _cache.ENTRY_OVERHEAD_BYTES)
 
 
@@ -237,10 +250,9 @@ def _build(entry_dir: Path, data: Path, gt: Path, dims: dict[str, int], crop: in
         current = gt
         with h5py.File(gt, "r") as f:
             writer("gt_ts", (m,), np.float64).write(np.asarray(f[FLOW_TS][()], dtype=np.float64))
-            w = writer("gt_flow", (m, 2, crop, crop), np.float32)
+            w = writer("gt_flow", (m, 2, *SENSOR), np.float32)  # uncropped: points move across the sensor
             for a in range(0, m, _FLOW_ROWS):
-                block = np.asarray(f[FLOW][a:a + _FLOW_ROWS, :, y0:y0 + crop, x0:x0 + crop], dtype=np.float32)
-                w.write(np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0))
+                w.write(np.asarray(f[FLOW][a:a + _FLOW_ROWS], dtype=np.float32))
     except StllrError:
         raise
     except Exception as exc:
@@ -303,8 +315,8 @@ class _Sequence:
 
 
 def pair_table(arrays: dict[str, np.ndarray], dt: int, max_pairs: int | None) -> dict[str, np.ndarray]:
-    """Per pair ``k`` of one sequence: image ``i``, event range ``[start, stop)``, gt frame ``j``
-    (-1: no ground truth) and the flow's ``scale``."""
+    """Per pair ``k`` of one sequence: image ``i``, event range ``[start, stop)``, the first gt interval
+    ``j`` overlapping ``[t_i, t_{i+dt}]`` (-1: no ground truth) and the number ``nj`` of intervals it spans."""
     ts = np.asarray(arrays["image_ts"], dtype=np.float64)
     inds = np.asarray(arrays["event_inds"], dtype=np.int64)
     gt_ts = np.asarray(arrays["gt_ts"], dtype=np.float64)
@@ -315,14 +327,76 @@ def pair_table(arrays: dict[str, np.ndarray], dt: int, max_pairs: int | None) ->
     i = np.arange(count, dtype=np.int64)
     start = np.clip(inds[i] + 1, 0, N)
     stop = np.maximum(np.clip(inds[i + dt] + 1, 0, N), start)
-    t0, t1 = ts[i], ts[i + dt]
-    j = np.searchsorted(gt_ts, t0, side="right") - 1
-    ok = (j >= 0) & (j < len(gt_ts) - 1)
-    jj = np.where(ok, j, 0)
-    interval = np.where(ok, gt_ts[np.minimum(jj + 1, len(gt_ts) - 1)] - gt_ts[jj], 0.0)
-    ok &= interval > 0
-    scale = np.where(ok, (t1 - t0) / np.where(ok, interval, 1.0), 0.0)
-    return {"i": i, "start": start, "stop": stop, "j": np.where(ok, j, -1), "scale": scale}
+    first, last = gt_span(gt_ts, ts[i], ts[i + dt])
+    ok = first >= 0
+    return {"i": i, "start": start, "stop": stop, "j": np.where(ok, first, -1),
+            "nj": np.where(ok, last - first + 1, 0)}
+
+
+def gt_span(gt_ts: np.ndarray, t0: np.ndarray, t1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last gt interval overlapping each ``[t0, t1]`` (``first`` -1 where the gt does not cover it:
+    ``t0 < gt_ts[0]``, ``t1 > gt_ts[-1]``, ``t1 <= t0``, or gt times not increasing over the span)."""
+    gt_ts = np.asarray(gt_ts, dtype=np.float64)
+    t0, t1 = np.asarray(t0, dtype=np.float64), np.asarray(t1, dtype=np.float64)
+    m = len(gt_ts)
+    first = np.searchsorted(gt_ts, t0, side="right") - 1   # the interval that holds t0
+    last = np.searchsorted(gt_ts, t1, side="left") - 1     # the last interval that starts before t1
+    ok = np.isfinite(t0) & np.isfinite(t1) & (t1 > t0) & (first >= 0) & (last <= m - 2) & (last >= first)
+    bad = np.concatenate([[0], np.cumsum(~(np.diff(gt_ts) > 0))]) if m else np.zeros(1, np.int64)
+    f, la = np.clip(first, 0, max(m - 1, 0)), np.clip(last + 1, 0, max(m - 1, 0))
+    ok &= bad[la] == bad[f]                                # every interval of the span has a positive length
+    return np.where(ok, first, -1), np.where(ok, last, -1)
+
+
+def overlap_fractions(gt_ts: np.ndarray, j: int, nj: int, t0: float, t1: float) -> list[float]:
+    """The fraction of each interval ``j .. j + nj − 1`` that ``[t0, t1]`` covers."""
+    out = []
+    for k in range(j, j + nj):
+        a, b = float(gt_ts[k]), float(gt_ts[k + 1])
+        out.append((min(t1, b) - max(t0, a)) / (b - a))
+    return out
+
+
+def _sample(field: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear ``(u, v)`` of ``field`` ``[2, H, W]`` at ``x``, ``y`` (on the sensor), and where it is invalid:
+    a neighbour of nonzero weight that is not finite or is ``(0, 0)``."""
+    H, W = field.shape[1:]
+    cx = np.minimum(np.floor(x).astype(np.int64), W - 2)
+    cy = np.minimum(np.floor(y).astype(np.int64), H - 2)
+    fx, fy = x - cx, y - cy
+    value = np.zeros((2, *x.shape), dtype=np.float64)
+    invalid = np.zeros(x.shape, dtype=bool)
+    for dy, dx, w in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)), (1, 0, (1 - fx) * fy), (1, 1, fx * fy)):
+        corner = field[:, cy + dy, cx + dx].astype(np.float64)
+        bad = ~np.isfinite(corner).all(axis=0) | (corner == 0).all(axis=0)
+        invalid |= bad & (w > 0)
+        value += w * np.where(bad, 0.0, corner)
+    return value, invalid
+
+
+def propagate(frames: list[np.ndarray], fractions: list[float], y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Displacement ``[2, *shape]`` (float32) of the points starting at sensor positions ``y``, ``x``, moved
+    through the gt ``frames`` (each ``[2, H, W]``, the sensor) in turn, each scaled by its ``fraction``;
+    0 where the point leaves the sensor or samples an invalid gt value (see the module docstring)."""
+    x0 = np.asarray(x, dtype=np.float64)
+    y0 = np.asarray(y, dtype=np.float64)
+    du, dv = np.zeros(x0.shape), np.zeros(x0.shape)  # the displacement so far (exact for one interval)
+    lost = np.zeros(x0.shape, dtype=bool)
+
+    def off_sensor(shape: tuple[int, ...]) -> np.ndarray:
+        px, py = x0 + du, y0 + dv
+        return ~((px >= 0) & (px <= shape[1] - 1) & (py >= 0) & (py <= shape[0] - 1))
+
+    for frame, fraction in zip(frames, fractions, strict=True):
+        lost |= off_sensor(frame.shape[1:])  # where it must sample; the last move may end off the sensor
+        sx, sy = np.where(lost, 0.0, x0 + du), np.where(lost, 0.0, y0 + dv)  # lost points: sampled, dropped
+        flow, invalid = _sample(frame, sx, sy)
+        lost |= invalid
+        du += np.where(lost, 0.0, fraction * flow[0])
+        dv += np.where(lost, 0.0, fraction * flow[1])
+    out = np.stack([du, dv])
+    out[:, lost] = 0.0
+    return out.astype(np.float32)
 
 
 def bin_events(x: np.ndarray, y: np.ndarray, on: np.ndarray, T: int, crop: int) -> np.ndarray:
@@ -352,7 +426,7 @@ class MVSECSource:
         self.seq = np.concatenate([np.full(len(t["i"]), s, dtype=np.int64) for s, t in enumerate(tables)]
                                   or [np.zeros(0, np.int64)])
         self.table = {key: np.concatenate([t[key] for t in tables]) if tables else np.zeros(0)
-                      for key in ("i", "start", "stop", "j", "scale")}
+                      for key in ("i", "start", "stop", "j", "nj")}
 
     def __len__(self) -> int:
         return len(self.seq)
@@ -360,14 +434,18 @@ class MVSECSource:
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         arrays = self.sequences[self.seq[index]].arrays
         i, start, stop = (int(self.table[k][index]) for k in ("i", "start", "stop"))
-        j, scale = int(self.table["j"][index]), float(self.table["scale"][index])
+        j, nj = int(self.table["j"][index]), int(self.table["nj"][index])
         counts = bin_events(arrays["events_x"][start:stop], arrays["events_y"][start:stop],
                             arrays["events_on"][start:stop], self.T, self.crop)
         target = np.zeros((4, self.crop, self.crop), dtype=np.float32)
         target[0] = arrays["images"][i] / np.float32(255)
         target[1] = arrays["images"][i + self.dt] / np.float32(255)
-        if j >= 0:
-            target[2:] = np.asarray(arrays["gt_flow"][j], dtype=np.float32) * np.float32(scale)
+        if j >= 0:  # propagated on the full sensor from the crop's pixels (module docstring)
+            t0, t1 = float(arrays["image_ts"][i]), float(arrays["image_ts"][i + self.dt])
+            fractions = overlap_fractions(arrays["gt_ts"], j, nj, t0, t1)
+            y0, x0 = crop_offsets(self.crop)
+            ys, xs = np.mgrid[y0:y0 + self.crop, x0:x0 + self.crop]
+            target[2:] = propagate([arrays["gt_flow"][k] for k in range(j, j + nj)], fractions, ys, xs)
         return counts, target
 
 

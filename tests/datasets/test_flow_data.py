@@ -31,7 +31,8 @@ GT_TS = [0.0, 0.1, 0.2]
 
 
 def write_mvsec(folder: Path, sequence: str, events: list[tuple[int, int, int]] | None = None,
-                drop: str | None = None, image_shape: tuple[int, int] = (H, W)) -> tuple[Path, Path]:
+                drop: str | None = None, image_shape: tuple[int, int] = (H, W), flow: np.ndarray | None = None,
+                gt_ts: list[float] | None = None) -> tuple[Path, Path]:
     """``<folder>/<sequence>_data.hdf5`` and ``_gt.hdf5`` as MVSEC ships them (3 images, 3 gt frames)."""
     folder.mkdir(parents=True, exist_ok=True)
     events = EVENTS if events is None else events
@@ -39,10 +40,11 @@ def write_mvsec(folder: Path, sequence: str, events: list[tuple[int, int, int]] 
     ev = ev.reshape(-1, 4)
     ys, xs = np.mgrid[0:image_shape[0], 0:image_shape[1]]
     images = np.stack([(xs + ys + 50 * i) % 256 for i in range(3)]).astype(np.uint8)
-    flow = np.zeros((3, 2, H, W), dtype=np.float32)
-    flow[0, 0], flow[0, 1] = 2.0, -4.0
-    flow[1, 0], flow[1, 1] = np.mgrid[0:H, 0:W][1], np.mgrid[0:H, 0:W][0]  # u = column, v = row
-    flow[2] = np.nan
+    if flow is None:
+        flow = np.zeros((3, 2, H, W), dtype=np.float32)
+        flow[0, 0], flow[0, 1] = 2.0, -4.0
+        flow[1, 0], flow[1, 1] = np.mgrid[0:H, 0:W][1], np.mgrid[0:H, 0:W][0]  # u = column, v = row
+        flow[2] = np.nan
     data, gt = folder / f"{sequence}_data.hdf5", folder / f"{sequence}_gt.hdf5"
     fields = {"davis/left/events": ev, "davis/left/image_raw": images,
               "davis/left/image_raw_ts": np.array(IMAGE_TS), "davis/left/image_raw_event_inds": np.array([-1, 7, 9])}
@@ -51,7 +53,8 @@ def write_mvsec(folder: Path, sequence: str, events: list[tuple[int, int, int]] 
             if key != drop:
                 f.create_dataset(key, data=value)
     with h5py.File(gt, "w") as f:
-        for key, value in {"davis/left/flow_dist": flow, "davis/left/flow_dist_ts": np.array(GT_TS)}.items():
+        gt_fields = {"davis/left/flow_dist": flow, "davis/left/flow_dist_ts": np.array(GT_TS if gt_ts is None else gt_ts)}
+        for key, value in gt_fields.items():
             if key != drop:
                 f.create_dataset(key, data=value)
     return data, gt
@@ -94,12 +97,141 @@ def test_mvsec_target_layout_crop_and_gt_scaling(root: Path) -> None:
     assert t0.shape == (4, 256, 256) and t0.dtype == torch.float32
     np.testing.assert_allclose(t0[0].numpy(), ((cols + 45 + rows + 2) % 256) / 255, rtol=1e-6)
     np.testing.assert_allclose(t0[1].numpy(), ((cols + 45 + rows + 2 + 50) % 256) / 255, rtol=1e-6)
-    # t_0 = 0.05 lies in gt interval [0.0, 0.1): flow_dist[0] x (0.10 - 0.05) / 0.1
+    # [0.05, 0.10] lies in gt interval [0.0, 0.1) (one interval: the scaled flow): flow_dist[0] x 0.05 / 0.1
     np.testing.assert_allclose(t0[2].numpy(), 1.0)
     np.testing.assert_allclose(t0[3].numpy(), -2.0)
-    _, t1 = train[1]            # t_1 = 0.10 in [0.1, 0.2): flow_dist[1] (u = sensor column) x 0.03 / 0.1
+    _, t1 = train[1]            # [0.10, 0.13] in [0.1, 0.2): flow_dist[1] (u = sensor column) x 0.03 / 0.1
+    # (points whose move ends off the sensor, x > 265, keep it: only sampling off the sensor is invalid)
     np.testing.assert_allclose(t1[2].numpy(), (cols + 45) * 0.3, rtol=1e-5)
     np.testing.assert_allclose(t1[3].numpy(), (rows + 2) * 0.3, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ MVSEC gt propagation
+
+
+def _sensor_flow(u: Any, v: Any) -> np.ndarray:
+    """One gt frame ``[2, H, W]``: ``u``, ``v`` constants or functions of the sensor (column, row)."""
+    rows, cols = np.mgrid[0:H, 0:W].astype(np.float64)
+    field = [f(cols, rows) if callable(f) else np.full((H, W), f) for f in (u, v)]
+    return np.stack(field).astype(np.float32)
+
+
+def _at(frames: list[np.ndarray], fractions: list[float], y: float, x: float) -> np.ndarray:
+    return mvsec.propagate(frames, fractions, np.array([y]), np.array([x]))[:, 0]
+
+
+def test_mvsec_one_interval_is_exactly_the_scaled_flow() -> None:
+    rng = np.random.default_rng(0)
+    gt = rng.normal(0, 3, (2, H, W)).astype(np.float32)
+    gt[:, 10, 20] = np.nan
+    gt[:, 30, 40] = 0.0
+    rows, cols = np.mgrid[0:H, 0:W]
+    for fraction in (0.5, 0.3, 1.0):
+        out = mvsec.propagate([gt], [fraction], rows, cols)
+        want = (gt.astype(np.float64) * fraction).astype(np.float32)
+        want[:, 10, 20] = want[:, 30, 40] = 0.0        # not finite, no depth: unknown
+        assert out.dtype == np.float32 and np.array_equal(out, want)   # every pixel, even one moved off the sensor
+    # the pair table: [0.02, 0.07] inside [0.0, 0.1) -> interval 0 alone, fraction 0.5
+    first, last = mvsec.gt_span(np.array([0.0, 0.1, 0.2]), np.array([0.02]), np.array([0.07]))
+    assert (first[0], last[0]) == (0, 0)
+    assert mvsec.overlap_fractions(np.array([0.0, 0.1, 0.2]), 0, 1, 0.02, 0.07) == pytest.approx([0.5])
+
+
+def test_mvsec_two_intervals_of_constant_flow_add_up_by_overlap() -> None:
+    gt_ts = np.array([0.0, 0.1, 0.3])
+    first, last = mvsec.gt_span(gt_ts, np.array([0.075]), np.array([0.19]))
+    assert (first[0], last[0]) == (0, 1)
+    f = mvsec.overlap_fractions(gt_ts, 0, 2, 0.075, 0.19)
+    assert f == pytest.approx([0.25, 0.45])
+    a, b = (2.0, -1.0), (-0.5, 3.0)
+    rows, cols = np.mgrid[100:110, 150:170]
+    out = mvsec.propagate([_sensor_flow(*a), _sensor_flow(*b)], f, rows, cols)
+    want = np.array(a) * 0.25 + np.array(b) * 0.45     # (0.275, 1.1)
+    np.testing.assert_allclose(out, np.broadcast_to(want[:, None, None], out.shape), rtol=1e-6)
+
+
+def test_mvsec_varying_flow_is_sampled_where_the_point_has_moved() -> None:
+    first = _sensor_flow(3.0, 0.5)
+    second = _sensor_flow(lambda x, y: 0.1 * x, lambda x, y: 0.02 * y + 1.0)
+    # pixel (y, x) = (100, 50): halfway through the first interval it moves by (1.5, 0.25) to (100.25, 51.5);
+    # the second interval's flow there (bilinear: exact for a linear field) is (5.15, 3.005), half of it added
+    u, v = _at([first, second], [0.5, 0.5], 100, 50)
+    assert u == pytest.approx(1.5 + 0.5 * 5.15, rel=1e-6)       # 4.075, not 1.5 + 0.5 * 5.0 sampled at x = 50
+    assert v == pytest.approx(0.25 + 0.5 * 3.005, rel=1e-6)
+    # bilinear between pixels of a non-linear field: u = x² sampled at 51.5 is (51² + 52²) / 2, not 51.5²
+    square = _sensor_flow(lambda x, y: x * x, 1.0)
+    assert _at([first, square], [0.5, 0.1], 100, 50)[0] == pytest.approx(1.5 + 0.1 * (51**2 + 52**2) / 2, rel=1e-6)
+
+
+def test_mvsec_a_point_off_the_sensor_or_on_bad_gt_is_unknown() -> None:
+    right = _sensor_flow(10.0, 1.0)
+    # x 340 -> 350 after the first interval: off the sensor where it must sample the second -> 0
+    assert _at([right, right], [1.0, 1.0], 100, 340).tolist() == [0.0, 0.0]
+    assert _at([right, right], [1.0, 1.0], 100, 330).tolist() == [20.0, 2.0]   # the last move may end off it
+    up = _sensor_flow(1.0, -6.0)
+    assert _at([up, up], [1.0, 1.0], 5, 100).tolist() == [0.0, 0.0]            # y 5 -> -1
+    nan = _sensor_flow(1.0, 1.0)
+    nan[:, 101, 52] = np.nan
+    assert _at([nan], [0.5], 101, 52).tolist() == [0.0, 0.0]                   # at the start
+    # moved to (100.25, 51.5): (101, 52) is a bilinear neighbour of nonzero weight -> 0
+    assert _at([_sensor_flow(3.0, 0.5), nan], [0.5, 0.5], 100, 50).tolist() == [0.0, 0.0]
+    beside = _sensor_flow(1.0, 1.0)
+    beside[:, 101, 53] = np.nan                 # moved to (100.25, 52): column 53 has weight 0 there
+    assert _at([_sensor_flow(4.0, 0.5), beside], [0.5, 0.5], 100, 50).tolist() == [2.5, 0.75]
+    nan[:, 101, 52] = np.inf
+    assert _at([_sensor_flow(3.0, 0.5), nan], [0.5, 0.5], 100, 50).tolist() == [0.0, 0.0]
+    hole = _sensor_flow(1.0, 1.0)
+    hole[:, 100, 52] = 0.0                                                      # MVSEC: no depth there
+    assert _at([_sensor_flow(3.0, 0.5), hole], [0.5, 0.5], 100, 50).tolist() == [0.0, 0.0]
+
+
+def test_mvsec_gt_span_needs_covering_increasing_gt_times() -> None:
+    gt_ts = np.array([0.0, 0.1, 0.2, 0.2, 0.3])
+    t0 = np.array([-0.01, 0.05, 0.05, 0.12, 0.25, 0.25, 0.1, 0.05])
+    t1 = np.array([0.05, 0.1, 0.25, 0.18, 0.3, 0.31, 0.1, 0.2])
+    first, last = mvsec.gt_span(gt_ts, t0, t1)
+    # before the gt; ends on a boundary (interval 1 not touched); spans the empty interval 2; inside 1;
+    # ends on the last time; after it; empty pair; [0.05, 0.2]: intervals 0 and 1 (the empty one untouched)
+    assert first.tolist() == [-1, 0, -1, 1, 3, -1, -1, 0]
+    assert last.tolist() == [-1, 0, -1, 1, 3, -1, -1, 1]
+
+
+def test_mvsec_propagates_on_the_full_sensor_through_gt_frames(tmp_path: Path) -> None:
+    flow = np.stack([_sensor_flow(40.0, -8.0), _sensor_flow(lambda x, y: 0.1 * x, lambda x, y: 0.05 * y + 1.0),
+                     _sensor_flow(np.nan, np.nan)])
+    write_mvsec(tmp_path / "mvsec", "s", flow=flow, gt_ts=[0.0, 0.08, 0.2])
+    train, _ = load_dataset("mvsec", data_dir=tmp_path, train="s", test="s", T=1, crop=64)
+    y0, x0 = mvsec.crop_offsets(64)
+    rows, cols = np.mgrid[y0:y0 + 64, x0:x0 + 64].astype(np.float64)
+    # pair 0, [0.05, 0.10]: 0.03 / 0.08 of interval 0 moves each point by (15, -3), most of them out of the
+    # crop (columns past 204 from x >= 190); then 0.02 / 0.12 of interval 1 sampled there, on the full sensor
+    _, t0 = train[0]
+    want_u = 15 + (0.1 * (cols + 15)) / 6
+    want_v = -3 + (0.05 * (rows - 3) + 1) / 6
+    np.testing.assert_allclose(t0[2].numpy(), want_u, rtol=1e-5)
+    np.testing.assert_allclose(t0[3].numpy(), want_v, rtol=1e-5)
+    _, t1 = train[1]            # [0.10, 0.13] inside interval 1: its flow scaled by 0.03 / 0.12
+    np.testing.assert_allclose(t1[2].numpy(), 0.1 * cols * 0.25, rtol=1e-5)
+    np.testing.assert_allclose(t1[3].numpy(), (0.05 * rows + 1) * 0.25, rtol=1e-5)
+    gt = train._source.sequences[0].arrays["gt_flow"]
+    assert gt.shape == (3, 2, H, W) and np.isnan(gt[2]).all()     # stored uncropped, non-finite kept
+
+
+def test_mvsec_cache_format_change_rebuilds(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    real = mvsec._build
+
+    def counting(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(mvsec, "_build", counting)
+    monkeypatch.setattr(mvsec, "FORMAT", 1)
+    load_dataset("mvsec", data_dir=root, train="seqA", test="seqA")
+    monkeypatch.setattr(mvsec, "FORMAT", 2)
+    train, _ = load_dataset("mvsec", data_dir=root, train="seqA", test="seqA")
+    assert calls["n"] == 2 and len([p for p in (root / ".stllr_cache").iterdir() if p.is_dir()]) == 2
+    assert mvsec.FORMAT == 2 and '"format": 2' in (Path(train.info.cache_entry) / "meta.json").read_text()
 
 
 def test_mvsec_info_groups_sequences_and_batches(root: Path) -> None:
