@@ -31,6 +31,8 @@ from stllr_engine.train import TrainConfig
 __all__ = ["load_study", "PRESET_NAMES", "PRESET_GROUPS", "preset_path", "LIMITS"]
 
 PRESET_DIR = Path(__file__).resolve().parent
+#: the datasets whose samples are optical flow (targets: images and flows; kind flownet only)
+FLOW_DATASETS = ("flow_synthetic", "mvsec")
 PRESET_NAMES = (
     "quickstart", "shd_rsnn", "dvs_gesture_vgg9", "cifar10dvs_vgg9", "nmnist",
     "balance_digits", "balance_synthetic", "scaling_digits", "scaling_synthetic",
@@ -237,6 +239,13 @@ class _Validator:
             raise self.fail("description", "must be text", "write one line of text or remove it")
         dataset, options, data_dir, cache_dir, T = self.dataset(raw["dataset"], check_data)
         kind, model_fixed = self.model(raw["model"])
+        flow_data = dataset in FLOW_DATASETS
+        if flow_data != (kind == "flownet"):
+            raise self.fail("model.kind", f"{kind!r} on dataset {dataset!r}: " + (
+                "an optical-flow dataset needs a flow network" if flow_data else
+                "a flow network needs an optical-flow dataset"),
+                "use kind: flownet" if flow_data else f"use a classifier (rsnn, mlp, vgg) or a flow dataset "
+                f"({', '.join(FLOW_DATASETS)})")
         fixed = self.fixed(raw.get("fixed"), dataset, options)
         rules = self.rules(raw.get("rules", ["stllr", "bptt"]))
         taken = {**{k: "model.fixed" for k in model_fixed},

@@ -354,6 +354,11 @@ def load_data(config: ExperimentConfig) -> tuple[DataLoader, DataLoader | None, 
             f"dataset {d.dataset!r} gives {list(info.input_shape)} and {info.num_classes}: build the config with "
             "ExperimentConfig.for_dataset (or set network.input_shape/num_classes to the dataset's)"
         )
+    flow_data = getattr(info, "task", "classification") == "flow"
+    if flow_data != (net.kind == "flownet"):
+        raise StllrError(f"network kind {net.kind!r} on dataset {d.dataset!r}: " + (
+            "an optical-flow dataset needs network kind 'flownet'" if flow_data else
+            "a flownet predicts optical flow and needs a flow dataset (flow_synthetic, mvsec)"))
     val_idx, train_idx = split_indices(config, train)
     n_val = len(val_idx)
     eval_bs = d.eval_batch_size or d.batch_size

@@ -90,3 +90,14 @@ def test_both_rules_learn_the_embedded_flow_below_the_no_motion_floor(rule):
     assert last["test_aee"] < 0.85 * floor, [m["test_aee"] for m in epochs]
     assert last["test_aee"] < first["test_aee"] - 0.2
     assert "train_accuracy" not in last and last["test_outliers_pct"] < first["test_outliers_pct"]
+
+
+def test_a_flow_dataset_and_a_classifier_do_not_mix():
+    from stllr_engine.experiment import load_data
+
+    with pytest.raises(StllrError, match="an optical-flow dataset needs network kind 'flownet'"):
+        load_data(ExperimentConfig.for_dataset("flow_synthetic", {"n_train": 16, "n_test": 8},
+                                               network={"kind": "mlp", "width": 8}))
+    with pytest.raises(StllrError, match="a flownet predicts optical flow and needs a flow dataset"):
+        load_data(ExperimentConfig.for_dataset("digits", {"image": True}, network={"kind": "flownet", "width": 2,
+                                                                                    "depth": 1}))

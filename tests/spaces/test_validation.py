@@ -102,6 +102,10 @@ CASES = [
      r"^objectives\[0\]\.direction: val_accuracy is better when it is higher; use direction: maximize$"),
     ("no validation split", set_key("fixed.data.val_fraction", 0.0),
      r"^fixed\.data\.val_fraction: is 0, so there is no validation score to select on; use a fraction"),
+    ("flow network on classes", set_key("model.kind", "flownet"),
+     r"^model\.kind: 'flownet' on dataset '\w+': a flow network needs an optical-flow dataset; use a classifier"),
+    ("classifier on flow", set_key("dataset", {"name": "flow_synthetic"}),
+     r"^model\.kind: '\w+' on dataset 'flow_synthetic': an optical-flow dataset needs a flow network; use kind: flownet$"),
     ("unknown model", set_key("model.kind", "cnn"), r"^model\.kind: unknown model 'cnn'.*; use one of rsnn, mlp, vgg, flownet$"),
     # constraints
     ("measured metric constraint", set_key("constraints", ["learning_memory_bytes_measured_per_batch <= 1 MiB"]),
