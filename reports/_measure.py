@@ -124,7 +124,8 @@ def better_sign(measure: Measure) -> float:
 
 def _names(df: pd.DataFrame) -> set[str]:
     if "measure" in df.columns:
-        return {str(v).lower() for v in df["measure"] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        # rows written before the column existed read as missing (None, NaN or pandas' <NA>): accuracy
+        return {str(v).lower() for v in df["measure"] if not pd.isna(v)}
     # a table derived from runs (configurations, matched rows) carries the column only for a non-accuracy measure
     return set()
 

@@ -62,7 +62,7 @@ def _plain(value: Any) -> Any:
 
 
 #: How a validation split may be held out of the training split (:attr:`DataConfig.val_split`).
-VAL_SPLITS = ("random", "speaker")
+VAL_SPLITS = ("random", "speaker", "block")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,9 @@ class DataConfig:
         val_split: how validation is held out: ``"random"`` samples, or ``"speaker"``: whole
             speakers (datasets that record them: ``shd``, ``spoken_digits``), so that, like the
             test split, validation hears no voice that training does; about ``val_fraction``
-            of the samples.
+            of the samples; or ``"block"``: whole stretches of a recording (``mvsec``: blocks of
+            100 consecutive frame pairs, whose neighbours are near-duplicates), so that
+            validation never sees a pair next to one training saw (but at a block's edges).
         max_cache_bytes: limit on a new frame-cache entry (``load_dataset``'s; ``None``:
             ``STLLR_MAX_CACHE_BYTES`` or 8 GiB). Does not change results.
     """
@@ -383,7 +385,7 @@ def split_indices(config: ExperimentConfig, train: Any) -> tuple[list[int], list
         raise StllrError(f"data: val_fraction={d.val_fraction} of {n} training samples leaves an empty split: "
                          "use a fraction that keeps at least one sample on each side")
     g = torch.Generator().manual_seed(config.derived_seed("split"))
-    if d.val_split == "speaker" and n_val:
+    if d.val_split in ("speaker", "block") and n_val:
         return _speaker_split(train, d, n_val, g)
     order = torch.randperm(n, generator=g).tolist()
     return sorted(order[:n_val]), sorted(order[n_val:])
@@ -401,13 +403,17 @@ def _speaker_split(train: Any, d: DataConfig, n_val: int, g: torch.Generator) ->
     unequal sample counts give seeds splits of unequal sizes (a pack groups runs by them)."""
     import numpy as np
 
-    groups = getattr(train, "groups", None)
+    flow = getattr(train.info, "task", "classification") == "flow"
+    groups = getattr(train, "groups", None) if flow == (d.val_split == "block") else None
     if groups is None:
-        raise StllrError(f"data: val_split='speaker' needs a dataset that records its speakers (shd, "
-                         f"spoken_digits); {d.dataset!r} does not: use val_split: random")
+        raise StllrError(f"data: val_split={d.val_split!r} needs a dataset that records "
+                         + ("its speakers (shd, spoken_digits)" if d.val_split == "speaker" else
+                            "stretches of its recordings (mvsec)")
+                         + f"; {d.dataset!r} does not: use val_split: random")
     speakers = sorted(set(groups.tolist()), key=str)
     if len(speakers) < 2:
-        raise StllrError(f"data: val_split='speaker' needs at least 2 speakers in the training split, "
+        raise StllrError(f"data: val_split={d.val_split!r} needs at least 2 "
+                         f"{'speakers' if d.val_split == 'speaker' else 'blocks'} in the training split, "
                          f"{d.dataset!r} has {len(speakers)}: use val_split: random")
     order = [speakers[i] for i in torch.randperm(len(speakers), generator=g).tolist()]
     held: set[Any] = set()

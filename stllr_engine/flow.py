@@ -211,8 +211,10 @@ class FlowStepLoss(StepLoss):
 
     * ``"photometric"`` (the default, the paper's, self-supervised): :func:`flow_loss` of the
       flow at one scale; the ground truth is not used;
-    * ``"supervised"``: the mean squared error to the ground-truth flow over every pixel and
-      both components, for tasks whose flow is known everywhere (``flow_synthetic``).
+    * ``"supervised"``: the mean squared error to the ground-truth flow over the pixels where it
+      is known (finite and not zero in both components, MVSEC's marker of an unknown flow),
+      both components; for tasks whose flow is known (``flow_synthetic``: everywhere but the
+      centre of a rotation).
     """
 
     name = "flow"
@@ -229,7 +231,10 @@ class FlowStepLoss(StepLoss):
         b, _, h, w = target.shape
         flow = o.reshape(b, 2, h, w)
         if self.kind == "supervised":
-            return ((flow - target[:, 2:4]) ** 2).mean()
+            gt = target[:, 2:4]
+            known = (torch.isfinite(gt).all(1) & (gt != 0).any(1))[:, None].to(flow.dtype)  # [B, 1, H, W]
+            d = torch.where(known.bool(), flow - torch.nan_to_num(gt), torch.zeros_like(flow))
+            return (d * d).sum() / (2.0 * known.sum()).clamp_min(1.0)
         return flow_loss([flow], target[:, 0], target[:, 1], self.smooth_weight)
 
     def __repr__(self) -> str:

@@ -45,6 +45,9 @@ __all__ = ["NetworkSpec", "Network", "build_network", "PRESETS", "preset"]
 
 KINDS = ("rsnn", "mlp", "vgg", "flownet")
 MAX_SEED = 2**63 - 1
+#: The most values a DFA feedback matrix may hold (2 GiB in float32): a flownet's outputs are
+#: per pixel, so its matrices grow with the square of the resolution.
+DFA_MAX_VALUES = 2**29
 
 
 def derived_seed(seed: int, purpose: str) -> int:
@@ -167,9 +170,6 @@ PRESETS: dict[str, NetworkSpec] = {
         theta=0.6, surrogate="inverse_square", gamma_o=sigmoid_leak(5.0), weight_standardization=True,
         ws_variance="unbiased", ws_gain=True, recurrent_standardization=True,
     ),
-    # The authors' VGG (models/VGG_STDP.py, DVS Gesture command): leak 0 → γ = 0.5, θ = 0.6, WS
-    # with unbiased variance and gain on every conv, max pooling after blocks 1-3 only, global
-    # average pooling into a plain linear readout (γ_o = 0).
     # Spike-FlowNet's encoder on MVSEC (dt = 1: 4 channels, 256 × 256 crop): integrate-and-fire
     # (γ = 1), threshold 0.75, hard reset; the head integrates (γ_o = 1, its output at a step is
     # the sum of the currents so far, as Spike-FlowNet's decoder sums the encoder's over time).
@@ -177,6 +177,9 @@ PRESETS: dict[str, NetworkSpec] = {
         kind="flownet", input_shape=(4, 256, 256), num_classes=2, width=64, depth=4, gamma=1.0,
         theta=0.75, reset="hard", surrogate="triangle", gamma_o=1.0,
     ),
+    # The authors' VGG (models/VGG_STDP.py, DVS Gesture command): leak 0 → γ = 0.5, θ = 0.6, WS
+    # with unbiased variance and gain on every conv, max pooling after blocks 1-3 only, global
+    # average pooling into a plain linear readout (γ_o = 0).
     "vgg9_official": NetworkSpec(
         kind="vgg", input_shape=(2, 32, 32), num_classes=11, width=64, depth=4, gamma=sigmoid_leak(0.0),
         theta=0.6, surrogate="triangle", gamma_o=0.0, weight_standardization=True, pool="max",
@@ -231,6 +234,10 @@ class Network(nn.Module):
             g = torch.Generator().manual_seed(derived_seed(self.spec.seed, f"dfa/{index}"))
             n = self.hidden_layers[index].num_neurons
             c = self.readout.num_classes
+            if c * n > DFA_MAX_VALUES:  # a dense-prediction head has outputs by the pixel
+                raise StllrError(f"DFA: the feedback matrix of layer {index} would be {c} x {n} "
+                                 f"({c * n * 4 / 2**30:.1f} GiB in float32), more than the limit of "
+                                 f"{DFA_MAX_VALUES * 4 / 2**30:.0f} GiB: use learning_signal bp (or a smaller network)")
             m = torch.randn(c, n, generator=g) / math.sqrt(c)
             ref = self.readout.weight
             self.register_buffer(name, m.to(device=ref.device, dtype=ref.dtype), persistent=False)

@@ -587,6 +587,10 @@ def fit(
     ``epochs_trained`` and, with early stopping, ``best_epoch``. With ``cfg.patience`` the
     last epoch's ``val_*`` and ``test_*`` figures are those of the restored best-validation
     weights (the epoch's own weights' are kept as ``epoch_val_accuracy``, ...).
+
+    A flow network (:func:`is_flow`) reports ``val_aee``, ``val_outliers_pct``, ``val_zero_aee``
+    and ``val_loss`` (and ``test_…``) instead of accuracies, early-stops on the lowest validation
+    AEE, and its ``train_loss`` is its objective's, the loss of the flow it predicts.
     """
     device = resolve_device(cfg.device)
     ckpt = None
@@ -780,14 +784,16 @@ def _fit(
                 else:
                     stats = step(net, x, labels)
                     opt.step()
-                loss_sum += stats.loss.detach().double() * stats.batch
+                # a flow run's loss is that of the flow it predicts (its objective's); ℓ(Σ_t o[t]) is
+                # another flow, ~T× larger with an integrating head
+                loss_sum += (stats.objective if flow else stats.loss).detach().double() * stats.batch
                 objective_sum += stats.objective.detach().double() * stats.batch
                 correct_sum += stats.correct
                 n += stats.batch
                 # NaN/inf: stop at once instead of training on garbage (on a GPU: checked per epoch,
                 # so that the step never waits for the host)
-                if device.type == "cpu" and not math.isfinite(float(stats.loss)):
-                    _diverged(float(stats.loss), epoch, n // max(1, stats.batch))
+                if device.type == "cpu" and not math.isfinite(float(stats.objective if flow else stats.loss)):
+                    _diverged(float(stats.objective if flow else stats.loss), epoch, n // max(1, stats.batch))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - t_start - measure_time

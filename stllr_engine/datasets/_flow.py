@@ -85,10 +85,13 @@ class FlowDataset(Dataset):
         grouped: Whether samples of one sequence are related (consecutive frames of one
             recording): then :attr:`groups` gives each sample's sequence number, so a validation
             split can hold out whole sequences; otherwise (independent samples) ``None``.
+        block: With ``grouped``, cut each sequence further into blocks of this many consecutive
+            samples, one group each (neighbouring frame pairs are near-duplicates: a
+            validation split must hold out whole stretches of a recording, ``val_split: block``).
     """
 
     def __init__(self, source: FlowSource, info: DatasetInfo,
-                 sequences: Sequence[tuple[str, int, int]], grouped: bool = True) -> None:
+                 sequences: Sequence[tuple[str, int, int]], grouped: bool = True, block: int | None = None) -> None:
         n = len(source)
         self.sequences = [(str(name), int(a), int(b)) for name, a, b in sequences]
         ends = [0] + [b for _, _, b in self.sequences]
@@ -97,6 +100,7 @@ class FlowDataset(Dataset):
         self._source = source
         self._n = n
         self._grouped = grouped
+        self._block = block
         self.info = info
 
     def __len__(self) -> int:
@@ -141,13 +145,19 @@ class FlowDataset(Dataset):
 
     @property
     def groups(self) -> np.ndarray | None:
-        """Each sample's sequence number ``[N]`` (index into :attr:`sequences`), or ``None`` when
+        """Each sample's group ``[N]``: its sequence number (index into :attr:`sequences`), or with
+        ``block`` its block of consecutive samples (numbered across the sequences); ``None`` when
         the samples are independent."""
         if not self._grouped:
             return None
         out = np.empty(self._n, dtype=np.int64)
+        first = 0
         for k, (_, a, b) in enumerate(self.sequences):
-            out[a:b] = k
+            if self._block is None:
+                out[a:b] = k
+            else:
+                out[a:b] = first + np.arange(b - a) // self._block
+                first += -(-(b - a) // self._block)
         return out
 
     def __repr__(self) -> str:

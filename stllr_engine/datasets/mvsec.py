@@ -83,7 +83,9 @@ _FILES = ("images", "image_ts", "event_inds", "events_x", "events_y", "events_on
 _EVENT_ROWS = 2**20
 _IMAGE_ROWS = 64
 _FLOW_ROWS = 8
-FORMAT = 2  # 2: gt flows stored uncropped (full sensor, non-finite kept) for the propagation
+BLOCK = 100  # consecutive pairs held out together by ``val_split: block`` (about 3 s of a recording)
+UNKNOWN_INDEX = -2  # stored for a non-finite image_raw_event_inds value (-1 is "before the first event")
+FORMAT = 3  # 3: non-finite event indices stored as UNKNOWN_INDEX;  2: gt flows stored uncropped (full sensor, non-finite kept) for the propagation
 
 
 def validate(params: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +99,10 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
             raise StllrError(f"dataset {NAME!r}: {key}={value!r} must be a sequence name or a list of them, "
                              "e.g. ['indoor_flying1'] (files <name>_data.hdf5 and <name>_gt.hdf5)")
         out[key] = tuple(names)
+    both = sorted(set(out["train"]) & set(out["test"]))
+    if both:
+        raise StllrError(f"dataset {NAME!r}: {', '.join(both)} is in both train and test: a model would be "
+                         "tested on what it trained on; give each sequence to one split")
     dt = params["dt"]
     if not is_int(dt) or int(dt) not in DEFAULT_T:
         raise StllrError(f"dataset {NAME!r}: dt={dt!r} must be 1 or 4 (frames between the two images of a pair)")
@@ -235,8 +241,8 @@ def _build(entry_dir: Path, data: Path, gt: Path, dims: dict[str, int], crop: in
                 w.write(f[IMAGES][a:a + _IMAGE_ROWS, y0:y0 + crop, x0:x0 + crop])
             writer("image_ts", (n,), np.float64).write(np.asarray(f[IMAGE_TS][()], dtype=np.float64))
             inds = np.asarray(f[EVENT_INDS][()])
-            if inds.dtype.kind == "f":
-                inds = np.where(np.isfinite(inds), inds, -1)
+            if inds.dtype.kind == "f":  # a missing index: its pairs get no events (never the whole recording)
+                inds = np.where(np.isfinite(inds), inds, UNKNOWN_INDEX)
             writer("event_inds", (n,), np.int64).write(inds.astype(np.int64))
             wx, wy, won = (writer("events_x", (N,), np.int16), writer("events_y", (N,), np.int16),
                            writer("events_on", (N,), np.uint8))
@@ -327,6 +333,8 @@ def pair_table(arrays: dict[str, np.ndarray], dt: int, max_pairs: int | None) ->
     i = np.arange(count, dtype=np.int64)
     start = np.clip(inds[i] + 1, 0, N)
     stop = np.maximum(np.clip(inds[i + dt] + 1, 0, N), start)
+    unknown = (inds[i] == UNKNOWN_INDEX) | (inds[i + dt] == UNKNOWN_INDEX)
+    stop = np.where(unknown, start, stop)
     first, last = gt_span(gt_ts, ts[i], ts[i + dt])
     ok = first >= 0
     return {"i": i, "start": start, "stop": stop, "j": np.where(ok, first, -1),
@@ -506,5 +514,5 @@ def load(data_dir: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[s
         cache_entry = seqs[0].entry if len(seqs) == 1 else None
         info = DatasetInfo(name=NAME, split=split, input_shape=(4, crop, crop), num_classes=2, T=params["T"],
                            params=dict(params), cache_entry=cache_entry, task="flow")
-        pair.append(FlowDataset(source, info, spans, grouped=True))
+        pair.append(FlowDataset(source, info, spans, grouped=True, block=BLOCK))
     return pair[0], pair[1]

@@ -62,13 +62,13 @@ def write_mvsec(folder: Path, sequence: str, events: list[tuple[int, int, int]] 
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    for seq in ("seqA", "seqB"):
+    for seq in ("seqA", "seqB", "seqC"):  # the same recording three times: test never reuses train's
         write_mvsec(tmp_path / "mvsec", seq)
     return tmp_path
 
 
 def _mvsec(root: Path, **params: Any) -> tuple[FlowDataset, FlowDataset]:
-    return load_dataset("mvsec", data_dir=root, **{"train": ["seqA"], "test": ["seqA", "seqB"], "T": 2, **params})
+    return load_dataset("mvsec", data_dir=root, **{"train": ["seqA"], "test": ["seqB", "seqC"], "T": 2, **params})
 
 
 def test_mvsec_hand_placed_events_land_in_their_step_channel_and_pixel(root: Path) -> None:
@@ -200,7 +200,8 @@ def test_mvsec_propagates_on_the_full_sensor_through_gt_frames(tmp_path: Path) -
     flow = np.stack([_sensor_flow(40.0, -8.0), _sensor_flow(lambda x, y: 0.1 * x, lambda x, y: 0.05 * y + 1.0),
                      _sensor_flow(np.nan, np.nan)])
     write_mvsec(tmp_path / "mvsec", "s", flow=flow, gt_ts=[0.0, 0.08, 0.2])
-    train, _ = load_dataset("mvsec", data_dir=tmp_path, train="s", test="s", T=1, crop=64)
+    write_mvsec(tmp_path / "mvsec", "t")
+    train, _ = load_dataset("mvsec", data_dir=tmp_path, train="s", test="t", T=1, crop=64)
     y0, x0 = mvsec.crop_offsets(64)
     rows, cols = np.mgrid[y0:y0 + 64, x0:x0 + 64].astype(np.float64)
     # pair 0, [0.05, 0.10]: 0.03 / 0.08 of interval 0 moves each point by (15, -3), most of them out of the
@@ -227,10 +228,11 @@ def test_mvsec_cache_format_change_rebuilds(root: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(mvsec, "_build", counting)
     monkeypatch.setattr(mvsec, "FORMAT", 1)
-    load_dataset("mvsec", data_dir=root, train="seqA", test="seqA")
+    load_dataset("mvsec", data_dir=root, train="seqA", test="seqB")
     monkeypatch.setattr(mvsec, "FORMAT", 2)
-    train, _ = load_dataset("mvsec", data_dir=root, train="seqA", test="seqA")
-    assert calls["n"] == 2 and len([p for p in (root / ".stllr_cache").iterdir() if p.is_dir()]) == 2
+    train, _ = load_dataset("mvsec", data_dir=root, train="seqA", test="seqB")
+    # two sequences, each built under both formats
+    assert calls["n"] == 4 and len([p for p in (root / ".stllr_cache").iterdir() if p.is_dir()]) == 4
     assert mvsec.FORMAT == 2 and '"format": 2' in (Path(train.info.cache_entry) / "meta.json").read_text()
 
 
@@ -238,7 +240,7 @@ def test_mvsec_info_groups_sequences_and_batches(root: Path) -> None:
     train, test = _mvsec(root, crop=64)
     assert test.info.task == "flow" and test.info.num_classes == 2
     assert test.info.input_shape == (4, 64, 64) and test.info.T == 2 and len(test) == 4
-    assert test.sequences == [("seqA", 0, 2), ("seqB", 2, 4)]
+    assert test.sequences == [("seqB", 0, 2), ("seqC", 2, 4)]
     assert test.groups.tolist() == [0, 0, 1, 1] and test.labels.tolist() == [0, 0, 0, 0]
     x, y = next(iter(DataLoader(test, batch_size=3, collate_fn=FlowDataset.collate)))
     assert x.shape == (3, 2, 4, 64, 64) and y.shape == (3, 4, 64, 64)
@@ -260,23 +262,24 @@ def test_mvsec_caches_each_sequence_once(root: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(mvsec, "_build", counting)
     train, test = _mvsec(root)
-    assert calls["n"] == 2  # seqA and seqB, seqA shared by both splits
+    assert calls["n"] == 3  # seqA, seqB and seqC
     entries = sorted(p.name for p in (root / ".stllr_cache").iterdir() if p.is_dir())
-    assert len(entries) == 2 and all(e.startswith("mvsec-seq") for e in entries)
+    assert len(entries) == 3 and all(e.startswith("mvsec-seq") for e in entries)
     assert Path(train.info.cache_entry).parent == root / ".stllr_cache"
     again, _ = _mvsec(root, T=3, dt=1)  # binning parameters share the entry
-    assert calls["n"] == 2
+    assert calls["n"] == 3
     first, second = _mvsec(root)[0], train
     for i in range(len(first)):
         assert all(torch.equal(a, b) for a, b in zip(first[i], second[i], strict=True))
     assert isinstance(first._source.sequences[0].arrays["events_x"], np.memmap)
     _mvsec(root, crop=128)  # another crop is another entry
-    assert calls["n"] == 4
+    assert calls["n"] == 6
 
 
 def test_mvsec_polarity_zero_one_counts_zero_as_off(tmp_path: Path) -> None:
     write_mvsec(tmp_path / "mvsec", "s", events=[(45, 2, 0), (45, 2, 1)] + [(0, 0, 1)] * 8)
-    train, _ = load_dataset("mvsec", data_dir=tmp_path, train="s", test="s", T=1)
+    write_mvsec(tmp_path / "mvsec", "t")
+    train, _ = load_dataset("mvsec", data_dir=tmp_path, train="s", test="t", T=1)
     frames, _ = train[0]
     # events 0 (p=0) and 1 (p=1), both at crop (0, 0) in the former half: one OFF, one ON
     assert frames[0, 1, 0, 0] == 1 and frames[0, 0, 0, 0] == 1
@@ -294,9 +297,12 @@ def test_mvsec_polarity_zero_one_counts_zero_as_off(tmp_path: Path) -> None:
     ("ok", {"dt": 2}, "dt=2"),
     ("ok", {"dt": 4}, "too few for a pair at dt=4"),
     ("ok", {"max_pairs": 0}, "max_pairs=0"),
+    ("ok", {"test": "seqA"}, "seqA is in both train and test"),
 ])
 def test_mvsec_faults_are_one_line_errors(tmp_path: Path, setup: str, params: dict[str, Any], needle: str) -> None:
     folder = tmp_path / "mvsec"
+    if setup != "no_folder":
+        write_mvsec(folder, "seqB")
     if setup == "no_gt":
         write_mvsec(folder, "seqA")[1].unlink()
     elif setup == "no_key":
@@ -308,7 +314,7 @@ def test_mvsec_faults_are_one_line_errors(tmp_path: Path, setup: str, params: di
     elif setup == "ok":
         write_mvsec(folder, "seqA")
     with pytest.raises(StllrError) as info:
-        load_dataset("mvsec", data_dir=tmp_path, train="seqA", test="seqA", **params)
+        load_dataset("mvsec", data_dir=tmp_path, **{"train": "seqA", "test": "seqB", **params})
     message = str(info.value)
     assert needle in message and "\n" not in message
     if setup in ("no_gt", "no_key", "bad_images", "no_events"):
@@ -417,3 +423,48 @@ def test_registry_entries() -> None:
     assert not DATASETS["flow_synthetic"].needs_files and DATASETS["mvsec"].needs_files
     assert DATASETS["mvsec"].defaults["train"] == ("outdoor_day2",)
     assert mvsec.validate(dict(DATASETS["mvsec"].defaults, dt=4))["T"] == 20
+
+
+def _blocked(lengths: list[int], block: int) -> FlowDataset:
+    from stllr_engine.datasets._base import DatasetInfo
+    from stllr_engine.datasets._flow import ArrayFlowSource
+
+    n = sum(lengths)
+    spans, at = [], 0
+    for k, m in enumerate(lengths):
+        spans.append((f"seq{k}", at, at + m))
+        at += m
+    info = DatasetInfo(name="mvsec", split="train", input_shape=(4, 8, 8), num_classes=2, T=2, task="flow")
+    source = ArrayFlowSource(np.zeros((n, 2, 4, 8, 8), np.uint8), np.zeros((n, 4, 8, 8), np.float32))
+    return FlowDataset(source, info, spans, grouped=True, block=block)
+
+
+def test_blocks_of_consecutive_pairs_are_held_out_whole() -> None:
+    from stllr_engine.experiment import ExperimentConfig, split_indices
+
+    ds = _blocked([7, 5], block=3)
+    assert ds.groups.tolist() == [0, 0, 0, 1, 1, 1, 2, 3, 3, 3, 4, 4]  # blocks never straddle a sequence
+    for seed in range(5):
+        exp = ExperimentConfig.for_dataset("flow_synthetic", {"n_train": 16, "n_test": 8}, seed=seed,
+                                           network={"kind": "flownet", "width": 2, "depth": 1},
+                                           data={"val_fraction": 0.25, "val_split": "block"})
+        val, train = split_indices(exp, ds)
+        g = ds.groups
+        assert set(g[val]).isdisjoint(g[train]) and len(val) >= 3 and sorted(val + train) == list(range(12))
+    # random-drawn pairs would sit next to training's; 'speaker' is for speech, 'block' for recordings
+    with pytest.raises(StllrError, match="val_split='speaker' needs a dataset that records its speakers"):
+        split_indices(exp.replace(data=exp.data.__class__(**{**exp.data.to_dict(), "val_split": "speaker"})), ds)
+    synthetic, _ = load_dataset("flow_synthetic", n_train=16, n_test=8)
+    with pytest.raises(StllrError, match="val_split='block' needs a dataset that records stretches"):
+        split_indices(exp, synthetic)
+
+
+def test_mvsec_a_missing_event_index_gives_its_pairs_no_events(tmp_path: Path) -> None:
+    data, _ = write_mvsec(tmp_path / "mvsec", "s")
+    write_mvsec(tmp_path / "mvsec", "t")
+    with h5py.File(data, "r+") as f:
+        del f["davis/left/image_raw_event_inds"]
+        f["davis/left/image_raw_event_inds"] = np.array([-1.0, np.nan, 9.0])
+    train, _ = load_dataset("mvsec", data_dir=tmp_path, train="s", test="t", T=1)
+    # both pairs touch image 1, whose index is unknown: no events (never the recording from its start)
+    assert len(train) == 2 and train[0][0].sum() == 0 and train[1][0].sum() == 0

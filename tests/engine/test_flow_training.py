@@ -22,6 +22,14 @@ def test_the_flow_losses_are_the_documented_ones():
     flow = o.reshape(3, 2, 6, 6)
     sup = FlowStepLoss("supervised").step(o, target)
     assert sup.item() == pytest.approx(((flow - target[:, 2:4]) ** 2).sum().item() / (3 * 2 * 36), rel=1e-14)
+    # MVSEC marks an unknown flow by (0, 0) (and non-finite values): those pixels do not count
+    target[0, 2:4, 1, 2] = 0.0
+    target[1, 2:4, 3, 3] = float("nan")
+    known = torch.ones(3, 6, 6, dtype=torch.bool)
+    known[0, 1, 2] = known[1, 3, 3] = False
+    d = (flow - torch.nan_to_num(target[:, 2:4])) ** 2
+    masked = FlowStepLoss("supervised").step(o, target)
+    assert masked.item() == pytest.approx((d.sum(1) * known).sum().item() / (2 * 106), rel=1e-14)
     photo = FlowStepLoss().step(o, target)
     assert photo.item() == pytest.approx(flow_loss([flow], target[:, 0], target[:, 1]).item(), rel=1e-14)
     with pytest.raises(StllrError, match="photometric, supervised"):
@@ -101,3 +109,25 @@ def test_a_flow_dataset_and_a_classifier_do_not_mix():
     with pytest.raises(StllrError, match="a flownet predicts optical flow and needs a flow dataset"):
         load_data(ExperimentConfig.for_dataset("digits", {"image": True}, network={"kind": "flownet", "width": 2,
                                                                                     "depth": 1}))
+
+
+def test_a_flow_runs_train_loss_is_that_of_the_flow_it_predicts():
+    exp = ExperimentConfig.for_dataset(
+        "flow_synthetic", {"n_train": 32, "n_test": 16},
+        network={"kind": "flownet", "width": 2, "depth": 1, "gamma": 1.0, "gamma_o": 1.0},
+        training={"rule": "stllr", "epochs": 1, "loss": "per_step", "flow_loss": "supervised",
+                  "stllr": {"learn_steps": 1}}, data={"batch_size": 16, "val_fraction": 0.25}, seed=0)
+    (m,) = list(run_experiment(exp))
+    # learn_steps 1: the objective is the loss of o[T-1], the flow the run predicts and is scored on
+    assert m["train_loss"] == m["train_objective"]
+
+
+def test_a_deep_flownet_on_a_large_crop_loads_and_dfa_on_a_large_head_is_one_line(tmp_path):
+    from spaces import load_study
+    from stllr_engine.network import build_network, preset
+
+    spec = load_study("mvsec_flow", {"model.fixed.depth": 6}, check_data=False)
+    assert spec.model_fixed["depth"] == 6
+    with pytest.raises(StllrError, match=r"DFA: the feedback matrix of layer 0 would be 131072 x 1048576 "
+                                         r"\(512\.0 GiB in float32\).*use learning_signal bp"):
+        build_network(preset("spike_flownet")).feedback_matrix(0)

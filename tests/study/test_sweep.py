@@ -422,6 +422,7 @@ def test_the_mvsec_preset_trains_on_files_in_mvsec_layout(tmp_path, rule):
     ok = run("train", "mvsec_flow", "--rule", rule, "--set", f"dataset.data_dir={tmp_path}",
              "--set", "dataset.options.crop=16", "--set", "model.fixed.width=2", "--set", "model.fixed.depth=2",
              "--set", "budget.epochs=2", "--set", "fixed.data.val_fraction=0.2", "--set", "resources.gpu=0",
+             "--set", "fixed.data.val_split=random",  # 11 pairs: one block of 100
              "--set", "alpha_post=0.5", "--set", "lambda_pre=0.9", "--set", "lambda_post=0.5", timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     epochs = [line for line in ok.stdout.splitlines() if line.startswith("epoch ")]
