@@ -19,8 +19,11 @@ EVENT = {"shd_rsnn": ("shd", "shd_rsnn", "shd"), "dvs_gesture_vgg9": ("dvs_gestu
          "cifar10dvs_vgg9": ("cifar10_dvs", "vgg9", "cifar10_dvs"), "nmnist": ("nmnist", None, None)}
 
 
+NEEDS_DATA = (*EVENT, "mvsec_flow")
+
+
 def load(name: str, tmp_path: Path):
-    if name in EVENT:  # no data here: the data-folder check has its own tests below
+    if name in NEEDS_DATA:  # no data here: the data-folder check has its own tests below
         return load_study(name, {"dataset.data_dir": str(tmp_path)}, check_data=False)
     return load_study(name)
 
@@ -116,8 +119,18 @@ def test_grid_presets_cover_the_grid():
 def test_every_preset_trains_under_the_fair_protocol(tmp_path):
     """DESIGN §8: early stopping, BPTT on S-TLLR's objective, an equal learning-rate tuning."""
     for name in PRESET_NAMES:
-        spec = load(name, tmp_path) if name in EVENT else load_study(name)
+        spec = load(name, tmp_path)
         assert spec.patience is not None and spec.patience < spec.epochs, name
         assert spec.baseline_losses[0] == "per_step", name
         if "bptt" in spec.rules:  # both rules get the same learning rates: one fixed, or the same search
             assert "lr" in spec.baseline_search or "lr" in spec.fixed.get("training", {}), name
+
+
+def test_the_mvsec_preset_carries_the_papers_flow_setting(tmp_path):
+    spec = load("mvsec_flow", tmp_path)
+    assert spec.dataset == "mvsec" and spec.measure == "aee" and spec.objectives[0].metric == "val_aee"
+    assert spec.dataset_options == {"dt": 1, "T": 10, "crop": 256}
+    assert spec.fixed["stllr"]["learn_steps"] == 1 and spec.fixed["training"]["lr"] == 5e-5
+    assert spec.fixed["training"]["flow_loss"] == "photometric" and spec.fixed["data"]["val_split"] == "block"
+    ref = PRESETS["spike_flownet"]
+    assert spec.model_kind == ref.kind and all(v == getattr(ref, k) for k, v in spec.model_fixed.items())
