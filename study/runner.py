@@ -440,7 +440,13 @@ def _run(spec: Any, ledger: Ledger, node_bytes: int | None, quiet: bool, flag: S
                              failure_config=FailureConfig(max_failures=2), log_to_file=True),
     )
     if not flag.requested:
-        tuner.fit()
+        try:
+            tuner.fit()
+        except Exception as exc:  # Tune wraps what a callback raised (the ledger on a full disk) in a TuneError
+            cause = _own_error(exc)
+            if cause is None:
+                raise
+            raise cause from None
     if searcher.exhausted:
         ledger.mark_exhausted()
     if not flag.requested:
@@ -462,6 +468,30 @@ def _run(spec: Any, ledger: Ledger, node_bytes: int | None, quiet: bool, flag: S
                 f"{ledger.folder}")
     log.warning(line)
     return line
+
+
+def _own_error(exc: BaseException) -> BaseException | None:
+    """The :class:`StllrError` (or the OSError of a write) behind an exception Tune raised, if any:
+    a callback's one-line error (e.g. the results table on a full disk) reaches the user as that
+    line, not as Tune's traceback.
+
+    >>> try:
+    ...     try:
+    ...         raise StllrError("folder: cannot write the results (no space)")
+    ...     except Exception:
+    ...         raise RuntimeError("Traceback ...")
+    ... except RuntimeError as wrapped:
+    ...     str(_own_error(wrapped))
+    'folder: cannot write the results (no space)'
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (StllrError, OSError)):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _trial_name(trial: Any) -> str:
