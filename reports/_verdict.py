@@ -106,17 +106,7 @@ def verdict_table(matched: pd.DataFrame, measure: Measure | None = None) -> tupl
                "bptt_best_test_accuracy": float(g["bptt_test_accuracy_mean"].max()),
                "chance_accuracy": float(g["chance_accuracy"].iloc[0]),
                "linear_readout_test_accuracy": float(g["linear_readout_test_accuracy"].iloc[0])}
-        st, bp = g.drop_duplicates(["arch_id", "stllr_config_id"]), g.drop_duplicates(["arch_id", "bptt_config_id"])
-        late = pd.concat([st["stllr_stopped_max_epochs"], bp["bptt_stopped_max_epochs"]]).astype(float)
-        row["matched_runs"] = int(st["stllr_seeds"].sum() + bp["bptt_seeds"].sum())
-        row["matched_runs_max_epochs"] = float(late.sum()) if late.notna().any() else np.nan
-        for kind_, how in QUANTITIES:
-            r = g[f"{kind_}_ratio_{how}"].astype(float).to_numpy()
-            fin = r[np.isfinite(r)]
-            row[f"{kind_}_ratio_{how}"] = _geomean(r)
-            row[f"{kind_}_ratio_{how}_min"] = float(fin.min()) if fin.size else np.nan
-            row[f"{kind_}_ratio_{how}_max"] = float(fin.max()) if fin.size else np.nan
-            row[f"{kind_}_{how}_favours"] = ratio_favours(r)
+        row.update(_runs_and_costs(g))
         key = f"verdict:{dataset}:accuracy" + (f":bptt_{kind}" if several[dataset] > 1 else "")
         est = row["accuracy_diff"]
         text = (f"on {dataset}, S-TLLR reaches a {'higher' if est > 0 else 'lower'} test accuracy than BPTT "
@@ -125,6 +115,23 @@ def verdict_table(matched: pd.DataFrame, measure: Measure | None = None) -> tupl
                             extra={"dataset": dataset, "bptt_loss_kind": kind, "n": ps["n"]}))
         rows.append(row)
     return pd.DataFrame(rows), claims
+
+
+def _runs_and_costs(g: pd.DataFrame) -> dict:
+    """A dataset's matched runs (and how many stopped at the epoch maximum) and its cost ratios
+    (geometric mean, lowest, highest, the side they favour), whatever the measure."""
+    st, bp = g.drop_duplicates(["arch_id", "stllr_config_id"]), g.drop_duplicates(["arch_id", "bptt_config_id"])
+    late = pd.concat([st["stllr_stopped_max_epochs"], bp["bptt_stopped_max_epochs"]]).astype(float)
+    row: dict = {"matched_runs": int(st["stllr_seeds"].sum() + bp["bptt_seeds"].sum()),
+                 "matched_runs_max_epochs": float(late.sum()) if late.notna().any() else np.nan}
+    for kind_, how in QUANTITIES:
+        r = g[f"{kind_}_ratio_{how}"].astype(float).to_numpy()
+        fin = r[np.isfinite(r)]
+        row[f"{kind_}_ratio_{how}"] = _geomean(r)
+        row[f"{kind_}_ratio_{how}_min"] = float(fin.min()) if fin.size else np.nan
+        row[f"{kind_}_ratio_{how}_max"] = float(fin.max()) if fin.size else np.nan
+        row[f"{kind_}_{how}_favours"] = ratio_favours(r)
+    return row
 
 
 def _verdict_other(matched: pd.DataFrame, measure: Measure) -> tuple[pd.DataFrame, list[Claim]]:
@@ -152,17 +159,7 @@ def _verdict_other(matched: pd.DataFrame, measure: Measure) -> tuple[pd.DataFram
                f"stllr_best_{test}": float(best(g[f"stllr_{test}_mean"].astype(float))),
                f"bptt_best_{test}": float(best(g[f"bptt_{test}_mean"].astype(float))),
                f"no_motion_{test}": float(g[f"no_motion_{test}"].iloc[0]) if f"no_motion_{test}" in g else np.nan}
-        st, bp = g.drop_duplicates(["arch_id", "stllr_config_id"]), g.drop_duplicates(["arch_id", "bptt_config_id"])
-        late = pd.concat([st["stllr_stopped_max_epochs"], bp["bptt_stopped_max_epochs"]]).astype(float)
-        row["matched_runs"] = int(st["stllr_seeds"].sum() + bp["bptt_seeds"].sum())
-        row["matched_runs_max_epochs"] = float(late.sum()) if late.notna().any() else np.nan
-        for kind_, how in QUANTITIES:
-            r = g[f"{kind_}_ratio_{how}"].astype(float).to_numpy()
-            fin = r[np.isfinite(r)]
-            row[f"{kind_}_ratio_{how}"] = _geomean(r)
-            row[f"{kind_}_ratio_{how}_min"] = float(fin.min()) if fin.size else np.nan
-            row[f"{kind_}_ratio_{how}_max"] = float(fin.max()) if fin.size else np.nan
-            row[f"{kind_}_{how}_favours"] = ratio_favours(r)
+        row.update(_runs_and_costs(g))
         key = f"verdict:{dataset}:{name}" + (f":bptt_{kind}" if several[dataset] > 1 else "")
         lower = est < 0
         text = (f"on {dataset}, S-TLLR reaches a {'lower' if lower else 'higher'} test {measure.label} than BPTT "

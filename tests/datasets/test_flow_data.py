@@ -218,7 +218,8 @@ def test_mvsec_propagates_on_the_full_sensor_through_gt_frames(tmp_path: Path) -
     assert gt.shape == (3, 2, H, W) and np.isnan(gt[2]).all()     # stored uncropped, non-finite kept
 
 
-def test_mvsec_cache_format_change_rebuilds(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _count_builds(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """``{"n": cache entries built so far}``, counted around ``mvsec._build``."""
     calls = {"n": 0}
     real = mvsec._build
 
@@ -227,6 +228,11 @@ def test_mvsec_cache_format_change_rebuilds(root: Path, monkeypatch: pytest.Monk
         real(*args, **kwargs)
 
     monkeypatch.setattr(mvsec, "_build", counting)
+    return calls
+
+
+def test_mvsec_cache_format_change_rebuilds(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_builds(monkeypatch)
     monkeypatch.setattr(mvsec, "FORMAT", 1)
     load_dataset("mvsec", data_dir=root, train="seqA", test="seqB")
     monkeypatch.setattr(mvsec, "FORMAT", 2)
@@ -253,14 +259,7 @@ def test_mvsec_info_groups_sequences_and_batches(root: Path) -> None:
 
 
 def test_mvsec_caches_each_sequence_once(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = {"n": 0}
-    real = mvsec._build
-
-    def counting(*args: Any, **kwargs: Any) -> None:
-        calls["n"] += 1
-        real(*args, **kwargs)
-
-    monkeypatch.setattr(mvsec, "_build", counting)
+    calls = _count_builds(monkeypatch)
     train, test = _mvsec(root)
     assert calls["n"] == 3  # seqA, seqB and seqC
     entries = sorted(p.name for p in (root / ".stllr_cache").iterdir() if p.is_dir())
