@@ -17,8 +17,9 @@ def sync(device: torch.device) -> None:
 
 
 def time_round_robin(fns: dict[str, Callable[[], Any]], reps: dict[str, int] | int, device: torch.device,
-                     warmup: int = 1) -> dict[str, float]:
-    """Median wall time of each function, runs interleaved so that load drift hits all alike."""
+                     warmup: int = 1, rounds: dict[str, list[float]] | None = None) -> dict[str, float]:
+    """Median wall time of each function, runs interleaved so that load drift hits all alike;
+    ``rounds``, when given, receives every timed repetition of each (in round order)."""
     reps_of = {k: (reps if isinstance(reps, int) else reps.get(k, 3)) for k in fns}
     for name, fn in fns.items():
         for _ in range(warmup if reps_of[name] > 1 else 0):
@@ -33,7 +34,20 @@ def time_round_robin(fns: dict[str, Callable[[], Any]], reps: dict[str, int] | i
             fn()
             sync(device)
             times[name].append(time.perf_counter() - t0)
+    if rounds is not None:
+        rounds.update(times)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def paired_ratio(rounds: dict[str, list[float]], num: str, den: str) -> tuple[float, list[float]]:
+    """The median over rounds of ``num``'s time over ``den``'s in the same round, and every
+    round's ratio: two steps timed side by side see the same load.
+
+    >>> paired_ratio({"a": [1.0, 2.0, 6.0], "b": [2.0, 2.0, 4.0]}, "a", "b")
+    (1.0, [0.5, 1.0, 1.5])
+    """
+    per_round = [a / b for a, b in zip(rounds[num], rounds[den])]
+    return statistics.median(per_round), per_round
 
 
 def gemm_peak_gflops(device: torch.device, n: int = 4096, reps: int = 5) -> float:
@@ -78,15 +92,21 @@ def emit(records: list[dict[str, Any]], targets: list[dict[str, Any]], as_json: 
         out.write("\ntargets (ratios measured in this run):\n")
         for t in targets:
             mark = "PASS" if t["pass"] else "MISS"
-            out.write(f"  [{mark}] {t['target']}: {t['value']:.4g} (want {t['op']} {t['threshold']:g})\n")
+            spread = (f"; rounds {min(t['per_round']):.3g}-{max(t['per_round']):.3g}, median of {len(t['per_round'])}"
+                      if t.get("per_round") else "")
+            out.write(f"  [{mark}] {t['target']}: {t['value']:.4g} (want {t['op']} {t['threshold']:g}{spread})\n")
     if note:
         out.write(f"note: {note}\n")
     out.flush()
 
 
-def target(name: str, value: float, op: str, threshold: float) -> dict[str, Any]:
+def target(name: str, value: float, op: str, threshold: float, per_round: list[float] | None = None) -> dict[str, Any]:
+    """A target check; ``per_round``: the ratio in every round (``value`` their median), printed as a range."""
     ok = value <= threshold if op == "<=" else value >= threshold
-    return {"target": name, "value": value, "op": op, "threshold": threshold, "pass": bool(ok)}
+    out = {"target": name, "value": value, "op": op, "threshold": threshold, "pass": bool(ok)}
+    if per_round is not None:
+        out["per_round"] = per_round
+    return out
 
 
 def add_output_arguments(ap: Any) -> None:

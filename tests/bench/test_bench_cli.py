@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -48,7 +49,9 @@ def test_bench_engine_quick_json(engine_quick):
     for r in records:
         assert fields <= set(r)
     mem = "learning_memory_bytes_measured_per_batch"
-    chunked = {r["chunk_steps"]: r for r in records if r["mode"] == "chunked"}
+    chunked = {r["chunk_steps"]: r for r in records if r["mode"] == "chunked" and r["learn_steps"] == 90}
+    default10 = [r for r in records if r["mode"] == "chunked" and r["learn_steps"] == 10]
+    assert [(r["rule"], r["T"], r["chunk_steps"], r["fused"]) for r in default10] == [("stllr", 100, 5, True)]
     by = {(r["model"], r["rule"], r["impl"], r["mode"], r["T"], r["learn_steps"]): r for r in records
           if r["mode"] != "chunked" and (r["impl"] != "engine" or r["fused"])}  # the eager twins: below
     eager = [r for r in records if r["impl"] == "engine" and not r["fused"]]
@@ -68,10 +71,15 @@ def test_bench_engine_quick_json(engine_quick):
     bptt400 = by[("shd_rsnn", "bptt", "engine", "fused_scan", 400, 400)]
     assert bptt400[mem] / bptt25[mem] == pytest.approx(16, rel=0.03)
     assert by[("shd_rsnn", "bptt", "engine", "fused_scan", 100, 100)]["learning_macs_formula_per_sample"] == 105_300_000
-    assert len(targets) == 14
+    assert len(targets) == 15
     named = {t["target"]: t for t in targets}
-    assert (named["#16: S-TLLR(learn_steps=10, window) / BPTT step time, SHD net"]["threshold"],
-            named["#16: BPTT engine / unrolled reference step time, SHD net"]["threshold"]) == (0.55, 0.8)
+    default = named["#16: S-TLLR(learn_steps=10, chunked c=5, the default mode) / BPTT step time, SHD net"]
+    window = named["#16, window mode: S-TLLR(learn_steps=10, window) / BPTT step time, SHD net"]
+    assert (default["threshold"], window["threshold"],
+            named["#16: BPTT engine / unrolled reference step time, SHD net"]["threshold"]) == (0.55, 0.55, 0.8)
+    # the median over rounds of the two steps' ratio in the same round (quick: 3 rounds)
+    for t in (default, window, named["#16: BPTT engine / unrolled reference step time, SHD net"]):
+        assert len(t["per_round"]) == 3 and t["value"] == statistics.median(t["per_round"]) > 0
     assert sum(t["target"].startswith("fused (auto) / eager step time") for t in targets) == 2
     # chunked rows on the SHD net (T 100, learn_steps 90): the automatic chunk (6) and two others;
     # a chunk holds its records, so memory above streaming's grows exactly with c (exact, load-free)
@@ -106,7 +114,7 @@ def test_bench_engine_table_prints_the_chunked_rows_and_ratios(engine_quick, cap
     out = capsys.readouterr().out
     header, *rows = out.split("\n\n")[0].splitlines()
     assert header.split()[3:5] == ["mode", "chunk_steps"]
-    assert sorted(r.split()[4] for r in rows if r.split()[3] == "chunked") == ["15", "3", "6"]
+    assert sorted(r.split()[4] for r in rows if r.split()[3] == "chunked") == ["15", "3", "5", "6"]
     lines = [line for line in out.splitlines() if "chunked c=6, the default" in line]
     assert len(lines) == 2
     assert lines[0].startswith("  [PASS] S-TLLR(learn_steps=90, chunked c=6, the default) / BPTT measured learning")
