@@ -187,7 +187,10 @@ class RuntimeConfig:
         """Set the process-wide controls (threads, determinism, GPU memory cap)."""
         if self.threads is not None and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-        torch.use_deterministic_algorithms(self.deterministic, warn_only=False)
+        # only on a change: the call imports torch's compiler stack (~2 s in a fresh process)
+        if (torch.are_deterministic_algorithms_enabled() != self.deterministic
+                or torch.is_deterministic_algorithms_warn_only_enabled()):
+            torch.use_deterministic_algorithms(self.deterministic, warn_only=False)
         if self.gpu_memory_fraction is not None and device.type == "cuda":
             torch.cuda.set_per_process_memory_fraction(self.gpu_memory_fraction, device)
 

@@ -5,8 +5,10 @@
   either proposes it to Tune or tells Optuna at once: ``infeasible`` (a constraint broken,
   or more memory than any node has; the rows say by how much), already trained (a
   resumed study; told from the rows), or a duplicate of a running one.
-* Equal tuning (DESIGN §8): once the search has ended, every architecture it trained gets
-  the same tuning for both rules. S-TLLR at the factors its search chose for that
+* Equal tuning (DESIGN §8): every architecture the search trained gets the same tuning
+  for both rules, queued as soon as that architecture's search has ended (the search's
+  budget is spent and none of its configurations of that architecture is still training or
+  waiting): its choice is then final, and its tuning runs beside the search of the others. S-TLLR at the factors its search chose for that
   architecture (best mean ``val_accuracy``; ``role="tuned"``, under each objective of
   ``baseline.stllr_loss``) and BPTT under each objective
   of ``baseline.loss`` (``role="baseline"``; ``per_step`` over the chosen ``learn_steps``)
@@ -16,7 +18,11 @@
   pack (:mod:`study.trial`) and, without a scheduler, more configurations that can share it
   (same :func:`stllr_engine.pack.pack_key`, data and runtime; :func:`_signature`): queued
   ones, ones held back, and further proposals asked of the search, up to ``resources.pack``
-  runs. A proposal of another kind is held for the next trial. Each configuration keeps its
+  runs. A proposal of another kind is held for the next trial; with a sampler that does not
+  learn from outcomes (``random``, ``grid``) the search is asked on past it, up to
+  :data:`LOOKAHEAD_PACKS` packs' worth of proposals, so that packs fill up (a model-based
+  sampler stops at the first one of another kind: proposals asked ahead are proposals made
+  without the outcomes that would have informed them). Each configuration keeps its
   own Optuna trial and is told its own outcome (``member_outcomes`` of the trial's last
   report). With a scheduler (ASHA) packs never span configurations: it would stop a pack on
   the curve of one of them.
@@ -38,6 +44,12 @@ from typing import Any
 from stllr_engine.errors import StllrError
 from study.plan import ROLE_RULE, Configuration, Planner, config_id_of
 from study.schema import ENDED
+
+#: With a sampler that does not learn from outcomes, how many packs' worth of proposals one
+#: pack may ask of the search to fill itself (those of another kind wait in ``held``).
+LOOKAHEAD_PACKS = 2
+#: The samplers whose proposals do not depend on the outcomes told to them.
+OUTCOME_FREE_SAMPLERS = ("random", "grid")
 from study.trial import AUTO_PACK, auto_pack_size
 
 try:
@@ -134,7 +146,11 @@ class StudySearcher(Searcher):  # type: ignore[misc]
         self.optuna_ids: dict[str, int] = {}  # tune trial id -> Optuna's internal trial id
         self.epoch_values: dict[str, dict[int, dict[int, float]]] = {}  # tune id -> epoch -> seed -> val
         self.queue: list[Configuration] = []
-        self.tuning_queued = False
+        self.tuning_queued = False  # every architecture's tuning is queued
+        self.tuned_archs: set[str] = set()  # architectures whose tuning is queued
+        self.completions = 0  # Tune trials ended (a new choice may be final)
+        self.tuning_looked: tuple[int, frozenset[str]] | None = None
+        self.lookahead = spec.sampler[0] in OUTCOME_FREE_SAMPLERS
         self.infeasible = 0
         self.exhausted = False
         self.stopping = False
@@ -188,9 +204,14 @@ class StudySearcher(Searcher):  # type: ignore[misc]
                     return Searcher.FINISHED
             if not self.with_baselines or self.tuning_queued:
                 return Searcher.FINISHED
-            if any(c.role == "search" for c in self.in_flight_configs()):
-                return None  # the tuning waits for the search's choice: Tune asks again
-            self.queue_tuning()
+            searching = {c.arch_id for c in [*self.in_flight_configs(), *self.held, *self.gathering]
+                         if c.role == "search"}
+            looked = (self.completions, frozenset(searching))
+            if looked != self.tuning_looked:  # Tune asks often while it waits: look again only when it matters
+                self.tuning_looked = looked
+                self.queue_tuning(still_searching=searching)
+            if not self.queue and searching:
+                return None  # the other architectures' tuning waits for their search's choice: Tune asks again
 
     # -- packs of configurations ---------------------------------------------------------------
     def in_flight_configs(self) -> list[Configuration]:
@@ -227,15 +248,21 @@ class StudySearcher(Searcher):  # type: ignore[misc]
                         pool.remove(c)
                         group.append(c)
                         members += len(c.runs)
+            # asked of the search: until the first proposal of another kind (model-based samplers),
+            # or past such ones up to LOOKAHEAD_PACKS packs' worth (outcome-free ones); they are held
+            ask = LOOKAHEAD_PACKS * max(1, limit // max(1, len(first.runs))) if self.lookahead else 1
             while (first.role == "search" and self.remaining > 0 and not self.exhausted
-                   and members + len(first.runs) <= limit):
+                   and members + len(first.runs) <= limit and ask > 0):
                 found = self._next_search_config()
                 if found is None:
                     break
                 self.remaining -= 1
                 if _signature(found) != sig or members + len(found.runs) > limit:
                     self.held.append(found)
-                    break
+                    if not self.lookahead or _signature(found) == sig:  # a model-based sampler; or the pack is full
+                        break
+                    ask -= 1
+                    continue
                 group.append(found)
                 members += len(found.runs)
         finally:
@@ -351,6 +378,7 @@ class StudySearcher(Searcher):  # type: ignore[misc]
 
         import json
 
+        self.completions += 1
         cfg = self.in_flight.pop(trial_id, None)
         group = self.members.pop(trial_id, [cfg] if cfg is not None else [])
         oids = self.member_oids.pop(trial_id, {})
@@ -391,13 +419,18 @@ class StudySearcher(Searcher):  # type: ignore[misc]
 
 
     # -- equal tuning ------------------------------------------------------------------------
-    def queue_tuning(self) -> None:
-        """Queue the equal tuning of every architecture the search trained (module docstring):
-        the configurations whose runs have not all ended (a resume trains only those)."""
-        self.tuning_queued = True
+    def queue_tuning(self, still_searching: set[str] | frozenset[str] = frozenset()) -> None:
+        """Queue the equal tuning of every architecture the search trained (module docstring)
+        but those in ``still_searching`` (their search configurations are training or waiting)
+        and those queued before: the configurations whose runs have not all ended (a resume
+        trains only those). With nothing still searching, every architecture's is queued."""
+        self.tuning_queued = not still_searching
         spec, planner, rows = self.live.spec, self.live.planner, self.live.ledger.rows
         busy = self._busy() | {c.config_id for c in self.queue}
         for aid, (chosen_id, chosen, score) in sorted(planner.chosen(rows).items()):
+            if aid in still_searching or aid in self.tuned_archs:
+                continue
+            self.tuned_archs.add(aid)
             arch = planner.arch_params(chosen)
             settings = spec.tuning_settings(aid)
             log.info("tuning %s: S-TLLR at %s (val %.4f) and BPTT, %d settings of %s", aid, chosen_id, score,

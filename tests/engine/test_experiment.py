@@ -189,3 +189,24 @@ def test_resume_on_cuda(tmp_path):
     gen.close()
     rest = list(run_experiment(cfg, checkpoint_dir=tmp_path, resume=True))
     assert [m["epoch"] for m in rest] == [2]
+
+
+def test_the_runtime_switches_deterministic_algorithms_on_and_off():
+    """``runtime.deterministic`` reaches torch both ways (the call is skipped only when nothing changes)."""
+    import torch
+
+    from stllr_engine.experiment import RuntimeConfig
+
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        RuntimeConfig(deterministic=True).apply(torch.device("cpu"))
+        assert torch.are_deterministic_algorithms_enabled()
+        RuntimeConfig(deterministic=True).apply(torch.device("cpu"))
+        assert torch.are_deterministic_algorithms_enabled()
+        RuntimeConfig(deterministic=False).apply(torch.device("cpu"))
+        assert not torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        RuntimeConfig(deterministic=True).apply(torch.device("cpu"))  # warn-only is not the setting: made strict
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)

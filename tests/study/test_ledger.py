@@ -323,6 +323,62 @@ def test_the_search_study_names_its_metrics_and_records_what_each_trial_runs(stu
     assert t.user_attrs["run_ids"] == [f"{search['config_id']}-s0", f"{search['config_id']}-s1"]
 
 
+@pytest.mark.parametrize("sampler", [{"name": "random", "seed": 0}, {"name": "tpe", "seed": 0, "n_startup_trials": 99}])
+def test_an_outcome_free_sampler_fills_a_pack_past_proposals_of_another_kind(study_file, tmp_path, sampler):
+    """Packs (issue #16 item 4): a random (or grid) search is asked on past a proposal of another
+    architecture, which waits for the next pack, so that packs fill up; a model-based sampler
+    (TPE) stops at the first one, as its later proposals would miss the outcomes of the earlier."""
+    search = {"width": {"type": "categorical", "choices": [16, 32]}, "alpha_post": {"type": "float", "low": -1.0,
+                                                                                   "high": 1.0}}
+    spec = _spec(study_file, sampler=sampler, search=search, resources={"cpu": 1, "gpu": 0, "pack": 8},
+                 budget={"trials": 6, "epochs": 1, "seeds": [0, 1]})
+    with Ledger.create(str(tmp_path / "s"), spec, 6) as led:
+        searcher = StudySearcher(spec, led, Planner(spec, led.folder, 1), 6)
+        searcher.suggest("t1")
+        first, held = searcher.members["t1"], list(searcher.held)
+        assert len({c.arch_id for c in first}) == 1 and all(c.arch_id != first[0].arch_id for c in held)
+        if sampler["name"] == "tpe":
+            assert len(held) == 1 and searcher.remaining == 6 - len(first) - 1  # stopped at the first other one
+            return
+        # every proposal asked until the pack holds 4 configurations (8 runs) or the budget is spent
+        assert len(first) == 4 or searcher.remaining == 0
+        assert len(first) + len(held) + searcher.remaining == 6
+        searcher.suggest("t2")  # the held ones start the next pack, of their own architecture (and ask on)
+        second = searcher.members["t2"]
+        assert len(held) <= 4 and {c.config_id for c in held} <= {c.config_id for c in second}
+        assert len({c.arch_id for c in second}) == 1 and all(c.arch_id != second[0].arch_id for c in searcher.held)
+
+
+def test_an_architectures_tuning_starts_while_another_is_still_searched(study_file, tmp_path):
+    """Equal tuning (DESIGN §8) of an architecture is queued as soon as its own search has ended,
+    while another architecture's search still trains: its choice is final once the budget is spent."""
+    search = {"width": {"type": "categorical", "choices": [16, 32]}}
+    spec = _spec(study_file, sampler={"name": "grid", "seed": 0}, search=search,
+                 budget={"trials": 2, "epochs": 1, "seeds": [0, 1]}, resources={"cpu": 1, "gpu": 0, "pack": 1})
+    with Ledger.create(str(tmp_path / "s"), spec, 2) as led:
+        searcher = StudySearcher(spec, led, Planner(spec, led.folder, 1), 2)
+        a, b = searcher.suggest("t1"), searcher.suggest("t2")
+        assert (a["role"], b["role"], searcher.remaining) == ("search", "search", 0)
+        assert a["arch_id"] != b["arch_id"]
+        assert searcher.suggest("t3") is None  # neither architecture's search has ended
+        led.record([_row(spec, a["params"], seed, "complete", val=0.6) for seed in (0, 1)])
+        searcher.on_trial_complete("t1", {"config_done": True, "config_status": "complete", "val_accuracy": 0.6,
+                                          "learning_macs_formula_per_sample": 10.0,
+                                          "learning_memory_bytes_measured_per_sample": 2.0})
+        tuning = [searcher.suggest("t4"), searcher.suggest("t5")]  # b's search still trains (t2)
+        assert sorted(p["role"] for p in tuning) == ["baseline", "tuned"]
+        assert {p["arch_id"] for p in tuning} == {a["arch_id"]} and not searcher.tuning_queued
+        assert tuning[[p["role"] for p in tuning].index("tuned")]["params"]["width"] == a["params"]["width"]
+        assert searcher.suggest("t6") is None  # b's tuning waits for b's search
+        led.record([_row(spec, b["params"], seed, "complete", val=0.5) for seed in (0, 1)])
+        searcher.on_trial_complete("t2", {"config_done": True, "config_status": "complete", "val_accuracy": 0.5,
+                                          "learning_macs_formula_per_sample": 10.0,
+                                          "learning_memory_bytes_measured_per_sample": 2.0})
+        later = [searcher.suggest("t7"), searcher.suggest("t8")]
+        assert {p["arch_id"] for p in later} == {b["arch_id"]} and searcher.tuning_queued
+        assert searcher.suggest("t9") == StudySearcher.FINISHED
+
+
 def test_two_hundred_infeasible_proposals_in_a_row_end_in_seconds(study_file, tmp_path):
     # formula memory is 2 traces × width × 4 bytes: only widths up to 37 of [16, 2e9] fit 300 bytes
     search = {"width": {"type": "int", "low": 16, "high": 2_000_000_000},
