@@ -35,6 +35,7 @@ from typing import Any, Callable
 import torch
 
 from bench.common import add_output_arguments, report, target, time_round_robin
+from stllr_engine.allocator import keep_freed_memory
 from stllr_engine.bptt import bptt_step
 from stllr_engine.network import NetworkSpec, build_network, preset
 from stllr_engine.pack import Pack, PackAdam, pack_bptt_step, pack_stllr_step
@@ -105,6 +106,7 @@ def _case(name: str, rule: str, K: int, device: torch.device, reps: int, run_ste
 def run(ks: list[int], nets: list[str], rules: list[str], device: str = "cpu", reps: int = 3, full: bool = False,
         run_steps: int = 360) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     dev = resolve_device(device)
+    keep_freed_memory()  # as every run does (RuntimeConfig.apply)
     records = []
     for name in nets:
         for rule in rules:

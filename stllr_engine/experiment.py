@@ -184,7 +184,11 @@ class RuntimeConfig:
         return cls(**known_fields("runtime", cls, dict(d)))
 
     def apply(self, device: torch.device) -> None:
-        """Set the process-wide controls (threads, determinism, GPU memory cap)."""
+        """Set the process-wide controls (threads, determinism, GPU memory cap) and keep freed
+        CPU memory for reuse (:func:`stllr_engine.allocator.keep_freed_memory`)."""
+        from stllr_engine.allocator import keep_freed_memory
+
+        keep_freed_memory()
         if self.threads is not None and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
         # only on a change: the call imports torch's compiler stack (~2 s in a fresh process)

@@ -412,9 +412,11 @@ def _layer_forward(pack: Pack, i: int, inp: Tensor, t0: int, lam_pre: Tensor, la
     psi_rec = post_hist = yprev_rec = rec_hist = None
     if record:
         psi_rec = u.new_empty(K, L, B, n)
-        post_hist = u.new_zeros(K, T + 1, B, n)
+        post_hist = u.new_empty(K, T + 1, B, n)  # every slot but the first is written before it is read
+        post_hist[:, 0].zero_()
         if w_rec_t is not None:
-            rec_hist = u.new_zeros(K, T + 1, B, n)
+            rec_hist = u.new_empty(K, T + 1, B, n)
+            rec_hist[:, 0].zero_()
     v_buf = torch.empty_like(u)
     psi_buf = torch.empty_like(u)
     if fused.active(u):
@@ -666,9 +668,9 @@ def _pack_stllr_step(pack: Pack, x: Tensor, labels: Tensor, loss: str, sl: StepL
         err = seq_err[:, None].expand(K, L, B, C) * mask[:, :, None, None]
         per_step_l = None
     elif loss == "per_step":
-        _, e = sl.error(o_win.reshape(K * L, B, C), flat_win)
+        per_step_l, e = sl.values_and_error(o_win.reshape(K * L, B, C), flat_win)
         err = e.view(K, L, B, C) * mask[:, :, None, None]
-        per_step_l = sl.values(o_win.reshape(K * L, B, C), flat_win).view(K, L)
+        per_step_l = per_step_l.view(K, L)
     else:
         raise StllrError(f"S-TLLR: loss={loss!r} is not an objective S-TLLR learns: use per_step or sum_output")
     if pack.cfgs[0].stllr.readout_bias == "trace":
@@ -760,8 +762,9 @@ def _pack_stllr_online(pack: Pack, x: Tensor, labels: Tensor, optimizer: "_PackO
             if not bool(learning.any()):
                 continue
             m = learning.to(x.dtype)
-            per_step += sl.values(o, targets[:, t]) * m  # the members as steps
-            err = (sl.error(o, targets[:, t])[1] * _col(m, 2))[:, None]  # [K, 1, B, C]
+            values, e = sl.values_and_error(o, targets[:, t])  # the members as steps
+            per_step += values * m
+            err = (e * _col(m, 2))[:, None]  # [K, 1, B, C]
             optimizer.zero_grad()
             _learn_window(pack, w_graph, weights, records, err, tr_ro[:, None],
                           c_bias[:, None] if trace_bias else None, ro_raw, a_pre, a_post)

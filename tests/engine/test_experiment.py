@@ -210,3 +210,45 @@ def test_the_runtime_switches_deterministic_algorithms_on_and_off():
         assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+_ALLOC_PROBE = """
+import ctypes, json, torch
+from stllr_engine.allocator import keep_freed_memory
+class MI2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MI2
+kept = keep_freed_memory()
+before = libc.mallinfo2()
+x = torch.ones(2 << 20)  # 8 MiB: above glibc's default mmap threshold, below the one set
+during = libc.mallinfo2()
+del x
+after = libc.mallinfo2()
+print(json.dumps({"set": kept, "mmapped": during.hblkhd - before.hblkhd, "kept": after.fordblks - before.fordblks}))
+"""
+
+
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_freed_memory_is_kept_for_the_next_step_unless_switched_off(switch):
+    """``stllr_engine.allocator``: with it, an 8 MiB tensor comes from the heap and its memory stays
+    there once freed (the next step reuses it without page faults); ``STLLR_KEEP_FREED_MEMORY=0``
+    leaves glibc's defaults (the tensor is mmapped and given back)."""
+    import ctypes
+    import json
+    import os
+    import subprocess
+    import sys
+
+    try:
+        ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+    out = subprocess.run([sys.executable, "-c", _ALLOC_PROBE], capture_output=True, text=True, check=True,
+                         env={**os.environ, "STLLR_KEEP_FREED_MEMORY": switch}).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    if switch == "1":
+        assert got["set"] is True and got["mmapped"] == 0 and got["kept"] >= 7 << 20
+    else:
+        assert got["set"] is False and got["mmapped"] >= 8 << 20 and got["kept"] < 1 << 20
