@@ -128,6 +128,10 @@ def _usable_checkpoint(ckpt: str) -> bool:
 
 #: The most members an automatic pack takes (``resources.pack: auto``).
 AUTO_PACK = 16
+#: On a CPU, an automatic pack takes only runs whose training step needs at most this many
+#: multiply-accumulates (:func:`step_macs`): larger steps are bound by arithmetic, and packs of them
+#: measured slower than the runs alone (:func:`auto_pack_size`).
+CPU_PACK_MAX_MEMBER_MACS = 5_000_000_000
 #: the share of a node's memory one automatic pack may take by the formulas (several trials share a node,
 #: and the formulas are a lower bound: ``stllr_engine.shapes.memory_need_bytes``)
 PACK_MEMORY_SHARE = 0.25
@@ -146,10 +150,14 @@ def auto_pack_size(exp: Any, node_bytes: int | None) -> int:
     members would need more than :data:`PACK_MEMORY_SHARE` of ``node_bytes`` (the run's
     :func:`~stllr_engine.shapes.memory_need_bytes` times the members), at least 1.
 
-    Convolutional networks on a CPU train alone: there a step is bound by the convolutions'
-    arithmetic, not by per-op overhead, and ``stllr bench packs`` measured packs of VGG slower
-    than the same runs one after the other (``digits_vgg``, K = 16: S-TLLR 0.91x, BPTT 0.45x);
-    ``resources.pack: n`` still packs them.
+    On a CPU, runs train alone where a step is bound by arithmetic rather than by per-op
+    overhead, as ``stllr bench packs`` measured packs slower than the same runs one after the
+    other there: convolutional networks (``digits_vgg``, K = 16: S-TLLR 0.91x, BPTT 0.45x) and
+    runs whose step needs more than :data:`CPU_PACK_MAX_MEMBER_MACS` multiply-accumulates by
+    the formulas (forward and learning, the whole batch). Measured S-TLLR packs against the
+    runs alone: the timing-task net (~0.14 G), K = 16: 4.3x; spoken-digits nets at 0.46, 1.35
+    and 3.0 G, K = 8: 1.40x, 1.16x, 1.08x (one thread); the SHD net (~25 G), K = 4: 0.75x,
+    K = 8: 0.59x. ``resources.pack: n`` still packs them; on CUDA they pack.
 
     >>> from stllr_engine.experiment import ExperimentConfig
     >>> e = ExperimentConfig.for_dataset("digits", {}, network={"kind": "mlp", "width": 64, "depth": 1})
@@ -158,10 +166,14 @@ def auto_pack_size(exp: Any, node_bytes: int | None) -> int:
     >>> vgg = ExperimentConfig.for_dataset("digits", {"image": True}, network={"kind": "vgg", "width": 4})
     >>> auto_pack_size(vgg, 24 * 2**30)
     1
+    >>> big = ExperimentConfig.for_dataset("digits", {}, network={"kind": "mlp", "width": 8192, "depth": 2})
+    >>> step_macs(big) > CPU_PACK_MAX_MEMBER_MACS, auto_pack_size(big, 24 * 2**30)
+    (True, 1)
     """
     if exp.network.kind not in ("mlp", "rsnn", "vgg"):  # check_packable's kinds: the others train alone
         return 1
-    if exp.network.kind == "vgg" and not str(exp.training.device).startswith("cuda"):
+    on_cpu = not str(exp.training.device).startswith("cuda")
+    if on_cpu and (exp.network.kind == "vgg" or step_macs(exp) > CPU_PACK_MAX_MEMBER_MACS):
         return 1
     if node_bytes is None:
         return AUTO_PACK
@@ -173,6 +185,16 @@ def auto_pack_size(exp: Any, node_bytes: int | None) -> int:
                              bytes_per_value=8 if exp.runtime.dtype == "float64" else 4,
                              optimizer=train.optimizer, momentum=train.momentum, loss=train.loss_kind)
     return max(1, min(AUTO_PACK, int(PACK_MEMORY_SHARE * node_bytes // max(1, need))))
+
+
+def step_macs(exp: Any) -> int:
+    """Multiply-accumulates of one training step of ``exp``'s run by the formulas: forward and
+    learning per sample (:func:`~stllr_engine.shapes.spec_formula_costs`) times the batch."""
+    from stllr_engine.shapes import spec_formula_costs
+
+    train = exp.training
+    f = spec_formula_costs(exp.network, train.rule, exp.data.T or 1, train.stllr, loss=train.loss_kind)
+    return int((f["forward_macs_formula_per_sample"] + f["learning_macs_formula_per_sample"]) * exp.data.batch_size)
 
 
 def pack_groups(exps: list[Any], pack: int, node_bytes: int | None = None) -> list[list[int]]:

@@ -486,3 +486,27 @@ def test_a_configuration_missing_a_seed_is_proposed_again_whatever_optuna_record
     search = [p for p in proposals if p["role"] == "search"]
     assert search[0]["config_id"] == one["config_id"] and [r["seed"] for r in search[0]["runs"]] == [0]
     assert [r["seed"] for r in search[0]["done"]] == [1]
+
+
+def test_automatic_packs_on_a_cpu_leave_out_runs_whose_step_is_bound_by_arithmetic():
+    """``resources.pack: auto`` (issue #16 item 4): on a CPU, the SHD net's runs (~25 G multiply-
+    accumulates a step by the formulas, where packs measured slower than the runs alone) train
+    alone; on CUDA they pack, and so do small runs on a CPU."""
+    from stllr_engine.experiment import DataConfig, ExperimentConfig, RuntimeConfig
+    from stllr_engine.network import preset
+    from stllr_engine.stllr import STLLRConfig
+    from stllr_engine.train import TrainConfig
+    from study.trial import AUTO_PACK, CPU_PACK_MAX_MEMBER_MACS, auto_pack_size, step_macs
+
+    def exp(spec, T, batch, device):
+        data = DataConfig.from_dict({"dataset": "shd", "batch_size": batch, "options": {"T": T}})
+        train = TrainConfig(rule="stllr", device=device, stllr=STLLRConfig(learn_steps=min(90, T)))
+        return ExperimentConfig(data, spec, train, RuntimeConfig(), 0)
+
+    shd = exp(preset("shd_rsnn"), 100, 128, "cpu")
+    # (T·S forward + S-TLLR's learning, 52_650_000 + 141_345_000 per sample) x 128 samples
+    assert step_macs(shd) == 193_995_000 * 128 > CPU_PACK_MAX_MEMBER_MACS
+    assert auto_pack_size(shd, 24 << 30) == 1
+    assert auto_pack_size(exp(preset("shd_rsnn"), 100, 128, "cuda"), 80 << 30) == AUTO_PACK
+    small = exp(preset("shd_rsnn").replace(width=32), 20, 32, "cpu")
+    assert step_macs(small) < CPU_PACK_MAX_MEMBER_MACS and auto_pack_size(small, 24 << 30) == AUTO_PACK
