@@ -206,7 +206,8 @@ def _signals(flag: StopFlag) -> Iterator[StopFlag]:
 
 
 #: Modules a local Ray's workers import when they start (Ray's ``preload_python_modules``).
-WORKER_PRELOAD = "torch,sklearn.datasets,sklearn.model_selection,stllr_engine.pack_fit,stllr_engine.experiment,study.trial"
+WORKER_PRELOAD = ",".join(["torch", "sklearn.datasets", "sklearn.model_selection", "stllr_engine.pack_fit",
+                           "stllr_engine.experiment", "study.trial"])
 
 
 def _shutdown_ray() -> None:

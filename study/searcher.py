@@ -8,8 +8,8 @@
 * Equal tuning (DESIGN §8): every architecture the search trained gets the same tuning
   for both rules, queued as soon as that architecture's search has ended (the search's
   budget is spent and none of its configurations of that architecture is still training or
-  waiting): its choice is then final, and its tuning runs beside the search of the others. S-TLLR at the factors its search chose for that
-  architecture (best mean ``val_accuracy``; ``role="tuned"``, under each objective of
+  waiting): its choice is then final, and its tuning runs beside the search of the others.
+  S-TLLR at the factors its search chose for that architecture (best mean ``val_accuracy``; ``role="tuned"``, under each objective of
   ``baseline.stllr_loss``) and BPTT under each objective
   of ``baseline.loss`` (``role="baseline"``; ``per_step`` over the chosen ``learn_steps``)
   each train the same ``baseline.trials`` settings of ``baseline.search``
@@ -44,12 +44,6 @@ from typing import Any
 from stllr_engine.errors import StllrError
 from study.plan import ROLE_RULE, Configuration, Planner, config_id_of
 from study.schema import ENDED
-
-#: With a sampler that does not learn from outcomes, how many packs' worth of proposals one
-#: pack may ask of the search to fill itself (those of another kind wait in ``held``).
-LOOKAHEAD_PACKS = 2
-#: The samplers whose proposals do not depend on the outcomes told to them.
-OUTCOME_FREE_SAMPLERS = ("random", "grid")
 from study.trial import AUTO_PACK, auto_pack_size
 
 try:
@@ -63,6 +57,11 @@ log = logging.getLogger(__name__)
 
 #: Proposals rejected in a row (infeasible or already trained) before the search gives up.
 MAX_REJECTED_IN_A_ROW = 200
+#: With a sampler that does not learn from outcomes, how many packs' worth of proposals one
+#: pack may ask of the search to fill itself (those of another kind wait in ``held``).
+LOOKAHEAD_PACKS = 2
+#: The samplers whose proposals do not depend on the outcomes told to them.
+OUTCOME_FREE_SAMPLERS = ("random", "grid")
 
 
 def _signature(cfg: Configuration) -> str | None:
