@@ -88,7 +88,12 @@ def test_a_missing_dataset_on_the_worker_is_a_failed_run_with_the_reason(study_f
 
 
 def test_early_stopped_runs_are_pruned_and_never_complete(study_file, tmp_path):
-    """Single objective with ASHA: runs stopped at a rung are recorded as pruned (rows and Optuna)."""
+    """Single objective with ASHA: runs stopped at a rung are recorded as pruned (rows and Optuna).
+
+    One trial at a time, in the sampler's order (seed 4: lr 7e-3 first, then 5e-5, ...): the
+    first one's values stand at every rung before a worse one reaches it, so ASHA's cutoff
+    stops the worse ones whatever the machine's speed. (With two at a time, fast runs could
+    end before another reported at their rung, and nothing was pruned.)"""
     import optuna
 
     from study_cases import open_storage
@@ -100,11 +105,15 @@ def test_early_stopped_runs_are_pruned_and_never_complete(study_file, tmp_path):
                       objectives=[{"metric": "val_accuracy", "direction": "maximize"}],
                       scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
                       budget={"trials": 8, "epochs": 4, "seeds": [0]}, rules=["stllr"], baseline=None,
-                      sampler={"name": "random", "seed": 2}, constraints=None)
+                      sampler={"name": "random", "seed": 4}, constraints=None,
+                      resources={"cpu": 1, "gpu": 0, "concurrency": 1})
     folder = tmp_path / "study"
     sweep(str(path), out=str(folder), quiet=True, report=False)
     df = pd.read_parquet(folder / "results.parquet")
+    # the three learning rates near 7e-3 train to the end; the ones too small to learn are stopped
+    assert (df[df.lr > 5e-3].status == "complete").all() and (df.lr > 5e-3).sum() == 3
     pruned = df[df.status == "pruned"]
+    assert (pruned.lr < 1e-3).all()
     assert len(pruned) >= 1, df[["lr", "status", "epochs_done"]]
     assert (pruned.epochs_done < 4).all()
     study = optuna.load_study(study_name="search", storage=open_storage(str(folder)))
